@@ -1,0 +1,214 @@
+//! The queue engine: one deterministic state machine per queue.
+//!
+//! Sans-I/O on purpose (DESIGN.md §1): no tokio, no clock reads, no random
+//! numbers, no disk. Callers pass `now` and pre-assigned ids in, and get back
+//! what must happen next in an [`Effects`] (deliveries to route, waiting
+//! producers to wake, dead tasks to forward). That keeps it testable against
+//! a model without a runtime, and makes its inputs a log that replays to the
+//! same state (durability now, replication later).
+
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use queue::QueueState;
+
+/// Milliseconds since the Unix epoch. The engine never reads a clock.
+pub type Millis = u64;
+
+/// A task's identity inside one broker; rendered as an opaque string on the
+/// wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+/// One consumer: a Consume stream or a waiting Get call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsumerId(pub u64);
+
+/// One Enqueue call waiting for space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PutterId(pub u64);
+
+/// Delivery order of ready tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Fifo,
+    Lifo,
+    /// Lowest priority number first, ties first-in first-out.
+    Priority,
+}
+
+/// Options fixed when the queue is created (already validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Ready + delayed tasks the queue holds at most.
+    pub capacity: u64,
+    pub order: Order,
+    /// Lease length.
+    pub ack_deadline_ms: u64,
+    /// Deliveries after which a failed task is dead; 0 = unlimited.
+    pub max_attempts: u32,
+}
+
+/// What a producer submits; the id is assigned by the caller so the engine
+/// stays deterministic.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub payload: Bytes,
+    pub headers: HashMap<String, String>,
+    pub priority: i32,
+    pub delay_ms: u64,
+}
+
+/// The immutable part of a task, shared between the queue and deliveries
+/// so a delivery does not copy headers or payload.
+#[derive(Debug)]
+pub struct TaskBody {
+    pub payload: Bytes,
+    pub headers: HashMap<String, String>,
+    pub priority: i32,
+    pub enqueued_at: Millis,
+}
+
+/// One task handed to one consumer under a lease.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: TaskId,
+    pub body: Arc<TaskBody>,
+    /// Which delivery of the task this is (1 = first): with `id`, the lease
+    /// token.
+    pub attempt: u32,
+    pub deadline: Millis,
+    /// Priority the task is served with now (a nack may have changed it).
+    pub priority: i32,
+}
+
+/// Why a task left the queue without being acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// Failed `max_attempts` times.
+    MaxAttempts,
+    /// Nacked with "do not retry".
+    Rejected,
+    /// Nacked with "drop": never forwarded to a dead letter queue.
+    Dropped,
+}
+
+/// A task that left the queue as a failure; the caller forwards it to the
+/// dead letter queue, if any.
+#[derive(Debug, Clone)]
+pub struct DeadTask {
+    pub id: TaskId,
+    pub body: Arc<TaskBody>,
+    pub attempts: u32,
+    pub reason: DeadReason,
+    pub error: String,
+}
+
+/// What the caller must do after an engine call.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Tasks to send, each to its consumer, in dispatch order.
+    pub deliveries: Vec<(ConsumerId, Delivery)>,
+    /// Waiting producers whose batch is now stored.
+    pub admitted: Vec<PutterId>,
+    /// Tasks that failed for good.
+    pub dead: Vec<DeadTask>,
+    /// The earliest timer deadline moved earlier: re-arm the queue's timer.
+    pub rearm: bool,
+}
+
+/// How a nack wants the task handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackAction {
+    /// Ready again after `delay_ms` (counts an attempt), or dead after
+    /// `max_attempts`.
+    Retry { delay_ms: u64, priority: Option<i32> },
+    /// Gone for good, never dead-lettered.
+    Drop,
+    /// Straight to the dead letter queue.
+    DeadLetter,
+}
+
+/// Why an ack, nack or extend was refused. It changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    #[error("no unfinished task with this id")]
+    UnknownTask,
+    #[error("lease is over: the task expired, was delivered again or is not leased")]
+    StaleLease,
+}
+
+/// Why an enqueue was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("queue full")]
+    Full,
+    #[error("batch of {batch} tasks can never fit a queue of capacity {capacity}")]
+    BatchTooLarge { batch: u64, capacity: u64 },
+}
+
+/// Whether an enqueue may wait for space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueMode {
+    /// Join the line of waiting producers under this id.
+    Wait(PutterId),
+    FailFast,
+}
+
+/// Outcome of an accepted enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored now.
+    Stored,
+    /// In line; an [`Effects::admitted`] with this id says when it is stored.
+    Waiting(PutterId),
+}
+
+/// Depths and totals of a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub ready: u64,
+    pub delayed: u64,
+    pub leased: u64,
+    pub waiting_producers: u64,
+    pub waiting_tasks: u64,
+    pub consumers: u64,
+    pub credit: u64,
+    pub enqueued_total: u64,
+    pub delivered_total: u64,
+    pub acked_total: u64,
+    pub nacked_total: u64,
+    pub expired_total: u64,
+    pub dead_total: u64,
+    pub purged_total: u64,
+}
+
+impl QueueStats {
+    /// What Join waits on.
+    pub fn unfinished(&self) -> u64 {
+        self.ready + self.delayed + self.leased
+    }
+}
+
+/// One consumer's numbers, enough to explain why it gets what it gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub id: ConsumerId,
+    pub name: String,
+    pub peer: String,
+    pub connected_at: Millis,
+    pub credit: u64,
+    pub in_flight: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub mean_processing_ms: u64,
+    pub oldest_lease_age_ms: u64,
+}

@@ -1,0 +1,672 @@
+//! `QueueState`: the ready set, delayed set, leases, waiting producers and
+//! consumers of one queue, and every transition between them.
+//!
+//! Task states: `delayed -> ready -> leased -> done | ready (retry) | dead`.
+//! Capacity counts ready + delayed (what has not been taken, as asyncio's
+//! `maxsize`); a task coming back from a lease is always taken back, even
+//! above capacity, since it already had its place.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::{
+    ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError, EnqueueMode,
+    Enqueued, Millis, NackAction, NewTask, Order, PutterId, QueueConfig, QueueStats, SettleError,
+    TaskBody, TaskId,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ready,
+    Delayed {
+        due: Millis,
+    },
+    Leased {
+        /// None for leases taken by `Get`: they outlive the call.
+        owner: Option<ConsumerId>,
+        deadline: Millis,
+        since: Millis,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    body: Arc<TaskBody>,
+    /// Arrival order, kept across retries so a returned task goes back to
+    /// its place in FIFO and priority order.
+    seq: u64,
+    /// Priority it is served with now.
+    priority: i32,
+    /// Deliveries so far.
+    attempt: u32,
+    state: State,
+    /// Last nack's error text, for dead letters.
+    last_error: String,
+}
+
+/// Heap key: the smallest is served first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct ReadyKey {
+    rank: i64,
+    order: u64,
+    id: TaskId,
+}
+
+#[derive(Debug)]
+struct Putter {
+    id: PutterId,
+    tasks: Vec<NewTask>,
+    at: Millis,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    name: String,
+    peer: String,
+    connected_at: Millis,
+    credit: u64,
+    /// Whether its leases stay when it leaves (Get calls) or go back to
+    /// ready at once (streams).
+    detached: bool,
+    /// Leased task -> delivered at.
+    in_flight: HashMap<TaskId, Millis>,
+    delivered: u64,
+    acked: u64,
+    nacked: u64,
+    processing_ms_total: u64,
+    in_ring: bool,
+}
+
+/// The state of one queue. See the module docs for the model.
+#[derive(Debug)]
+pub struct QueueState {
+    config: QueueConfig,
+    tasks: HashMap<TaskId, Entry>,
+    ready: BinaryHeap<Reverse<ReadyKey>>,
+    delayed: BTreeSet<(Millis, TaskId)>,
+    leases: BTreeSet<(Millis, TaskId)>,
+    putters: VecDeque<Putter>,
+    waiting_tasks: u64,
+    consumers: HashMap<ConsumerId, Consumer>,
+    /// Consumers with credit, in round-robin order; each at most once.
+    ring: VecDeque<ConsumerId>,
+    next_seq: u64,
+    stats: QueueStats,
+}
+
+impl QueueState {
+    pub fn new(config: QueueConfig) -> Self {
+        QueueState {
+            config,
+            tasks: HashMap::new(),
+            ready: BinaryHeap::new(),
+            delayed: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            putters: VecDeque::new(),
+            waiting_tasks: 0,
+            consumers: HashMap::new(),
+            ring: VecDeque::new(),
+            next_seq: 0,
+            stats: QueueStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    /// Ready + delayed: what counts against capacity.
+    pub fn depth(&self) -> u64 {
+        (self.ready.len() + self.delayed.len()) as u64
+    }
+
+    /// Ready + delayed + leased: what Join waits on.
+    pub fn unfinished(&self) -> u64 {
+        self.tasks.len() as u64
+    }
+
+    /// The earliest moment `tick` has work: a delayed task due or a lease
+    /// deadline.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let d = self.delayed.first().map(|(t, _)| *t);
+        let l = self.leases.first().map(|(t, _)| *t);
+        match (d, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ------------------------------------------------------------ producing
+
+    /// Adds a batch, all or none. Waiting producers are served in arrival
+    /// order: a new batch queues behind them even if it would fit now.
+    pub fn enqueue(
+        &mut self,
+        now: Millis,
+        tasks: Vec<NewTask>,
+        mode: EnqueueMode,
+        fx: &mut Effects,
+    ) -> Result<Enqueued, EnqueueError> {
+        let batch = tasks.len() as u64;
+        if batch > self.config.capacity {
+            return Err(EnqueueError::BatchTooLarge {
+                batch,
+                capacity: self.config.capacity,
+            });
+        }
+        if self.putters.is_empty() && self.depth() + batch <= self.config.capacity {
+            self.store(now, tasks, fx);
+            self.dispatch(now, fx);
+            return Ok(Enqueued::Stored);
+        }
+        match mode {
+            EnqueueMode::FailFast => Err(EnqueueError::Full),
+            EnqueueMode::Wait(id) => {
+                self.waiting_tasks += batch;
+                self.putters.push_back(Putter { id, tasks, at: now });
+                Ok(Enqueued::Waiting(id))
+            }
+        }
+    }
+
+    /// A waiting producer gave up (deadline, cancel). Returns false when it
+    /// was not waiting (already admitted, or unknown).
+    pub fn cancel_put(&mut self, now: Millis, id: PutterId, fx: &mut Effects) -> bool {
+        let Some(pos) = self.putters.iter().position(|p| p.id == id) else {
+            return false;
+        };
+        if let Some(p) = self.putters.remove(pos) {
+            self.waiting_tasks -= p.tasks.len() as u64;
+        }
+        // A large batch at the head may have been holding smaller ones back.
+        self.dispatch(now, fx);
+        true
+    }
+
+    /// When the oldest waiting producer started waiting.
+    pub fn oldest_putter_since(&self) -> Option<Millis> {
+        self.putters.front().map(|p| p.at)
+    }
+
+    fn store(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
+        for t in tasks {
+            let body = Arc::new(TaskBody {
+                payload: t.payload,
+                headers: t.headers,
+                priority: t.priority,
+                enqueued_at: now,
+            });
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let state = if t.delay_ms > 0 {
+                State::Delayed {
+                    due: now.saturating_add(t.delay_ms),
+                }
+            } else {
+                State::Ready
+            };
+            let entry = Entry {
+                body,
+                seq,
+                priority: t.priority,
+                attempt: 0,
+                state,
+                last_error: String::new(),
+            };
+            self.stats.enqueued_total += 1;
+            self.place(t.id, entry, fx);
+        }
+    }
+
+    /// Inserts an entry and indexes it by its state (Ready or Delayed).
+    fn place(&mut self, id: TaskId, entry: Entry, fx: &mut Effects) {
+        match entry.state {
+            State::Ready => self.ready.push(Reverse(self.key(id, &entry))),
+            State::Delayed { due } => self.schedule_delayed(due, id, fx),
+            // Callers only place ready or delayed entries; a leased one is
+            // indexed by whoever leased it.
+            State::Leased { .. } => debug_assert!(false, "place called with a leased entry"),
+        }
+        self.tasks.insert(id, entry);
+    }
+
+    fn key(&self, id: TaskId, e: &Entry) -> ReadyKey {
+        match self.config.order {
+            Order::Fifo => ReadyKey {
+                rank: 0,
+                order: e.seq,
+                id,
+            },
+            Order::Lifo => ReadyKey {
+                rank: 0,
+                order: u64::MAX - e.seq,
+                id,
+            },
+            Order::Priority => ReadyKey {
+                rank: i64::from(e.priority),
+                order: e.seq,
+                id,
+            },
+        }
+    }
+
+    fn schedule_delayed(&mut self, due: Millis, id: TaskId, fx: &mut Effects) {
+        if self.next_deadline().is_none_or(|d| due < d) {
+            fx.rearm = true;
+        }
+        self.delayed.insert((due, id));
+    }
+
+    fn schedule_lease(&mut self, deadline: Millis, id: TaskId, fx: &mut Effects) {
+        if self.next_deadline().is_none_or(|d| deadline < d) {
+            fx.rearm = true;
+        }
+        self.leases.insert((deadline, id));
+    }
+
+    /// Stores waiting batches, oldest first, while the oldest fits. Returns
+    /// whether any was stored.
+    fn admit_putters(&mut self, now: Millis, fx: &mut Effects) -> bool {
+        let mut admitted_any = false;
+        while let Some(front) = self.putters.front() {
+            let n = front.tasks.len() as u64;
+            if self.depth() + n > self.config.capacity {
+                break;
+            }
+            let Some(p) = self.putters.pop_front() else {
+                break;
+            };
+            self.waiting_tasks -= n;
+            self.store(now, p.tasks, fx);
+            fx.admitted.push(p.id);
+            admitted_any = true;
+        }
+        admitted_any
+    }
+
+    /// Removes every ready and delayed task. Leased tasks stay with their
+    /// consumers.
+    pub fn purge(&mut self, now: Millis, fx: &mut Effects) -> u64 {
+        let mut n = 0;
+        for Reverse(k) in std::mem::take(&mut self.ready) {
+            self.tasks.remove(&k.id);
+            n += 1;
+        }
+        for (_, id) in std::mem::take(&mut self.delayed) {
+            self.tasks.remove(&id);
+            n += 1;
+        }
+        self.stats.purged_total += n;
+        self.dispatch(now, fx);
+        n
+    }
+
+    // ------------------------------------------------------------ consuming
+
+    /// Registers a consumer with no credit. `detached`: its leases survive
+    /// it (Get calls); otherwise they return to ready when it leaves.
+    pub fn add_consumer(
+        &mut self,
+        id: ConsumerId,
+        name: String,
+        peer: String,
+        detached: bool,
+        now: Millis,
+    ) {
+        self.consumers.insert(
+            id,
+            Consumer {
+                name,
+                peer,
+                connected_at: now,
+                credit: 0,
+                detached,
+                in_flight: HashMap::new(),
+                delivered: 0,
+                acked: 0,
+                nacked: 0,
+                processing_ms_total: 0,
+                in_ring: false,
+            },
+        );
+    }
+
+    /// Adds credit and delivers what it allows. Returns the consumer's
+    /// unspent credit afterwards, or None for an unknown consumer.
+    pub fn grant(
+        &mut self,
+        now: Millis,
+        id: ConsumerId,
+        credit: u64,
+        fx: &mut Effects,
+    ) -> Option<u64> {
+        let c = self.consumers.get_mut(&id)?;
+        c.credit = c.credit.saturating_add(credit);
+        if c.credit > 0 && !c.in_ring {
+            c.in_ring = true;
+            self.ring.push_back(id);
+        }
+        self.dispatch(now, fx);
+        self.consumers.get(&id).map(|c| c.credit)
+    }
+
+    /// Unspent credit of a consumer.
+    pub fn credit(&self, id: ConsumerId) -> Option<u64> {
+        self.consumers.get(&id).map(|c| c.credit)
+    }
+
+    /// The consumer left. Tasks it held return to ready at once (unless it
+    /// was detached); its unspent credit disappears with it.
+    pub fn remove_consumer(&mut self, now: Millis, id: ConsumerId, fx: &mut Effects) {
+        let Some(c) = self.consumers.remove(&id) else {
+            return;
+        };
+        if c.in_ring {
+            self.ring.retain(|x| *x != id);
+        }
+        let mut held: Vec<TaskId> = c.in_flight.into_keys().collect();
+        // Keep the outcome independent of hash order.
+        held.sort_unstable();
+        for task in held {
+            if let Some(e) = self.tasks.get(&task)
+                && let State::Leased { deadline, .. } = e.state
+            {
+                self.leases.remove(&(deadline, task));
+                self.retry_or_dead(now, task, 0, None, DeadReason::MaxAttempts, fx);
+            }
+        }
+        self.dispatch(now, fx);
+    }
+
+    /// Brings the queue to rest after a change: delivers what credit allows,
+    /// which frees capacity, which admits waiting producers, whose tasks may
+    /// be delivered in turn. A loop, not recursion, so a long line of small
+    /// producers cannot grow the stack.
+    fn dispatch(&mut self, now: Millis, fx: &mut Effects) {
+        loop {
+            self.deliver(now, fx);
+            if self.putters.is_empty() || !self.admit_putters(now, fx) {
+                break;
+            }
+        }
+    }
+
+    /// Hands ready tasks to consumers with credit, one at a time in
+    /// round-robin order, until either runs out.
+    fn deliver(&mut self, now: Millis, fx: &mut Effects) {
+        while !self.ready.is_empty() {
+            let Some(cid) = self.ring.pop_front() else {
+                break;
+            };
+            let Some(c) = self.consumers.get_mut(&cid) else {
+                continue;
+            };
+            if c.credit == 0 {
+                c.in_ring = false;
+                continue;
+            }
+            let Some(Reverse(key)) = self.ready.pop() else {
+                break;
+            };
+            let Some(e) = self.tasks.get_mut(&key.id) else {
+                continue;
+            };
+            let deadline = now.saturating_add(self.config.ack_deadline_ms);
+            e.attempt += 1;
+            e.state = State::Leased {
+                owner: (!c.detached).then_some(cid),
+                deadline,
+                since: now,
+            };
+            c.credit -= 1;
+            c.delivered += 1;
+            if !c.detached {
+                c.in_flight.insert(key.id, now);
+            }
+            if c.credit > 0 {
+                self.ring.push_back(cid);
+            } else {
+                c.in_ring = false;
+            }
+            fx.deliveries.push((
+                cid,
+                Delivery {
+                    id: key.id,
+                    body: Arc::clone(&e.body),
+                    attempt: e.attempt,
+                    deadline,
+                    priority: e.priority,
+                },
+            ));
+            self.stats.delivered_total += 1;
+            self.schedule_lease(deadline, key.id, fx);
+        }
+    }
+
+    // ------------------------------------------------------------ settling
+
+    /// Checks a lease token and ends the lease; returns the entry's owner
+    /// and delivery time.
+    fn end_lease(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+    ) -> Result<(Option<ConsumerId>, Millis), SettleError> {
+        let e = self.tasks.get(&id).ok_or(SettleError::UnknownTask)?;
+        let State::Leased {
+            owner,
+            deadline,
+            since,
+        } = e.state
+        else {
+            return Err(SettleError::StaleLease);
+        };
+        if e.attempt != attempt {
+            return Err(SettleError::StaleLease);
+        }
+        self.leases.remove(&(deadline, id));
+        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+            c.in_flight.remove(&id);
+        }
+        Ok((owner, since))
+    }
+
+    /// The task is done: it leaves the queue.
+    pub fn ack(&mut self, now: Millis, id: TaskId, attempt: u32) -> Result<(), SettleError> {
+        let (owner, since) = self.end_lease(id, attempt)?;
+        self.tasks.remove(&id);
+        self.stats.acked_total += 1;
+        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+            c.acked += 1;
+            c.processing_ms_total += now.saturating_sub(since);
+        }
+        Ok(())
+    }
+
+    /// The task failed; see [`NackAction`].
+    pub fn nack(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        attempt: u32,
+        action: NackAction,
+        error: &str,
+        fx: &mut Effects,
+    ) -> Result<(), SettleError> {
+        let (owner, _) = self.end_lease(id, attempt)?;
+        self.stats.nacked_total += 1;
+        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+            c.nacked += 1;
+        }
+        if let Some(e) = self.tasks.get_mut(&id) {
+            e.last_error = error.to_owned();
+        }
+        match action {
+            NackAction::Retry { delay_ms, priority } => {
+                self.retry_or_dead(now, id, delay_ms, priority, DeadReason::MaxAttempts, fx)
+            }
+            NackAction::Drop => self.kill(id, DeadReason::Dropped, fx),
+            NackAction::DeadLetter => self.kill(id, DeadReason::Rejected, fx),
+        }
+        self.dispatch(now, fx);
+        Ok(())
+    }
+
+    /// Pushes a lease's deadline to `now + extend_ms`.
+    pub fn extend(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        attempt: u32,
+        extend_ms: u64,
+        fx: &mut Effects,
+    ) -> Result<Millis, SettleError> {
+        let e = self.tasks.get_mut(&id).ok_or(SettleError::UnknownTask)?;
+        let State::Leased {
+            owner,
+            deadline,
+            since,
+        } = e.state
+        else {
+            return Err(SettleError::StaleLease);
+        };
+        if e.attempt != attempt {
+            return Err(SettleError::StaleLease);
+        }
+        let new_deadline = now.saturating_add(extend_ms);
+        e.state = State::Leased {
+            owner,
+            deadline: new_deadline,
+            since,
+        };
+        self.leases.remove(&(deadline, id));
+        self.schedule_lease(new_deadline, id, fx);
+        Ok(new_deadline)
+    }
+
+    /// A leased task failed (nack, expiry, lost consumer): back to ready
+    /// (or delayed) unless it used up its attempts.
+    fn retry_or_dead(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        delay_ms: u64,
+        priority: Option<i32>,
+        reason: DeadReason,
+        fx: &mut Effects,
+    ) {
+        let max = self.config.max_attempts;
+        let Some(mut e) = self.tasks.remove(&id) else {
+            return;
+        };
+        if max > 0 && e.attempt >= max {
+            self.tasks.insert(id, e);
+            self.kill(id, reason, fx);
+            return;
+        }
+        if let Some(p) = priority {
+            e.priority = p;
+        }
+        e.state = if delay_ms > 0 {
+            State::Delayed {
+                due: now.saturating_add(delay_ms),
+            }
+        } else {
+            State::Ready
+        };
+        self.place(id, e, fx);
+    }
+
+    /// Removes a (no longer leased) task as a failure.
+    fn kill(&mut self, id: TaskId, reason: DeadReason, fx: &mut Effects) {
+        if let Some(e) = self.tasks.remove(&id) {
+            self.stats.dead_total += 1;
+            fx.dead.push(DeadTask {
+                id,
+                body: e.body,
+                attempts: e.attempt,
+                reason,
+                error: e.last_error,
+            });
+        }
+    }
+
+    // ------------------------------------------------------------ time
+
+    /// Releases delayed tasks that are due and expires leases past their
+    /// deadline, then dispatches.
+    pub fn tick(&mut self, now: Millis, fx: &mut Effects) {
+        while let Some(&(due, id)) = self.delayed.first() {
+            if due > now {
+                break;
+            }
+            self.delayed.remove(&(due, id));
+            if let Some(e) = self.tasks.get_mut(&id) {
+                e.state = State::Ready;
+            }
+            if let Some(e) = self.tasks.get(&id) {
+                let key = self.key(id, e);
+                self.ready.push(Reverse(key));
+            }
+        }
+        while let Some(&(deadline, id)) = self.leases.first() {
+            if deadline > now {
+                break;
+            }
+            self.leases.remove(&(deadline, id));
+            let owner = match self.tasks.get(&id).map(|e| e.state) {
+                Some(State::Leased { owner, .. }) => owner,
+                _ => continue,
+            };
+            if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+                c.in_flight.remove(&id);
+            }
+            self.stats.expired_total += 1;
+            self.retry_or_dead(now, id, 0, None, DeadReason::MaxAttempts, fx);
+        }
+        self.dispatch(now, fx);
+    }
+
+    // ------------------------------------------------------------ stats
+
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            ready: self.ready.len() as u64,
+            delayed: self.delayed.len() as u64,
+            leased: self.leases.len() as u64,
+            waiting_producers: self.putters.len() as u64,
+            waiting_tasks: self.waiting_tasks,
+            consumers: self.consumers.len() as u64,
+            credit: self.consumers.values().map(|c| c.credit).sum(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Every consumer's numbers, oldest first.
+    pub fn consumer_stats(&self, now: Millis) -> Vec<ConsumerStats> {
+        let mut out: Vec<ConsumerStats> = self
+            .consumers
+            .iter()
+            .map(|(id, c)| ConsumerStats {
+                id: *id,
+                name: c.name.clone(),
+                peer: c.peer.clone(),
+                connected_at: c.connected_at,
+                credit: c.credit,
+                in_flight: c.in_flight.len() as u64,
+                delivered: c.delivered,
+                acked: c.acked,
+                nacked: c.nacked,
+                mean_processing_ms: c.processing_ms_total.checked_div(c.acked).unwrap_or(0),
+                oldest_lease_age_ms: c
+                    .in_flight
+                    .values()
+                    .min()
+                    .map_or(0, |since| now.saturating_sub(*since)),
+            })
+            .collect();
+        out.sort_by_key(|c| (c.connected_at, c.id));
+        out
+    }
+}

@@ -1,0 +1,506 @@
+//! Unit tests for the seed scenarios, and a property test that drives the
+//! engine with random commands against a deliberately naive model.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+fn cfg(capacity: u64, order: Order) -> QueueConfig {
+    QueueConfig {
+        capacity,
+        order,
+        ack_deadline_ms: 1000,
+        max_attempts: 3,
+    }
+}
+
+fn task(id: u64, priority: i32) -> NewTask {
+    NewTask {
+        id: TaskId(id),
+        payload: Bytes::from(id.to_string()),
+        headers: HashMap::new(),
+        priority,
+        delay_ms: 0,
+    }
+}
+
+fn put(q: &mut QueueState, ids: &[(u64, i32)]) {
+    let mut fx = Effects::default();
+    let tasks = ids.iter().map(|&(i, p)| task(i, p)).collect();
+    assert_eq!(
+        q.enqueue(0, tasks, EnqueueMode::FailFast, &mut fx),
+        Ok(Enqueued::Stored)
+    );
+}
+
+/// Takes everything ready through one consumer with plenty of credit.
+fn drain_order(q: &mut QueueState) -> Vec<u64> {
+    let mut fx = Effects::default();
+    q.add_consumer(ConsumerId(99), "t".into(), String::new(), true, 0);
+    q.grant(0, ConsumerId(99), 1000, &mut fx);
+    q.remove_consumer(0, ConsumerId(99), &mut fx);
+    fx.deliveries.iter().map(|(_, d)| d.id.0).collect()
+}
+
+#[test]
+fn priority_ties_keep_arrival_order() {
+    // The seed example: priorities 3,1,2,1 come out 1,1,2,3.
+    let mut q = QueueState::new(cfg(10, Order::Priority));
+    put(&mut q, &[(1, 3), (2, 1), (3, 2), (4, 1)]);
+    assert_eq!(drain_order(&mut q), vec![2, 4, 3, 1]);
+}
+
+#[test]
+fn fifo_and_lifo() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    put(&mut q, &[(1, 5), (2, 0), (3, 9)]);
+    assert_eq!(drain_order(&mut q), vec![1, 2, 3]);
+    let mut q = QueueState::new(cfg(10, Order::Lifo));
+    put(&mut q, &[(1, 5), (2, 0), (3, 9)]);
+    assert_eq!(drain_order(&mut q), vec![3, 2, 1]);
+}
+
+#[test]
+fn waiting_producers_are_served_in_arrival_order() {
+    let mut q = QueueState::new(cfg(2, Order::Fifo));
+    put(&mut q, &[(1, 0), (2, 0)]);
+    let mut fx = Effects::default();
+    let r = q.enqueue(0, vec![task(3, 0)], EnqueueMode::Wait(PutterId(1)), &mut fx);
+    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(1))));
+    let r = q.enqueue(0, vec![task(4, 0)], EnqueueMode::Wait(PutterId(2)), &mut fx);
+    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(2))));
+    // FAIL_FAST never jumps the line, even though nothing would fit anyway.
+    assert_eq!(
+        q.enqueue(0, vec![task(5, 0)], EnqueueMode::FailFast, &mut fx),
+        Err(EnqueueError::Full)
+    );
+    q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 0);
+    q.grant(0, ConsumerId(1), 1, &mut fx);
+    assert_eq!(fx.admitted, vec![PutterId(1)]);
+    assert_eq!(q.stats().waiting_producers, 1);
+}
+
+#[test]
+fn batch_larger_than_capacity_is_refused() {
+    let mut q = QueueState::new(cfg(2, Order::Fifo));
+    let mut fx = Effects::default();
+    let r = q.enqueue(
+        0,
+        vec![task(1, 0), task(2, 0), task(3, 0)],
+        EnqueueMode::Wait(PutterId(1)),
+        &mut fx,
+    );
+    assert_eq!(
+        r,
+        Err(EnqueueError::BatchTooLarge {
+            batch: 3,
+            capacity: 2
+        })
+    );
+}
+
+#[test]
+fn stale_token_cannot_settle_after_redelivery() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    put(&mut q, &[(1, 0)]);
+    let mut fx = Effects::default();
+    q.add_consumer(ConsumerId(1), "a".into(), String::new(), false, 0);
+    q.add_consumer(ConsumerId(2), "b".into(), String::new(), false, 0);
+    q.grant(0, ConsumerId(1), 1, &mut fx);
+    assert_eq!(fx.deliveries[0].1.attempt, 1);
+    // Lease expires; the task goes to consumer 2 as attempt 2.
+    q.grant(0, ConsumerId(2), 1, &mut fx);
+    q.tick(1000, &mut fx);
+    assert_eq!(fx.deliveries.len(), 2);
+    assert_eq!(fx.deliveries[1].0, ConsumerId(2));
+    assert_eq!(fx.deliveries[1].1.attempt, 2);
+    assert_eq!(q.ack(1001, TaskId(1), 1), Err(SettleError::StaleLease));
+    assert_eq!(
+        q.extend(1001, TaskId(1), 1, 5000, &mut fx),
+        Err(SettleError::StaleLease)
+    );
+    assert_eq!(q.ack(1001, TaskId(1), 2), Ok(()));
+    assert_eq!(q.ack(1002, TaskId(1), 2), Err(SettleError::UnknownTask));
+    assert_eq!(q.unfinished(), 0);
+}
+
+#[test]
+fn lost_consumer_returns_tasks_at_once_and_attempts_run_out() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    put(&mut q, &[(1, 0)]);
+    let mut fx = Effects::default();
+    for c in 1..=3 {
+        q.add_consumer(ConsumerId(c), "w".into(), String::new(), false, 0);
+        q.grant(0, ConsumerId(c), 1, &mut fx);
+        q.remove_consumer(0, ConsumerId(c), &mut fx);
+    }
+    let attempts: Vec<u32> = fx.deliveries.iter().map(|(_, d)| d.attempt).collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    // max_attempts = 3: the third loss makes it dead.
+    assert_eq!(fx.dead.len(), 1);
+    assert_eq!(fx.dead[0].attempts, 3);
+    assert_eq!(q.unfinished(), 0);
+    assert_eq!(q.stats().dead_total, 1);
+}
+
+#[test]
+fn extend_has_no_cap_and_delays_expiry() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    put(&mut q, &[(1, 0)]);
+    let mut fx = Effects::default();
+    q.add_consumer(ConsumerId(1), "a".into(), String::new(), false, 0);
+    q.grant(0, ConsumerId(1), 1, &mut fx);
+    let mut now = 0;
+    for _ in 0..100 {
+        now += 900;
+        assert_eq!(q.extend(now, TaskId(1), 1, 1000, &mut fx), Ok(now + 1000));
+        q.tick(now, &mut fx);
+    }
+    assert_eq!(q.stats().expired_total, 0);
+    q.tick(now + 1000, &mut fx);
+    assert_eq!(q.stats().expired_total, 1);
+}
+
+#[test]
+fn delayed_tasks_count_but_wait_for_their_time() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    let mut fx = Effects::default();
+    let mut t = task(1, 0);
+    t.delay_ms = 500;
+    q.enqueue(100, vec![t], EnqueueMode::FailFast, &mut fx)
+        .expect("fits");
+    assert!(fx.rearm);
+    assert_eq!(q.next_deadline(), Some(600));
+    q.add_consumer(ConsumerId(1), "a".into(), String::new(), false, 100);
+    q.grant(100, ConsumerId(1), 1, &mut fx);
+    assert!(fx.deliveries.is_empty());
+    assert_eq!(q.unfinished(), 1);
+    q.tick(599, &mut fx);
+    assert!(fx.deliveries.is_empty());
+    q.tick(600, &mut fx);
+    assert_eq!(fx.deliveries.len(), 1);
+}
+
+#[test]
+fn nack_with_priority_comes_back_ahead() {
+    let mut q = QueueState::new(cfg(10, Order::Priority));
+    put(&mut q, &[(1, 5), (2, 5)]);
+    let mut fx = Effects::default();
+    q.add_consumer(ConsumerId(1), "a".into(), String::new(), false, 0);
+    q.grant(0, ConsumerId(1), 1, &mut fx);
+    let retry = NackAction::Retry {
+        delay_ms: 0,
+        priority: Some(0),
+    };
+    q.nack(0, TaskId(1), 1, retry, "boom", &mut fx)
+        .expect("held");
+    assert_eq!(drain_order(&mut q), vec![1, 2]);
+}
+
+#[test]
+fn round_robin_between_consumers_with_credit() {
+    let mut q = QueueState::new(cfg(100, Order::Fifo));
+    let mut fx = Effects::default();
+    for c in 1..=3 {
+        q.add_consumer(ConsumerId(c), "w".into(), String::new(), false, 0);
+        q.grant(0, ConsumerId(c), 10, &mut fx);
+    }
+    put(&mut q, &(1..=9).map(|i| (i, 0)).collect::<Vec<_>>());
+    let mut fx = Effects::default();
+    q.tick(0, &mut fx);
+    let stats = q.consumer_stats(0);
+    assert!(stats.iter().all(|c| c.in_flight == 3), "{stats:?}");
+}
+
+// ------------------------------------------------------------ property test
+
+#[derive(Debug, Clone)]
+enum Op {
+    Enqueue { prios: Vec<i32>, wait: bool },
+    Subscribe,
+    Grant { consumer: usize, n: u64 },
+    Ack { pick: usize },
+    Nack { pick: usize, priority: Option<i32> },
+    Leave { consumer: usize },
+    Advance { ms: u64 },
+    Purge,
+    CancelPut { pick: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (proptest::collection::vec(0i32..4, 1..4), any::<bool>())
+            .prop_map(|(prios, wait)| Op::Enqueue { prios, wait }),
+        1 => Just(Op::Subscribe),
+        3 => (0usize..4, 0u64..4).prop_map(|(consumer, n)| Op::Grant { consumer, n }),
+        3 => any::<usize>().prop_map(|pick| Op::Ack { pick }),
+        1 => (any::<usize>(), proptest::option::of(0i32..4))
+            .prop_map(|(pick, priority)| Op::Nack { pick, priority }),
+        1 => (0usize..4).prop_map(|consumer| Op::Leave { consumer }),
+        1 => (0u64..1500).prop_map(|ms| Op::Advance { ms }),
+        1 => Just(Op::Purge),
+        1 => any::<usize>().prop_map(|pick| Op::CancelPut { pick }),
+    ]
+}
+
+/// The naive model: a list of ready tasks searched linearly for the
+/// smallest key, leases in a map, producers in a line.
+#[derive(Default)]
+struct Model {
+    /// id -> (seq, priority) of ready tasks.
+    ready: BTreeMap<u64, (u64, i32)>,
+    /// id -> (seq, priority, attempt, consumer, deadline)
+    leased: BTreeMap<u64, (u64, i32, u32, u64, u64)>,
+    putters: VecDeque<(u64, Vec<(u64, i32)>)>,
+    attempts: HashMap<u64, u32>,
+    seq: u64,
+    credit: HashMap<u64, u64>,
+    granted: HashMap<u64, u64>,
+    received: HashMap<u64, u64>,
+    consumers: Vec<u64>,
+    enqueued: u64,
+    gone: u64,
+}
+
+impl Model {
+    fn smallest(&self, order: Order) -> Option<u64> {
+        let key = |(id, (seq, p)): (&u64, &(u64, i32))| match order {
+            Order::Fifo => (0i64, *seq, *id),
+            Order::Lifo => (0, u64::MAX - *seq, *id),
+            Order::Priority => (i64::from(*p), *seq, *id),
+        };
+        self.ready.iter().min_by_key(|e| key(*e)).map(|(id, _)| *id)
+    }
+
+    fn store(&mut self, tasks: &[(u64, i32)]) {
+        for &(id, p) in tasks {
+            self.ready.insert(id, (self.seq, p));
+            self.seq += 1;
+            self.enqueued += 1;
+        }
+    }
+
+    /// Checks the engine's deliveries one by one, mirroring its admissions
+    /// of waiting producers: a waiting batch is stored as soon as it fits,
+    /// oldest first.
+    fn observe(&mut self, order: Order, capacity: u64, fx: &Effects, now: u64, deadline_ms: u64) {
+        let mut admitted = Vec::new();
+        for (cid, d) in &fx.deliveries {
+            if self.ready.is_empty() {
+                self.admit_fitting(capacity, &mut admitted);
+            }
+            let want = self.smallest(order).expect("a delivery from an empty queue");
+            assert_eq!(d.id.0, want, "delivery order");
+            let (seq, p) = self.ready.remove(&want).expect("ready");
+            let a = self.attempts.entry(want).or_insert(0);
+            *a += 1;
+            assert_eq!(d.attempt, *a, "attempt");
+            let c = self.credit.get_mut(&cid.0).expect("known consumer");
+            assert!(*c > 0, "delivery without credit");
+            *c -= 1;
+            *self.received.entry(cid.0).or_insert(0) += 1;
+            self.leased.insert(want, (seq, p, *a, cid.0, now + deadline_ms));
+        }
+        self.admit_fitting(capacity, &mut admitted);
+        assert_eq!(fx.admitted, admitted, "producers admitted in arrival order");
+        self.gone += fx.dead.len() as u64;
+    }
+
+    fn admit_fitting(&mut self, capacity: u64, admitted: &mut Vec<PutterId>) {
+        while let Some((_, front)) = self.putters.front() {
+            if (self.ready.len() + front.len()) as u64 > capacity {
+                break;
+            }
+            let (id, tasks) = self.putters.pop_front().expect("front exists");
+            self.store(&tasks);
+            admitted.push(PutterId(id));
+        }
+    }
+
+    /// A leased task failed: back to ready or dead (max_attempts = 3).
+    fn fail(&mut self, id: u64, priority: Option<i32>) {
+        let (seq, p, attempt, _, _) = self.leased.remove(&id).expect("leased");
+        if attempt < 3 {
+            self.ready.insert(id, (seq, priority.unwrap_or(p)));
+        }
+    }
+}
+
+fn run(order: Order, capacity: u64, ops: Vec<Op>) {
+    let mut q = QueueState::new(QueueConfig {
+        capacity,
+        order,
+        ack_deadline_ms: 1000,
+        max_attempts: 3,
+    });
+    let mut m = Model::default();
+    let mut now = 0u64;
+    let mut next_id = 1u64;
+    for op in ops {
+        let mut fx = Effects::default();
+        match op {
+            Op::Enqueue { prios, wait } => {
+                let tasks: Vec<(u64, i32)> = prios
+                    .iter()
+                    .map(|&p| {
+                        next_id += 1;
+                        (next_id, p)
+                    })
+                    .collect();
+                let new = tasks.iter().map(|&(i, p)| task(i, p)).collect();
+                let putter = next_id;
+                let mode = if wait {
+                    EnqueueMode::Wait(PutterId(putter))
+                } else {
+                    EnqueueMode::FailFast
+                };
+                let fits = m.putters.is_empty()
+                    && (m.ready.len() + tasks.len()) as u64 <= capacity;
+                match q.enqueue(now, new, mode, &mut fx) {
+                    Ok(Enqueued::Stored) => {
+                        assert!(fits);
+                        m.store(&tasks);
+                    }
+                    Ok(Enqueued::Waiting(_)) => {
+                        assert!(wait && !fits && tasks.len() as u64 <= capacity);
+                        m.putters.push_back((putter, tasks));
+                    }
+                    Err(EnqueueError::Full) => assert!(!wait && !fits),
+                    Err(EnqueueError::BatchTooLarge { .. }) => {
+                        assert!(tasks.len() as u64 > capacity)
+                    }
+                }
+            }
+            Op::Subscribe => {
+                let id = m.consumers.len() as u64 + 1;
+                q.add_consumer(ConsumerId(id), "p".into(), String::new(), false, now);
+                m.consumers.push(id);
+                m.credit.insert(id, 0);
+            }
+            Op::Grant { consumer, n } => {
+                if let Some(&id) = m.consumers.get(consumer)
+                    && m.credit.contains_key(&id)
+                {
+                    *m.credit.get_mut(&id).expect("present") += n;
+                    *m.granted.entry(id).or_insert(0) += n;
+                    q.grant(now, ConsumerId(id), n, &mut fx);
+                }
+            }
+            Op::Ack { pick } => {
+                if !m.leased.is_empty() {
+                    let id = *m.leased.keys().nth(pick % m.leased.len()).expect("in range");
+                    let attempt = m.leased[&id].2;
+                    // A stale token first: it must change nothing.
+                    assert_eq!(
+                        q.ack(now, TaskId(id), attempt + 1),
+                        Err(SettleError::StaleLease)
+                    );
+                    assert_eq!(q.ack(now, TaskId(id), attempt), Ok(()));
+                    m.leased.remove(&id);
+                    m.gone += 1;
+                }
+            }
+            Op::Nack { pick, priority } => {
+                if !m.leased.is_empty() {
+                    let id = *m.leased.keys().nth(pick % m.leased.len()).expect("in range");
+                    let attempt = m.leased[&id].2;
+                    let action = NackAction::Retry {
+                        delay_ms: 0,
+                        priority,
+                    };
+                    assert_eq!(
+                        q.nack(now, TaskId(id), attempt, action, "e", &mut fx),
+                        Ok(())
+                    );
+                    m.fail(id, priority);
+                }
+            }
+            Op::Leave { consumer } => {
+                if let Some(&id) = m.consumers.get(consumer)
+                    && m.credit.remove(&id).is_some()
+                {
+                    q.remove_consumer(now, ConsumerId(id), &mut fx);
+                    let held: Vec<u64> = m
+                        .leased
+                        .iter()
+                        .filter(|(_, l)| l.3 == id)
+                        .map(|(t, _)| *t)
+                        .collect();
+                    for t in held {
+                        m.fail(t, None);
+                    }
+                }
+            }
+            Op::Advance { ms } => {
+                now += ms;
+                q.tick(now, &mut fx);
+                let due: Vec<u64> = m
+                    .leased
+                    .iter()
+                    .filter(|(_, l)| l.4 <= now)
+                    .map(|(t, _)| *t)
+                    .collect();
+                for t in due {
+                    m.fail(t, None);
+                }
+            }
+            Op::Purge => {
+                let n = q.purge(now, &mut fx);
+                assert_eq!(n, m.ready.len() as u64);
+                m.gone += n;
+                m.ready.clear();
+            }
+            Op::CancelPut { pick } => {
+                if !m.putters.is_empty() {
+                    let i = pick % m.putters.len();
+                    let (id, _) = m.putters.remove(i).expect("in range");
+                    assert!(q.cancel_put(now, PutterId(id), &mut fx));
+                }
+            }
+        }
+        m.observe(order, capacity, &fx, now, 1000);
+
+        let s = q.stats();
+        assert_eq!(s.ready, m.ready.len() as u64, "ready");
+        assert_eq!(s.leased, m.leased.len() as u64, "leased");
+        assert_eq!(s.unfinished(), q.unfinished(), "unfinished");
+        assert_eq!(s.waiting_producers, m.putters.len() as u64);
+        assert_eq!(s.enqueued_total, m.enqueued, "enqueued");
+        assert_eq!(
+            s.enqueued_total,
+            s.acked_total + s.dead_total + s.purged_total + s.unfinished(),
+            "no task lost or invented"
+        );
+        assert_eq!(m.gone, s.acked_total + s.dead_total + s.purged_total);
+        for c in q.consumer_stats(now) {
+            assert_eq!(Some(&c.credit), m.credit.get(&c.id.0), "credit");
+            assert!(c.delivered <= m.granted.get(&c.id.0).copied().unwrap_or(0));
+        }
+        // A producer waits only while its batch does not fit.
+        if let Some((_, front)) = m.putters.front() {
+            assert!(s.ready + s.delayed + front.len() as u64 > capacity);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn engine_matches_model_fifo(cap in 1u64..8, ops in proptest::collection::vec(op(), 1..120)) {
+        run(Order::Fifo, cap, ops);
+    }
+
+    #[test]
+    fn engine_matches_model_lifo(cap in 1u64..8, ops in proptest::collection::vec(op(), 1..120)) {
+        run(Order::Lifo, cap, ops);
+    }
+
+    #[test]
+    fn engine_matches_model_priority(cap in 1u64..8, ops in proptest::collection::vec(op(), 1..120)) {
+        run(Order::Priority, cap, ops);
+    }
+}
