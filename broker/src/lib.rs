@@ -1,11 +1,21 @@
 //! The sluice broker: named bounded queues behind a gRPC API.
 //!
 //! Three layers, each knowing only the one below (DESIGN.md §1):
-//! - [`service`]: tonic handlers — decode, validate, call the registry, map
-//!   errors to `tonic::Status` (in [`error`]).
+//! - [`service`] and [`consume`]: tonic handlers — decode, check with
+//!   [`validate`], call the registry, map [`error`]s to `tonic::Status`.
 //! - [`registry`]: the async runtime around the engine — one handle per
 //!   queue owning its state behind a mutex held only for an engine call,
 //!   a timer task per queue, routing of deliveries and wake-ups.
 //! - [`engine`]: the sans-I/O state machine of one queue.
+//!
+//! [`server`] puts them on a listener; `main.rs` only parses [`args`].
 
+pub mod args;
+pub mod consume;
 pub mod engine;
+pub mod error;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod signal;
+pub mod validate;

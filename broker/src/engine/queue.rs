@@ -184,6 +184,14 @@ impl QueueState {
         true
     }
 
+    /// Stores tasks regardless of capacity and of waiting producers: for
+    /// dead letters, which were already accepted once and must not be lost
+    /// because their new queue is full.
+    pub fn enqueue_forced(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
+        self.store(now, tasks, fx);
+        self.dispatch(now, fx);
+    }
+
     /// When the oldest waiting producer started waiting.
     pub fn oldest_putter_since(&self) -> Option<Millis> {
         self.putters.front().map(|p| p.at)
@@ -509,6 +517,22 @@ impl QueueState {
             NackAction::Drop => self.kill(id, DeadReason::Dropped, fx),
             NackAction::DeadLetter => self.kill(id, DeadReason::Rejected, fx),
         }
+        self.dispatch(now, fx);
+        Ok(())
+    }
+
+    /// Gives a lease back unprocessed (its taker went away before seeing
+    /// it): ready again at once, not counted as a nack. The attempt stays
+    /// counted, since the delivery happened.
+    pub fn release(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        attempt: u32,
+        fx: &mut Effects,
+    ) -> Result<(), SettleError> {
+        self.end_lease(id, attempt)?;
+        self.retry_or_dead(now, id, 0, None, DeadReason::MaxAttempts, fx);
         self.dispatch(now, fx);
         Ok(())
     }

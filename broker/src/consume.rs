@@ -1,0 +1,294 @@
+//! The worker's stream: one `Consume` call is one consumer of one queue.
+//!
+//! A spawned session task reads client frames (acks, nacks, extends,
+//! credit) and forwards the deliveries the engine routes to this consumer.
+//! The outbound channel is small and deliveries only exist when credit paid
+//! for them, so nothing here buffers without bound. When the session ends
+//! for any reason (client gone, cancel, error, queue deleted, shutdown),
+//! its guard removes the consumer and every task it held is ready again at
+//! once.
+
+use sluice_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+use tracing::Instrument;
+
+use crate::engine::{ConsumerId, Effects, Millis, SettleError};
+use crate::error::Error;
+use crate::registry::{Broker, DeliveryRx, QueueHandle, Shared};
+use crate::service::{delivery, peer};
+use crate::validate;
+
+type Out = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
+
+/// Reads the Subscribe frame, registers the consumer and starts its
+/// session. Errors before the subscription end the call with a status.
+pub async fn start(
+    broker: Broker,
+    req: Request<Streaming<pb::ConsumeRequest>>,
+) -> Result<ReceiverStream<Result<pb::ConsumeResponse, Status>>, Status> {
+    let peer = peer(&req);
+    let mut inbound = req.into_inner();
+    let mut first = match inbound.message().await? {
+        Some(f) => f,
+        None => {
+            return Err(Error::FailedPrecondition(
+                "the Consume stream ended before its Subscribe frame".into(),
+            )
+            .into());
+        }
+    };
+    let Some(sub) = first.subscribe.take() else {
+        return Err(Error::FailedPrecondition(
+            "the first frame of a Consume stream must carry subscribe".into(),
+        )
+        .into());
+    };
+    validate::queue_name(&sub.queue)?;
+    if sub.consumer_name.len() > validate::MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "consumer_name is over {} bytes",
+            validate::MAX_NAME_LEN
+        ))
+        .into());
+    }
+    let q = broker.queue(&sub.queue)?;
+    let (cid, deliveries) = broker.add_consumer(&q, sub.consumer_name.clone(), peer.clone())?;
+    let (tx, rx) = mpsc::channel(16);
+    let subscribed = pb::ConsumeResponse {
+        subscribed: Some(pb::Subscribed {
+            consumer_id: format!("c{}", cid.0),
+            ack_deadline_ms: q.spec.config.ack_deadline_ms,
+        }),
+        ..Default::default()
+    };
+    // The channel is new and empty: this cannot fail for lack of room.
+    let _ = tx.try_send(Ok(subscribed));
+    let span = tracing::info_span!("consume", queue = %sub.queue, consumer = cid.0, name = %sub.consumer_name, %peer);
+    let session = Session {
+        _leave: Leave {
+            broker: broker.clone(),
+            q: q.clone(),
+            cid,
+        },
+        broker,
+        q,
+        cid,
+    };
+    tokio::spawn(
+        session
+            .run(first, inbound, deliveries, tx)
+            .instrument(span),
+    );
+    Ok(ReceiverStream::new(rx))
+}
+
+struct Session {
+    broker: Broker,
+    q: std::sync::Arc<QueueHandle>,
+    cid: ConsumerId,
+    _leave: Leave,
+}
+
+impl Session {
+    async fn run(
+        self,
+        first: pb::ConsumeRequest,
+        mut inbound: Streaming<pb::ConsumeRequest>,
+        mut deliveries: DeliveryRx,
+        out: Out,
+    ) {
+        tracing::debug!("consumer subscribed");
+        let mut frame = Some(first);
+        let shutdown = self.broker.shutdown().clone();
+        loop {
+            if let Some(f) = frame.take() {
+                match self.handle(f) {
+                    Ok(errors) if errors.is_empty() => {}
+                    Ok(errors) => {
+                        let resp = pb::ConsumeResponse {
+                            errors,
+                            ..Default::default()
+                        };
+                        if out.send(Ok(resp)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(status) => {
+                        tracing::info!(error = %status.message(), "consume stream refused a frame");
+                        let _ = out.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = self.q.deleted().cancelled() => {
+                    let _ = out.send(Err(Error::QueueDeleted(self.q.name().to_owned()).into())).await;
+                    break;
+                }
+                _ = shutdown.cancelled() => {
+                    let drain = pb::ConsumeResponse {
+                        drain: Some(pb::Drain { reason: "broker shutting down".into(), grace_ms: 0 }),
+                        ..Default::default()
+                    };
+                    let _ = out.send(Ok(drain)).await;
+                    break;
+                }
+                Some(batch) = deliveries.recv() => {
+                    let mut list: Vec<pb::Delivery> =
+                        batch.iter().map(|d| delivery(self.q.name(), d)).collect();
+                    // Coalesce whatever else is already waiting into one frame.
+                    while let Ok(more) = deliveries.try_recv() {
+                        list.extend(more.iter().map(|d| delivery(self.q.name(), d)));
+                    }
+                    let resp = pb::ConsumeResponse { deliveries: list, ..Default::default() };
+                    if out.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+                m = inbound.message() => match m {
+                    Ok(Some(f)) => frame = Some(f),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(error = %status, "consume stream broken");
+                        break;
+                    }
+                },
+            }
+        }
+        tracing::debug!("consumer left");
+    }
+
+    /// Applies one client frame in one engine call: acks, nacks, extends,
+    /// then credit.
+    fn handle(&self, f: pb::ConsumeRequest) -> Result<Vec<pb::SettleError>, Status> {
+        if f.subscribe.is_some() {
+            return Err(Error::FailedPrecondition(
+                "a Consume stream carries one subscription; open another stream for another queue"
+                    .into(),
+            )
+            .into());
+        }
+        let cid = self.cid;
+        let q = &self.q;
+        self.broker.apply(q, |sh, now, fx| {
+            let errors = settle(sh, now, fx, q, &f.acks, &f.nacks, &f.extends);
+            if f.credit > 0 {
+                let unspent = sh.state.credit(cid).unwrap_or(0);
+                let total = unspent + u64::from(f.credit);
+                if total > validate::MAX_UNSPENT_CREDIT {
+                    return Err(Error::invalid(format!(
+                        "unspent credit would be {total}, over the limit of {}",
+                        validate::MAX_UNSPENT_CREDIT
+                    ))
+                    .into());
+                }
+                sh.state.grant(now, cid, u64::from(f.credit), fx);
+            }
+            Ok(errors)
+        })
+    }
+}
+
+/// Applies acks, nacks and extends to a queue, collecting the refused ones.
+/// Shared by the stream and the unary Ack/Nack/ExtendLease calls.
+pub fn settle(
+    sh: &mut Shared,
+    now: Millis,
+    fx: &mut Effects,
+    q: &QueueHandle,
+    acks: &[pb::AckItem],
+    nacks: &[pb::NackItem],
+    extends: &[pb::ExtendItem],
+) -> Vec<pb::SettleError> {
+    let mut errors = Vec::new();
+    for a in acks {
+        let r = lease(&a.lease).and_then(|(id, attempt)| {
+            sh.state.ack(now, id, attempt).map_err(refused)
+        });
+        if let Err((code, message)) = r {
+            errors.push(settle_error(&a.lease, code, message));
+        }
+    }
+    for n in nacks {
+        let r = lease(&n.lease).and_then(|(id, attempt)| {
+            let action = validate::nack_action(n).map_err(invalid)?;
+            let text = validate::error_text(&n.error);
+            sh.state
+                .nack(now, id, attempt, action, text, fx)
+                .map_err(refused)
+        });
+        if let Err((code, message)) = r {
+            errors.push(settle_error(&n.lease, code, message));
+        }
+    }
+    for e in extends {
+        let r = lease(&e.lease).and_then(|(id, attempt)| {
+            let ms = match e.extend_ms {
+                0 => q.spec.config.ack_deadline_ms,
+                ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
+            };
+            sh.state
+                .extend(now, id, attempt, ms, fx)
+                .map(|_| ())
+                .map_err(refused)
+        });
+        if let Err((code, message)) = r {
+            errors.push(settle_error(&e.lease, code, message));
+        }
+    }
+    errors
+}
+
+type Refusal = (pb::SettleErrorCode, String);
+
+fn lease(l: &Option<pb::LeaseRef>) -> Result<(crate::engine::TaskId, u32), Refusal> {
+    let l = l.as_ref().ok_or_else(|| invalid("missing lease".into()))?;
+    let id = validate::parse_task_id(&l.task_id).ok_or_else(|| {
+        (
+            pb::SettleErrorCode::UnknownTask,
+            format!("no task with id {:?}", l.task_id),
+        )
+    })?;
+    Ok((id, l.attempt))
+}
+
+fn refused(e: SettleError) -> Refusal {
+    let code = match e {
+        SettleError::UnknownTask => pb::SettleErrorCode::UnknownTask,
+        SettleError::StaleLease => pb::SettleErrorCode::StaleLease,
+    };
+    (code, e.to_string())
+}
+
+fn invalid(message: String) -> Refusal {
+    (pb::SettleErrorCode::Invalid, message)
+}
+
+fn settle_error(
+    l: &Option<pb::LeaseRef>,
+    code: pb::SettleErrorCode,
+    message: String,
+) -> pb::SettleError {
+    pb::SettleError {
+        lease: l.clone(),
+        code: code as i32,
+        message,
+    }
+}
+
+/// Removes the consumer however the session ends, so what it held is
+/// ready again at once.
+struct Leave {
+    broker: Broker,
+    q: std::sync::Arc<QueueHandle>,
+    cid: ConsumerId,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.broker.remove_consumer(&self.q, self.cid);
+    }
+}

@@ -1,0 +1,60 @@
+//! The broker's one error type, and the one place it becomes a gRPC status.
+
+use tonic::{Code, Status};
+
+/// Everything a request can fail with. Variants carry what the user needs
+/// to fix the request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("queue {0:?} not found")]
+    QueueNotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("queue {name:?} already exists with other options ({diff})")]
+    QueueExists { name: String, diff: String },
+    #[error("queue {queue:?} full ({depth} of {capacity} tasks)")]
+    QueueFull {
+        queue: String,
+        depth: u64,
+        capacity: u64,
+    },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0} is not implemented by this broker version")]
+    Unimplemented(&'static str),
+    #[error("queue {0:?} was deleted")]
+    QueueDeleted(String),
+    #[error("timed out after {waited_ms} ms {what}")]
+    DeadlineExceeded { waited_ms: u64, what: String },
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::QueueNotFound(_) => Code::NotFound,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::QueueExists { .. } => Code::AlreadyExists,
+            Error::QueueFull { .. } => Code::ResourceExhausted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::QueueDeleted(_) => Code::Aborted,
+            Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Error::ShuttingDown => Code::Unavailable,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,661 @@
+//! The async runtime around the engine: the registry of queues, one handle
+//! per queue, the per-queue timer, and the waiting operations (enqueue that
+//! waits for space, get that waits for a task, join).
+//!
+//! Locking: each queue's state sits behind a std `Mutex` held only for one
+//! engine call plus routing its effects (channel sends and one-shot
+//! resolutions, which never block), never across `.await`. At most one
+//! queue lock is held at a time — dead letters are forwarded to their queue
+//! after the source queue's lock is released — and the registry's `RwLock`
+//! is never held while a queue lock is taken. So there is no lock order to
+//! get wrong.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{
+    ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError, EnqueueMode,
+    Enqueued, Millis, NewTask, PutterId, QueueConfig, QueueState, QueueStats, TaskId,
+};
+use crate::error::{Error, Result};
+
+/// Wall-clock milliseconds since the Unix epoch: the engine's `now`.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// A validated queue definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub config: QueueConfig,
+    pub dead_letter: Option<String>,
+}
+
+/// Batches of deliveries for one consumer. Unbounded on purpose: what is in
+/// it was paid for with the consumer's credit, so credit is the bound.
+pub type DeliveryRx = mpsc::UnboundedReceiver<Vec<Delivery>>;
+type DeliveryTx = mpsc::UnboundedSender<Vec<Delivery>>;
+
+/// The state of a queue plus who to tell about its effects.
+pub struct Shared {
+    pub state: QueueState,
+    senders: HashMap<ConsumerId, DeliveryTx>,
+    putters: HashMap<PutterId, oneshot::Sender<()>>,
+}
+
+/// One named queue.
+pub struct QueueHandle {
+    pub spec: QueueSpec,
+    pub created_at: Millis,
+    shared: Mutex<Shared>,
+    /// Woken whenever the queue has no unfinished task (Join).
+    idle: Notify,
+    /// Woken when the earliest deadline moved earlier (the timer task).
+    rearm: Notify,
+    deleted: CancellationToken,
+}
+
+impl QueueHandle {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// A poisoned lock means an engine call panicked mid-change; the state
+    /// may be inconsistent, but refusing every later call would lose every
+    /// task in the queue, so keep serving.
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Depths, totals and consumers, read in one critical section.
+    pub fn snapshot(&self) -> (QueueStats, Vec<ConsumerStats>) {
+        let now = now_ms();
+        let sh = self.lock();
+        (sh.state.stats(), sh.state.consumer_stats(now))
+    }
+
+    pub fn deleted(&self) -> &CancellationToken {
+        &self.deleted
+    }
+}
+
+/// The broker's state: every queue, id counters, and the shutdown signal.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queues: RwLock<BTreeMap<String, Arc<QueueHandle>>>,
+    next_task: AtomicU64,
+    next_consumer: AtomicU64,
+    next_putter: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// What a stored enqueue reports back.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    pub first_id: TaskId,
+    pub depth: u64,
+    pub capacity: u64,
+    pub waited_ms: u64,
+}
+
+impl Broker {
+    pub fn new(shutdown: CancellationToken) -> Self {
+        // Task ids start at the boot time in ms shifted left by 20 bits: a
+        // restarted broker's ids never meet the previous run's unless that
+        // run handed out over a million ids per millisecond of uptime.
+        let first = now_ms() << 20;
+        Broker {
+            inner: Arc::new(Inner {
+                queues: RwLock::new(BTreeMap::new()),
+                next_task: AtomicU64::new(first),
+                next_consumer: AtomicU64::new(1),
+                next_putter: AtomicU64::new(1),
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Reserves `n` consecutive task ids.
+    pub fn task_ids(&self, n: u64) -> TaskId {
+        TaskId(self.inner.next_task.fetch_add(n, Ordering::Relaxed))
+    }
+
+    pub fn consumer_id(&self) -> ConsumerId {
+        ConsumerId(self.inner.next_consumer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ registry
+
+    /// Creates a queue, or returns the existing one when its definition is
+    /// equal. The bool says whether it was created.
+    pub fn create_queue(&self, spec: QueueSpec) -> Result<(Arc<QueueHandle>, bool)> {
+        self.check_open()?;
+        let handle = {
+            let mut queues = self
+                .inner
+                .queues
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(existing) = queues.get(&spec.name) {
+                if existing.spec == spec {
+                    return Ok((Arc::clone(existing), false));
+                }
+                return Err(Error::QueueExists {
+                    name: spec.name.clone(),
+                    diff: describe_diff(&existing.spec, &spec),
+                });
+            }
+            let handle = Arc::new(QueueHandle {
+                created_at: now_ms(),
+                shared: Mutex::new(Shared {
+                    state: QueueState::new(spec.config.clone()),
+                    senders: HashMap::new(),
+                    putters: HashMap::new(),
+                }),
+                idle: Notify::new(),
+                rearm: Notify::new(),
+                deleted: CancellationToken::new(),
+                spec,
+            });
+            queues.insert(handle.spec.name.clone(), Arc::clone(&handle));
+            handle
+        };
+        tokio::spawn(run_timer(self.clone(), Arc::clone(&handle)));
+        tracing::info!(queue = %handle.name(), "queue created");
+        Ok((handle, true))
+    }
+
+    pub fn queue(&self, name: &str) -> Result<Arc<QueueHandle>> {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::QueueNotFound(name.to_owned()))
+    }
+
+    /// Every queue, by name.
+    pub fn queues(&self) -> Vec<Arc<QueueHandle>> {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Deletes a queue; returns how many unfinished tasks went with it.
+    /// Everyone waiting on it is woken and fails with ABORTED.
+    pub fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
+        let handle = {
+            let mut queues = self
+                .inner
+                .queues
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let handle = queues
+                .get(name)
+                .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
+            if if_empty {
+                let unfinished = handle.lock().state.unfinished();
+                if unfinished > 0 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "queue {name:?} holds {unfinished} unfinished tasks"
+                    )));
+                }
+            }
+            queues
+                .remove(name)
+                .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?
+        };
+        handle.deleted.cancel();
+        let mut sh = handle.lock();
+        sh.senders.clear();
+        sh.putters.clear();
+        let discarded = sh.state.unfinished();
+        drop(sh);
+        handle.idle.notify_waiters();
+        tracing::info!(queue = %name, discarded, "queue deleted");
+        Ok(discarded)
+    }
+
+    // ------------------------------------------------------------ engine calls
+
+    /// Runs one engine call on a queue and carries out its effects: routes
+    /// deliveries, wakes admitted producers, joiners and the timer, and
+    /// forwards dead tasks (after the lock is released).
+    pub fn apply<R>(
+        &self,
+        q: &QueueHandle,
+        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+    ) -> R {
+        let mut fx = Effects::default();
+        let now = now_ms();
+        let r = {
+            let mut sh = q.lock();
+            let r = f(&mut sh, now, &mut fx);
+            route(&mut sh, &mut fx);
+            if fx.rearm {
+                q.rearm.notify_one();
+            }
+            if sh.state.unfinished() == 0 {
+                q.idle.notify_waiters();
+            }
+            r
+        };
+        if !fx.dead.is_empty() {
+            self.forward_dead(q, std::mem::take(&mut fx.dead));
+        }
+        r
+    }
+
+    /// Moves dead tasks to the queue's dead letter queue, if it has one that
+    /// exists; otherwise they are dropped (already counted in `dead_total`).
+    fn forward_dead(&self, from: &QueueHandle, dead: Vec<DeadTask>) {
+        for d in &dead {
+            tracing::warn!(
+                queue = %from.name(), task = d.id.0, attempts = d.attempts,
+                reason = ?d.reason, error = %d.error, "task dead"
+            );
+        }
+        let Some(dlq_name) = &from.spec.dead_letter else {
+            return;
+        };
+        let tasks: Vec<NewTask> = dead
+            .into_iter()
+            .filter(|d| d.reason != DeadReason::Dropped)
+            .map(|d| dead_letter_task(from.name(), d))
+            .collect();
+        if tasks.is_empty() {
+            return;
+        }
+        match self.queue(dlq_name) {
+            Ok(dlq) => self.apply(&dlq, |sh, now, fx| {
+                sh.state.enqueue_forced(now, tasks, fx);
+            }),
+            Err(_) => tracing::warn!(
+                queue = %from.name(), dead_letter = %dlq_name, dropped = tasks.len(),
+                "dead letter queue does not exist; dead tasks dropped"
+            ),
+        }
+    }
+
+    // ------------------------------------------------------------ waiting operations
+
+    /// Stores a batch. With `wait`, waits in line for space until
+    /// `deadline`; without, a full queue is an error at once.
+    pub async fn enqueue(
+        &self,
+        q: &Arc<QueueHandle>,
+        tasks: Vec<NewTask>,
+        wait: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Stored> {
+        self.check_open()?;
+        let first_id = tasks.first().map_or(TaskId(0), |t| t.id);
+        let putter = PutterId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        let mode = if wait {
+            EnqueueMode::Wait(putter)
+        } else {
+            EnqueueMode::FailFast
+        };
+        let started = Instant::now();
+        let (res, depth) = self.apply(q, |sh, now, fx| {
+            let r = sh.state.enqueue(now, tasks, mode, fx);
+            if let Ok(Enqueued::Waiting(p)) = r {
+                sh.putters.insert(p, tx);
+            }
+            (r, sh.state.depth())
+        });
+        let capacity = q.spec.config.capacity;
+        let stored = |depth| Stored {
+            first_id,
+            depth,
+            capacity,
+            waited_ms: started.elapsed().as_millis() as u64,
+        };
+        match res {
+            Ok(Enqueued::Stored) => return Ok(stored(depth)),
+            Ok(Enqueued::Waiting(_)) => {}
+            Err(EnqueueError::Full) => {
+                return Err(Error::QueueFull {
+                    queue: q.name().to_owned(),
+                    depth,
+                    capacity,
+                });
+            }
+            Err(e @ EnqueueError::BatchTooLarge { .. }) => return Err(Error::invalid(e.to_string())),
+        }
+
+        // Leave the line if this future is dropped (client gone).
+        let mut guard = PutterGuard {
+            broker: self,
+            q,
+            putter,
+            armed: true,
+        };
+        let outcome = tokio::select! {
+            biased;
+            r = rx => match r {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Error::QueueDeleted(q.name().to_owned())),
+            },
+            _ = q.deleted.cancelled() => Err(Error::QueueDeleted(q.name().to_owned())),
+            _ = self.inner.shutdown.cancelled() => Err(Error::ShuttingDown),
+            _ = sleep_until_opt(deadline) => Err(Error::DeadlineExceeded {
+                waited_ms: started.elapsed().as_millis() as u64,
+                what: format!("waiting for space in queue {:?}", q.name()),
+            }),
+        };
+        guard.armed = false;
+        match outcome {
+            Ok(()) => Ok(stored(self.apply(q, |sh, _, _| sh.state.depth()))),
+            Err(e) => {
+                // The batch may have been admitted in the instant between
+                // the wake-up and here: then it is stored and we say so.
+                let left = self.apply(q, |sh, now, fx| {
+                    sh.putters.remove(&putter);
+                    sh.state.cancel_put(now, putter, fx)
+                });
+                if left || q.deleted.is_cancelled() {
+                    Err(e)
+                } else {
+                    Ok(stored(self.apply(q, |sh, _, _| sh.state.depth())))
+                }
+            }
+        }
+    }
+
+    /// Takes up to `max` ready tasks under detached leases, waiting up to
+    /// `wait` for the first.
+    pub async fn get(
+        &self,
+        q: &Arc<QueueHandle>,
+        max: u64,
+        wait: Duration,
+        peer: String,
+    ) -> Result<Vec<Delivery>> {
+        self.check_open()?;
+        let cid = self.consumer_id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.apply(q, |sh, now, fx| {
+            sh.state.add_consumer(cid, "get".into(), peer, true, now);
+            sh.senders.insert(cid, tx);
+            sh.state.grant(now, cid, max, fx);
+        });
+        let mut guard = GetGuard {
+            broker: self,
+            q,
+            cid,
+            rx,
+            armed: true,
+        };
+        let mut out = Vec::new();
+        while let Ok(batch) = guard.rx.try_recv() {
+            out.extend(batch);
+        }
+        if out.is_empty() && !wait.is_zero() {
+            tokio::select! {
+                Some(batch) = guard.rx.recv() => out.extend(batch),
+                _ = tokio::time::sleep(wait) => {}
+                _ = q.deleted.cancelled() => {}
+                _ = self.inner.shutdown.cancelled() => {}
+            }
+        }
+        // Leave first, then take whatever arrived meanwhile: nothing
+        // delivered to this call is dropped.
+        guard.armed = false;
+        self.apply(q, |sh, now, fx| {
+            sh.senders.remove(&cid);
+            sh.state.remove_consumer(now, cid, fx);
+        });
+        while let Ok(batch) = guard.rx.try_recv() {
+            out.extend(batch);
+        }
+        if out.is_empty() && q.deleted.is_cancelled() {
+            return Err(Error::QueueDeleted(q.name().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Returns once the queue has no unfinished task.
+    pub async fn join(&self, q: &Arc<QueueHandle>, deadline: Option<Instant>) -> Result<u64> {
+        let started = Instant::now();
+        loop {
+            let notified = q.idle.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a wake-up in between is not lost.
+            notified.as_mut().enable();
+            let (unfinished, acked) = {
+                let sh = q.lock();
+                (sh.state.unfinished(), sh.state.stats().acked_total)
+            };
+            if unfinished == 0 && !q.deleted.is_cancelled() {
+                return Ok(acked);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = q.deleted.cancelled() => return Err(Error::QueueDeleted(q.name().to_owned())),
+                _ = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
+                _ = sleep_until_opt(deadline) => return Err(Error::DeadlineExceeded {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    what: format!("waiting for queue {:?} to drain ({unfinished} tasks unfinished)", q.name()),
+                }),
+            }
+        }
+    }
+
+    /// Registers a streaming consumer; its deliveries arrive on the
+    /// returned receiver. Pair with [`Broker::remove_consumer`].
+    pub fn add_consumer(
+        &self,
+        q: &QueueHandle,
+        name: String,
+        peer: String,
+    ) -> Result<(ConsumerId, DeliveryRx)> {
+        self.check_open()?;
+        let cid = self.consumer_id();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.apply(q, |sh, now, _| {
+            sh.state.add_consumer(cid, name, peer, false, now);
+            sh.senders.insert(cid, tx);
+        });
+        Ok((cid, rx))
+    }
+
+    /// The consumer left: what it held goes back to ready at once.
+    pub fn remove_consumer(&self, q: &QueueHandle, cid: ConsumerId) {
+        self.apply(q, |sh, now, fx| {
+            sh.senders.remove(&cid);
+            sh.state.remove_consumer(now, cid, fx);
+        });
+    }
+}
+
+/// Sends each consumer its deliveries as one batch, and wakes admitted
+/// producers. Runs under the queue lock; nothing here blocks.
+fn route(sh: &mut Shared, fx: &mut Effects) {
+    if !fx.deliveries.is_empty() {
+        // Few consumers per call: a linear scan beats a map here.
+        let mut batches: Vec<(ConsumerId, Vec<Delivery>)> = Vec::new();
+        for (cid, d) in fx.deliveries.drain(..) {
+            match batches.iter_mut().find(|(c, _)| *c == cid) {
+                Some((_, b)) => b.push(d),
+                None => batches.push((cid, vec![d])),
+            }
+        }
+        for (cid, batch) in batches {
+            // A closed receiver means the consumer is on its way out; its
+            // removal returns these tasks to ready.
+            if let Some(tx) = sh.senders.get(&cid) {
+                let _ = tx.send(batch);
+            }
+        }
+    }
+    for p in fx.admitted.drain(..) {
+        if let Some(tx) = sh.putters.remove(&p) {
+            // A dropped receiver is a producer that gave up in the same
+            // instant; its enqueue path sees the batch stored.
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Wakes the engine when its earliest deadline (lease expiry, delayed task)
+/// comes, for as long as the queue exists.
+async fn run_timer(broker: Broker, q: Arc<QueueHandle>) {
+    loop {
+        let next = q.lock().state.next_deadline();
+        let sleep = async {
+            match next {
+                Some(at) => {
+                    let wait = at.saturating_sub(now_ms());
+                    tokio::time::sleep(Duration::from_millis(wait)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = q.deleted.cancelled() => return,
+            _ = q.rearm.notified() => {}
+            _ = sleep => broker.apply(&q, |sh, now, fx| sh.state.tick(now, fx)),
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn dead_letter_task(from: &str, d: DeadTask) -> NewTask {
+    let mut headers = d.body.headers.clone();
+    headers.insert("x-sluice-dead-from".into(), from.to_owned());
+    headers.insert("x-sluice-dead-attempts".into(), d.attempts.to_string());
+    let reason = match d.reason {
+        DeadReason::MaxAttempts => "max-attempts",
+        DeadReason::Rejected => "rejected",
+        DeadReason::Dropped => "dropped",
+    };
+    headers.insert("x-sluice-dead-reason".into(), reason.into());
+    if !d.error.is_empty() {
+        headers.insert("x-sluice-dead-error".into(), d.error);
+    }
+    NewTask {
+        id: d.id,
+        payload: d.body.payload.clone(),
+        headers,
+        priority: d.body.priority,
+        delay_ms: 0,
+    }
+}
+
+fn describe_diff(a: &QueueSpec, b: &QueueSpec) -> String {
+    let mut diffs = Vec::new();
+    let (x, y) = (&a.config, &b.config);
+    if x.capacity != y.capacity {
+        diffs.push(format!("capacity {} vs {}", x.capacity, y.capacity));
+    }
+    if x.order != y.order {
+        diffs.push(format!("order {:?} vs {:?}", x.order, y.order));
+    }
+    if x.ack_deadline_ms != y.ack_deadline_ms {
+        diffs.push(format!(
+            "ack_deadline_ms {} vs {}",
+            x.ack_deadline_ms, y.ack_deadline_ms
+        ));
+    }
+    if x.max_attempts != y.max_attempts {
+        diffs.push(format!(
+            "max_attempts {} vs {}",
+            x.max_attempts, y.max_attempts
+        ));
+    }
+    if a.dead_letter != b.dead_letter {
+        diffs.push(format!(
+            "dead_letter {:?} vs {:?}",
+            a.dead_letter.as_deref().unwrap_or(""),
+            b.dead_letter.as_deref().unwrap_or("")
+        ));
+    }
+    format!("existing vs requested: {}", diffs.join(", "))
+}
+
+/// Takes a waiting producer out of line when its call is dropped.
+struct PutterGuard<'a> {
+    broker: &'a Broker,
+    q: &'a QueueHandle,
+    putter: PutterId,
+    armed: bool,
+}
+
+impl Drop for PutterGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let p = self.putter;
+            self.broker.apply(self.q, |sh, now, fx| {
+                sh.putters.remove(&p);
+                sh.state.cancel_put(now, p, fx);
+            });
+        }
+    }
+}
+
+/// When a waiting Get is dropped (client gone), leaves the queue and gives
+/// back whatever was delivered to it but never sent.
+struct GetGuard<'a> {
+    broker: &'a Broker,
+    q: &'a QueueHandle,
+    cid: ConsumerId,
+    rx: DeliveryRx,
+    armed: bool,
+}
+
+impl Drop for GetGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let cid = self.cid;
+        let rx = &mut self.rx;
+        self.broker.apply(self.q, |sh, now, fx| {
+            sh.senders.remove(&cid);
+            sh.state.remove_consumer(now, cid, fx);
+            while let Ok(batch) = rx.try_recv() {
+                for d in batch {
+                    let _ = sh.state.release(now, d.id, d.attempt, fx);
+                }
+            }
+        });
+    }
+}

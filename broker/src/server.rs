@@ -1,0 +1,70 @@
+//! Serving: the gRPC service plus health and reflection on an
+//! already-bound listener, until the shutdown token fires.
+
+use std::time::Duration;
+
+use sluice_proto::v1::sluice_service_server::SluiceServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Broker;
+use crate::service::Service;
+use crate::validate::Limits;
+
+/// How long open calls get to finish after shutdown starts before the
+/// broker exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves on `listener` until `shutdown` is cancelled. Waiting calls are
+/// answered UNAVAILABLE and Consume streams get a Drain notice.
+pub async fn run(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let broker = Broker::new(shutdown.clone());
+    let service = Service::new(broker, limits);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SluiceServiceServer<Service>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl and Python's grpcio-reflection still speak v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let incoming = TcpListenerStream::new(listener);
+    let stop = shutdown.clone();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SluiceServiceServer::new(service))
+        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+    tokio::pin!(server);
+
+    tokio::select! {
+        r = &mut server => return r.map_err(Into::into),
+        _ = shutdown.cancelled() => {}
+    }
+    health
+        .set_not_serving::<SluiceServiceServer<Service>>()
+        .await;
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "calls still open after the grace period; exiting anyway");
+            Ok(())
+        }
+    }
+}

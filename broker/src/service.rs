@@ -1,0 +1,334 @@
+//! The gRPC handlers: decode, validate, call the registry, encode. No queue
+//! logic lives here.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::sluice_service_server::SluiceService;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::consume;
+use crate::engine::{ConsumerStats, Delivery, QueueStats};
+use crate::error::Error;
+use crate::registry::{Broker, QueueHandle};
+use crate::validate::{self, Limits};
+
+/// The `sluice.v1.SluiceService` implementation.
+#[derive(Clone)]
+pub struct Service {
+    broker: Broker,
+    limits: Limits,
+}
+
+impl Service {
+    pub fn new(broker: Broker, limits: Limits) -> Self {
+        Service { broker, limits }
+    }
+
+    fn queue(&self, name: &str) -> Result<std::sync::Arc<QueueHandle>, Error> {
+        validate::queue_name(name)?;
+        self.broker.queue(name)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl SluiceService for Service {
+    async fn create_queue(
+        &self,
+        req: Request<pb::CreateQueueRequest>,
+    ) -> Result<Response<pb::CreateQueueResponse>, Status> {
+        let req = req.into_inner();
+        let spec = validate::queue_spec(&req.name, req.options.as_ref())?;
+        let (q, created) = self.broker.create_queue(spec)?;
+        Ok(Response::new(pb::CreateQueueResponse {
+            queue: Some(queue_info(&q)),
+            created,
+        }))
+    }
+
+    async fn get_queue(
+        &self,
+        req: Request<pb::GetQueueRequest>,
+    ) -> Result<Response<pb::GetQueueResponse>, Status> {
+        let q = self.queue(&req.get_ref().name)?;
+        Ok(Response::new(pb::GetQueueResponse {
+            queue: Some(queue_info(&q)),
+        }))
+    }
+
+    async fn list_queues(
+        &self,
+        _req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let queues = self.broker.queues().iter().map(|q| queue_info(q)).collect();
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let req = req.into_inner();
+        validate::queue_name(&req.name)?;
+        let discarded = self.broker.delete_queue(&req.name, req.if_empty)?;
+        Ok(Response::new(pb::DeleteQueueResponse { discarded }))
+    }
+
+    async fn purge_queue(
+        &self,
+        req: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let q = self.queue(&req.get_ref().name)?;
+        let purged = self.broker.apply(&q, |sh, now, fx| sh.state.purge(now, fx));
+        Ok(Response::new(pb::PurgeQueueResponse { purged }))
+    }
+
+    async fn enqueue(
+        &self,
+        req: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let deadline = call_deadline(&req);
+        let req = req.into_inner();
+        let q = self.queue(&req.queue)?;
+        let n = validate::batch_len(req.tasks.len())?;
+        let wait = match pb::EnqueueMode::try_from(req.mode) {
+            Ok(pb::EnqueueMode::Unspecified | pb::EnqueueMode::Wait) => true,
+            Ok(pb::EnqueueMode::FailFast) => false,
+            Err(_) => return Err(Error::invalid(format!("unknown enqueue mode {}", req.mode)).into()),
+        };
+        let first = self.broker.task_ids(n);
+        let tasks = validate::new_tasks(req.tasks, first, &self.limits)?;
+        let stored = self.broker.enqueue(&q, tasks, wait, deadline).await?;
+        let ids = (0..n)
+            .map(|i| validate::task_id_str(crate::engine::TaskId(stored.first_id.0 + i)))
+            .collect();
+        Ok(Response::new(pb::EnqueueResponse {
+            ids,
+            depth: stored.depth,
+            capacity: stored.capacity,
+            waited_ms: stored.waited_ms,
+        }))
+    }
+
+    type PublishStream = BoxStream<pb::PublishResponse>;
+
+    async fn publish(
+        &self,
+        _req: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        Err(Error::Unimplemented("Publish").into())
+    }
+
+    type ConsumeStream = BoxStream<pb::ConsumeResponse>;
+
+    async fn consume(
+        &self,
+        req: Request<Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let stream = consume::start(self.broker.clone(), req).await?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let peer = peer(&req);
+        let deadline = call_deadline(&req);
+        let req = req.into_inner();
+        let q = self.queue(&req.queue)?;
+        if req.wait_ms > validate::MAX_GET_WAIT_MS {
+            return Err(Error::invalid(format!(
+                "wait_ms {} is over the limit of {}",
+                req.wait_ms,
+                validate::MAX_GET_WAIT_MS
+            ))
+            .into());
+        }
+        let max = match req.max_tasks {
+            0 => 1,
+            n if n > validate::MAX_GET_TASKS => {
+                return Err(Error::invalid(format!(
+                    "max_tasks {n} is over the limit of {}",
+                    validate::MAX_GET_TASKS
+                ))
+                .into());
+            }
+            n => n,
+        };
+        let mut wait = Duration::from_millis(req.wait_ms);
+        if let Some(d) = deadline {
+            // Answer "empty" before the caller's deadline rather than let it
+            // expire: an empty queue is not an error.
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        let got = self.broker.get(&q, u64::from(max), wait, peer).await?;
+        Ok(Response::new(pb::GetResponse {
+            deliveries: got.iter().map(|d| delivery(q.name(), d)).collect(),
+        }))
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let req = req.into_inner();
+        let q = self.queue(&req.queue)?;
+        validate::batch_len(req.acks.len())?;
+        let errors = self
+            .broker
+            .apply(&q, |sh, now, fx| consume::settle(sh, now, fx, &q, &req.acks, &[], &[]));
+        Ok(Response::new(pb::AckResponse { errors }))
+    }
+
+    async fn nack(
+        &self,
+        req: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        let req = req.into_inner();
+        let q = self.queue(&req.queue)?;
+        validate::batch_len(req.nacks.len())?;
+        let errors = self
+            .broker
+            .apply(&q, |sh, now, fx| consume::settle(sh, now, fx, &q, &[], &req.nacks, &[]));
+        Ok(Response::new(pb::NackResponse { errors }))
+    }
+
+    async fn extend_lease(
+        &self,
+        req: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let req = req.into_inner();
+        let q = self.queue(&req.queue)?;
+        validate::batch_len(req.extends.len())?;
+        let errors = self
+            .broker
+            .apply(&q, |sh, now, fx| consume::settle(sh, now, fx, &q, &[], &[], &req.extends));
+        Ok(Response::new(pb::ExtendLeaseResponse { errors }))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let deadline = call_deadline(&req);
+        let q = self.queue(&req.get_ref().queue)?;
+        let acked_total = self.broker.join(&q, deadline).await?;
+        Ok(Response::new(pb::JoinResponse { acked_total }))
+    }
+
+    type WatchJobStream = BoxStream<pb::WatchJobResponse>;
+
+    async fn watch_job(
+        &self,
+        _req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        Err(Error::Unimplemented("WatchJob").into())
+    }
+}
+
+/// The moment to give up waiting, from the caller's `grpc-timeout`.
+///
+/// tonic's server cancels a call at its deadline with CANCELLED; answering
+/// a little earlier ourselves gives the caller DEADLINE_EXCEEDED and a
+/// message saying what it was waiting for.
+fn call_deadline<T>(req: &Request<T>) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let margin = (timeout / 20).min(Duration::from_millis(50));
+    Some(Instant::now() + timeout.saturating_sub(margin))
+}
+
+pub(crate) fn peer<T>(req: &Request<T>) -> String {
+    req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// A delivery as the wire shows it.
+pub(crate) fn delivery(queue: &str, d: &Delivery) -> pb::Delivery {
+    pb::Delivery {
+        task: Some(pb::Task {
+            id: validate::task_id_str(d.id),
+            payload: d.body.payload.clone(),
+            headers: d.body.headers.clone(),
+            priority: d.priority,
+            enqueued_at_unix_ms: d.body.enqueued_at,
+            key: String::new(),
+            job_id: String::new(),
+        }),
+        attempt: d.attempt,
+        lease_deadline_unix_ms: d.deadline,
+        queue: queue.to_owned(),
+    }
+}
+
+fn queue_info(q: &QueueHandle) -> pb::QueueInfo {
+    let (stats, consumers) = q.snapshot();
+    let c = &q.spec.config;
+    pb::QueueInfo {
+        name: q.name().to_owned(),
+        options: Some(pb::QueueOptions {
+            capacity: c.capacity,
+            order: match c.order {
+                crate::engine::Order::Fifo => pb::QueueOrder::Fifo,
+                crate::engine::Order::Lifo => pb::QueueOrder::Lifo,
+                crate::engine::Order::Priority => pb::QueueOrder::Priority,
+            } as i32,
+            durable: false,
+            ack_deadline_ms: c.ack_deadline_ms,
+            max_attempts: Some(c.max_attempts),
+            dead_letter: q.spec.dead_letter.clone().unwrap_or_default(),
+            retry_initial_ms: 0,
+            retry_max_ms: 0,
+            retry_multiplier: 0.0,
+        }),
+        stats: Some(queue_stats(&stats, c.capacity)),
+        consumers: consumers.iter().map(consumer_info).collect(),
+        created_at_unix_ms: q.created_at,
+    }
+}
+
+fn queue_stats(s: &QueueStats, capacity: u64) -> pb::QueueStats {
+    pb::QueueStats {
+        ready: s.ready,
+        delayed: s.delayed,
+        leased: s.leased,
+        unfinished: s.unfinished(),
+        waiting_producers: s.waiting_producers,
+        waiting_tasks: s.waiting_tasks,
+        consumers: s.consumers,
+        credit: s.credit,
+        enqueued_total: s.enqueued_total,
+        delivered_total: s.delivered_total,
+        acked_total: s.acked_total,
+        nacked_total: s.nacked_total,
+        expired_total: s.expired_total,
+        dead_total: s.dead_total,
+        purged_total: s.purged_total,
+        capacity,
+    }
+}
+
+fn consumer_info(c: &ConsumerStats) -> pb::ConsumerInfo {
+    pb::ConsumerInfo {
+        id: format!("c{}", c.id.0),
+        name: c.name.clone(),
+        credit: c.credit,
+        in_flight: c.in_flight,
+        delivered: c.delivered,
+        acked: c.acked,
+        nacked: c.nacked,
+        mean_processing_ms: c.mean_processing_ms,
+        oldest_lease_age_ms: c.oldest_lease_age_ms,
+        connected_at_unix_ms: c.connected_at,
+        peer: c.peer.clone(),
+    }
+}

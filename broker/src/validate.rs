@@ -1,0 +1,280 @@
+//! Turning wire requests into engine inputs: every limit and default of the
+//! API lives here, so handlers only call these and the registry.
+
+use sluice_proto::v1 as pb;
+
+use crate::engine::{NackAction, NewTask, Order, QueueConfig, TaskId};
+use crate::error::{Error, Result};
+use crate::registry::QueueSpec;
+
+pub const DEFAULT_CAPACITY: u64 = 10_000;
+pub const MAX_CAPACITY: u64 = 100_000_000;
+pub const DEFAULT_ACK_DEADLINE_MS: u64 = 30_000;
+pub const MIN_LEASE_MS: u64 = 100;
+pub const MAX_LEASE_MS: u64 = 86_400_000;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+pub const MAX_BATCH: usize = 10_000;
+pub const MAX_DELAY_MS: u64 = 30 * 86_400_000;
+pub const MAX_GET_WAIT_MS: u64 = 20 * 60_000;
+pub const MAX_GET_TASKS: u32 = 1000;
+pub const MAX_UNSPENT_CREDIT: u64 = 100_000;
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// Limits set by the operator on the command line.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Payload plus header names and values, per task.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Queue names: `[A-Za-z0-9._-]{1,128}`.
+pub fn queue_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid queue name {name:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// A CreateQueue request with defaults filled in and limits checked.
+pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec> {
+    queue_name(name)?;
+    let default = pb::QueueOptions::default();
+    let o = o.unwrap_or(&default);
+    let capacity = match o.capacity {
+        0 => DEFAULT_CAPACITY,
+        c if c > MAX_CAPACITY => {
+            return Err(Error::invalid(format!(
+                "capacity {c} is over the limit of {MAX_CAPACITY}"
+            )));
+        }
+        c => c,
+    };
+    let order = match pb::QueueOrder::try_from(o.order) {
+        Ok(pb::QueueOrder::Unspecified | pb::QueueOrder::Fifo) => Order::Fifo,
+        Ok(pb::QueueOrder::Lifo) => Order::Lifo,
+        Ok(pb::QueueOrder::Priority) => Order::Priority,
+        Err(_) => return Err(Error::invalid(format!("unknown queue order {}", o.order))),
+    };
+    if o.durable {
+        return Err(Error::invalid(
+            "durable queues need the write-ahead log, which this broker version does not have yet; \
+             create the queue without durable (it is kept in memory)",
+        ));
+    }
+    let ack_deadline_ms = match o.ack_deadline_ms {
+        0 => DEFAULT_ACK_DEADLINE_MS,
+        d => lease_ms(d, "ack_deadline_ms")?,
+    };
+    if o.retry_initial_ms != 0 || o.retry_max_ms != 0 || o.retry_multiplier != 0.0 {
+        return Err(Error::Unimplemented("retry backoff"));
+    }
+    let dead_letter = match o.dead_letter.as_str() {
+        "" => None,
+        dl => {
+            queue_name(dl)?;
+            if dl == name {
+                return Err(Error::invalid(format!(
+                    "queue {name:?} cannot be its own dead letter queue"
+                )));
+            }
+            Some(dl.to_owned())
+        }
+    };
+    Ok(QueueSpec {
+        name: name.to_owned(),
+        config: QueueConfig {
+            capacity,
+            order,
+            ack_deadline_ms,
+            max_attempts: o.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        },
+        dead_letter,
+    })
+}
+
+/// A lease length given by a client.
+pub fn lease_ms(ms: u64, field: &str) -> Result<u64> {
+    if (MIN_LEASE_MS..=MAX_LEASE_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(Error::invalid(format!(
+            "{field} {ms} is out of range ({MIN_LEASE_MS} to {MAX_LEASE_MS} ms)"
+        )))
+    }
+}
+
+/// The tasks of an Enqueue, checked, with ids from `first` on.
+pub fn new_tasks(tasks: Vec<pb::NewTask>, first: TaskId, limits: &Limits) -> Result<Vec<NewTask>> {
+    tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| new_task(i, t, TaskId(first.0 + i as u64), limits))
+        .collect()
+}
+
+/// Checks the batch's size before ids are reserved for it.
+pub fn batch_len(n: usize) -> Result<u64> {
+    if n == 0 {
+        return Err(Error::invalid("an enqueue needs at least one task"));
+    }
+    if n > MAX_BATCH {
+        return Err(Error::invalid(format!(
+            "batch of {n} tasks is over the limit of {MAX_BATCH}"
+        )));
+    }
+    Ok(n as u64)
+}
+
+fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<NewTask> {
+    if !t.key.is_empty() {
+        return Err(Error::Unimplemented("idempotency keys (NewTask.key)"));
+    }
+    if !t.job_id.is_empty() {
+        return Err(Error::Unimplemented("jobs (NewTask.job_id)"));
+    }
+    let mut size = t.payload.len();
+    for (k, v) in &t.headers {
+        if k.is_empty() || k.len() > MAX_NAME_LEN {
+            return Err(Error::invalid(format!(
+                "task {i}: header name {k:?} must be 1 to {MAX_NAME_LEN} bytes"
+            )));
+        }
+        size += k.len() + v.len();
+    }
+    if size > limits.max_payload_bytes {
+        return Err(Error::invalid(format!(
+            "task {i}: payload and headers are {size} bytes, over the limit of {} bytes",
+            limits.max_payload_bytes
+        )));
+    }
+    if t.delay_ms > MAX_DELAY_MS {
+        return Err(Error::invalid(format!(
+            "task {i}: delay_ms {} is over the limit of {MAX_DELAY_MS}",
+            t.delay_ms
+        )));
+    }
+    Ok(NewTask {
+        id,
+        payload: t.payload,
+        headers: t.headers,
+        priority: t.priority,
+        delay_ms: t.delay_ms,
+    })
+}
+
+/// Task ids on the wire: 16 lowercase hex digits.
+pub fn task_id_str(id: TaskId) -> String {
+    format!("{:016x}", id.0)
+}
+
+/// None for anything this broker never handed out.
+pub fn parse_task_id(s: &str) -> Option<TaskId> {
+    if s.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok().map(TaskId)
+}
+
+/// What a NackItem asks for.
+pub fn nack_action(n: &pb::NackItem) -> std::result::Result<NackAction, String> {
+    match pb::NackAction::try_from(n.action) {
+        Ok(pb::NackAction::Unspecified | pb::NackAction::Retry) => {
+            if n.delay_ms > MAX_DELAY_MS {
+                return Err(format!(
+                    "delay_ms {} is over the limit of {MAX_DELAY_MS}",
+                    n.delay_ms
+                ));
+            }
+            Ok(NackAction::Retry {
+                delay_ms: n.delay_ms,
+                priority: n.priority,
+            })
+        }
+        Ok(pb::NackAction::Drop) => Ok(NackAction::Drop),
+        Ok(pb::NackAction::DeadLetter) => Ok(NackAction::DeadLetter),
+        Err(_) => Err(format!("unknown nack action {}", n.action)),
+    }
+}
+
+/// Error text kept from a nack, cut at a character boundary.
+pub fn error_text(s: &str) -> &str {
+    if s.len() <= MAX_ERROR_TEXT {
+        return s;
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(queue_name("orders.v1-high_prio").is_ok());
+        assert!(queue_name("").is_err());
+        assert!(queue_name("has space").is_err());
+        assert!(queue_name("é").is_err());
+        assert!(queue_name(&"a".repeat(129)).is_err());
+        assert!(queue_name(&"a".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn task_ids_round_trip() {
+        let id = TaskId(0x0123_4567_89ab_cdef);
+        assert_eq!(parse_task_id(&task_id_str(id)), Some(id));
+        assert_eq!(parse_task_id("xyz"), None);
+        assert_eq!(parse_task_id("zzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn defaults_and_limits() {
+        let s = queue_spec("q", None).expect("valid");
+        assert_eq!(s.config.capacity, DEFAULT_CAPACITY);
+        assert_eq!(s.config.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(s.config.ack_deadline_ms, DEFAULT_ACK_DEADLINE_MS);
+        let o = pb::QueueOptions {
+            ack_deadline_ms: 5,
+            ..Default::default()
+        };
+        assert!(queue_spec("q", Some(&o)).is_err());
+        let o = pb::QueueOptions {
+            durable: true,
+            ..Default::default()
+        };
+        assert!(queue_spec("q", Some(&o)).is_err());
+        let o = pb::QueueOptions {
+            dead_letter: "q".into(),
+            ..Default::default()
+        };
+        assert!(queue_spec("q", Some(&o)).is_err());
+    }
+
+    #[test]
+    fn error_text_cuts_on_char_boundary() {
+        let s = "é".repeat(3000);
+        let cut = error_text(&s);
+        assert!(cut.len() <= MAX_ERROR_TEXT);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}
