@@ -1,0 +1,337 @@
+//! `sluice enqueue`: payloads from arguments or stdin lines, sent in
+//! batches, ids printed as each batch is stored.
+//!
+//! Each batch is one Enqueue call, stored all or none; a multi-batch run
+//! that fails part way leaves the earlier batches stored, and their ids have
+//! been printed, so the caller knows exactly what went in. While a WAIT
+//! batch waits for space no more input is read, so a full queue pauses the
+//! writer of our stdin too: backpressure reaches the start of the pipe.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use sluice_client::proto::{EnqueueMode, NewTask};
+use sluice_client::{Client, Code, duration_ms};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::time::Instant;
+
+use super::batch::{Batcher, Limits, MAX_BATCH_TASKS};
+use super::exit::Failure;
+use super::progress::Progress;
+use super::{parse, print_json};
+
+/// How long a partial batch may wait for more stdin lines before it is sent
+/// anyway, so `tail -f log | sluice enqueue q` delivers promptly.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// Protobuf framing per task beside payload and header bytes (tags,
+/// lengths, priority, delay); an upper bound is all batching needs.
+const TASK_FRAMING: usize = 32;
+
+/// Add tasks to a queue.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Queue name.
+    queue: String,
+    /// Task payloads, one task per argument. With none, one task per line of
+    /// stdin (the line without its "\n" or "\r\n"; an empty line is an empty
+    /// task).
+    #[arg(value_name = "PAYLOAD")]
+    payloads: Vec<OsString>,
+    /// Priority of every task; PRIORITY queues serve the lowest first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Header on every task, as NAME=VALUE; repeatable.
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    headers: Vec<String>,
+    /// Keep the tasks back this long before they can be delivered (500ms, 1h).
+    #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
+    delay: Option<Duration>,
+    /// Fail at once when the queue is full ("queue full", exit 75) instead
+    /// of waiting for space.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up when a batch has waited this long for space ("timed out
+    /// waiting for space", exit 1). Default: wait as long as it takes.
+    #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
+}
+
+/// A checked `enqueue` command, ready to run.
+#[derive(Debug)]
+pub struct Plan {
+    queue: String,
+    payloads: Vec<OsString>,
+    template: NewTask,
+    mode: EnqueueMode,
+    timeout: Option<Duration>,
+}
+
+impl EnqueueArgs {
+    /// Checks what clap could not (headers), before any network traffic.
+    pub fn plan(self) -> Result<Plan, Failure> {
+        let headers = parse::headers(&self.headers).map_err(Failure::Usage)?;
+        Ok(Plan {
+            queue: self.queue,
+            payloads: self.payloads,
+            template: NewTask {
+                headers,
+                priority: self.priority,
+                delay_ms: self.delay.map_or(0, duration_ms),
+                ..NewTask::default()
+            },
+            mode: if self.no_wait {
+                EnqueueMode::FailFast
+            } else {
+                EnqueueMode::Wait
+            },
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// Runs the command; `json` prints the ids as one array at the end instead
+/// of one per line as they come.
+pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure> {
+    // The capacity bounds the batch size (a WAIT batch larger than the queue
+    // could never fit), and an unknown queue fails here, before any input is
+    // read.
+    let info = client.get_queue(&plan.queue).await?;
+    let capacity = info
+        .options
+        .as_ref()
+        .map(|o| o.capacity)
+        .filter(|&c| c > 0)
+        .or(info.stats.as_ref().map(|s| s.capacity).filter(|&c| c > 0))
+        .unwrap_or(MAX_BATCH_TASKS as u64);
+    let overhead = TASK_FRAMING
+        + plan
+            .template
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>();
+    let limits = Limits::for_capacity(capacity, overhead);
+
+    let from_args = !plan.payloads.is_empty();
+    let total = from_args.then_some(plan.payloads.len() as u64);
+    let mut sender = Sender {
+        client,
+        plan,
+        json,
+        ids: Vec::new(),
+        progress: Progress::new(total),
+    };
+    let result = if from_args {
+        let payloads = std::mem::take(&mut sender.plan.payloads);
+        send_args(&mut sender, limits, payloads).await
+    } else {
+        send_stdin(&mut sender, limits).await
+    };
+    sender.progress.finish();
+    if json {
+        // Printed on failure too: the ids of the batches that were stored.
+        print_json(&serde_json::Value::from(std::mem::take(&mut sender.ids)))?;
+    }
+    result
+}
+
+async fn send_args(
+    sender: &mut Sender<'_>,
+    limits: Limits,
+    payloads: Vec<OsString>,
+) -> Result<(), Failure> {
+    let mut batcher = Batcher::new(limits);
+    for payload in payloads {
+        // Arguments are bytes on Unix; pass them through unchanged.
+        batcher.push(Bytes::from(payload.into_encoded_bytes()));
+        while let Some(batch) = batcher.next_batch() {
+            sender.send(batch).await?;
+        }
+    }
+    batcher.seal();
+    while let Some(batch) = batcher.next_batch() {
+        sender.send(batch).await?;
+    }
+    Ok(())
+}
+
+async fn send_stdin(sender: &mut Sender<'_>, limits: Limits) -> Result<(), Failure> {
+    if std::io::stdin().is_terminal() {
+        // Not an error, just a hint: a bare `sluice enqueue q` would
+        // otherwise seem to hang.
+        let _ = writeln!(
+            std::io::stderr(),
+            "reading tasks from stdin, one per line; end with Ctrl-D"
+        );
+    }
+    let stdin = BufReader::with_capacity(256 * 1024, tokio::io::stdin());
+    // `Split` keeps a partial line in itself, so dropping `next_segment` at
+    // the linger deadline loses nothing (unlike `read_until`).
+    let mut lines = stdin.split(b'\n');
+    let mut batcher = Batcher::new(limits);
+    let mut open_since: Option<Instant> = None;
+    loop {
+        let next = match open_since {
+            None => lines.next_segment().await,
+            Some(since) => {
+                match tokio::time::timeout_at(since + LINGER, lines.next_segment()).await {
+                    Ok(next) => next,
+                    Err(_idle) => {
+                        batcher.seal();
+                        open_since = None;
+                        while let Some(batch) = batcher.next_batch() {
+                            sender.send(batch).await?;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(line) = next.map_err(|e| Failure::Io("reading stdin", e))? else {
+            break;
+        };
+        batcher.push(Bytes::from(strip_cr(line)));
+        while let Some(batch) = batcher.next_batch() {
+            sender.send(batch).await?;
+        }
+        open_since = match (batcher.has_open(), open_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+        };
+    }
+    batcher.seal();
+    while let Some(batch) = batcher.next_batch() {
+        sender.send(batch).await?;
+    }
+    Ok(())
+}
+
+/// Drops the "\r" of a "\r\n" line end (the "\n" is already gone).
+fn strip_cr(mut line: Vec<u8>) -> Vec<u8> {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    line
+}
+
+/// Sends batches and reports their ids.
+struct Sender<'a> {
+    client: &'a Client,
+    plan: Plan,
+    json: bool,
+    ids: Vec<String>,
+    progress: Progress,
+}
+
+impl Sender<'_> {
+    async fn send(&mut self, batch: Vec<Bytes>) -> Result<(), Failure> {
+        let plan = &self.plan;
+        let tasks = batch
+            .into_iter()
+            .map(|payload| NewTask {
+                payload,
+                ..plan.template.clone()
+            })
+            .collect();
+        let answer = self
+            .client
+            .enqueue(&plan.queue, tasks, plan.mode, plan.timeout)
+            .await
+            .map_err(|e| match e.code() {
+                Code::ResourceExhausted if plan.mode == EnqueueMode::FailFast => {
+                    Failure::QueueFull(e.to_string())
+                }
+                Code::DeadlineExceeded if plan.timeout.is_some() => Failure::TimedOut(format!(
+                    "timed out waiting for space in queue {:?}",
+                    plan.queue
+                )),
+                _ => Failure::Client(e),
+            })?;
+        self.progress
+            .advance(answer.ids.len() as u64, answer.depth, answer.capacity);
+        if self.json {
+            self.ids.extend(answer.ids);
+            return Ok(());
+        }
+        let mut text = String::with_capacity(answer.ids.iter().map(|id| id.len() + 1).sum());
+        for id in &answer.ids {
+            text.push_str(id);
+            text.push('\n');
+        }
+        self.progress.suspend(|| super::print(&text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EnqueueArgs,
+    }
+
+    fn plan(argv: &[&str]) -> Result<Plan, Failure> {
+        let cli = Cli::try_parse_from(std::iter::once("enqueue").chain(argv.iter().copied()))
+            .expect("clap accepts");
+        cli.args.plan()
+    }
+
+    #[test]
+    fn flags_shape_every_task() {
+        let p = plan(&[
+            "q",
+            "a",
+            "b",
+            "--priority",
+            "-3",
+            "--header",
+            "k=v",
+            "--delay",
+            "1s",
+            "--no-wait",
+        ])
+        .expect("valid");
+        assert_eq!(p.queue, "q");
+        assert_eq!(p.payloads, vec![OsString::from("a"), OsString::from("b")]);
+        assert_eq!(p.template.priority, -3);
+        assert_eq!(p.template.headers["k"], "v");
+        assert_eq!(p.template.delay_ms, 1000);
+        assert_eq!(p.mode, EnqueueMode::FailFast);
+        assert_eq!(p.timeout, None);
+    }
+
+    #[test]
+    fn defaults_wait_forever() {
+        let p = plan(&["q"]).expect("valid");
+        assert_eq!(p.mode, EnqueueMode::Wait);
+        assert!(p.payloads.is_empty());
+        assert_eq!(p.template.delay_ms, 0);
+        let p = plan(&["q", "--timeout", "250ms"]).expect("valid");
+        assert_eq!(p.timeout, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn bad_header_is_a_one_line_usage_error() {
+        let err = plan(&["q", "--header", "oops"]).expect_err("no =");
+        assert_eq!(err.exit() as u8, 2);
+        assert_eq!(
+            err.line(),
+            "error: invalid header \"oops\": expected NAME=VALUE"
+        );
+    }
+
+    #[test]
+    fn crlf_lines_lose_the_cr() {
+        assert_eq!(strip_cr(b"a\r".to_vec()), b"a");
+        assert_eq!(strip_cr(b"a".to_vec()), b"a");
+        assert_eq!(strip_cr(Vec::new()), b"");
+    }
+}

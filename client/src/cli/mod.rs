@@ -1,0 +1,137 @@
+//! The `sluice` command line: arguments (their doc comments are the
+//! `--help`), and one module per command.
+//!
+//! - `exit.rs`     — exit codes and failure messages (the only place);
+//! - `parse.rs`    — durations and headers;
+//! - `batch.rs`    — cutting payloads into Enqueue batches;
+//! - `progress.rs` — the enqueue progress bar;
+//! - `json.rs`, `human.rs` — the two output formats;
+//! - `queue.rs`, `enqueue.rs`, `get.rs`, `join.rs`, `stats.rs` — commands.
+
+mod batch;
+mod enqueue;
+pub mod exit;
+mod get;
+mod human;
+mod join;
+mod json;
+mod parse;
+mod progress;
+mod queue;
+mod stats;
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+use sluice_client::Client;
+
+use exit::Failure;
+
+/// The broker address used when neither --broker nor SLUICE_BROKER is set.
+pub const DEFAULT_BROKER: &str = "http://127.0.0.1:50051";
+
+/// Command-line client of the sluice task-queue broker.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, after_long_help = exit::HELP)]
+pub struct Args {
+    /// Broker address (http://HOST:PORT).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_BROKER",
+        default_value = DEFAULT_BROKER,
+        value_name = "URL"
+    )]
+    broker: String,
+    /// Print results as JSON on stdout (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, show, delete and purge queues.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+    /// Add tasks to a queue and print their ids.
+    ///
+    /// One task per PAYLOAD argument or, with none, per line of stdin, sent
+    /// in batches. Waits while the queue is full, unless --no-wait.
+    Enqueue(enqueue::EnqueueArgs),
+    /// Take one task, print its payload, ack it.
+    ///
+    /// The payload is written to stdout exactly (no line break added), and
+    /// acked only once written. Exit 3 when the queue is empty.
+    Get(get::GetArgs),
+    /// Wait until a queue has no unfinished task (ready, delayed or leased).
+    Join(join::JoinArgs),
+    /// Show depths, counters and consumers of one queue or of all.
+    Stats(stats::StatsArgs),
+}
+
+/// Runs the parsed command line.
+pub async fn run(args: Args) -> Result<(), Failure> {
+    let Args {
+        broker,
+        json,
+        command,
+    } = args;
+    match command {
+        Command::Queue(cmd) => queue::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Enqueue(cmd) => {
+            // Argument errors first: they must not depend on the broker.
+            let plan = cmd.plan()?;
+            enqueue::run(&Client::connect(&broker).await?, plan, json).await
+        }
+        Command::Get(cmd) => get::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Join(cmd) => join::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Stats(cmd) => stats::run(&Client::connect(&broker).await?, cmd, json).await,
+    }
+}
+
+/// Writes `bytes` to stdout and flushes. Not `print!`, which panics when
+/// stdout is closed (`sluice ... | head -1`).
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Io("writing to stdout", e))
+}
+
+/// Writes `text` to stdout.
+fn print(text: &str) -> Result<(), Failure> {
+    write_stdout(text.as_bytes())
+}
+
+/// Writes `value` to stdout as indented JSON and a line break.
+fn print_json(value: &serde_json::Value) -> Result<(), Failure> {
+    print(&format!("{value:#}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let args = Args::try_parse_from(["sluice", "stats", "--json", "--broker", "http://h:1"])
+            .expect("valid");
+        assert!(args.json);
+        assert_eq!(args.broker, "http://h:1");
+    }
+
+    #[test]
+    fn help_lists_exit_codes() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"));
+        assert!(help.contains("75"));
+    }
+}

@@ -1,0 +1,30 @@
+//! Typed async client of the sluice broker.
+//!
+//! [`Client`] wraps the tonic client generated from `proto/sluice/v1`: one
+//! method per unary RPC, plain Rust arguments in, proto messages out, and one
+//! [`Error`] type that keeps the gRPC status code. The generated types are
+//! re-exported as [`proto`], so this crate is the only dependency a Rust
+//! producer or consumer needs.
+//!
+//! Layout:
+//! - `client.rs`   — [`Client`]: connecting, and the RPC methods;
+//! - `error.rs`    — [`Error`], and how a `tonic::Status` becomes one;
+//! - `delivery.rs` — [`DeliveryExt`]: lease tokens from deliveries.
+//!
+//! The bidirectional `Consume` stream is not wrapped here: the worker runtime
+//! (crate `sluice-worker`) drives it through [`Client::raw`].
+//!
+//! The `sluice` command-line client lives in the same package
+//! (`src/main.rs`, `src/cli/`) and uses only this public API.
+
+mod client;
+mod delivery;
+mod error;
+
+pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, duration_ms};
+pub use delivery::DeliveryExt;
+pub use error::{Error, code_name};
+/// The generated `sluice.v1` messages, enums and tonic client.
+pub use sluice_proto::v1 as proto;
+/// The gRPC status code carried by [`Error::code`].
+pub use tonic::Code;
