@@ -76,11 +76,7 @@ pub async fn start(
         q,
         cid,
     };
-    tokio::spawn(
-        session
-            .run(first, inbound, deliveries, tx)
-            .instrument(span),
-    );
+    tokio::spawn(session.run(first, inbound, deliveries, tx).instrument(span));
     Ok(ReceiverStream::new(rx))
 }
 
@@ -205,9 +201,8 @@ pub fn settle(
 ) -> Vec<pb::SettleError> {
     let mut errors = Vec::new();
     for a in acks {
-        let r = lease(&a.lease).and_then(|(id, attempt)| {
-            sh.state.ack(now, id, attempt).map_err(refused)
-        });
+        let r = lease(&a.lease)
+            .and_then(|(id, attempt)| sh.state.ack(now, id, attempt).map_err(refused));
         if let Err((code, message)) = r {
             errors.push(settle_error(&a.lease, code, message));
         }

@@ -156,11 +156,7 @@ impl Broker {
     pub fn create_queue(&self, spec: QueueSpec) -> Result<(Arc<QueueHandle>, bool)> {
         self.check_open()?;
         let handle = {
-            let mut queues = self
-                .inner
-                .queues
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
             if let Some(existing) = queues.get(&spec.name) {
                 if existing.spec == spec {
                     return Ok((Arc::clone(existing), false));
@@ -215,11 +211,7 @@ impl Broker {
     /// Everyone waiting on it is woken and fails with ABORTED.
     pub fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
         let handle = {
-            let mut queues = self
-                .inner
-                .queues
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
             let handle = queues
                 .get(name)
                 .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
@@ -352,7 +344,9 @@ impl Broker {
                     capacity,
                 });
             }
-            Err(e @ EnqueueError::BatchTooLarge { .. }) => return Err(Error::invalid(e.to_string())),
+            Err(e @ EnqueueError::BatchTooLarge { .. }) => {
+                return Err(Error::invalid(e.to_string()));
+            }
         }
 
         // Leave the line if this future is dropped (client gone).

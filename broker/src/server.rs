@@ -27,9 +27,7 @@ pub async fn run(
     let service = Service::new(broker, limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<SluiceServiceServer<Service>>()
-        .await;
+    health.set_serving::<SluiceServiceServer<Service>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -99,7 +99,9 @@ impl SluiceService for Service {
         let wait = match pb::EnqueueMode::try_from(req.mode) {
             Ok(pb::EnqueueMode::Unspecified | pb::EnqueueMode::Wait) => true,
             Ok(pb::EnqueueMode::FailFast) => false,
-            Err(_) => return Err(Error::invalid(format!("unknown enqueue mode {}", req.mode)).into()),
+            Err(_) => {
+                return Err(Error::invalid(format!("unknown enqueue mode {}", req.mode)).into());
+            }
         };
         let first = self.broker.task_ids(n);
         let tasks = validate::new_tasks(req.tasks, first, &self.limits)?;
@@ -174,9 +176,9 @@ impl SluiceService for Service {
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.acks.len())?;
-        let errors = self
-            .broker
-            .apply(&q, |sh, now, fx| consume::settle(sh, now, fx, &q, &req.acks, &[], &[]));
+        let errors = self.broker.apply(&q, |sh, now, fx| {
+            consume::settle(sh, now, fx, &q, &req.acks, &[], &[])
+        });
         Ok(Response::new(pb::AckResponse { errors }))
     }
 
@@ -187,9 +189,9 @@ impl SluiceService for Service {
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.nacks.len())?;
-        let errors = self
-            .broker
-            .apply(&q, |sh, now, fx| consume::settle(sh, now, fx, &q, &[], &req.nacks, &[]));
+        let errors = self.broker.apply(&q, |sh, now, fx| {
+            consume::settle(sh, now, fx, &q, &[], &req.nacks, &[])
+        });
         Ok(Response::new(pb::NackResponse { errors }))
     }
 
@@ -200,9 +202,9 @@ impl SluiceService for Service {
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.extends.len())?;
-        let errors = self
-            .broker
-            .apply(&q, |sh, now, fx| consume::settle(sh, now, fx, &q, &[], &[], &req.extends));
+        let errors = self.broker.apply(&q, |sh, now, fx| {
+            consume::settle(sh, now, fx, &q, &[], &[], &req.extends)
+        });
         Ok(Response::new(pb::ExtendLeaseResponse { errors }))
     }
 

@@ -129,7 +129,10 @@ pub struct Effects {
 pub enum NackAction {
     /// Ready again after `delay_ms` (counts an attempt), or dead after
     /// `max_attempts`.
-    Retry { delay_ms: u64, priority: Option<i32> },
+    Retry {
+        delay_ms: u64,
+        priority: Option<i32>,
+    },
     /// Gone for good, never dead-lettered.
     Drop,
     /// Straight to the dead letter queue.

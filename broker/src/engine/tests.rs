@@ -292,7 +292,9 @@ impl Model {
             if self.ready.is_empty() {
                 self.admit_fitting(capacity, &mut admitted);
             }
-            let want = self.smallest(order).expect("a delivery from an empty queue");
+            let want = self
+                .smallest(order)
+                .expect("a delivery from an empty queue");
             assert_eq!(d.id.0, want, "delivery order");
             let (seq, p) = self.ready.remove(&want).expect("ready");
             let a = self.attempts.entry(want).or_insert(0);
@@ -302,7 +304,8 @@ impl Model {
             assert!(*c > 0, "delivery without credit");
             *c -= 1;
             *self.received.entry(cid.0).or_insert(0) += 1;
-            self.leased.insert(want, (seq, p, *a, cid.0, now + deadline_ms));
+            self.leased
+                .insert(want, (seq, p, *a, cid.0, now + deadline_ms));
         }
         self.admit_fitting(capacity, &mut admitted);
         assert_eq!(fx.admitted, admitted, "producers admitted in arrival order");
@@ -357,8 +360,7 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                 } else {
                     EnqueueMode::FailFast
                 };
-                let fits = m.putters.is_empty()
-                    && (m.ready.len() + tasks.len()) as u64 <= capacity;
+                let fits = m.putters.is_empty() && (m.ready.len() + tasks.len()) as u64 <= capacity;
                 match q.enqueue(now, new, mode, &mut fx) {
                     Ok(Enqueued::Stored) => {
                         assert!(fits);
@@ -391,7 +393,11 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
             }
             Op::Ack { pick } => {
                 if !m.leased.is_empty() {
-                    let id = *m.leased.keys().nth(pick % m.leased.len()).expect("in range");
+                    let id = *m
+                        .leased
+                        .keys()
+                        .nth(pick % m.leased.len())
+                        .expect("in range");
                     let attempt = m.leased[&id].2;
                     // A stale token first: it must change nothing.
                     assert_eq!(
@@ -405,7 +411,11 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
             }
             Op::Nack { pick, priority } => {
                 if !m.leased.is_empty() {
-                    let id = *m.leased.keys().nth(pick % m.leased.len()).expect("in range");
+                    let id = *m
+                        .leased
+                        .keys()
+                        .nth(pick % m.leased.len())
+                        .expect("in range");
                     let attempt = m.leased[&id].2;
                     let action = NackAction::Retry {
                         delay_ms: 0,

@@ -1,0 +1,379 @@
+//! A small harness for end-to-end tests: start the real `sluice-broker`,
+//! run the real `sluice` CLI and `sluice-worker`, each process wrapped in a
+//! guard that kills it on drop (also when the test fails), and wait for
+//! conditions with a deadline instead of sleeping.
+//!
+//! The binaries are taken from the cargo target directory this test runs
+//! from; build them first (`cargo build --workspace --bins`, which README's
+//! test command does).
+
+#![allow(clippy::unwrap_used)] // a failed harness step should fail the test loudly
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Generous default deadline: CI machines are slow and shared.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` until it holds or `within` passes; panics with `what`.
+pub fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {within:?} waiting for: {what}");
+}
+
+/// A child process killed (SIGKILL) and reaped on drop. Its stderr is kept
+/// in a file and printed if the test is failing, to explain the failure.
+pub struct Proc {
+    pub child: Child,
+    name: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_owned(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name ("TERM", "KILL", "INT").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit within `within`; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < end,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} stderr ----\n{}", self.name, self.stderr_log());
+        }
+    }
+}
+
+/// A running broker on an ephemeral port.
+pub struct Broker {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+impl Broker {
+    /// Starts `sluice-broker --listen 127.0.0.1:0 --in-memory` and reads
+    /// its address from the `listening on` line.
+    pub fn start() -> Broker {
+        Broker::start_on("127.0.0.1:0", &[])
+    }
+
+    /// Starts a broker on `listen` with extra arguments.
+    pub fn start_on(listen: &str, extra: &[&str]) -> Broker {
+        let mut cmd = Command::new(bin("sluice-broker"));
+        cmd.args(["--listen", listen, "--in-memory"])
+            .args(extra)
+            .env("RUST_LOG", "sluice_broker=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn("sluice-broker", &mut cmd);
+        let stdout = proc.child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .expect("broker printed no `listening on` line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; stderr: {}",
+                    proc.stderr_log()
+                )
+            })
+            .to_owned();
+        Broker { proc, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs the CLI against this broker.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        cli(&self.url(), args, None)
+    }
+
+    /// Runs the CLI with `input` on stdin.
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> Out {
+        cli(&self.url(), args, Some(input))
+    }
+
+    /// Runs the CLI and asserts it succeeded; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.code, 0, "sluice {args:?} failed: {out:?}");
+        out.stdout
+    }
+
+    /// Starts the CLI in the background (e.g. an enqueue that will wait).
+    pub fn cli_spawn(&self, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("sluice"));
+        cmd.arg("--broker")
+            .arg(self.url())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        Proc::spawn("sluice", &mut cmd)
+    }
+
+    /// `sluice stats QUEUE --json`.
+    pub fn stats(&self, queue: &str) -> Value {
+        let out = self.ok(&["--json", "stats", queue]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats --json: {e}: {out}"))
+    }
+
+    /// Starts `sluice-worker --queue QUEUE <args> -- <cmd...>`.
+    pub fn worker(&self, queue: &str, args: &[&str], cmd: &[&str]) -> Proc {
+        let mut c = Command::new(bin("sluice-worker"));
+        c.args(["--broker", &self.url(), "--queue", queue])
+            .args(args)
+            .arg("--")
+            .args(cmd)
+            .env("RUST_LOG", "sluice_worker=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        Proc::spawn("sluice-worker", &mut c)
+    }
+}
+
+/// What a CLI run printed and returned.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `sluice --broker URL args...`, optionally feeding stdin; fails the
+/// test if it does not finish within the deadline.
+pub fn cli(url: &str, args: &[&str], input: Option<&str>) -> Out {
+    let mut child = Command::new(bin("sluice"))
+        .arg("--broker")
+        .arg(url)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_owned();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sluice {args:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// Reads a u64 field of a JSON object by path (`["stats", "ready"]`).
+pub fn num(v: &Value, path: &[&str]) -> u64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_u64()
+        .unwrap_or_else(|| panic!("no number at {path:?} in {v}"))
+}
+
+/// A raw `Consume` stream, for tests that play the worker's side of the
+/// protocol frame by frame.
+pub struct RawConsumer {
+    pub tx: tokio::sync::mpsc::Sender<sluice_client::proto::ConsumeRequest>,
+    pub rx: tonic::Streaming<sluice_client::proto::ConsumeResponse>,
+}
+
+impl RawConsumer {
+    /// Subscribes to `queue` as `name`, granting `credit`; waits for the
+    /// broker's confirmation.
+    pub async fn subscribe(url: &str, queue: &str, name: &str, credit: u32) -> RawConsumer {
+        use sluice_client::proto::{ConsumeRequest, Subscribe};
+        let client = sluice_client::Client::connect(url).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(ConsumeRequest {
+            subscribe: Some(Subscribe {
+                queue: queue.into(),
+                consumer_name: name.into(),
+            }),
+            credit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut rx = client
+            .raw()
+            .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = rx.message().await.unwrap().unwrap();
+        assert!(first.subscribed.is_some(), "{first:?}");
+        RawConsumer { tx, rx }
+    }
+
+    /// The next frame from the broker, within the deadline.
+    pub async fn next(&mut self) -> sluice_client::proto::ConsumeResponse {
+        tokio::time::timeout(DEADLINE, self.rx.message())
+            .await
+            .expect("a frame within the deadline")
+            .expect("stream healthy")
+            .expect("stream open")
+    }
+
+    /// Reads frames until `n` deliveries arrived in total.
+    pub async fn deliveries(&mut self, n: usize) -> Vec<sluice_client::proto::Delivery> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.extend(self.next().await.deliveries);
+        }
+        assert_eq!(out.len(), n, "more deliveries than expected");
+        out
+    }
+
+    pub async fn send(&self, frame: sluice_client::proto::ConsumeRequest) {
+        self.tx.send(frame).await.unwrap();
+    }
+}
+
+/// A lease token for an ack/nack/extend of `d`.
+pub fn lease_of(d: &sluice_client::proto::Delivery) -> sluice_client::proto::LeaseRef {
+    sluice_client::proto::LeaseRef {
+        task_id: d.task.as_ref().unwrap().id.clone(),
+        attempt: d.attempt,
+    }
+}
+
+/// Creates `path` when dropped: releases blocked test handlers (and any
+/// orphaned command of a killed worker) even when the test fails.
+pub struct Flag(pub PathBuf);
+
+impl Flag {
+    pub fn raise(&self) {
+        std::fs::write(&self.0, b"go").unwrap();
+    }
+}
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, b"go");
+    }
+}

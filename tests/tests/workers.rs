@@ -1,0 +1,380 @@
+//! Remote workers: the Consume stream's credits, leases and fencing, and
+//! the `sluice-worker` binary's pacing, sharing, crash, shutdown and
+//! reconnection behaviour.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_client::proto::{AckItem, ConsumeRequest, SettleErrorCode};
+use sluice_tests::{Broker, DEADLINE, Flag, RawConsumer, eventually, lease_of, num};
+
+/// A shell snippet that blocks until `flag` exists (at most 30 s, so an
+/// orphaned command of a killed worker ends by itself).
+fn wait_for(flag: &Path) -> String {
+    format!(
+        "for i in $(seq 600); do [ -f {} ] && break; sleep 0.05; done",
+        flag.display()
+    )
+}
+
+fn consumer<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["consumers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no consumer {name} in {stats}"))
+}
+
+#[test]
+fn a_slow_worker_paces_a_waiting_producer() {
+    // The seed's backpressure example, across processes: capacity 3, one
+    // worker doing one task at a time in 0.5 s, a producer putting 10.
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "3"]);
+    let _w = b.worker(
+        "q",
+        &["--concurrency", "1", "--name", "slow"],
+        &["sh", "-c", "sleep 0.5; cat"],
+    );
+    eventually(DEADLINE, "worker subscribed", || {
+        num(&b.stats("q"), &["stats", "consumers"]) == 1
+    });
+    for i in 0..10 {
+        b.ok(&["enqueue", "q", &format!("task-{i}")]);
+    }
+    // When the last put returned, the queue held at most 3 waiting and the
+    // worker 1: at least 6 were done. The producer was paced by the worker.
+    let acked = num(&b.stats("q"), &["stats", "acked_total"]);
+    assert!(acked >= 6, "last enqueue returned after only {acked} acks");
+
+    eventually(DEADLINE, "all 10 acked", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 10
+    });
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "delivered_total"]), 10, "no redelivery");
+    assert_eq!(num(&s, &["stats", "unfinished"]), 0);
+}
+
+#[test]
+fn a_worker_never_holds_more_than_its_concurrency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = Flag(dir.path().join("go"));
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q"]);
+    let script = format!("{}; cat", wait_for(&go.0));
+    let mut w = b.worker(
+        "q",
+        &["--concurrency", "3", "--name", "w"],
+        &["sh", "-c", &script],
+    );
+    let lines: String = (0..20).map(|i| format!("t{i}\n")).collect();
+    assert_eq!(b.cli_stdin(&["enqueue", "q"], &lines).code, 0);
+
+    eventually(DEADLINE, "worker holds its 3", || {
+        let s = b.stats("q");
+        num(consumer(&s, "w"), &["in_flight"]) == 3
+    });
+    // While the handlers block: exactly 3 leased, no credit left, the rest
+    // waits in the broker where other workers could take it.
+    let s = b.stats("q");
+    let c = consumer(&s, "w");
+    assert_eq!(num(c, &["credit"]), 0);
+    assert_eq!(num(c, &["delivered"]), 3);
+    assert_eq!(num(&s, &["stats", "leased"]), 3);
+    assert_eq!(num(&s, &["stats", "ready"]), 17);
+
+    go.raise();
+    eventually(DEADLINE, "all 20 acked", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 20
+    });
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "delivered_total"]), 20);
+    let c = consumer(&s, "w");
+    assert_eq!(num(c, &["in_flight"]), 0);
+    assert_eq!(num(c, &["credit"]), 3, "one credit back per finished task");
+    assert!(w.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_sends_no_more_than_the_credit_granted() {
+    let b = Broker::start();
+    let url = b.url();
+    b.ok(&["queue", "create", "q"]);
+    let mut c = RawConsumer::subscribe(&url, "q", "raw", 3).await;
+    let lines: String = (0..10).map(|i| format!("t{i}\n")).collect();
+    assert_eq!(b.cli_stdin(&["enqueue", "q"], &lines).code, 0);
+
+    let got = c.deliveries(3).await;
+    // Acks do not refill credit.
+    let acks = got
+        .iter()
+        .map(|d| AckItem {
+            lease: Some(lease_of(d)),
+            result: Default::default(),
+        })
+        .collect();
+    c.send(ConsumeRequest {
+        acks,
+        ..Default::default()
+    })
+    .await;
+    eventually(DEADLINE, "acks applied", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 3
+    });
+    let s = b.stats("q");
+    assert_eq!(num(consumer(&s, "raw"), &["delivered"]), 3);
+    assert_eq!(num(consumer(&s, "raw"), &["credit"]), 0);
+    assert_eq!(num(&s, &["stats", "ready"]), 7);
+
+    // Two more credits: exactly two more tasks.
+    c.send(ConsumeRequest {
+        credit: 2,
+        ..Default::default()
+    })
+    .await;
+    let more = c.deliveries(2).await;
+    assert!(more.iter().all(|d| d.attempt == 1));
+    let s = b.stats("q");
+    assert_eq!(num(consumer(&s, "raw"), &["delivered"]), 5);
+    assert_eq!(num(&s, &["stats", "ready"]), 5);
+}
+
+#[test]
+fn three_workers_share_the_work_and_each_task_is_acked_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("done.log");
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "1000"]);
+    // O_APPEND writes of one short line are atomic: a shared log of ids.
+    let script = format!("echo \"$SLUICE_TASK_ID\" >> {}", log.display());
+    let _workers: Vec<_> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|n| {
+            b.worker(
+                "q",
+                &["--concurrency", "4", "--name", n],
+                &["sh", "-c", &script],
+            )
+        })
+        .collect();
+    eventually(DEADLINE, "3 workers subscribed", || {
+        num(&b.stats("q"), &["stats", "consumers"]) == 3
+    });
+    let lines: String = (0..300).map(|i| format!("t{i}\n")).collect();
+    let ids = b.cli_stdin(&["enqueue", "q"], &lines);
+    assert_eq!(ids.code, 0, "{ids:?}");
+
+    eventually(Duration::from_secs(120), "all 300 acked", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 300
+    });
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "delivered_total"]), 300, "no redelivery");
+    for n in ["w1", "w2", "w3"] {
+        assert!(num(consumer(&s, n), &["acked"]) > 0, "{n} did nothing: {s}");
+    }
+    let done = std::fs::read_to_string(&log).expect("log");
+    let done: Vec<&str> = done.lines().collect();
+    let unique: HashSet<&str> = done.iter().copied().collect();
+    assert_eq!(done.len(), 300, "every task ran once");
+    let enqueued: HashSet<&str> = ids.stdout.lines().collect();
+    assert_eq!(unique, enqueued);
+}
+
+#[test]
+fn a_killed_workers_tasks_go_to_another_worker_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let never = Flag(dir.path().join("never"));
+    let attempts = dir.path().join("attempts.log");
+    let b = Broker::start();
+    // A long deadline: redelivery must come from the lost stream, not expiry.
+    b.ok(&["queue", "create", "q", "--ack-deadline", "10m"]);
+    let mut a = b.worker(
+        "q",
+        &["--concurrency", "2", "--name", "a"],
+        &["sh", "-c", &wait_for(&never.0)],
+    );
+    b.ok(&["enqueue", "q", "one", "two"]);
+    eventually(DEADLINE, "worker a holds both", || {
+        num(consumer(&b.stats("q"), "a"), &["in_flight"]) == 2
+    });
+    let script = format!("echo \"$SLUICE_ATTEMPT\" >> {}", attempts.display());
+    let _b2 = b.worker(
+        "q",
+        &["--concurrency", "2", "--name", "b"],
+        &["sh", "-c", &script],
+    );
+    eventually(DEADLINE, "worker b subscribed", || {
+        num(&b.stats("q"), &["stats", "consumers"]) == 2
+    });
+
+    a.signal("KILL");
+    a.wait_exit(DEADLINE);
+    eventually(DEADLINE, "both redelivered to b and acked", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 2
+    });
+    let s = b.stats("q");
+    assert_eq!(
+        num(&s, &["stats", "expired_total"]),
+        0,
+        "no deadline involved"
+    );
+    assert_eq!(num(consumer(&s, "b"), &["acked"]), 2);
+    let log = std::fs::read_to_string(&attempts).expect("attempts");
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["2", "2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ack_after_the_lease_expired_is_refused() {
+    let b = Broker::start();
+    let url = b.url();
+    b.ok(&["queue", "create", "q", "--ack-deadline", "300ms"]);
+    let mut slow = RawConsumer::subscribe(&url, "q", "slow", 1).await;
+    b.ok(&["enqueue", "q", "x"]);
+    let first = slow.deliveries(1).await.remove(0);
+    assert_eq!(first.attempt, 1);
+
+    // slow neither acks nor extends; after the deadline the task goes to
+    // the next worker with credit.
+    let mut fresh = RawConsumer::subscribe(&url, "q", "fresh", 1).await;
+    let second = fresh.deliveries(1).await.remove(0);
+    assert_eq!(
+        second.task.as_ref().map(|t| &t.id),
+        first.task.as_ref().map(|t| &t.id)
+    );
+    assert_eq!(second.attempt, 2);
+
+    // The late ack is refused and changes nothing...
+    slow.send(ConsumeRequest {
+        acks: vec![AckItem {
+            lease: Some(lease_of(&first)),
+            result: Default::default(),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let refused = slow.next().await;
+    assert_eq!(refused.errors.len(), 1, "{refused:?}");
+    assert_eq!(refused.errors[0].code, SettleErrorCode::StaleLease as i32);
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "acked_total"]), 0);
+    assert_eq!(num(&s, &["stats", "leased"]), 1);
+
+    // ...while the new holder's ack succeeds.
+    fresh
+        .send(ConsumeRequest {
+            acks: vec![AckItem {
+                lease: Some(lease_of(&second)),
+                result: Default::default(),
+            }],
+            ..Default::default()
+        })
+        .await;
+    eventually(DEADLINE, "new holder's ack applied", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 1
+    });
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "unfinished"]), 0);
+    assert_eq!(num(&s, &["stats", "expired_total"]), 1);
+}
+
+#[test]
+fn a_long_task_keeps_its_lease_by_extending() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--ack-deadline", "300ms"]);
+    // Runs for several deadlines; the worker extends automatically.
+    let _w = b.worker("q", &["--name", "long"], &["sh", "-c", "sleep 1.5; cat"]);
+    b.ok(&["enqueue", "q", "x"]);
+    eventually(DEADLINE, "acked", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 1
+    });
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "expired_total"]), 0, "{s}");
+    assert_eq!(num(&s, &["stats", "delivered_total"]), 1);
+}
+
+#[test]
+fn sigterm_lets_running_tasks_finish_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = Flag(dir.path().join("go"));
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q"]);
+    let script = format!("{}; cat", wait_for(&go.0));
+    let mut w = b.worker(
+        "q",
+        &["--concurrency", "2", "--name", "w"],
+        &["sh", "-c", &script],
+    );
+    b.ok(&["enqueue", "q", "a", "b"]);
+    eventually(DEADLINE, "both running", || {
+        num(consumer(&b.stats("q"), "w"), &["in_flight"]) == 2
+    });
+
+    w.signal("TERM");
+    // It stops taking tasks at once: a new one stays in the queue.
+    b.ok(&["enqueue", "q", "c"]);
+    go.raise();
+    assert_eq!(w.wait_exit(DEADLINE), Some(0), "{}", w.stderr_log());
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "acked_total"]), 2, "{s}");
+    assert_eq!(num(&s, &["stats", "delivered_total"]), 2, "no redelivery");
+    assert_eq!(num(&s, &["stats", "ready"]), 1);
+    assert_eq!(num(&s, &["stats", "consumers"]), 0);
+}
+
+#[test]
+fn a_failing_command_is_retried_and_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q"]);
+    // Fails on the first attempt, succeeds on the second.
+    let script = "[ \"$SLUICE_ATTEMPT\" -ge 2 ] || { echo first try fails >&2; exit 1; }; cat";
+    let _w = b.worker("q", &["--name", "w"], &["sh", "-c", script]);
+    b.ok(&["enqueue", "q", "x"]);
+    eventually(DEADLINE, "acked on the second attempt", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 1
+    });
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "nacked_total"]), 1);
+    assert_eq!(num(&s, &["stats", "delivered_total"]), 2);
+    drop(dir);
+}
+
+#[test]
+fn a_worker_reconnects_after_the_broker_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("done.log");
+    let b = Broker::start();
+    let addr = b.addr.clone();
+    b.ok(&["queue", "create", "q"]);
+    let script = format!("cat >> {}; echo >> {}", log.display(), log.display());
+    let mut w = b.worker("q", &["--name", "w"], &["sh", "-c", &script]);
+    b.ok(&["enqueue", "q", "before"]);
+    eventually(DEADLINE, "first task done", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 1
+    });
+
+    // Restart on the same address. In-memory: the queue is gone until a
+    // producer creates it again.
+    drop(b);
+    let b = Broker::start_on(&addr, &[]);
+    b.ok(&["queue", "create", "q"]);
+    b.ok(&["enqueue", "q", "after-1", "after-2"]);
+    eventually(DEADLINE, "worker back and working", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 2
+    });
+    assert!(w.running(), "worker gave up: {}", w.stderr_log());
+    let done = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        done.lines().collect::<Vec<_>>(),
+        ["before", "after-1", "after-2"]
+    );
+}
+
+#[test]
+fn a_worker_for_an_unknown_queue_exits_with_a_clear_error() {
+    let b = Broker::start();
+    let mut w = b.worker("nope", &[], &["cat"]);
+    assert_eq!(w.wait_exit(DEADLINE), Some(1));
+    let log = w.stderr_log();
+    assert!(log.contains("not found"), "{log}");
+}

@@ -1,0 +1,25 @@
+//! sluice's worker side: [`Worker`], a runtime that consumes a queue over
+//! one `Consume` stream with flow-control credits and runs a handler per
+//! task (see [`runtime`]); and [`command`], the handler behind the
+//! `sluice-worker` binary, which runs a command per task.
+
+pub mod command;
+pub mod runtime;
+
+pub use runtime::{Config, Outcome, Task, Worker};
+
+/// Why a worker stopped for good (connection losses are retried, not
+/// returned).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+    #[error("{message} ({})", sluice_client::code_name(*.code))]
+    Broker {
+        code: sluice_client::Code,
+        message: String,
+    },
+    #[error(transparent)]
+    Client(#[from] sluice_client::Error),
+}

@@ -1,0 +1,119 @@
+//! `sluice-worker`: consume a queue and run a command once per task.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use sluice_worker::command::{self, CommandSpec};
+use sluice_worker::{Config, Worker};
+
+/// Consume a sluice queue and run CMD once per task.
+///
+/// The task's payload is CMD's stdin; SLUICE_TASK_ID, SLUICE_QUEUE,
+/// SLUICE_ATTEMPT and SLUICE_HEADER_<NAME> (one per header, upper-cased)
+/// are in its environment. Exit status 0 acks the task with CMD's stdout as
+/// the result; any other status nacks it and the broker retries it later.
+/// CMD's stderr goes to this worker's log.
+///
+/// The worker holds at most --concurrency tasks, reconnects by itself when
+/// the broker goes away, and on SIGTERM/SIGINT stops taking tasks, lets
+/// running ones finish (up to --shutdown-grace), acks them and exits 0.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-worker", version)]
+struct Args {
+    /// Broker URL.
+    #[arg(long, env = "SLUICE_BROKER", default_value = "http://127.0.0.1:50051")]
+    broker: String,
+
+    /// Queue to consume.
+    #[arg(long)]
+    queue: String,
+
+    /// Tasks run at once (and so the most this worker holds).
+    #[arg(long, default_value_t = 1)]
+    concurrency: u32,
+
+    /// Name shown in `sluice stats` (default: worker-<pid>).
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Kill and nack a task whose command runs longer than this (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    task_timeout: Option<Duration>,
+
+    /// On shutdown, how long running tasks get to finish.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    shutdown_grace: Duration,
+
+    /// The command to run per task, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    cmd: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+
+    let Some((program, rest)) = args.cmd.split_first() else {
+        eprintln!("sluice-worker: no command given after --");
+        return ExitCode::from(2);
+    };
+    let spec = Arc::new(CommandSpec {
+        program: program.clone(),
+        args: rest.to_vec(),
+        task_timeout: args.task_timeout,
+    });
+    let mut config = Config::new(args.broker, args.queue);
+    config.concurrency = args.concurrency;
+    config.shutdown_grace = args.shutdown_grace;
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    let handler = move |task| {
+        let spec = Arc::clone(&spec);
+        async move { command::run(&spec, task).await }
+    };
+    match Worker::new(config).run(handler, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-worker: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: drain. Second: exit at once.
+async fn on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    token.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal, exiting now");
+    std::process::exit(130);
+}

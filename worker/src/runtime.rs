@@ -1,0 +1,423 @@
+//! The worker runtime: one `Consume` stream, credit per free slot, a
+//! handler task per delivery, coalesced acks, automatic lease extension,
+//! reconnection with backoff, and a graceful stop.
+//!
+//! The credit discipline (DESIGN.md §3): the worker grants `concurrency`
+//! credits when it subscribes and one more each time a handler finishes,
+//! in the same frame as that task's ack. So it never holds more than
+//! `concurrency` tasks, and what it cannot take stays in the broker for
+//! other workers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_client::proto::{
+    AckItem, ConsumeRequest, ConsumeResponse, ExtendItem, LeaseRef, NackAction, NackItem, Subscribe,
+};
+use sluice_client::{Client, Code};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Error;
+
+/// How a worker connects and behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Broker URL, e.g. `http://127.0.0.1:50051`.
+    pub broker: String,
+    /// The queue to consume.
+    pub queue: String,
+    /// Tasks processed at once, and so the most the worker ever holds.
+    pub concurrency: u32,
+    /// Name shown in the broker's consumer stats.
+    pub name: String,
+    /// On shutdown, how long running handlers get to finish; those still
+    /// running then are abandoned and the broker hands their tasks out again.
+    pub shutdown_grace: Duration,
+    /// First wait before reconnecting; doubles up to `reconnect_max`.
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Config {
+    pub fn new(broker: impl Into<String>, queue: impl Into<String>) -> Self {
+        Config {
+            broker: broker.into(),
+            queue: queue.into(),
+            concurrency: 1,
+            name: format!("worker-{}", std::process::id()),
+            shutdown_grace: Duration::from_secs(30),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A task handed to a handler.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    pub queue: String,
+    /// 1 on the first delivery, counted up on each redelivery.
+    pub attempt: u32,
+    pub payload: Bytes,
+    pub headers: HashMap<String, String>,
+    pub priority: i32,
+    pub enqueued_at_unix_ms: u64,
+}
+
+/// What a handler decided about its task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done; `result` travels with the ack.
+    Ack { result: Bytes },
+    /// Failed; the broker retries it (after `delay`, if any) until the
+    /// queue's `max_attempts`.
+    Retry {
+        error: String,
+        delay: Option<Duration>,
+    },
+    /// Failed for good: straight to the dead letter queue.
+    DeadLetter { error: String },
+}
+
+impl Outcome {
+    pub fn ack() -> Self {
+        Outcome::Ack {
+            result: Bytes::new(),
+        }
+    }
+
+    pub fn retry(error: impl Into<String>) -> Self {
+        Outcome::Retry {
+            error: error.into(),
+            delay: None,
+        }
+    }
+}
+
+/// A worker: connect, subscribe, process, repeat until shut down.
+pub struct Worker {
+    config: Config,
+}
+
+/// How a session ended.
+enum End {
+    /// Shut down as asked; stop.
+    Stopped,
+    /// Connection lost or broker draining; reconnect.
+    Lost(String),
+}
+
+impl Worker {
+    pub fn new(config: Config) -> Self {
+        Worker { config }
+    }
+
+    /// Runs until `shutdown` is cancelled (then drains, see
+    /// [`Config::shutdown_grace`]) or a permanent error (unknown queue, bad
+    /// arguments). A broker that goes away is waited for, with backoff.
+    pub async fn run<H, F>(self, handler: H, shutdown: CancellationToken) -> Result<(), Error>
+    where
+        H: Fn(Task) -> F + Send + Sync + 'static,
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        if self.config.concurrency == 0 {
+            return Err(Error::Config("concurrency must be at least 1".into()));
+        }
+        let handler = Arc::new(handler);
+        let mut backoff = self.config.reconnect_initial;
+        let mut ever_subscribed = false;
+        loop {
+            let mut subscribed = false;
+            let end = match self.session(&handler, &shutdown, &mut subscribed).await {
+                Ok(end) => end,
+                // Unknown at the start is a mistake to report; unknown after
+                // having worked means the queue was deleted or an in-memory
+                // broker restarted, and it may well come back.
+                Err(Error::Broker {
+                    code: Code::NotFound,
+                    message,
+                }) if ever_subscribed => End::Lost(message),
+                Err(e) => return Err(e),
+            };
+            ever_subscribed |= subscribed;
+            match end {
+                End::Stopped => return Ok(()),
+                End::Lost(why) => {
+                    if subscribed {
+                        backoff = self.config.reconnect_initial;
+                    }
+                    let wait = jitter(backoff);
+                    warn!(error = %why, retry_in = ?wait, "disconnected from broker");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(self.config.reconnect_max);
+                }
+            }
+        }
+    }
+
+    async fn session<H, F>(
+        &self,
+        handler: &Arc<H>,
+        shutdown: &CancellationToken,
+        subscribed: &mut bool,
+    ) -> Result<End, Error>
+    where
+        H: Fn(Task) -> F + Send + Sync + 'static,
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let cfg = &self.config;
+        if shutdown.is_cancelled() {
+            return Ok(End::Stopped);
+        }
+        let client = match Client::connect(&cfg.broker).await {
+            Ok(c) => c,
+            Err(e) if e.is_unreachable() => return Ok(End::Lost(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let (tx, rx) = mpsc::channel::<ConsumeRequest>(64);
+        let first = ConsumeRequest {
+            subscribe: Some(Subscribe {
+                queue: cfg.queue.clone(),
+                consumer_name: cfg.name.clone(),
+            }),
+            credit: cfg.concurrency,
+            ..Default::default()
+        };
+        if tx.send(first).await.is_err() {
+            return Ok(End::Lost("request stream closed".into()));
+        }
+        let mut inbound = match client.raw().consume(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return classify(status),
+        };
+        let ack_deadline = match inbound.message().await {
+            Ok(Some(ConsumeResponse {
+                subscribed: Some(s),
+                ..
+            })) => Duration::from_millis(s.ack_deadline_ms.max(1)),
+            Ok(_) => return Ok(End::Lost("broker did not confirm the subscription".into())),
+            Err(status) => return classify(status),
+        };
+        *subscribed = true;
+        info!(queue = %cfg.queue, concurrency = cfg.concurrency, "subscribed");
+
+        // Extend well before the deadline: a third of the lease leaves two
+        // chances for a frame to get through.
+        let extend_every = (ack_deadline / 3).max(Duration::from_millis(50));
+        let mut ticker = tokio::time::interval(extend_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut running: JoinSet<(LeaseRef, Outcome)> = JoinSet::new();
+        // task id -> (attempt, last extended)
+        let mut held: HashMap<String, (u32, Instant)> = HashMap::new();
+        let mut draining = false;
+        let mut broker_drain = false;
+        let mut grace_end: Option<Instant> = None;
+
+        let end = loop {
+            if draining && running.is_empty() {
+                break if broker_drain {
+                    End::Lost("broker is draining".into())
+                } else {
+                    End::Stopped
+                };
+            }
+            tokio::select! {
+                _ = shutdown.cancelled(), if !draining => {
+                    info!(running = running.len(), grace = ?cfg.shutdown_grace, "shutting down: no new tasks, finishing running ones");
+                    draining = true;
+                    grace_end = Some(Instant::now() + cfg.shutdown_grace);
+                }
+                _ = sleep_until_opt(grace_end) => {
+                    warn!(abandoned = running.len(), "grace period over; abandoning running tasks (the broker hands them out again)");
+                    running.abort_all();
+                    break End::Stopped;
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(resp)) => {
+                        for d in resp.deliveries {
+                            let Some(task) = d.task else { continue };
+                            let lease = LeaseRef { task_id: task.id.clone(), attempt: d.attempt };
+                            held.insert(task.id.clone(), (d.attempt, Instant::now()));
+                            let t = Task {
+                                id: task.id,
+                                queue: d.queue,
+                                attempt: d.attempt,
+                                payload: task.payload,
+                                headers: task.headers,
+                                priority: task.priority,
+                                enqueued_at_unix_ms: task.enqueued_at_unix_ms,
+                            };
+                            let fut = handler(t);
+                            running.spawn(async move {
+                                // The handler runs in its own task so a panic
+                                // becomes a nack instead of a lost lease.
+                                let mut inner = AbortOnDrop(tokio::spawn(fut));
+                                let outcome = match inner.join().await {
+                                    Ok(o) => o,
+                                    Err(e) => Outcome::retry(format!("handler failed: {e}")),
+                                };
+                                (lease, outcome)
+                            });
+                        }
+                        for e in resp.errors {
+                            warn!(task = ?e.lease.map(|l| l.task_id), code = e.code, error = %e.message, "broker refused a settlement");
+                        }
+                        if let Some(d) = resp.drain {
+                            info!(reason = %d.reason, "broker asked to drain");
+                            draining = true;
+                            broker_drain = true;
+                        }
+                    }
+                    Ok(None) => break End::Lost("broker closed the stream".into()),
+                    Err(status) => match classify(status)? {
+                        End::Lost(why) => break End::Lost(why),
+                        End::Stopped => break End::Stopped,
+                    },
+                },
+                Some(done) = running.join_next() => {
+                    let mut frame = ConsumeRequest::default();
+                    let mut finished = 0u32;
+                    let mut record = |r: Result<(LeaseRef, Outcome), tokio::task::JoinError>| {
+                        let Ok((lease, outcome)) = r else { return };
+                        held.remove(&lease.task_id);
+                        finished += 1;
+                        push_outcome(&mut frame, lease, outcome);
+                    };
+                    record(done);
+                    // Coalesce everything else that finished meanwhile.
+                    while let Some(more) = running.try_join_next() {
+                        record(more);
+                    }
+                    if !draining {
+                        frame.credit = finished;
+                    }
+                    if tx.send(frame).await.is_err() {
+                        break End::Lost("request stream closed".into());
+                    }
+                }
+                _ = ticker.tick() => {
+                    let now = Instant::now();
+                    let mut extends = Vec::new();
+                    for (id, (attempt, last)) in held.iter_mut() {
+                        if now.duration_since(*last) >= extend_every {
+                            *last = now;
+                            extends.push(ExtendItem {
+                                lease: Some(LeaseRef { task_id: id.clone(), attempt: *attempt }),
+                                extend_ms: 0,
+                            });
+                        }
+                    }
+                    if !extends.is_empty() {
+                        debug!(n = extends.len(), "extending leases");
+                        let frame = ConsumeRequest { extends, ..Default::default() };
+                        if tx.send(frame).await.is_err() {
+                            break End::Lost("request stream closed".into());
+                        }
+                    }
+                }
+            }
+        };
+
+        if matches!(end, End::Stopped) {
+            // Half-close, then read until the broker ends the stream: it
+            // handles frames in order, so by then every ack above is applied.
+            drop(tx);
+            let flushed = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
+            if flushed.is_err() {
+                warn!("broker did not close the stream after our last acks");
+            }
+            info!("stopped");
+        }
+        Ok(end)
+    }
+}
+
+fn push_outcome(frame: &mut ConsumeRequest, lease: LeaseRef, outcome: Outcome) {
+    match outcome {
+        Outcome::Ack { result } => frame.acks.push(AckItem {
+            lease: Some(lease),
+            result,
+        }),
+        Outcome::Retry { error, delay } => frame.nacks.push(NackItem {
+            lease: Some(lease),
+            action: NackAction::Retry as i32,
+            delay_ms: delay.map_or(0, |d| d.as_millis() as u64),
+            priority: None,
+            error,
+        }),
+        Outcome::DeadLetter { error } => frame.nacks.push(NackItem {
+            lease: Some(lease),
+            action: NackAction::DeadLetter as i32,
+            delay_ms: 0,
+            priority: None,
+            error,
+        }),
+    }
+}
+
+/// Errors that retrying cannot fix end the worker; the rest reconnect.
+fn classify(status: tonic::Status) -> Result<End, Error> {
+    match status.code() {
+        Code::NotFound
+        | Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::Unimplemented => Err(Error::Broker {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }),
+        _ => Ok(End::Lost(format!(
+            "{} ({})",
+            status.message(),
+            sluice_client::code_name(status.code())
+        ))),
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Between half and all of `d`, so workers that lost the same broker do not
+/// all come back in the same instant.
+fn jitter(d: Duration) -> Duration {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let frac = 0.5 + (h.finish() % 1000) as f64 / 2000.0;
+    d.mul_f64(frac)
+}
+
+/// A spawned task aborted when its handle is dropped (the session ended).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(&mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
