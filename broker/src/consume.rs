@@ -133,14 +133,22 @@ impl Session {
                     break;
                 }
                 Some(batch) = deliveries.recv() => {
-                    let mut list: Vec<pb::Delivery> =
-                        batch.iter().map(|d| delivery(self.q.name(), d)).collect();
-                    // Coalesce whatever else is already waiting into one frame.
+                    // Coalesce whatever else is already waiting, in frames of
+                    // at most FRAME_BYTES so clients with gRPC's default 4 MiB
+                    // receive limit can read them.
+                    let mut frames = Frames::default();
+                    frames.extend(self.q.name(), &batch);
                     while let Ok(more) = deliveries.try_recv() {
-                        list.extend(more.iter().map(|d| delivery(self.q.name(), d)));
+                        frames.extend(self.q.name(), &more);
                     }
-                    let resp = pb::ConsumeResponse { deliveries: list, ..Default::default() };
-                    if out.send(Ok(resp)).await.is_err() {
+                    let mut gone = false;
+                    for resp in frames.done {
+                        if out.send(Ok(resp)).await.is_err() {
+                            gone = true;
+                            break;
+                        }
+                    }
+                    if gone {
                         break;
                     }
                 }
@@ -185,6 +193,34 @@ impl Session {
             }
             Ok(errors)
         })
+    }
+}
+
+/// Payload bytes per outgoing frame, well under gRPC's common 4 MiB
+/// default receive limit. A single larger task still goes out, alone.
+const FRAME_BYTES: usize = 1024 * 1024;
+
+/// Deliveries cut into frames of at most [`FRAME_BYTES`] of payload.
+#[derive(Default)]
+struct Frames {
+    done: Vec<pb::ConsumeResponse>,
+    bytes: usize,
+}
+
+impl Frames {
+    fn extend(&mut self, queue: &str, batch: &[crate::engine::Delivery]) {
+        for d in batch {
+            let size = d.body.payload.len();
+            let full = self.bytes > 0 && self.bytes + size > FRAME_BYTES;
+            if full || self.done.is_empty() {
+                self.done.push(pb::ConsumeResponse::default());
+                self.bytes = 0;
+            }
+            self.bytes += size;
+            if let Some(last) = self.done.last_mut() {
+                last.deliveries.push(delivery(queue, d));
+            }
+        }
     }
 }
 
@@ -285,5 +321,46 @@ struct Leave {
 impl Drop for Leave {
     fn drop(&mut self) {
         self.broker.remove_consumer(&self.q, self.cid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::engine::{Delivery, TaskBody, TaskId};
+
+    fn d(size: usize) -> Delivery {
+        Delivery {
+            id: TaskId(1),
+            body: Arc::new(TaskBody {
+                payload: Bytes::from(vec![0u8; size]),
+                headers: HashMap::new(),
+                priority: 0,
+                enqueued_at: 0,
+            }),
+            attempt: 1,
+            deadline: 0,
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn frames_stay_under_the_size_limit() {
+        let mut f = Frames::default();
+        f.extend("q", &[d(10), d(10), d(10)]);
+        assert_eq!(f.done.len(), 1);
+        assert_eq!(f.done[0].deliveries.len(), 3);
+
+        let mut f = Frames::default();
+        let big = FRAME_BYTES / 2 + 1;
+        f.extend("q", &[d(big), d(big)]);
+        f.extend("q", &[d(big * 3), d(1)]);
+        let sizes: Vec<usize> = f.done.iter().map(|r| r.deliveries.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 1], "one oversized task still goes, alone");
     }
 }

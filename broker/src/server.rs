@@ -23,6 +23,8 @@ pub async fn run(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // An enqueue batch may carry several tasks of the largest size.
+    let max_message = (limits.max_payload_bytes.saturating_mul(2) + (1 << 20)).max(16 << 20);
     let broker = Broker::new(shutdown.clone());
     let service = Service::new(broker, limits);
 
@@ -47,7 +49,11 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SluiceServiceServer::new(service))
+        .add_service(
+            SluiceServiceServer::new(service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
     tokio::pin!(server);
 
