@@ -100,22 +100,36 @@ impl Session {
         let shutdown = self.broker.shutdown().clone();
         loop {
             if let Some(f) = frame.take() {
-                match self.handle(f) {
-                    Ok(errors) if errors.is_empty() => {}
-                    Ok(errors) => {
-                        let resp = pb::ConsumeResponse {
-                            errors,
-                            ..Default::default()
-                        };
-                        if out.send(Ok(resp)).await.is_err() {
-                            break;
-                        }
-                    }
+                let (errors, stopped) = match self.handle(f) {
+                    Ok(r) => r,
                     Err(status) => {
                         tracing::info!(error = %status.message(), "consume stream refused a frame");
                         let _ = out.send(Err(status)).await;
                         break;
                     }
+                };
+                let mut replies = Vec::new();
+                if !errors.is_empty() {
+                    replies.push(pb::ConsumeResponse {
+                        errors,
+                        ..Default::default()
+                    });
+                }
+                if let Some(in_flight) = stopped {
+                    // Credit is gone, so nothing new is routed to us: flush
+                    // what already was, then confirm.
+                    let mut frames = Frames::default();
+                    while let Ok(batch) = deliveries.try_recv() {
+                        frames.extend(self.q.name(), &batch);
+                    }
+                    replies.extend(frames.done);
+                    replies.push(pb::ConsumeResponse {
+                        stopped: Some(pb::Stopped { in_flight }),
+                        ..Default::default()
+                    });
+                }
+                if !send_all(&out, replies).await {
+                    break;
                 }
             }
             tokio::select! {
@@ -141,14 +155,7 @@ impl Session {
                     while let Ok(more) = deliveries.try_recv() {
                         frames.extend(self.q.name(), &more);
                     }
-                    let mut gone = false;
-                    for resp in frames.done {
-                        if out.send(Ok(resp)).await.is_err() {
-                            gone = true;
-                            break;
-                        }
-                    }
-                    if gone {
+                    if !send_all(&out, frames.done).await {
                         break;
                     }
                 }
@@ -166,8 +173,9 @@ impl Session {
     }
 
     /// Applies one client frame in one engine call: acks, nacks, extends,
-    /// then credit.
-    fn handle(&self, f: pb::ConsumeRequest) -> Result<Vec<pb::SettleError>, Status> {
+    /// credit, then stop. Returns the refused items and, for a stop, the
+    /// leases the consumer still holds.
+    fn handle(&self, f: pb::ConsumeRequest) -> Result<(Vec<pb::SettleError>, Option<u64>), Status> {
         if f.subscribe.is_some() {
             return Err(Error::FailedPrecondition(
                 "a Consume stream carries one subscription; open another stream for another queue"
@@ -191,9 +199,20 @@ impl Session {
                 }
                 sh.state.grant(now, cid, u64::from(f.credit), fx);
             }
-            Ok(errors)
+            let stopped = if f.stop { sh.state.revoke(cid) } else { None };
+            Ok((errors, stopped))
         })
     }
+}
+
+/// Sends frames in order; false when the client is gone.
+async fn send_all(out: &Out, frames: Vec<pb::ConsumeResponse>) -> bool {
+    for f in frames {
+        if out.send(Ok(f)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Payload bytes per outgoing frame, well under gRPC's common 4 MiB

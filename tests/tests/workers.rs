@@ -378,3 +378,32 @@ fn a_worker_for_an_unknown_queue_exits_with_a_clear_error() {
     let log = w.stderr_log();
     assert!(log.contains("not found"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_flushes_what_was_sent_then_confirms() {
+    let b = Broker::start();
+    let url = b.url();
+    b.ok(&["queue", "create", "q"]);
+    let mut c = RawConsumer::subscribe(&url, "q", "stopper", 2).await;
+    b.ok(&["enqueue", "q", "a", "b", "c"]);
+    // Stop without having read anything: the two deliveries paid for must
+    // still arrive, before the confirmation.
+    c.send(ConsumeRequest {
+        stop: true,
+        ..Default::default()
+    })
+    .await;
+    let mut got = 0;
+    let stopped = loop {
+        let f = c.next().await;
+        got += f.deliveries.len();
+        if let Some(s) = f.stopped {
+            break s;
+        }
+    };
+    assert_eq!(got, 2);
+    assert_eq!(stopped.in_flight, 2);
+    let s = b.stats("q");
+    assert_eq!(num(consumer(&s, "stopper"), &["credit"]), 0);
+    assert_eq!(num(&s, &["stats", "ready"]), 1, "the third stays queued");
+}

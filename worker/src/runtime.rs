@@ -226,8 +226,10 @@ impl Worker {
         let mut broker_drain = false;
         let mut grace_end: Option<Instant> = None;
 
+        // Set once the broker confirmed our stop: no delivery is in transit.
+        let mut stopped = false;
         let end = loop {
-            if draining && running.is_empty() {
+            if draining && running.is_empty() && (stopped || broker_drain) {
                 break if broker_drain {
                     End::Lost("broker is draining".into())
                 } else {
@@ -239,6 +241,13 @@ impl Worker {
                     info!(running = running.len(), grace = ?cfg.shutdown_grace, "shutting down: no new tasks, finishing running ones");
                     draining = true;
                     grace_end = Some(Instant::now() + cfg.shutdown_grace);
+                    // Deliveries may be on the wire for credit granted
+                    // earlier: ask the broker to stop and wait for its
+                    // confirmation, so they are processed, not dropped.
+                    let stop = ConsumeRequest { stop: true, ..Default::default() };
+                    if tx.send(stop).await.is_err() {
+                        break End::Lost("request stream closed".into());
+                    }
                 }
                 _ = sleep_until_opt(grace_end) => {
                     warn!(abandoned = running.len(), "grace period over; abandoning running tasks (the broker hands them out again)");
@@ -274,6 +283,9 @@ impl Worker {
                         }
                         for e in resp.errors {
                             warn!(task = ?e.lease.map(|l| l.task_id), code = e.code, error = %e.message, "broker refused a settlement");
+                        }
+                        if resp.stopped.is_some() {
+                            stopped = true;
                         }
                         if let Some(d) = resp.drain {
                             info!(reason = %d.reason, "broker asked to drain");

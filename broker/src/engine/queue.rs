@@ -359,6 +359,15 @@ impl QueueState {
         self.consumers.get(&id).map(|c| c.credit)
     }
 
+    /// Drops a consumer's unspent credit: nothing more is delivered to it
+    /// until it grants again. Returns the leases it still holds.
+    pub fn revoke(&mut self, id: ConsumerId) -> Option<u64> {
+        let c = self.consumers.get_mut(&id)?;
+        // Its ring entry, if any, is skipped and dropped by `deliver`.
+        c.credit = 0;
+        Some(c.in_flight.len() as u64)
+    }
+
     /// Unspent credit of a consumer.
     pub fn credit(&self, id: ConsumerId) -> Option<u64> {
         self.consumers.get(&id).map(|c| c.credit)
