@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sluice_proto::v1::sluice_service_server::SluiceServiceServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +41,17 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let incoming = TcpListenerStream::new(listener);
+    // The builder's tcp_nodelay only applies to listeners tonic binds
+    // itself; without it here, Nagle's algorithm and delayed acks hold
+    // every multi-segment answer back ~40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
     let stop = shutdown.clone();
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)

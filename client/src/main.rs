@@ -16,11 +16,19 @@ use cli::exit::Exit;
 fn main() -> ExitCode {
     // Usage errors, --help and --version exit here, with clap's codes.
     let args = cli::Args::parse();
-    // One command at a time: a single-threaded runtime is all it needs.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One command at a time: a single-threaded runtime is all most need.
+    let threads = args.threads();
+    let built = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(runtime) => runtime,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: cannot start the runtime: {e}");

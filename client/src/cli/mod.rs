@@ -9,6 +9,7 @@
 //! - `queue.rs`, `enqueue.rs`, `get.rs`, `join.rs`, `stats.rs` — commands.
 
 mod batch;
+mod bench;
 mod enqueue;
 pub mod exit;
 mod get;
@@ -69,6 +70,31 @@ enum Command {
     Join(join::JoinArgs),
     /// Show depths, counters and consumers of one queue or of all.
     Stats(stats::StatsArgs),
+    /// Measure throughput, latency and resource use (like `nats bench`).
+    ///
+    /// P producers and C consumers against --broker, or against a broker it
+    /// starts with --spawn. Every task is acked individually; the report
+    /// gives tasks/s, MB/s, enqueue->delivery and enqueue->ack latency
+    /// percentiles, the broker's CPU time and peak memory, and redeliveries,
+    /// duplicates and lost tasks (the run fails if any were lost or
+    /// duplicated). --baseline runs the same load against a bare gRPC
+    /// server that does no queueing, for the ratio.
+    Bench(bench::BenchArgs),
+    /// The baseline server of `bench --baseline` (internal).
+    #[command(hide = true)]
+    BenchBaselineServer,
+}
+
+impl Args {
+    /// Worker threads the command wants: the bench measures with several,
+    /// everything else is one call at a time.
+    pub fn threads(&self) -> usize {
+        match &self.command {
+            Command::Bench(b) => b.threads,
+            Command::BenchBaselineServer => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Runs the parsed command line.
@@ -88,6 +114,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Command::Get(cmd) => get::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Join(cmd) => join::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Stats(cmd) => stats::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Bench(cmd) => bench::run(&broker, cmd, json).await,
+        Command::BenchBaselineServer => bench::serve_baseline().await,
     }
 }
 

@@ -1,0 +1,153 @@
+//! `sluice bench`: P producers and C consumers against a broker, measuring
+//! throughput, latency, the broker's CPU and memory, and correctness
+//! (redeliveries, duplicates, lost tasks).
+//!
+//! - `load.rs`     — producers and consumers, and what they record;
+//! - `spawn.rs`    — starting a broker (or the baseline) and reading its
+//!   CPU time and peak memory from /proc;
+//! - `baseline.rs` — the gRPC ceiling: the same frames through a server
+//!   that does no queueing;
+//! - `report.rs`   — the table and the JSON.
+
+mod baseline;
+mod load;
+mod report;
+mod spawn;
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::exit::Failure;
+use super::parse;
+
+pub use baseline::serve as serve_baseline;
+
+/// How producers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProducerMode {
+    /// Enqueue calls of --batch tasks.
+    Enqueue,
+    /// One task per Enqueue call.
+    Single,
+    /// The Publish stream (not served by this broker version yet).
+    Publish,
+}
+
+/// Measure throughput, latency and resource use of a broker.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Start a broker for the run (`sluice-broker` next to this binary, on
+    /// 127.0.0.1:0) instead of using --broker; its CPU time and peak memory
+    /// are reported.
+    #[arg(long)]
+    pub spawn: bool,
+    /// With --spawn: a durable broker (not available in this version).
+    #[arg(long, requires = "spawn")]
+    pub durable: bool,
+    /// With --spawn: the broker's data directory.
+    #[arg(long, requires = "spawn")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Pid of the broker at --broker, to report its CPU time and memory.
+    #[arg(long, conflicts_with = "spawn")]
+    pub broker_pid: Option<u32>,
+
+    /// Tasks to send in all (ignored with --duration).
+    #[arg(long, default_value_t = 200_000)]
+    pub tasks: u64,
+    /// Send for this long instead of a fixed number of tasks (e.g. 10s).
+    #[arg(long, value_parser = parse::duration)]
+    pub duration: Option<Duration>,
+    /// Payload bytes per task (at least 20: the bench's own header).
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Queues the tasks are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
+    /// Capacity of each bench queue.
+    #[arg(long, default_value_t = 100_000)]
+    pub capacity: u64,
+    /// Producer tasks.
+    #[arg(long, default_value_t = 1)]
+    pub producers: u32,
+    /// Consumers; each opens one stream per queue it serves.
+    #[arg(long, default_value_t = 2)]
+    pub consumers: u32,
+    /// Credit each consumer stream grants.
+    #[arg(long, default_value_t = 256)]
+    pub credit: u32,
+    /// How producers send.
+    #[arg(long, value_enum, default_value_t = ProducerMode::Enqueue)]
+    pub mode: ProducerMode,
+    /// Tasks per Enqueue call in `enqueue` mode.
+    #[arg(long, default_value_t = 100)]
+    pub batch: u32,
+    /// Enqueue calls each producer keeps in flight.
+    #[arg(long, default_value_t = 2)]
+    pub pipeline: u32,
+    /// Latency mode: pace all producers together at this many tasks/s
+    /// (one task per call). Without it: as fast as possible.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Also run the same load against a bare gRPC server that does no
+    /// queueing, and report the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Give up waiting for acks this long after the last enqueue; what is
+    /// missing then is reported lost.
+    #[arg(long, value_parser = parse::duration, default_value = "60s")]
+    pub settle_timeout: Duration,
+    /// Threads of the bench's own runtime.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Runs the bench (and the baseline, if asked) and prints the report.
+pub async fn run(broker: &str, args: BenchArgs, json: bool) -> Result<(), Failure> {
+    check(&args)?;
+    let real = {
+        let target = spawn::Target::open(broker, &args).await?;
+        let r = load::run(&target.url, &args, "sluice").await;
+        let usage = target.usage();
+        target.stop().await;
+        r?.with_usage(usage)
+    };
+    let base = if args.baseline {
+        let target = spawn::Target::baseline().await?;
+        let r = load::run(&target.url, &args, "baseline").await;
+        target.stop().await;
+        Some(r?)
+    } else {
+        None
+    };
+    report::print(&args, &real, base.as_ref(), json)
+}
+
+fn check(args: &BenchArgs) -> Result<(), Failure> {
+    let usage = |m: &str| Err(Failure::Usage(m.to_owned()));
+    if args.durable {
+        return usage("--durable: durable queues are not available in this broker version");
+    }
+    if args.data_dir.is_some() {
+        return usage("--data-dir: durable storage is not available in this broker version");
+    }
+    if args.mode == ProducerMode::Publish {
+        return usage("--mode publish: the Publish stream is not served by this broker version");
+    }
+    if args.producers == 0 || args.consumers == 0 || args.queues == 0 || args.credit == 0 {
+        return usage("--producers, --consumers, --queues and --credit must be at least 1");
+    }
+    if args.payload < load::HEADER {
+        return usage(&format!(
+            "--payload must be at least {} bytes (the bench's own header)",
+            load::HEADER
+        ));
+    }
+    if args.batch == 0 || args.pipeline == 0 || args.threads == 0 {
+        return usage("--batch, --pipeline and --threads must be at least 1");
+    }
+    if args.rate == Some(0) {
+        return usage("--rate must be at least 1 task/s");
+    }
+    Ok(())
+}

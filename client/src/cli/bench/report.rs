@@ -1,0 +1,162 @@
+//! The bench's report: a table for people, JSON for machines. A run that
+//! lost or duplicated a task fails (exit 1) after printing, so scripts and
+//! CI can rely on the exit code.
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use super::BenchArgs;
+use super::load::Outcome;
+use crate::cli::exit::Failure;
+
+pub fn print(
+    args: &BenchArgs,
+    real: &Outcome,
+    base: Option<&Outcome>,
+    as_json: bool,
+) -> Result<(), Failure> {
+    if as_json {
+        let mut v = json!({
+            "config": config(args),
+            "sluice": outcome(real),
+        });
+        if let Some(b) = base {
+            v["baseline"] = outcome(b);
+            v["ratio_to_baseline"] = json!(real.tasks_per_sec() / b.tasks_per_sec().max(1e-9));
+        }
+        super::super::print_json(&v)?;
+    } else {
+        let mut text = format!("{}\n", describe(args));
+        text.push_str(&table(real));
+        if let Some(b) = base {
+            text.push('\n');
+            text.push_str(&table(b));
+            text.push_str(&format!(
+                "\nsluice / baseline: {:.0}% of the gRPC ceiling\n",
+                100.0 * real.tasks_per_sec() / b.tasks_per_sec().max(1e-9)
+            ));
+        }
+        super::super::print(&text)?;
+    }
+    for o in std::iter::once(real).chain(base) {
+        if o.lost > 0 || o.duplicates > 0 {
+            return Err(Failure::Refused(format!(
+                "{}: {} tasks lost, {} duplicates",
+                o.label, o.lost, o.duplicates
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe(a: &BenchArgs) -> String {
+    let amount = match a.duration {
+        Some(d) => format!("for {}", humantime::format_duration(d)),
+        None => format!("{} tasks", a.tasks),
+    };
+    let pace = match a.rate {
+        Some(r) => format!("latency mode at {r} tasks/s"),
+        None => "throughput mode".into(),
+    };
+    format!(
+        "{pace}: {amount} of {} B, {} producer(s) ({:?}, batch {}, pipeline {}), {} consumer(s) with credit {}, {} queue(s)",
+        a.payload, a.producers, a.mode, a.batch, a.pipeline, a.consumers, a.credit, a.queues
+    )
+}
+
+fn config(a: &BenchArgs) -> Value {
+    json!({
+        "tasks": a.tasks,
+        "duration_s": a.duration.map(|d| d.as_secs_f64()),
+        "payload_bytes": a.payload,
+        "queues": a.queues,
+        "producers": a.producers,
+        "consumers": a.consumers,
+        "credit": a.credit,
+        "mode": format!("{:?}", a.mode).to_lowercase(),
+        "batch": a.batch,
+        "pipeline": a.pipeline,
+        "rate": a.rate,
+        "spawn": a.spawn,
+    })
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    json!({
+        "p50_us": h.value_at_quantile(0.50),
+        "p90_us": h.value_at_quantile(0.90),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+    })
+}
+
+fn outcome(o: &Outcome) -> Value {
+    json!({
+        "sent": o.sent,
+        "acked": o.acked,
+        "elapsed_s": o.elapsed.as_secs_f64(),
+        "tasks_per_s": o.tasks_per_sec(),
+        "mb_per_s": mb_per_sec(o),
+        "enqueue_to_delivery": percentiles(&o.delivery),
+        "enqueue_to_ack": percentiles(&o.ack),
+        "producer_wait_s": o.enqueue_wait.as_secs_f64(),
+        "redeliveries": o.redeliveries,
+        "duplicates": o.duplicates,
+        "lost": o.lost,
+        "broker_cpu_s": o.usage.map(|u| u.cpu.as_secs_f64()),
+        "broker_peak_rss_bytes": o.usage.map(|u| u.peak_rss),
+    })
+}
+
+fn mb_per_sec(o: &Outcome) -> f64 {
+    o.tasks_per_sec() * o.payload as f64 / 1e6
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+fn table(o: &Outcome) -> String {
+    let row = |name: &str, h: &Histogram<u64>| {
+        format!(
+            "  {name:<20} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.9)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max())
+        )
+    };
+    let usage = match o.usage {
+        Some(u) => format!(
+            "{:.2} s CPU, peak RSS {:.1} MB",
+            u.cpu.as_secs_f64(),
+            u.peak_rss as f64 / 1e6
+        ),
+        None => "n/a (not local: use --spawn or --broker-pid)".into(),
+    };
+    let mut s = format!(
+        "{}: {} acked of {} sent in {:.2} s = {:.0} tasks/s, {:.1} MB/s\n",
+        o.label,
+        o.acked,
+        o.sent,
+        o.elapsed.as_secs_f64(),
+        o.tasks_per_sec(),
+        mb_per_sec(o)
+    );
+    s.push_str(&format!(
+        "  {:<20} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        "latency (ms)", "p50", "p90", "p99", "p99.9", "max"
+    ));
+    s.push_str(&row("enqueue -> delivery", &o.delivery));
+    s.push_str(&row("enqueue -> ack", &o.ack));
+    s.push_str(&format!(
+        "  broker: {usage}\n  redeliveries {}, duplicates {}, lost {}; producers spent {:.2} s in Enqueue calls\n",
+        o.redeliveries,
+        o.duplicates,
+        o.lost,
+        o.enqueue_wait.as_secs_f64()
+    ));
+    s
+}
