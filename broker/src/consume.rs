@@ -67,32 +67,29 @@ pub async fn start(
     let _ = tx.try_send(Ok(subscribed));
     let span = tracing::info_span!("consume", queue = %sub.queue, consumer = cid.0, name = %sub.consumer_name, %peer);
     let session = Session {
-        _leave: Leave {
-            broker: broker.clone(),
-            q: q.clone(),
-            cid,
-        },
         broker,
         q,
         cid,
+        deliveries,
     };
-    tokio::spawn(session.run(first, inbound, deliveries, tx).instrument(span));
+    tokio::spawn(session.run(first, inbound, tx).instrument(span));
     Ok(ReceiverStream::new(rx))
 }
 
+/// One consumer's session. Dropping it (the session ended, panicked or
+/// was cancelled) removes the consumer; see the Drop impl.
 struct Session {
     broker: Broker,
     q: std::sync::Arc<QueueHandle>,
     cid: ConsumerId,
-    _leave: Leave,
+    deliveries: DeliveryRx,
 }
 
 impl Session {
     async fn run(
-        self,
+        mut self,
         first: pb::ConsumeRequest,
         mut inbound: Streaming<pb::ConsumeRequest>,
-        mut deliveries: DeliveryRx,
         out: Out,
     ) {
         tracing::debug!("consumer subscribed");
@@ -119,7 +116,7 @@ impl Session {
                     // Credit is gone, so nothing new is routed to us: flush
                     // what already was, then confirm.
                     let mut frames = Frames::default();
-                    while let Ok(batch) = deliveries.try_recv() {
+                    while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
                     }
                     replies.extend(frames.done);
@@ -146,13 +143,13 @@ impl Session {
                     let _ = out.send(Ok(drain)).await;
                     break;
                 }
-                Some(batch) = deliveries.recv() => {
+                Some(batch) = self.deliveries.recv() => {
                     // Coalesce whatever else is already waiting, in frames of
                     // at most FRAME_BYTES so clients with gRPC's default 4 MiB
                     // receive limit can read them.
                     let mut frames = Frames::default();
                     frames.extend(self.q.name(), &batch);
-                    while let Ok(more) = deliveries.try_recv() {
+                    while let Ok(more) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &more);
                     }
                     if !send_all(&out, frames.done).await {
@@ -170,6 +167,10 @@ impl Session {
             }
         }
         tracing::debug!("consumer left");
+        // Leave the queue before the response stream ends, so a client that
+        // saw the end also sees itself gone from stats.
+        drop(self);
+        drop(out);
     }
 
     /// Applies one client frame in one engine call: acks, nacks, extends,
@@ -329,17 +330,23 @@ fn settle_error(
     }
 }
 
-/// Removes the consumer however the session ends, so what it held is
-/// ready again at once.
-struct Leave {
-    broker: Broker,
-    q: std::sync::Arc<QueueHandle>,
-    cid: ConsumerId,
-}
-
-impl Drop for Leave {
+impl Drop for Session {
+    /// Removes the consumer however the session ends. Deliveries still in
+    /// its channel never reached the client: they are undone, not charged
+    /// as an attempt. What the client did receive goes back to ready at
+    /// once (a lost consumer counts as a failed attempt).
     fn drop(&mut self) {
-        self.broker.remove_consumer(&self.q, self.cid);
+        let cid = self.cid;
+        let rx = &mut self.deliveries;
+        self.broker.apply(&self.q, |sh, now, fx| {
+            sh.remove_sender(cid);
+            while let Ok(batch) = rx.try_recv() {
+                for d in batch {
+                    let _ = sh.state.unsend(now, d.id, d.attempt, fx);
+                }
+            }
+            sh.state.remove_consumer(now, cid, fx);
+        });
     }
 }
 

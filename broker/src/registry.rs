@@ -5,10 +5,10 @@
 //! Locking: each queue's state sits behind a std `Mutex` held only for one
 //! engine call plus routing its effects (channel sends and one-shot
 //! resolutions, which never block), never across `.await`. At most one
-//! queue lock is held at a time — dead letters are forwarded to their queue
-//! after the source queue's lock is released — and the registry's `RwLock`
-//! is never held while a queue lock is taken. So there is no lock order to
-//! get wrong.
+//! queue lock is held at a time: dead letters are forwarded to their queue
+//! after the source queue's lock is released. Lock order: the registry's
+//! `RwLock` before a queue's `Mutex` (only `delete_queue` holds both, to
+//! decide and mark the deletion atomically); never the other way round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,11 +25,19 @@ use crate::engine::{
 };
 use crate::error::{Error, Result};
 
-/// Wall-clock milliseconds since the Unix epoch: the engine's `now`.
+/// Milliseconds since the Unix epoch: the engine's `now`. The wall clock
+/// is read once, at the first call; after that time advances with the
+/// monotonic clock, so a clock step (NTP, an operator) neither expires
+/// every lease at once nor freezes them.
 pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
+    static BOOT: std::sync::OnceLock<(std::time::Instant, Millis)> = std::sync::OnceLock::new();
+    let (at, wall) = BOOT.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis);
+        (std::time::Instant::now(), wall)
+    });
+    wall + at.elapsed().as_millis() as Millis
 }
 
 /// A validated queue definition.
@@ -48,8 +56,18 @@ type DeliveryTx = mpsc::UnboundedSender<Vec<Delivery>>;
 /// The state of a queue plus who to tell about its effects.
 pub struct Shared {
     pub state: QueueState,
+    /// Set, under this lock, when the queue is deleted: a call that looked
+    /// the queue up just before must not store into it and answer OK.
+    deleted: bool,
     senders: HashMap<ConsumerId, DeliveryTx>,
     putters: HashMap<PutterId, oneshot::Sender<()>>,
+}
+
+impl Shared {
+    /// Stops routing deliveries to a consumer that is leaving.
+    pub fn remove_sender(&mut self, cid: ConsumerId) {
+        self.senders.remove(&cid);
+    }
 }
 
 /// One named queue.
@@ -170,6 +188,7 @@ impl Broker {
                 created_at: now_ms(),
                 shared: Mutex::new(Shared {
                     state: QueueState::new(spec.config.clone()),
+                    deleted: false,
                     senders: HashMap::new(),
                     putters: HashMap::new(),
                 }),
@@ -210,29 +229,27 @@ impl Broker {
     /// Deletes a queue; returns how many unfinished tasks went with it.
     /// Everyone waiting on it is woken and fails with ABORTED.
     pub fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
-        let handle = {
+        let (handle, discarded) = {
             let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
             let handle = queues
                 .get(name)
+                .cloned()
                 .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
-            if if_empty {
-                let unfinished = handle.lock().state.unfinished();
-                if unfinished > 0 {
-                    return Err(Error::FailedPrecondition(format!(
-                        "queue {name:?} holds {unfinished} unfinished tasks"
-                    )));
-                }
+            let mut sh = handle.lock();
+            let discarded = sh.state.unfinished();
+            if if_empty && discarded > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "queue {name:?} holds {discarded} unfinished tasks"
+                )));
             }
-            queues
-                .remove(name)
-                .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?
+            sh.deleted = true;
+            sh.senders.clear();
+            sh.putters.clear();
+            drop(sh);
+            queues.remove(name);
+            (handle, discarded)
         };
         handle.deleted.cancel();
-        let mut sh = handle.lock();
-        sh.senders.clear();
-        sh.putters.clear();
-        let discarded = sh.state.unfinished();
-        drop(sh);
         handle.idle.notify_waiters();
         tracing::info!(queue = %name, discarded, "queue deleted");
         Ok(discarded)
@@ -280,22 +297,37 @@ impl Broker {
         let Some(dlq_name) = &from.spec.dead_letter else {
             return;
         };
-        let tasks: Vec<NewTask> = dead
+        let dead: Vec<DeadTask> = dead
             .into_iter()
             .filter(|d| d.reason != DeadReason::Dropped)
-            .map(|d| dead_letter_task(from.name(), d))
             .collect();
-        if tasks.is_empty() {
+        if dead.is_empty() {
             return;
         }
-        match self.queue(dlq_name) {
+        // A fresh id: the copy starts again at attempt 1, and reusing the
+        // id would let an old lease token of the original settle it.
+        let first = self.task_ids(dead.len() as u64);
+        let tasks: Vec<NewTask> = dead
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| dead_letter_task(from.name(), TaskId(first.0 + i as u64), d))
+            .collect();
+        let n = tasks.len();
+        let stored = match self.queue(dlq_name) {
             Ok(dlq) => self.apply(&dlq, |sh, now, fx| {
+                if sh.deleted {
+                    return false;
+                }
                 sh.state.enqueue_forced(now, tasks, fx);
+                true
             }),
-            Err(_) => tracing::warn!(
-                queue = %from.name(), dead_letter = %dlq_name, dropped = tasks.len(),
+            Err(_) => false,
+        };
+        if !stored {
+            tracing::warn!(
+                queue = %from.name(), dead_letter = %dlq_name, dropped = n,
                 "dead letter queue does not exist; dead tasks dropped"
-            ),
+            );
         }
     }
 
@@ -321,11 +353,14 @@ impl Broker {
         };
         let started = Instant::now();
         let (res, depth) = self.apply(q, |sh, now, fx| {
+            if sh.deleted {
+                return (Err(None), 0);
+            }
             let r = sh.state.enqueue(now, tasks, mode, fx);
             if let Ok(Enqueued::Waiting(p)) = r {
                 sh.putters.insert(p, tx);
             }
-            (r, sh.state.depth())
+            (r.map_err(Some), sh.state.depth())
         });
         let capacity = q.spec.config.capacity;
         let stored = |depth| Stored {
@@ -337,14 +372,15 @@ impl Broker {
         match res {
             Ok(Enqueued::Stored) => return Ok(stored(depth)),
             Ok(Enqueued::Waiting(_)) => {}
-            Err(EnqueueError::Full) => {
+            Err(None) => return Err(Error::QueueDeleted(q.name().to_owned())),
+            Err(Some(EnqueueError::Full)) => {
                 return Err(Error::QueueFull {
                     queue: q.name().to_owned(),
                     depth,
                     capacity,
                 });
             }
-            Err(e @ EnqueueError::BatchTooLarge { .. }) => {
+            Err(Some(e @ EnqueueError::BatchTooLarge { .. })) => {
                 return Err(Error::invalid(e.to_string()));
             }
         }
@@ -400,11 +436,18 @@ impl Broker {
         self.check_open()?;
         let cid = self.consumer_id();
         let (tx, rx) = mpsc::unbounded_channel();
-        self.apply(q, |sh, now, fx| {
+        let open = self.apply(q, |sh, now, fx| {
+            if sh.deleted {
+                return false;
+            }
             sh.state.add_consumer(cid, "get".into(), peer, true, now);
             sh.senders.insert(cid, tx);
             sh.state.grant(now, cid, max, fx);
+            true
         });
+        if !open {
+            return Err(Error::QueueDeleted(q.name().to_owned()));
+        }
         let mut guard = GetGuard {
             broker: self,
             q,
@@ -456,7 +499,15 @@ impl Broker {
                 return Ok(acked);
             }
             tokio::select! {
-                _ = notified => {}
+                // Woken only when the queue reached zero unfinished tasks:
+                // that moment is what join waits for, even if new tasks
+                // arrived since (as asyncio's join()).
+                _ = notified => {
+                    if !q.deleted.is_cancelled() {
+                        let acked = q.lock().state.stats().acked_total;
+                        return Ok(acked);
+                    }
+                }
                 _ = q.deleted.cancelled() => return Err(Error::QueueDeleted(q.name().to_owned())),
                 _ = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
                 _ = sleep_until_opt(deadline) => return Err(Error::DeadlineExceeded {
@@ -468,7 +519,8 @@ impl Broker {
     }
 
     /// Registers a streaming consumer; its deliveries arrive on the
-    /// returned receiver. Pair with [`Broker::remove_consumer`].
+    /// returned receiver. The caller removes it when it leaves (see
+    /// `consume::Session`).
     pub fn add_consumer(
         &self,
         q: &QueueHandle,
@@ -478,19 +530,18 @@ impl Broker {
         self.check_open()?;
         let cid = self.consumer_id();
         let (tx, rx) = mpsc::unbounded_channel();
-        self.apply(q, |sh, now, _| {
+        let open = self.apply(q, |sh, now, _| {
+            if sh.deleted {
+                return false;
+            }
             sh.state.add_consumer(cid, name, peer, false, now);
             sh.senders.insert(cid, tx);
+            true
         });
+        if !open {
+            return Err(Error::QueueDeleted(q.name().to_owned()));
+        }
         Ok((cid, rx))
-    }
-
-    /// The consumer left: what it held goes back to ready at once.
-    pub fn remove_consumer(&self, q: &QueueHandle, cid: ConsumerId) {
-        self.apply(q, |sh, now, fx| {
-            sh.senders.remove(&cid);
-            sh.state.remove_consumer(now, cid, fx);
-        });
     }
 }
 
@@ -552,9 +603,13 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-fn dead_letter_task(from: &str, d: DeadTask) -> NewTask {
+fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
     let mut headers = d.body.headers.clone();
     headers.insert("x-sluice-dead-from".into(), from.to_owned());
+    headers.insert(
+        "x-sluice-dead-id".into(),
+        crate::validate::task_id_str(d.id),
+    );
     headers.insert("x-sluice-dead-attempts".into(), d.attempts.to_string());
     let reason = match d.reason {
         DeadReason::MaxAttempts => "max-attempts",
@@ -566,7 +621,7 @@ fn dead_letter_task(from: &str, d: DeadTask) -> NewTask {
         headers.insert("x-sluice-dead-error".into(), d.error);
     }
     NewTask {
-        id: d.id,
+        id,
         payload: d.body.payload.clone(),
         headers,
         priority: d.body.priority,
@@ -647,7 +702,7 @@ impl Drop for GetGuard<'_> {
             sh.state.remove_consumer(now, cid, fx);
             while let Ok(batch) = rx.try_recv() {
                 for d in batch {
-                    let _ = sh.state.release(now, d.id, d.attempt, fx);
+                    let _ = sh.state.unsend(now, d.id, d.attempt, fx);
                 }
             }
         });

@@ -236,6 +236,10 @@ impl SluiceService for Service {
 fn call_deadline<T>(req: &Request<T>) -> Option<Instant> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    // The spec allows at most 8 digits; tonic ignores longer values, so do we.
+    if digits.len() > 8 {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     let timeout = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -247,7 +251,7 @@ fn call_deadline<T>(req: &Request<T>) -> Option<Instant> {
         _ => return None,
     };
     let margin = (timeout / 20).min(Duration::from_millis(50));
-    Some(Instant::now() + timeout.saturating_sub(margin))
+    Instant::now().checked_add(timeout.saturating_sub(margin))
 }
 
 pub(crate) fn peer<T>(req: &Request<T>) -> String {

@@ -407,3 +407,48 @@ async fn stop_flushes_what_was_sent_then_confirms() {
     assert_eq!(num(consumer(&s, "stopper"), &["credit"]), 0);
     assert_eq!(num(&s, &["stats", "ready"]), 1, "the third stays queued");
 }
+
+#[test]
+fn a_task_failing_max_attempts_goes_to_the_dead_letter_queue() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "dlq"]);
+    b.ok(&[
+        "queue",
+        "create",
+        "q",
+        "--max-attempts",
+        "2",
+        "--dead-letter",
+        "dlq",
+    ]);
+    let _w = b.worker(
+        "q",
+        &["--name", "w"],
+        &["sh", "-c", "echo boom >&2; exit 1"],
+    );
+    let id = b.ok(&["enqueue", "q", "--header", "trace=t1", "poison"]);
+    eventually(DEADLINE, "dead-lettered", || {
+        num(&b.stats("dlq"), &["stats", "ready"]) == 1
+    });
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "dead_total"]), 1);
+    assert_eq!(num(&s, &["stats", "delivered_total"]), 2);
+    assert_eq!(num(&s, &["stats", "unfinished"]), 0);
+
+    let dead: serde_json::Value =
+        serde_json::from_str(&b.ok(&["--json", "get", "dlq"])).expect("json");
+    assert_eq!(dead["payload"], "poison");
+    assert_eq!(dead["attempt"], 1, "a fresh start in the dead letter queue");
+    assert_ne!(
+        dead["id"],
+        id.trim(),
+        "a fresh id, so old lease tokens cannot touch it"
+    );
+    let h = &dead["headers"];
+    assert_eq!(h["trace"], "t1");
+    assert_eq!(h["x-sluice-dead-from"], "q");
+    assert_eq!(h["x-sluice-dead-id"], id.trim());
+    assert_eq!(h["x-sluice-dead-attempts"], "2");
+    assert_eq!(h["x-sluice-dead-reason"], "max-attempts");
+    assert_eq!(h["x-sluice-dead-error"], "exit status 1: boom");
+}

@@ -22,4 +22,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Client(#[from] sluice_client::Error),
+    #[error(
+        "stopped, but the broker did not confirm the last acks: \
+         their tasks may be run again elsewhere"
+    )]
+    Unconfirmed,
 }

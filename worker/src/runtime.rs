@@ -22,7 +22,7 @@ use sluice_client::{Client, Code};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -187,7 +187,10 @@ impl Worker {
             Err(e) if e.is_unreachable() => return Ok(End::Lost(e.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let (tx, rx) = mpsc::channel::<ConsumeRequest>(64);
+        // Unbounded on purpose: the worker must never block on sending while
+        // the broker blocks on sending to it. What goes in is bounded by the
+        // tasks held (acks, extends) anyway.
+        let (tx, rx) = mpsc::unbounded_channel::<ConsumeRequest>();
         let first = ConsumeRequest {
             subscribe: Some(Subscribe {
                 queue: cfg.queue.clone(),
@@ -196,10 +199,10 @@ impl Worker {
             credit: cfg.concurrency,
             ..Default::default()
         };
-        if tx.send(first).await.is_err() {
+        if tx.send(first).is_err() {
             return Ok(End::Lost("request stream closed".into()));
         }
-        let mut inbound = match client.raw().consume(ReceiverStream::new(rx)).await {
+        let mut inbound = match client.raw().consume(UnboundedReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) => return classify(status),
         };
@@ -214,14 +217,16 @@ impl Worker {
         *subscribed = true;
         info!(queue = %cfg.queue, concurrency = cfg.concurrency, "subscribed");
 
-        // Extend well before the deadline: a third of the lease leaves two
-        // chances for a frame to get through.
-        let extend_every = (ack_deadline / 3).max(Duration::from_millis(50));
-        let mut ticker = tokio::time::interval(extend_every);
+        // Extend a lease once a third of it has passed, checking twice as
+        // often, so even a late tick extends well before the deadline.
+        let extend_every = ack_deadline / 3;
+        let mut ticker = tokio::time::interval((extend_every / 2).max(Duration::from_millis(5)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running: JoinSet<(LeaseRef, Outcome)> = JoinSet::new();
-        // task id -> (attempt, last extended)
-        let mut held: HashMap<String, (u32, Instant)> = HashMap::new();
+        // (task id, attempt) -> last extended. Keyed by the whole lease
+        // token: the same task can come back with a new attempt while an
+        // older run of it is still finishing.
+        let mut held: HashMap<(String, u32), Instant> = HashMap::new();
         let mut draining = false;
         let mut broker_drain = false;
         let mut grace_end: Option<Instant> = None;
@@ -245,7 +250,7 @@ impl Worker {
                     // earlier: ask the broker to stop and wait for its
                     // confirmation, so they are processed, not dropped.
                     let stop = ConsumeRequest { stop: true, ..Default::default() };
-                    if tx.send(stop).await.is_err() {
+                    if tx.send(stop).is_err() {
                         break End::Lost("request stream closed".into());
                     }
                 }
@@ -259,7 +264,7 @@ impl Worker {
                         for d in resp.deliveries {
                             let Some(task) = d.task else { continue };
                             let lease = LeaseRef { task_id: task.id.clone(), attempt: d.attempt };
-                            held.insert(task.id.clone(), (d.attempt, Instant::now()));
+                            held.insert((task.id.clone(), d.attempt), Instant::now());
                             let t = Task {
                                 id: task.id,
                                 queue: d.queue,
@@ -282,7 +287,11 @@ impl Worker {
                             });
                         }
                         for e in resp.errors {
-                            warn!(task = ?e.lease.map(|l| l.task_id), code = e.code, error = %e.message, "broker refused a settlement");
+                            warn!(task = ?e.lease.as_ref().map(|l| &l.task_id), code = e.code, error = %e.message, "broker refused a settlement");
+                            // A lease that is over is not worth extending.
+                            if let Some(l) = e.lease {
+                                held.remove(&(l.task_id, l.attempt));
+                            }
                         }
                         if resp.stopped.is_some() {
                             stopped = true;
@@ -300,30 +309,25 @@ impl Worker {
                     },
                 },
                 Some(done) = running.join_next() => {
-                    let mut frame = ConsumeRequest::default();
-                    let mut finished = 0u32;
+                    let mut frames = Settlements::default();
                     let mut record = |r: Result<(LeaseRef, Outcome), tokio::task::JoinError>| {
                         let Ok((lease, outcome)) = r else { return };
-                        held.remove(&lease.task_id);
-                        finished += 1;
-                        push_outcome(&mut frame, lease, outcome);
+                        held.remove(&(lease.task_id.clone(), lease.attempt));
+                        frames.push(lease, outcome, !draining);
                     };
                     record(done);
                     // Coalesce everything else that finished meanwhile.
                     while let Some(more) = running.try_join_next() {
                         record(more);
                     }
-                    if !draining {
-                        frame.credit = finished;
-                    }
-                    if tx.send(frame).await.is_err() {
+                    if frames.done.into_iter().any(|f| tx.send(f).is_err()) {
                         break End::Lost("request stream closed".into());
                     }
                 }
                 _ = ticker.tick() => {
                     let now = Instant::now();
                     let mut extends = Vec::new();
-                    for (id, (attempt, last)) in held.iter_mut() {
+                    for ((id, attempt), last) in held.iter_mut() {
                         if now.duration_since(*last) >= extend_every {
                             *last = now;
                             extends.push(ExtendItem {
@@ -335,7 +339,7 @@ impl Worker {
                     if !extends.is_empty() {
                         debug!(n = extends.len(), "extending leases");
                         let frame = ConsumeRequest { extends, ..Default::default() };
-                        if tx.send(frame).await.is_err() {
+                        if tx.send(frame).is_err() {
                             break End::Lost("request stream closed".into());
                         }
                     }
@@ -347,16 +351,56 @@ impl Worker {
             // Half-close, then read until the broker ends the stream: it
             // handles frames in order, so by then every ack above is applied.
             drop(tx);
-            let flushed = tokio::time::timeout(Duration::from_secs(5), async {
-                while let Ok(Some(_)) = inbound.message().await {}
+            let flushed = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return true,
+                        Err(_) => return false,
+                    }
+                }
             })
             .await;
-            if flushed.is_err() {
-                warn!("broker did not close the stream after our last acks");
+            if flushed != Ok(true) {
+                // Tasks are not lost (the broker gives unsettled leases to
+                // other workers), but work may be done twice: say so.
+                return Err(Error::Unconfirmed);
             }
             info!("stopped");
         }
         Ok(end)
+    }
+}
+
+/// Result bytes per settlement frame, so a burst of large results never
+/// makes a frame the broker (or a proxy) refuses.
+const FRAME_BYTES: usize = 1024 * 1024;
+
+/// Acks and nacks cut into frames of at most [`FRAME_BYTES`] of results,
+/// each granting one credit per task it settles (when `refill`).
+#[derive(Default)]
+struct Settlements {
+    done: Vec<ConsumeRequest>,
+    bytes: usize,
+}
+
+impl Settlements {
+    fn push(&mut self, lease: LeaseRef, outcome: Outcome, refill: bool) {
+        let size = match &outcome {
+            Outcome::Ack { result } => result.len(),
+            Outcome::Retry { error, .. } | Outcome::DeadLetter { error } => error.len(),
+        };
+        if self.done.is_empty() || (self.bytes > 0 && self.bytes + size > FRAME_BYTES) {
+            self.done.push(ConsumeRequest::default());
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        if let Some(frame) = self.done.last_mut() {
+            push_outcome(frame, lease, outcome);
+            if refill {
+                frame.credit += 1;
+            }
+        }
     }
 }
 
@@ -431,5 +475,44 @@ impl<T> AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(i: u32) -> LeaseRef {
+        LeaseRef {
+            task_id: format!("t{i}"),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn settlements_split_large_results_and_refill_credit() {
+        let mut s = Settlements::default();
+        let big = Bytes::from(vec![0u8; FRAME_BYTES / 2 + 1]);
+        for i in 0..3 {
+            s.push(
+                lease(i),
+                Outcome::Ack {
+                    result: big.clone(),
+                },
+                true,
+            );
+        }
+        s.push(lease(9), Outcome::retry("x"), true);
+        let acks: Vec<usize> = s.done.iter().map(|f| f.acks.len()).collect();
+        assert_eq!(acks, [1, 1, 1]);
+        assert_eq!(s.done[2].nacks.len(), 1);
+        let credit: u32 = s.done.iter().map(|f| f.credit).sum();
+        assert_eq!(credit, 4, "one credit per settled task");
+
+        let mut s = Settlements::default();
+        s.push(lease(1), Outcome::ack(), false);
+        s.push(lease(2), Outcome::ack(), false);
+        assert_eq!(s.done.len(), 1);
+        assert_eq!(s.done[0].credit, 0, "no refill while draining");
     }
 }

@@ -387,7 +387,10 @@ impl QueueState {
         held.sort_unstable();
         for task in held {
             if let Some(e) = self.tasks.get(&task)
-                && let State::Leased { deadline, .. } = e.state
+                && let State::Leased {
+                    deadline, owner, ..
+                } = e.state
+                && owner == Some(id)
             {
                 self.leases.remove(&(deadline, task));
                 self.retry_or_dead(now, task, 0, None, DeadReason::MaxAttempts, fx);
@@ -423,14 +426,20 @@ impl QueueState {
                 c.in_ring = false;
                 continue;
             }
-            let Some(Reverse(key)) = self.ready.pop() else {
-                break;
-            };
-            let Some(e) = self.tasks.get_mut(&key.id) else {
+            // Every ready key has its entry (purge clears both); if that
+            // ever broke, skip the key but keep the consumer in line.
+            let entry = self
+                .ready
+                .pop()
+                .and_then(|Reverse(key)| self.tasks.get_mut(&key.id).map(|e| (key, e)));
+            let Some((key, e)) = entry else {
+                self.ring.push_front(cid);
                 continue;
             };
             let deadline = now.saturating_add(self.config.ack_deadline_ms);
-            e.attempt += 1;
+            // Saturating: with unlimited attempts a wrap would reissue an
+            // old lease token.
+            e.attempt = e.attempt.saturating_add(1);
             e.state = State::Leased {
                 owner: (!c.detached).then_some(cid),
                 deadline,
@@ -530,18 +539,27 @@ impl QueueState {
         Ok(())
     }
 
-    /// Gives a lease back unprocessed (its taker went away before seeing
-    /// it): ready again at once, not counted as a nack. The attempt stays
-    /// counted, since the delivery happened.
-    pub fn release(
+    /// Takes back a delivery its consumer never received (it was still in
+    /// the broker's buffers when the consumer left): the lease ends and the
+    /// delivery is undone — attempt and delivery counts included — so a
+    /// task is not charged an attempt nobody made.
+    pub fn unsend(
         &mut self,
         now: Millis,
         id: TaskId,
         attempt: u32,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        self.end_lease(id, attempt)?;
-        self.retry_or_dead(now, id, 0, None, DeadReason::MaxAttempts, fx);
+        let (owner, _) = self.end_lease(id, attempt)?;
+        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+            c.delivered = c.delivered.saturating_sub(1);
+        }
+        self.stats.delivered_total = self.stats.delivered_total.saturating_sub(1);
+        if let Some(mut e) = self.tasks.remove(&id) {
+            e.attempt = e.attempt.saturating_sub(1);
+            e.state = State::Ready;
+            self.place(id, e, fx);
+        }
         self.dispatch(now, fx);
         Ok(())
     }

@@ -514,3 +514,37 @@ proptest! {
         run(Order::Priority, cap, ops);
     }
 }
+
+#[test]
+fn unsend_undoes_a_delivery_nobody_saw() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    put(&mut q, &[(1, 0)]);
+    let mut fx = Effects::default();
+    q.add_consumer(ConsumerId(1), "a".into(), String::new(), false, 0);
+    q.grant(0, ConsumerId(1), 1, &mut fx);
+    let d = fx.deliveries.remove(0).1;
+    q.remove_consumer(0, ConsumerId(1), &mut Effects::default());
+    // remove_consumer already returned it (charged); a fresh delivery then
+    // unsent must leave attempt and counters as they were.
+    q.add_consumer(ConsumerId(2), "b".into(), String::new(), false, 0);
+    let mut fx = Effects::default();
+    q.grant(0, ConsumerId(2), 1, &mut fx);
+    let d2 = fx.deliveries.remove(0).1;
+    assert_eq!(d2.attempt, d.attempt + 1);
+    let before = q.stats().delivered_total;
+    assert_eq!(
+        q.unsend(0, d2.id, d2.attempt, &mut Effects::default()),
+        Ok(())
+    );
+    assert_eq!(q.stats().delivered_total, before - 1);
+    assert_eq!(q.stats().ready, 1);
+    // It was still owned by consumer 2 with credit 0: nothing re-delivered,
+    // and the next delivery reuses the undone attempt number.
+    let mut fx = Effects::default();
+    q.grant(0, ConsumerId(2), 1, &mut fx);
+    assert_eq!(fx.deliveries[0].1.attempt, d2.attempt);
+    assert_eq!(
+        q.ack(0, d2.id, d2.attempt + 1),
+        Err(SettleError::StaleLease)
+    );
+}
