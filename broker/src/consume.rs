@@ -352,8 +352,6 @@ impl Drop for Session {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
 
     use bytes::Bytes;
 
@@ -363,12 +361,11 @@ mod tests {
     fn d(size: usize) -> Delivery {
         Delivery {
             id: TaskId(1),
-            body: Arc::new(TaskBody {
+            body: TaskBody {
                 payload: Bytes::from(vec![0u8; size]),
-                headers: HashMap::new(),
-                priority: 0,
+                headers: None,
                 enqueued_at: 0,
-            }),
+            },
             attempt: 1,
             deadline: 0,
             priority: 0,

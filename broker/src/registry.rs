@@ -604,7 +604,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
-    let mut headers = d.body.headers.clone();
+    let mut headers = d.body.headers.map(|h| *h).unwrap_or_default();
     headers.insert("x-sluice-dead-from".into(), from.to_owned());
     headers.insert(
         "x-sluice-dead-id".into(),
@@ -622,9 +622,9 @@ fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
     }
     NewTask {
         id,
-        payload: d.body.payload.clone(),
+        payload: d.body.payload,
         headers,
-        priority: d.body.priority,
+        priority: d.priority,
         delay_ms: 0,
     }
 }

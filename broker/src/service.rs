@@ -264,7 +264,7 @@ pub(crate) fn delivery(queue: &str, d: &Delivery) -> pb::Delivery {
         task: Some(pb::Task {
             id: validate::task_id_str(d.id),
             payload: d.body.payload.clone(),
-            headers: d.body.headers.clone(),
+            headers: d.body.headers.as_deref().cloned().unwrap_or_default(),
             priority: d.priority,
             enqueued_at_unix_ms: d.body.enqueued_at,
             key: String::new(),

@@ -1,6 +1,7 @@
 //! Turning wire requests into engine inputs: every limit and default of the
 //! API lives here, so handlers only call these and the registry.
 
+use bytes::Bytes;
 use sluice_proto::v1 as pb;
 
 use crate::engine::{NackAction, NewTask, Order, QueueConfig, TaskId};
@@ -172,7 +173,10 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
     }
     Ok(NewTask {
         id,
-        payload: t.payload,
+        // A copy of exactly the payload: prost's zero-copy slice would keep
+        // the whole request buffer (often twice the message) alive for as
+        // long as any one task of the batch is queued.
+        payload: Bytes::copy_from_slice(&t.payload),
         headers: t.headers,
         priority: t.priority,
         delay_ms: t.delay_ms,

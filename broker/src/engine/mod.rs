@@ -11,10 +11,8 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use bytes::Bytes;
+use std::collections::HashMap;
 
 pub use queue::QueueState;
 
@@ -66,13 +64,16 @@ pub struct NewTask {
     pub delay_ms: u64,
 }
 
-/// The immutable part of a task, shared between the queue and deliveries
-/// so a delivery does not copy headers or payload.
-#[derive(Debug)]
+/// Task headers. Boxed and optional: most tasks have none, and a queue
+/// holding millions of tasks should not pay an empty map for each.
+pub type Headers = Option<Box<HashMap<String, String>>>;
+
+/// The immutable part of a task. Cloning it is cheap (the payload is
+/// reference-counted; headers, when present, are copied).
+#[derive(Debug, Clone)]
 pub struct TaskBody {
     pub payload: Bytes,
-    pub headers: HashMap<String, String>,
-    pub priority: i32,
+    pub headers: Headers,
     pub enqueued_at: Millis,
 }
 
@@ -80,7 +81,7 @@ pub struct TaskBody {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: TaskId,
-    pub body: Arc<TaskBody>,
+    pub body: TaskBody,
     /// Which delivery of the task this is (1 = first): with `id`, the lease
     /// token.
     pub attempt: u32,
@@ -105,7 +106,9 @@ pub enum DeadReason {
 #[derive(Debug, Clone)]
 pub struct DeadTask {
     pub id: TaskId,
-    pub body: Arc<TaskBody>,
+    pub body: TaskBody,
+    /// Priority it was served with last.
+    pub priority: i32,
     pub attempts: u32,
     pub reason: DeadReason,
     pub error: String,

@@ -8,7 +8,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::sync::Arc;
 
 use super::{
     ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError, EnqueueMode,
@@ -23,16 +22,25 @@ enum State {
         due: Millis,
     },
     Leased {
-        /// None for leases taken by `Get`: they outlive the call.
-        owner: Option<ConsumerId>,
+        /// `NO_OWNER` for leases taken by `Get`: they outlive the call.
+        /// (Not an Option: that would add 8 bytes to every task.)
+        owner: ConsumerId,
         deadline: Millis,
         since: Millis,
     },
 }
 
+/// Consumer ids start at 1; 0 marks a lease nobody's stream holds.
+const NO_OWNER: ConsumerId = ConsumerId(0);
+
+fn owner_of(owner: ConsumerId) -> Option<ConsumerId> {
+    (owner != NO_OWNER).then_some(owner)
+}
+
+/// One unfinished task. Kept small: a queue may hold millions.
 #[derive(Debug)]
 struct Entry {
-    body: Arc<TaskBody>,
+    body: TaskBody,
     /// Arrival order, kept across retries so a returned task goes back to
     /// its place in FIFO and priority order.
     seq: u64,
@@ -42,7 +50,7 @@ struct Entry {
     attempt: u32,
     state: State,
     /// Last nack's error text, for dead letters.
-    last_error: String,
+    last_error: Option<Box<str>>,
 }
 
 /// Heap key: the smallest is served first.
@@ -199,12 +207,11 @@ impl QueueState {
 
     fn store(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
         for t in tasks {
-            let body = Arc::new(TaskBody {
+            let body = TaskBody {
                 payload: t.payload,
-                headers: t.headers,
-                priority: t.priority,
+                headers: (!t.headers.is_empty()).then(|| Box::new(t.headers)),
                 enqueued_at: now,
-            });
+            };
             let seq = self.next_seq;
             self.next_seq += 1;
             let state = if t.delay_ms > 0 {
@@ -220,7 +227,7 @@ impl QueueState {
                 priority: t.priority,
                 attempt: 0,
                 state,
-                last_error: String::new(),
+                last_error: None,
             };
             self.stats.enqueued_total += 1;
             self.place(t.id, entry, fx);
@@ -390,7 +397,7 @@ impl QueueState {
                 && let State::Leased {
                     deadline, owner, ..
                 } = e.state
-                && owner == Some(id)
+                && owner == id
             {
                 self.leases.remove(&(deadline, task));
                 self.retry_or_dead(now, task, 0, None, DeadReason::MaxAttempts, fx);
@@ -441,7 +448,7 @@ impl QueueState {
             // old lease token.
             e.attempt = e.attempt.saturating_add(1);
             e.state = State::Leased {
-                owner: (!c.detached).then_some(cid),
+                owner: if c.detached { NO_OWNER } else { cid },
                 deadline,
                 since: now,
             };
@@ -459,7 +466,7 @@ impl QueueState {
                 cid,
                 Delivery {
                     id: key.id,
-                    body: Arc::clone(&e.body),
+                    body: e.body.clone(),
                     attempt: e.attempt,
                     deadline,
                     priority: e.priority,
@@ -492,10 +499,10 @@ impl QueueState {
             return Err(SettleError::StaleLease);
         }
         self.leases.remove(&(deadline, id));
-        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+        if let Some(c) = owner_of(owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.in_flight.remove(&id);
         }
-        Ok((owner, since))
+        Ok((owner_of(owner), since))
     }
 
     /// The task is done: it leaves the queue.
@@ -526,7 +533,7 @@ impl QueueState {
             c.nacked += 1;
         }
         if let Some(e) = self.tasks.get_mut(&id) {
-            e.last_error = error.to_owned();
+            e.last_error = (!error.is_empty()).then(|| error.into());
         }
         match action {
             NackAction::Retry { delay_ms, priority } => {
@@ -636,9 +643,10 @@ impl QueueState {
             fx.dead.push(DeadTask {
                 id,
                 body: e.body,
+                priority: e.priority,
                 attempts: e.attempt,
                 reason,
-                error: e.last_error,
+                error: e.last_error.map(String::from).unwrap_or_default(),
             });
         }
     }
@@ -670,7 +678,7 @@ impl QueueState {
                 Some(State::Leased { owner, .. }) => owner,
                 _ => continue,
             };
-            if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+            if let Some(c) = owner_of(owner).and_then(|o| self.consumers.get_mut(&o)) {
                 c.in_flight.remove(&id);
             }
             self.stats.expired_total += 1;

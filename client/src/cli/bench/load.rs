@@ -47,6 +47,12 @@ pub struct Outcome {
     /// Time producers spent waiting in Enqueue calls, summed.
     pub enqueue_wait: Duration,
     pub usage: Option<Usage>,
+    /// Tasks queued before the measured run (included in sent and acked).
+    pub backlog: u64,
+    /// Broker's peak memory right after the backlog was queued.
+    pub backlog_rss: Option<u64>,
+    /// Broker CPU use while everything was held idle, as a share of one core.
+    pub idle_cpu: Option<f64>,
 }
 
 impl Outcome {
@@ -144,8 +150,9 @@ struct Shared {
 }
 
 impl Shared {
+    /// Never 0: a 0 stamp marks a backlog task.
     fn micros(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
+        (self.start.elapsed().as_micros() as u64).max(1)
     }
 }
 
@@ -158,20 +165,37 @@ fn queue_names(args: &BenchArgs, label: &str) -> Vec<String> {
 }
 
 /// Runs the load once against `url`.
-pub async fn run(url: &str, args: &BenchArgs, label: &'static str) -> Result<Outcome, Failure> {
+pub async fn run(
+    url: &str,
+    args: &BenchArgs,
+    label: &'static str,
+    target: &super::spawn::Target,
+) -> Result<Outcome, Failure> {
     let client = Client::connect(url).await?;
     let queues = queue_names(args, label);
+    let backlog_per_queue = args.backlog.div_ceil(u64::from(args.queues));
     for q in &queues {
         let options = QueueOptions {
-            capacity: args.capacity,
+            // Room for the backlog plus what producers have in flight.
+            capacity: args
+                .capacity
+                .max(backlog_per_queue + u64::from(args.batch * args.pipeline * args.producers)),
             ..Default::default()
         };
         client.create_queue(q, options).await?;
     }
+    if args.backlog > 0 {
+        fill(&client, &queues, args).await?;
+    }
+    let backlog_rss = if args.backlog > 0 {
+        target.usage().map(|u| u.peak_rss)
+    } else {
+        None
+    };
 
     let shared = Arc::new(Shared {
         start: Instant::now(),
-        sent: AtomicU64::new(0),
+        sent: AtomicU64::new(args.backlog),
         acked: AtomicU64::new(0),
         producers_done: AtomicBool::new(false),
         enqueue_wait_us: AtomicU64::new(0),
@@ -189,6 +213,19 @@ pub async fn run(url: &str, args: &BenchArgs, label: &'static str) -> Result<Out
         }
     }
 
+    let idle_cpu = match args.idle {
+        Some(d) => {
+            let before = target.usage();
+            tokio::time::sleep(d).await;
+            match (before, target.usage()) {
+                (Some(a), Some(b)) => {
+                    Some((b.cpu.saturating_sub(a.cpu)).as_secs_f64() / d.as_secs_f64())
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
     let progress = tokio::spawn(progress(Arc::clone(&shared), stop.clone(), label));
     let mut producers = JoinSet::new();
     for p in 0..args.producers {
@@ -259,7 +296,53 @@ pub async fn run(url: &str, args: &BenchArgs, label: &'static str) -> Result<Out
         lost: sent.saturating_sub(unique),
         enqueue_wait: Duration::from_micros(shared.enqueue_wait_us.load(Ordering::SeqCst)),
         usage: None,
+        backlog: args.backlog,
+        backlog_rss,
+        idle_cpu,
     })
+}
+
+/// The producer number the backlog's tasks carry.
+fn backlog_producer(args: &BenchArgs) -> u32 {
+    args.producers
+}
+
+/// Queues --backlog tasks before anyone consumes, round-robin over the
+/// queues, in large batches.
+async fn fill(client: &Client, queues: &[String], args: &BenchArgs) -> Result<(), Failure> {
+    const BATCH: u64 = 1000;
+    let producer = backlog_producer(args);
+    let mut calls = JoinSet::new();
+    let mut seq = 0u64;
+    let mut call = 0usize;
+    while seq < args.backlog {
+        while calls.len() >= 4 {
+            if let Some(r) = calls.join_next().await {
+                flatten(r)?;
+            }
+        }
+        let n = BATCH.min(args.backlog - seq);
+        let tasks = (seq..seq + n)
+            .map(|i| NewTask {
+                payload: payload(args.payload, 0, producer, i),
+                ..Default::default()
+            })
+            .collect();
+        seq += n;
+        let queue = queues[call % queues.len()].clone();
+        call += 1;
+        let client = client.clone();
+        calls.spawn(async move {
+            client
+                .enqueue(&queue, tasks, EnqueueMode::Wait, None)
+                .await?;
+            Ok(())
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        flatten(r)?;
+    }
+    Ok(())
 }
 
 /// Which queues consumer `c` serves: its share when there are more queues
@@ -435,7 +518,10 @@ async fn consume(
         for d in &frame.deliveries {
             let Some(task) = &d.task else { continue };
             if let Some((t, producer, seq)) = header(&task.payload) {
-                let _ = rec.delivery.record(now.saturating_sub(t).max(1));
+                // Backlog tasks (t = 0) were queued before the clock started.
+                if t > 0 {
+                    let _ = rec.delivery.record(now.saturating_sub(t).max(1));
+                }
                 rec.seen.insert(producer, seq);
             }
             if d.attempt > 1 {
@@ -452,7 +538,9 @@ async fn consume(
         let n = acks.len() as u32;
         let ack_time = shared.micros();
         for d in &frame.deliveries {
-            if let Some((t, _, _)) = d.task.as_ref().and_then(|t| header(&t.payload)) {
+            if let Some((t, _, _)) = d.task.as_ref().and_then(|t| header(&t.payload))
+                && t > 0
+            {
                 let _ = rec.ack.record(ack_time.saturating_sub(t).max(1));
             }
         }

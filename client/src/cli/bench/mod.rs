@@ -97,6 +97,15 @@ pub struct BenchArgs {
     /// missing then is reported lost.
     #[arg(long, value_parser = parse::duration, default_value = "60s")]
     pub settle_timeout: Duration,
+    /// Tasks queued before the measured run starts (spread over the
+    /// queues), consumed with the rest: throughput with a deep queue, and
+    /// the broker's memory for that many tasks.
+    #[arg(long, default_value_t = 0)]
+    pub backlog: u64,
+    /// Before sending, hold every queue and consumer stream open and idle
+    /// this long, and report the broker's CPU use meanwhile (e.g. 10s).
+    #[arg(long, value_parser = parse::duration)]
+    pub idle: Option<Duration>,
     /// Threads of the bench's own runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -107,14 +116,14 @@ pub async fn run(broker: &str, args: BenchArgs, json: bool) -> Result<(), Failur
     check(&args)?;
     let real = {
         let target = spawn::Target::open(broker, &args).await?;
-        let r = load::run(&target.url, &args, "sluice").await;
+        let r = load::run(&target.url, &args, "sluice", &target).await;
         let usage = target.usage();
         target.stop().await;
         r?.with_usage(usage)
     };
     let base = if args.baseline {
         let target = spawn::Target::baseline().await?;
-        let r = load::run(&target.url, &args, "baseline").await;
+        let r = load::run(&target.url, &args, "baseline", &target).await;
         target.stop().await;
         Some(r?)
     } else {

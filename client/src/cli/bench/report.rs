@@ -106,6 +106,9 @@ fn outcome(o: &Outcome) -> Value {
         "lost": o.lost,
         "broker_cpu_s": o.usage.map(|u| u.cpu.as_secs_f64()),
         "broker_peak_rss_bytes": o.usage.map(|u| u.peak_rss),
+        "backlog": o.backlog,
+        "broker_rss_after_backlog_bytes": o.backlog_rss,
+        "broker_idle_cpu_share": o.idle_cpu,
     })
 }
 
@@ -158,5 +161,20 @@ fn table(o: &Outcome) -> String {
         o.lost,
         o.enqueue_wait.as_secs_f64()
     ));
+    if o.backlog > 0 {
+        let rss = o
+            .backlog_rss
+            .map_or("n/a".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
+        s.push_str(&format!(
+            "  backlog: {} tasks queued first; broker peak RSS then {rss}\n",
+            o.backlog
+        ));
+    }
+    if let Some(share) = o.idle_cpu {
+        s.push_str(&format!(
+            "  idle: broker used {:.2}% of a core with everything subscribed and idle\n",
+            share * 100.0
+        ));
+    }
     s
 }
