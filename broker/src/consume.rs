@@ -300,7 +300,7 @@ fn lease(l: &Option<pb::LeaseRef>) -> Result<(crate::engine::TaskId, u32), Refus
     let id = validate::parse_task_id(&l.task_id).ok_or_else(|| {
         (
             pb::SettleErrorCode::UnknownTask,
-            format!("no task with id {:?}", l.task_id),
+            format!("{:?} is not a task id this broker issues", l.task_id),
         )
     })?;
     Ok((id, l.attempt))
@@ -308,7 +308,6 @@ fn lease(l: &Option<pb::LeaseRef>) -> Result<(crate::engine::TaskId, u32), Refus
 
 fn refused(e: SettleError) -> Refusal {
     let code = match e {
-        SettleError::UnknownTask => pb::SettleErrorCode::UnknownTask,
         SettleError::StaleLease => pb::SettleErrorCode::StaleLease,
     };
     (code, e.to_string())

@@ -8,6 +8,7 @@
 //! same state (durability now, replication later).
 
 mod queue;
+mod ready;
 #[cfg(test)]
 mod tests;
 
@@ -145,9 +146,11 @@ pub enum NackAction {
 /// Why an ack, nack or extend was refused. It changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SettleError {
-    #[error("no unfinished task with this id")]
-    UnknownTask,
-    #[error("lease is over: the task expired, was delivered again or is not leased")]
+    /// No current lease under this token: it expired, the task was
+    /// delivered again, was already settled, or is gone.
+    #[error(
+        "no current lease under this token (expired, redelivered, settled, or the task is gone)"
+    )]
     StaleLease,
 }
 

@@ -6,28 +6,23 @@
 //! `maxsize`); a task coming back from a lease is always taken back, even
 //! above capacity, since it already had its place.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use super::ready::{Entry, ReadySet};
 use super::{
     ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError, EnqueueMode,
-    Enqueued, Millis, NackAction, NewTask, Order, PutterId, QueueConfig, QueueStats, SettleError,
+    Enqueued, Millis, NackAction, NewTask, PutterId, QueueConfig, QueueStats, SettleError,
     TaskBody, TaskId,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Ready,
-    Delayed {
-        due: Millis,
-    },
-    Leased {
-        /// `NO_OWNER` for leases taken by `Get`: they outlive the call.
-        /// (Not an Option: that would add 8 bytes to every task.)
-        owner: ConsumerId,
-        deadline: Millis,
-        since: Millis,
-    },
+/// A task out with a consumer.
+#[derive(Debug)]
+struct Lease {
+    entry: Entry,
+    /// `NO_OWNER` for leases taken by `Get`: they outlive the call.
+    owner: ConsumerId,
+    deadline: Millis,
+    since: Millis,
 }
 
 /// Consumer ids start at 1; 0 marks a lease nobody's stream holds.
@@ -35,30 +30,6 @@ const NO_OWNER: ConsumerId = ConsumerId(0);
 
 fn owner_of(owner: ConsumerId) -> Option<ConsumerId> {
     (owner != NO_OWNER).then_some(owner)
-}
-
-/// One unfinished task. Kept small: a queue may hold millions.
-#[derive(Debug)]
-struct Entry {
-    body: TaskBody,
-    /// Arrival order, kept across retries so a returned task goes back to
-    /// its place in FIFO and priority order.
-    seq: u64,
-    /// Priority it is served with now.
-    priority: i32,
-    /// Deliveries so far.
-    attempt: u32,
-    state: State,
-    /// Last nack's error text, for dead letters.
-    last_error: Option<Box<str>>,
-}
-
-/// Heap key: the smallest is served first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct ReadyKey {
-    rank: i64,
-    order: u64,
-    id: TaskId,
 }
 
 #[derive(Debug)]
@@ -87,13 +58,18 @@ struct Consumer {
 }
 
 /// The state of one queue. See the module docs for the model.
+///
+/// Each task is in exactly one of `ready`, `delayed` or `leased`, which own
+/// it; there is no index beside them (a deep queue would pay for it per
+/// task). Only leased tasks are looked up by id, for settlement.
 #[derive(Debug)]
 pub struct QueueState {
     config: QueueConfig,
-    tasks: HashMap<TaskId, Entry>,
-    ready: BinaryHeap<Reverse<ReadyKey>>,
-    delayed: BTreeSet<(Millis, TaskId)>,
-    leases: BTreeSet<(Millis, TaskId)>,
+    ready: ReadySet,
+    delayed: BTreeMap<(Millis, TaskId), Entry>,
+    leased: HashMap<TaskId, Lease>,
+    /// Lease deadlines, for expiry in order.
+    deadlines: BTreeSet<(Millis, TaskId)>,
     putters: VecDeque<Putter>,
     waiting_tasks: u64,
     consumers: HashMap<ConsumerId, Consumer>,
@@ -106,11 +82,11 @@ pub struct QueueState {
 impl QueueState {
     pub fn new(config: QueueConfig) -> Self {
         QueueState {
+            ready: ReadySet::new(config.order),
             config,
-            tasks: HashMap::new(),
-            ready: BinaryHeap::new(),
-            delayed: BTreeSet::new(),
-            leases: BTreeSet::new(),
+            delayed: BTreeMap::new(),
+            leased: HashMap::new(),
+            deadlines: BTreeSet::new(),
             putters: VecDeque::new(),
             waiting_tasks: 0,
             consumers: HashMap::new(),
@@ -131,14 +107,14 @@ impl QueueState {
 
     /// Ready + delayed + leased: what Join waits on.
     pub fn unfinished(&self) -> u64 {
-        self.tasks.len() as u64
+        self.depth() + self.leased.len() as u64
     }
 
     /// The earliest moment `tick` has work: a delayed task due or a lease
     /// deadline.
     pub fn next_deadline(&self) -> Option<Millis> {
-        let d = self.delayed.first().map(|(t, _)| *t);
-        let l = self.leases.first().map(|(t, _)| *t);
+        let d = self.delayed.keys().next().map(|(t, _)| *t);
+        let l = self.deadlines.first().map(|(t, _)| *t);
         match (d, l) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -207,77 +183,40 @@ impl QueueState {
 
     fn store(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
         for t in tasks {
-            let body = TaskBody {
-                payload: t.payload,
-                headers: (!t.headers.is_empty()).then(|| Box::new(t.headers)),
-                enqueued_at: now,
-            };
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let state = if t.delay_ms > 0 {
-                State::Delayed {
-                    due: now.saturating_add(t.delay_ms),
-                }
-            } else {
-                State::Ready
-            };
             let entry = Entry {
-                body,
-                seq,
+                id: t.id,
+                body: TaskBody {
+                    payload: t.payload,
+                    headers: (!t.headers.is_empty()).then(|| Box::new(t.headers)),
+                    enqueued_at: now,
+                },
+                seq: self.next_seq,
                 priority: t.priority,
                 attempt: 0,
-                state,
                 last_error: None,
             };
+            self.next_seq += 1;
             self.stats.enqueued_total += 1;
-            self.place(t.id, entry, fx);
+            if t.delay_ms > 0 {
+                self.delay(now.saturating_add(t.delay_ms), entry, fx);
+            } else {
+                self.ready.push_new(entry);
+            }
         }
     }
 
-    /// Inserts an entry and indexes it by its state (Ready or Delayed).
-    fn place(&mut self, id: TaskId, entry: Entry, fx: &mut Effects) {
-        match entry.state {
-            State::Ready => self.ready.push(Reverse(self.key(id, &entry))),
-            State::Delayed { due } => self.schedule_delayed(due, id, fx),
-            // Callers only place ready or delayed entries; a leased one is
-            // indexed by whoever leased it.
-            State::Leased { .. } => debug_assert!(false, "place called with a leased entry"),
-        }
-        self.tasks.insert(id, entry);
-    }
-
-    fn key(&self, id: TaskId, e: &Entry) -> ReadyKey {
-        match self.config.order {
-            Order::Fifo => ReadyKey {
-                rank: 0,
-                order: e.seq,
-                id,
-            },
-            Order::Lifo => ReadyKey {
-                rank: 0,
-                order: u64::MAX - e.seq,
-                id,
-            },
-            Order::Priority => ReadyKey {
-                rank: i64::from(e.priority),
-                order: e.seq,
-                id,
-            },
-        }
-    }
-
-    fn schedule_delayed(&mut self, due: Millis, id: TaskId, fx: &mut Effects) {
+    fn delay(&mut self, due: Millis, entry: Entry, fx: &mut Effects) {
         if self.next_deadline().is_none_or(|d| due < d) {
             fx.rearm = true;
         }
-        self.delayed.insert((due, id));
+        self.delayed.insert((due, entry.id), entry);
     }
 
     fn schedule_lease(&mut self, deadline: Millis, id: TaskId, fx: &mut Effects) {
         if self.next_deadline().is_none_or(|d| deadline < d) {
             fx.rearm = true;
         }
-        self.leases.insert((deadline, id));
+        self.deadlines.insert((deadline, id));
     }
 
     /// Stores waiting batches, oldest first, while the oldest fits. Returns
@@ -303,15 +242,8 @@ impl QueueState {
     /// Removes every ready and delayed task. Leased tasks stay with their
     /// consumers.
     pub fn purge(&mut self, now: Millis, fx: &mut Effects) -> u64 {
-        let mut n = 0;
-        for Reverse(k) in std::mem::take(&mut self.ready) {
-            self.tasks.remove(&k.id);
-            n += 1;
-        }
-        for (_, id) in std::mem::take(&mut self.delayed) {
-            self.tasks.remove(&id);
-            n += 1;
-        }
+        let n = self.ready.clear() + self.delayed.len() as u64;
+        self.delayed.clear();
         self.stats.purged_total += n;
         self.dispatch(now, fx);
         n
@@ -393,14 +325,10 @@ impl QueueState {
         // Keep the outcome independent of hash order.
         held.sort_unstable();
         for task in held {
-            if let Some(e) = self.tasks.get(&task)
-                && let State::Leased {
-                    deadline, owner, ..
-                } = e.state
-                && owner == id
+            if self.leased.get(&task).is_some_and(|l| l.owner == id)
+                && let Some(lease) = self.take_lease(task)
             {
-                self.leases.remove(&(deadline, task));
-                self.retry_or_dead(now, task, 0, None, DeadReason::MaxAttempts, fx);
+                self.retry_or_dead(now, lease.entry, 0, None, DeadReason::MaxAttempts, fx);
             }
         }
         self.dispatch(now, fx);
@@ -433,86 +361,80 @@ impl QueueState {
                 c.in_ring = false;
                 continue;
             }
-            // Every ready key has its entry (purge clears both); if that
-            // ever broke, skip the key but keep the consumer in line.
-            let entry = self
-                .ready
-                .pop()
-                .and_then(|Reverse(key)| self.tasks.get_mut(&key.id).map(|e| (key, e)));
-            let Some((key, e)) = entry else {
+            let Some(mut entry) = self.ready.pop() else {
                 self.ring.push_front(cid);
-                continue;
+                break;
             };
             let deadline = now.saturating_add(self.config.ack_deadline_ms);
             // Saturating: with unlimited attempts a wrap would reissue an
             // old lease token.
-            e.attempt = e.attempt.saturating_add(1);
-            e.state = State::Leased {
-                owner: if c.detached { NO_OWNER } else { cid },
-                deadline,
-                since: now,
-            };
+            entry.attempt = entry.attempt.saturating_add(1);
             c.credit -= 1;
             c.delivered += 1;
             if !c.detached {
-                c.in_flight.insert(key.id, now);
+                c.in_flight.insert(entry.id, now);
             }
             if c.credit > 0 {
                 self.ring.push_back(cid);
             } else {
                 c.in_ring = false;
             }
+            let owner = if c.detached { NO_OWNER } else { cid };
             fx.deliveries.push((
                 cid,
                 Delivery {
-                    id: key.id,
-                    body: e.body.clone(),
-                    attempt: e.attempt,
+                    id: entry.id,
+                    body: entry.body.clone(),
+                    attempt: entry.attempt,
                     deadline,
-                    priority: e.priority,
+                    priority: entry.priority,
                 },
             ));
             self.stats.delivered_total += 1;
-            self.schedule_lease(deadline, key.id, fx);
+            let id = entry.id;
+            self.leased.insert(
+                id,
+                Lease {
+                    entry,
+                    owner,
+                    deadline,
+                    since: now,
+                },
+            );
+            self.schedule_lease(deadline, id, fx);
         }
     }
 
     // ------------------------------------------------------------ settling
 
-    /// Checks a lease token and ends the lease; returns the entry's owner
-    /// and delivery time.
-    fn end_lease(
-        &mut self,
-        id: TaskId,
-        attempt: u32,
-    ) -> Result<(Option<ConsumerId>, Millis), SettleError> {
-        let e = self.tasks.get(&id).ok_or(SettleError::UnknownTask)?;
-        let State::Leased {
-            owner,
-            deadline,
-            since,
-        } = e.state
-        else {
-            return Err(SettleError::StaleLease);
-        };
-        if e.attempt != attempt {
-            return Err(SettleError::StaleLease);
-        }
-        self.leases.remove(&(deadline, id));
-        if let Some(c) = owner_of(owner).and_then(|o| self.consumers.get_mut(&o)) {
+    /// Removes a lease and its indexes (deadline, owner's in-flight set).
+    fn take_lease(&mut self, id: TaskId) -> Option<Lease> {
+        let lease = self.leased.remove(&id)?;
+        self.deadlines.remove(&(lease.deadline, id));
+        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.in_flight.remove(&id);
         }
-        Ok((owner_of(owner), since))
+        Some(lease)
+    }
+
+    /// Checks a lease token and ends the lease. A token that matches no
+    /// current lease — expired, redelivered, settled, or never issued — is
+    /// refused and changes nothing.
+    fn end_lease(&mut self, id: TaskId, attempt: u32) -> Result<Lease, SettleError> {
+        match self.leased.get(&id) {
+            Some(l) if l.entry.attempt == attempt => {}
+            _ => return Err(SettleError::StaleLease),
+        }
+        self.take_lease(id).ok_or(SettleError::StaleLease)
     }
 
     /// The task is done: it leaves the queue.
     pub fn ack(&mut self, now: Millis, id: TaskId, attempt: u32) -> Result<(), SettleError> {
-        let (owner, since) = self.end_lease(id, attempt)?;
-        self.tasks.remove(&id);
+        let lease = self.end_lease(id, attempt)?;
         self.stats.acked_total += 1;
-        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.acked += 1;
-            c.processing_ms_total += now.saturating_sub(since);
+            c.processing_ms_total += now.saturating_sub(lease.since);
         }
         Ok(())
     }
@@ -527,20 +449,23 @@ impl QueueState {
         error: &str,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        let (owner, _) = self.end_lease(id, attempt)?;
+        let mut lease = self.end_lease(id, attempt)?;
         self.stats.nacked_total += 1;
-        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.nacked += 1;
         }
-        if let Some(e) = self.tasks.get_mut(&id) {
-            e.last_error = (!error.is_empty()).then(|| error.into());
-        }
+        lease.entry.last_error = (!error.is_empty()).then(|| error.into());
         match action {
-            NackAction::Retry { delay_ms, priority } => {
-                self.retry_or_dead(now, id, delay_ms, priority, DeadReason::MaxAttempts, fx)
-            }
-            NackAction::Drop => self.kill(id, DeadReason::Dropped, fx),
-            NackAction::DeadLetter => self.kill(id, DeadReason::Rejected, fx),
+            NackAction::Retry { delay_ms, priority } => self.retry_or_dead(
+                now,
+                lease.entry,
+                delay_ms,
+                priority,
+                DeadReason::MaxAttempts,
+                fx,
+            ),
+            NackAction::Drop => self.kill(lease.entry, DeadReason::Dropped, fx),
+            NackAction::DeadLetter => self.kill(lease.entry, DeadReason::Rejected, fx),
         }
         self.dispatch(now, fx);
         Ok(())
@@ -557,16 +482,13 @@ impl QueueState {
         attempt: u32,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        let (owner, _) = self.end_lease(id, attempt)?;
-        if let Some(c) = owner.and_then(|o| self.consumers.get_mut(&o)) {
+        let mut lease = self.end_lease(id, attempt)?;
+        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.delivered = c.delivered.saturating_sub(1);
         }
         self.stats.delivered_total = self.stats.delivered_total.saturating_sub(1);
-        if let Some(mut e) = self.tasks.remove(&id) {
-            e.attempt = e.attempt.saturating_sub(1);
-            e.state = State::Ready;
-            self.place(id, e, fx);
-        }
+        lease.entry.attempt = lease.entry.attempt.saturating_sub(1);
+        self.ready.push_returned(lease.entry);
         self.dispatch(now, fx);
         Ok(())
     }
@@ -580,25 +502,14 @@ impl QueueState {
         extend_ms: u64,
         fx: &mut Effects,
     ) -> Result<Millis, SettleError> {
-        let e = self.tasks.get_mut(&id).ok_or(SettleError::UnknownTask)?;
-        let State::Leased {
-            owner,
-            deadline,
-            since,
-        } = e.state
-        else {
-            return Err(SettleError::StaleLease);
+        let lease = match self.leased.get_mut(&id) {
+            Some(l) if l.entry.attempt == attempt => l,
+            _ => return Err(SettleError::StaleLease),
         };
-        if e.attempt != attempt {
-            return Err(SettleError::StaleLease);
-        }
+        let old = lease.deadline;
         let new_deadline = now.saturating_add(extend_ms);
-        e.state = State::Leased {
-            owner,
-            deadline: new_deadline,
-            since,
-        };
-        self.leases.remove(&(deadline, id));
+        lease.deadline = new_deadline;
+        self.deadlines.remove(&(old, id));
         self.schedule_lease(new_deadline, id, fx);
         Ok(new_deadline)
     }
@@ -608,47 +519,38 @@ impl QueueState {
     fn retry_or_dead(
         &mut self,
         now: Millis,
-        id: TaskId,
+        mut entry: Entry,
         delay_ms: u64,
         priority: Option<i32>,
         reason: DeadReason,
         fx: &mut Effects,
     ) {
         let max = self.config.max_attempts;
-        let Some(mut e) = self.tasks.remove(&id) else {
-            return;
-        };
-        if max > 0 && e.attempt >= max {
-            self.tasks.insert(id, e);
-            self.kill(id, reason, fx);
+        if max > 0 && entry.attempt >= max {
+            self.kill(entry, reason, fx);
             return;
         }
         if let Some(p) = priority {
-            e.priority = p;
+            entry.priority = p;
         }
-        e.state = if delay_ms > 0 {
-            State::Delayed {
-                due: now.saturating_add(delay_ms),
-            }
+        if delay_ms > 0 {
+            self.delay(now.saturating_add(delay_ms), entry, fx);
         } else {
-            State::Ready
-        };
-        self.place(id, e, fx);
+            self.ready.push_returned(entry);
+        }
     }
 
     /// Removes a (no longer leased) task as a failure.
-    fn kill(&mut self, id: TaskId, reason: DeadReason, fx: &mut Effects) {
-        if let Some(e) = self.tasks.remove(&id) {
-            self.stats.dead_total += 1;
-            fx.dead.push(DeadTask {
-                id,
-                body: e.body,
-                priority: e.priority,
-                attempts: e.attempt,
-                reason,
-                error: e.last_error.map(String::from).unwrap_or_default(),
-            });
-        }
+    fn kill(&mut self, entry: Entry, reason: DeadReason, fx: &mut Effects) {
+        self.stats.dead_total += 1;
+        fx.dead.push(DeadTask {
+            id: entry.id,
+            body: entry.body,
+            priority: entry.priority,
+            attempts: entry.attempt,
+            reason,
+            error: entry.last_error.map(String::from).unwrap_or_default(),
+        });
     }
 
     // ------------------------------------------------------------ time
@@ -656,33 +558,23 @@ impl QueueState {
     /// Releases delayed tasks that are due and expires leases past their
     /// deadline, then dispatches.
     pub fn tick(&mut self, now: Millis, fx: &mut Effects) {
-        while let Some(&(due, id)) = self.delayed.first() {
-            if due > now {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            self.delayed.remove(&(due, id));
-            if let Some(e) = self.tasks.get_mut(&id) {
-                e.state = State::Ready;
-            }
-            if let Some(e) = self.tasks.get(&id) {
-                let key = self.key(id, e);
-                self.ready.push(Reverse(key));
-            }
+            let e = entry.remove();
+            self.ready.push_returned(e);
         }
-        while let Some(&(deadline, id)) = self.leases.first() {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
-            self.leases.remove(&(deadline, id));
-            let owner = match self.tasks.get(&id).map(|e| e.state) {
-                Some(State::Leased { owner, .. }) => owner,
-                _ => continue,
+            let Some(lease) = self.take_lease(id) else {
+                self.deadlines.remove(&(deadline, id));
+                continue;
             };
-            if let Some(c) = owner_of(owner).and_then(|o| self.consumers.get_mut(&o)) {
-                c.in_flight.remove(&id);
-            }
             self.stats.expired_total += 1;
-            self.retry_or_dead(now, id, 0, None, DeadReason::MaxAttempts, fx);
+            self.retry_or_dead(now, lease.entry, 0, None, DeadReason::MaxAttempts, fx);
         }
         self.dispatch(now, fx);
     }
@@ -693,7 +585,7 @@ impl QueueState {
         QueueStats {
             ready: self.ready.len() as u64,
             delayed: self.delayed.len() as u64,
-            leased: self.leases.len() as u64,
+            leased: self.leased.len() as u64,
             waiting_producers: self.putters.len() as u64,
             waiting_tasks: self.waiting_tasks,
             consumers: self.consumers.len() as u64,

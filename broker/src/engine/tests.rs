@@ -123,7 +123,7 @@ fn stale_token_cannot_settle_after_redelivery() {
         Err(SettleError::StaleLease)
     );
     assert_eq!(q.ack(1001, TaskId(1), 2), Ok(()));
-    assert_eq!(q.ack(1002, TaskId(1), 2), Err(SettleError::UnknownTask));
+    assert_eq!(q.ack(1002, TaskId(1), 2), Err(SettleError::StaleLease));
     assert_eq!(q.unfinished(), 0);
 }
 
