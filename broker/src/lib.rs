@@ -18,4 +18,5 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod signal;
+pub mod storage;
 pub mod validate;

@@ -115,11 +115,6 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    /// The offset of the next frame.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
     /// The next record's payload, or `None` at a clean end.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, ReadError> {
         let available = self.end.saturating_sub(self.offset);

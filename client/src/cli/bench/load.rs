@@ -193,24 +193,25 @@ pub async fn run(
         None
     };
 
-    let shared = Arc::new(Shared {
-        start: Instant::now(),
-        sent: AtomicU64::new(args.backlog),
-        acked: AtomicU64::new(0),
-        producers_done: AtomicBool::new(false),
-        enqueue_wait_us: AtomicU64::new(0),
-    });
-    let stop = CancellationToken::new();
-
-    // Consumers first, so the first task finds them subscribed.
-    let mut consumers = JoinSet::new();
+    // Consumers first, so the first task finds them subscribed; many at a
+    // time (10,000 queues means 10,000 streams).
+    let mut streams = Vec::new();
+    let mut opening = JoinSet::new();
     for c in 0..args.consumers {
         for (q, name) in queues.iter().enumerate() {
             if serves(c, q as u32, args) {
-                let stream = subscribe(&client, name, c, args.credit).await?;
-                consumers.spawn(consume(stream, Arc::clone(&shared), stop.clone()));
+                while opening.len() >= 64 {
+                    if let Some(r) = opening.join_next().await {
+                        streams.push(opened(r)?);
+                    }
+                }
+                let (client, name, credit) = (client.clone(), name.clone(), args.credit);
+                opening.spawn(async move { subscribe(&client, &name, c, credit).await });
             }
         }
+    }
+    while let Some(r) = opening.join_next().await {
+        streams.push(opened(r)?);
     }
 
     let idle_cpu = match args.idle {
@@ -226,6 +227,20 @@ pub async fn run(
         }
         None => None,
     };
+
+    // The clock starts now: setup is not part of the figures.
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        sent: AtomicU64::new(args.backlog),
+        acked: AtomicU64::new(0),
+        producers_done: AtomicBool::new(false),
+        enqueue_wait_us: AtomicU64::new(0),
+    });
+    let stop = CancellationToken::new();
+    let mut consumers = JoinSet::new();
+    for stream in streams {
+        consumers.spawn(consume(stream, Arc::clone(&shared), stop.clone()));
+    }
     let progress = tokio::spawn(progress(Arc::clone(&shared), stop.clone(), label));
     let mut producers = JoinSet::new();
     for p in 0..args.producers {
@@ -434,6 +449,10 @@ async fn produce(
         flatten(r)?;
     }
     Ok(())
+}
+
+fn opened(r: Result<Result<Stream, Failure>, tokio::task::JoinError>) -> Result<Stream, Failure> {
+    r.map_err(|e| Failure::Refused(format!("subscribe task failed: {e}")))?
 }
 
 fn flatten(r: Result<Result<(), Failure>, tokio::task::JoinError>) -> Result<(), Failure> {
