@@ -3,7 +3,7 @@
 //!
 //! The broker encodes its own commands into the records; this module only
 //! promises to keep their bytes and their order. It lives in these files:
-//! [`format`] (pure encode/decode of headers and frames), `segment` (file
+//! [`format`](mod@format) (pure encode/decode of headers and frames), `segment` (file
 //! names, creation, frame reading), `recovery` (checking and replaying on
 //! open), `writer` (the thread that writes and syncs), `lock`, `options`,
 //! `stats`, `error`.
@@ -134,7 +134,14 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<(Log, Replay)> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
+            // Make the new directory's own entry durable.
+            match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => segment::sync_dir(parent)?,
+                _ => segment::sync_dir(Path::new("."))?,
+            }
+        }
         let lock = lock::lock_dir(&dir)?;
         let recovered = recovery::recover(&dir, &options)?;
         let replay = Replay::new(&recovered.segments);
@@ -170,7 +177,10 @@ impl Log {
     /// when the future is polled, so a caller can append under its own
     /// lock and await after releasing it, and the log order is the call
     /// order. Dropping the future does not withdraw the records.
-    pub fn append(&self, records: Vec<Bytes>) -> impl Future<Output = Result<u64>> + Send + 'static {
+    pub fn append(
+        &self,
+        records: Vec<Bytes>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static {
         let sent = self.check(&records).and_then(|bytes| {
             self.request(|reply| Request::Append {
                 records,

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::error::{Result, StorageError};
-use super::format::{HEADER_LEN, MAX_RECORD_LEN};
+use super::format::{FRAME_HEADER_LEN, HEADER_LEN, MAX_RECORD_LEN};
 
 /// When an append is confirmed relative to `fdatasync`.
 ///
@@ -41,7 +41,9 @@ impl FromStr for FsyncPolicy {
             other => match other.strip_prefix("interval:") {
                 Some(dur) => {
                     let d = humantime::parse_duration(dur.trim()).map_err(|e| {
-                        invalid(format!("bad interval {dur:?} in {s:?}: {e} (e.g. interval:10ms)"))
+                        invalid(format!(
+                            "bad interval {dur:?} in {s:?}: {e} (e.g. interval:10ms)"
+                        ))
                     })?;
                     if d.is_zero() {
                         return Err(invalid(format!(
@@ -104,11 +106,15 @@ impl Default for LogOptions {
 
 impl LogOptions {
     pub(crate) fn validate(&self) -> Result<()> {
-        let min_segment = 2 * HEADER_LEN as u64;
+        // Room for a header and one frame, or every group would roll.
+        let min_segment = (HEADER_LEN + FRAME_HEADER_LEN) as u64;
         if self.segment_bytes < min_segment {
             return Err(StorageError::InvalidOption {
                 key: "segment_bytes",
-                reason: format!("{} is below the minimum of {min_segment}", self.segment_bytes),
+                reason: format!(
+                    "{} is below the minimum of {min_segment}",
+                    self.segment_bytes
+                ),
             });
         }
         if self.max_record_bytes > MAX_RECORD_LEN as usize {
@@ -130,8 +136,14 @@ mod tests {
 
     #[test]
     fn parses_policies() {
-        assert_eq!("always".parse::<FsyncPolicy>().ok(), Some(FsyncPolicy::Always));
-        assert_eq!("never".parse::<FsyncPolicy>().ok(), Some(FsyncPolicy::Never));
+        assert_eq!(
+            "always".parse::<FsyncPolicy>().ok(),
+            Some(FsyncPolicy::Always)
+        );
+        assert_eq!(
+            "never".parse::<FsyncPolicy>().ok(),
+            Some(FsyncPolicy::Never)
+        );
         assert_eq!(
             "interval:10ms".parse::<FsyncPolicy>().ok(),
             Some(FsyncPolicy::Interval(Duration::from_millis(10)))

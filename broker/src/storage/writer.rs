@@ -29,9 +29,9 @@ use super::lock::DirLock;
 use super::options::{FsyncPolicy, LogOptions};
 use super::recovery::Recovered;
 use super::segment::{self, SegmentMeta};
-use super::stats::Shared;
 #[cfg(test)]
 use super::stats::Faults;
+use super::stats::Shared;
 
 /// A group is cut once it holds this much (or the segment size, if
 /// smaller), so one slow write does not grow without bound.
@@ -249,6 +249,7 @@ impl Writer {
                         let _ = reply.send(Ok(seq - 1));
                     }
                 }
+                self.sync_if_due();
             }
             Err(e) => {
                 self.shared.write_errors.fetch_add(1, Relaxed);
@@ -268,7 +269,7 @@ impl Writer {
     }
 
     /// Writes `self.buf` (`records` frames) at the end of the active
-    /// segment and syncs as the policy says. Returns the first record's
+    /// segment and, under `Always`, syncs it. Returns the first record's
     /// sequence number. On failure nothing of the group stays in the file.
     fn write_group(&mut self, records: u64, waiting: bool) -> Result<u64> {
         let needed = self.buf.len() as u64;
@@ -295,24 +296,24 @@ impl Writer {
             self.shared.batches.fetch_add(1, Relaxed);
             self.shared.publish_active(self.active_meta());
         }
-        let sync_now = match self.opts.fsync {
-            // Nobody waits on `append_nowait` records: leave them to the
-            // next sync rather than pay one for them.
-            FsyncPolicy::Always => waiting,
-            FsyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
-            FsyncPolicy::Never => false,
+        // Under `Always`, nobody waits on `append_nowait` records: leave
+        // them to the next sync rather than pay one for them. The other
+        // policies sync after answering (`sync_if_due`).
+        let sync_now = self.opts.fsync == FsyncPolicy::Always && waiting;
+        let synced = if sync_now && self.unsynced {
+            self.sync()
+        } else {
+            Ok(())
         };
-        if sync_now && self.unsynced {
-            if let Err(e) = self.sync() {
-                // Not durable, so not confirmed: take the group back out
-                // rather than let a later sync make it durable after all.
-                self.truncate_back(offset);
-                let a = self.active_meta_mut();
-                a.len = offset;
-                a.next_seq = first;
-                self.shared.publish_active(self.active_meta());
-                return Err(e);
-            }
+        if let Err(e) = synced {
+            // Not durable, so not confirmed: take the group back out
+            // rather than let a later sync make it durable after all.
+            self.truncate_back(offset);
+            let a = self.active_meta_mut();
+            a.len = offset;
+            a.next_seq = first;
+            self.shared.publish_active(self.active_meta());
+            return Err(e);
         }
         Ok(first)
     }
@@ -329,7 +330,9 @@ impl Writer {
                 return Err(StorageError::DiskFull {
                     path: active.path.clone(),
                     needed,
-                    cause: format!("the log's quota (max_bytes = {max}) is reached: {used} bytes in use"),
+                    cause: format!(
+                        "the log's quota (max_bytes = {max}) is reached: {used} bytes in use"
+                    ),
                 });
             }
         }
@@ -412,14 +415,23 @@ impl Writer {
         }
     }
 
+    /// The interval policy, right after a group was answered.
+    fn sync_if_due(&mut self) {
+        let due = matches!(self.opts.fsync, FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every);
+        if due {
+            self.background_sync();
+        }
+    }
+
     /// The interval policy's timer. Its records were confirmed already, so
     /// a failure can only be reported; it is retried an interval later.
     fn background_sync(&mut self) {
-        if self.unsynced {
-            if let Err(e) = self.sync() {
-                self.last_sync = Instant::now();
-                error!(error = %e, "background fdatasync failed: records confirmed since the last one may not be on disk");
-            }
+        if !self.unsynced {
+            return;
+        }
+        if let Err(e) = self.sync() {
+            self.last_sync = Instant::now();
+            error!(error = %e, "background fdatasync failed: records confirmed since the last one may not be on disk");
         }
     }
 
