@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cli::exit::Failure;
 
-type Tx = mpsc::UnboundedSender<Delivery>;
+type Tx = mpsc::UnboundedSender<Vec<Delivery>>;
 
 #[derive(Default)]
 struct Baseline {
@@ -123,10 +123,13 @@ impl SluiceService for Baseline {
         if subs.is_empty() {
             return Err(Status::unavailable("no subscriber"));
         }
+        // One batch per subscriber per request, dealt round-robin: the same
+        // shape of frames the broker sends, without any queue behind them.
+        let mut batches: Vec<Vec<Delivery>> = vec![Vec::new(); subs.len()];
         for t in req.tasks {
             let id = format!("{:016x}", self.ids.fetch_add(1, Ordering::Relaxed));
             let i = self.next.fetch_add(1, Ordering::Relaxed) % subs.len();
-            let _ = subs[i].send(Delivery {
+            batches[i].push(Delivery {
                 task: Some(Task {
                     id: id.clone(),
                     payload: t.payload,
@@ -139,6 +142,11 @@ impl SluiceService for Baseline {
                 queue: req.queue.clone(),
             });
             ids.push(id);
+        }
+        for (tx, batch) in subs.iter().zip(batches) {
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
         }
         Ok(Response::new(EnqueueResponse {
             ids,
@@ -184,10 +192,9 @@ impl SluiceService for Baseline {
             loop {
                 tokio::select! {
                     d = rx.recv() => {
-                        let Some(d) = d else { break };
-                        let mut deliveries = vec![d];
+                        let Some(mut deliveries) = d else { break };
                         while let Ok(more) = rx.try_recv() {
-                            deliveries.push(more);
+                            deliveries.extend(more);
                         }
                         let frame = ConsumeResponse { deliveries, ..Default::default() };
                         if out.send(Ok(frame)).await.is_err() {
