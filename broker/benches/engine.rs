@@ -47,8 +47,9 @@ fn round_trip(q: &mut QueueState, next: &mut u64, payload: &Bytes) {
     .expect("fits");
     *next += BATCH;
     q.grant(0, ConsumerId(1), BATCH, &mut fx);
+    let mut fx2 = Effects::default();
     for (_, d) in fx.deliveries.drain(..) {
-        q.ack(1, d.id, d.attempt).expect("leased");
+        q.ack(1, d.id, d.attempt, &mut fx2).expect("leased");
     }
     black_box(fx);
 }

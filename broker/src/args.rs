@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::storage::FsyncPolicy;
+
 /// The sluice broker: named bounded task queues with flow-control credits,
 /// served over gRPC.
 ///
@@ -18,15 +20,36 @@ pub struct Args {
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
-    /// Keep every queue in memory only. This version has no durable
-    /// storage yet, so this is also what happens without the flag.
-    #[arg(long)]
+    /// Directory of the write-ahead log that keeps durable queues (created
+    /// if missing; one broker at a time).
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
+    pub data_dir: PathBuf,
+
+    /// Keep everything in memory: no data directory, and durable queues
+    /// are refused.
+    #[arg(long, conflicts_with_all = ["fsync", "repair", "max_disk_bytes"])]
     pub in_memory: bool,
 
-    /// Directory for durable state. Not available in this version: the
-    /// broker refuses to start with it rather than pretend to persist.
-    #[arg(long, env = "SLUICE_DATA_DIR", conflicts_with = "in_memory")]
-    pub data_dir: Option<PathBuf>,
+    /// When an enqueue to a durable queue is confirmed: `always` (after
+    /// fdatasync: survives power loss), `interval:<dur>` (after the write,
+    /// synced at most that much later: a power loss may lose the last
+    /// interval), `never` (after the write; the OS syncs: a power loss may
+    /// lose more). A crash of the broker alone loses nothing confirmed
+    /// under any of them.
+    #[arg(long, env = "SLUICE_FSYNC", default_value = "always")]
+    pub fsync: FsyncPolicy,
+
+    /// Start even if the log is damaged in the middle: each damaged file is
+    /// copied aside (`*.corrupt-<time>`) and its records from the damage
+    /// on are skipped. Tasks in them are lost; use only after reading the
+    /// error that made the broker refuse to start.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// Disk quota for the log in bytes: beyond it, enqueues to durable
+    /// queues fail with RESOURCE_EXHAUSTED as on a full disk.
+    #[arg(long, env = "SLUICE_MAX_DISK_BYTES")]
+    pub max_disk_bytes: Option<u64>,
 
     /// Largest task accepted: payload plus header names and values, in
     /// bytes.

@@ -258,7 +258,7 @@ pub fn settle(
     let mut errors = Vec::new();
     for a in acks {
         let r = lease(&a.lease)
-            .and_then(|(id, attempt)| sh.state.ack(now, id, attempt).map_err(refused));
+            .and_then(|(id, attempt)| sh.state.ack(now, id, attempt, fx).map_err(refused));
         if let Err((code, message)) = r {
             errors.push(settle_error(&a.lease, code, message));
         }

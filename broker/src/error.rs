@@ -29,6 +29,8 @@ pub enum Error {
     DeadlineExceeded { waited_ms: u64, what: String },
     #[error("broker is shutting down")]
     ShuttingDown,
+    #[error("not stored: the write-ahead log failed: {0}")]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 impl Error {
@@ -47,6 +49,10 @@ impl Error {
             Error::QueueDeleted(_) => Code::Aborted,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::ShuttingDown => Code::Unavailable,
+            Error::Storage(crate::storage::StorageError::DiskFull { .. }) => {
+                Code::ResourceExhausted
+            }
+            Error::Storage(_) => Code::Unavailable,
         }
     }
 }

@@ -12,8 +12,10 @@
 
 pub mod args;
 pub mod consume;
+pub mod durable;
 pub mod engine;
 pub mod error;
+pub mod recover;
 pub mod registry;
 pub mod server;
 pub mod service;

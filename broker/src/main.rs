@@ -1,14 +1,17 @@
-//! `sluice-broker`: parse args, set up logging, bind, serve until a signal.
+//! `sluice-broker`: parse args, set up logging, open the log, bind, serve
+//! until a signal.
 
 use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use sluice_broker::args::Args;
+use sluice_broker::registry::Broker;
 use sluice_broker::validate::Limits;
-use sluice_broker::{server, signal};
+use sluice_broker::{recover, server, signal};
 
 // glibc's malloc keeps per-thread arenas whose freed memory is rarely
 // returned; a broker that holds millions of small tasks and then drains them
@@ -17,7 +20,7 @@ use sluice_broker::{server, signal};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -27,47 +30,59 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
 
-    if let Some(dir) = &args.data_dir {
-        eprintln!(
-            "sluice-broker: --data-dir {}: durable storage is not available in this version; \
-             run with --in-memory",
-            dir.display()
-        );
-        return std::process::ExitCode::from(2);
-    }
+    let shutdown = CancellationToken::new();
+    let broker = if args.in_memory {
+        tracing::info!("--in-memory: every queue is lost when the broker stops");
+        Broker::new(shutdown.clone())
+    } else {
+        match recover::open(&args).await {
+            Ok((log, recovered)) => Broker::with_log(shutdown.clone(), Some(log), recovered),
+            Err(e) => {
+                eprintln!("sluice-broker: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    };
+
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("sluice-broker: cannot listen on {}: {e}", args.listen);
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
     let addr = match listener.local_addr() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("sluice-broker: cannot read the bound address: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
-    tracing::info!(%addr, "all queues are in memory: they are lost when the broker stops");
     // Tests and scripts read the port from this line: exactly one, flushed.
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening on {addr}");
     let _ = out.flush();
+    tracing::info!(%addr, "serving");
 
-    let shutdown = CancellationToken::new();
     tokio::spawn(signal::on_signal(shutdown.clone()));
     let limits = Limits {
         max_payload_bytes: args.max_payload_bytes,
     };
-    match server::run(listener, limits, shutdown).await {
+    let served = server::run(listener, limits, broker.clone()).await;
+    if let Some(log) = broker.log()
+        && let Err(e) = log.close().await
+    {
+        eprintln!("sluice-broker: closing the log: {e}");
+        return ExitCode::from(1);
+    }
+    match served {
         Ok(()) => {
             tracing::info!("stopped");
-            std::process::ExitCode::SUCCESS
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("sluice-broker: {e}");
-            std::process::ExitCode::from(1)
+            ExitCode::from(1)
         }
     }
 }

@@ -15,15 +15,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::durable::{self, Recovery};
 use crate::engine::{
-    ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError, EnqueueMode,
-    Enqueued, Millis, NewTask, PutterId, QueueConfig, QueueState, QueueStats, TaskId,
+    Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
+    EnqueueMode, Enqueued, Millis, NewTask, PutterId, QueueConfig, QueueState, QueueStats, TaskId,
 };
 use crate::error::{Error, Result};
+use crate::storage::{Log, StorageError};
+
+/// Resolves once a log append is durable (per the fsync policy).
+pub type Durability = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
+
+/// Lets producers admitted by another call wait for that call's append.
+type Ticket = watch::Receiver<Option<Result<(), StorageError>>>;
 
 /// Milliseconds since the Unix epoch: the engine's `now`. The wall clock
 /// is read once, at the first call; after that time advances with the
@@ -46,6 +57,8 @@ pub struct QueueSpec {
     pub name: String,
     pub config: QueueConfig,
     pub dead_letter: Option<String>,
+    /// Kept in the write-ahead log: survives a restart.
+    pub durable: bool,
 }
 
 /// Batches of deliveries for one consumer. Unbounded on purpose: what is in
@@ -60,7 +73,9 @@ pub struct Shared {
     /// the queue up just before must not store into it and answer OK.
     deleted: bool,
     senders: HashMap<ConsumerId, DeliveryTx>,
-    putters: HashMap<PutterId, oneshot::Sender<()>>,
+    /// Each waiting producer's wake-up, carrying, for a durable queue, the
+    /// append that stored its batch.
+    putters: HashMap<PutterId, oneshot::Sender<Option<Ticket>>>,
 }
 
 impl Shared {
@@ -115,6 +130,8 @@ pub struct Broker {
 
 struct Inner {
     queues: RwLock<BTreeMap<String, Arc<QueueHandle>>>,
+    /// The write-ahead log; None with --in-memory.
+    log: Option<Log>,
     next_task: AtomicU64,
     next_consumer: AtomicU64,
     next_putter: AtomicU64,
@@ -131,20 +148,44 @@ pub struct Stored {
 }
 
 impl Broker {
+    /// A broker with no log: every queue in memory.
     pub fn new(shutdown: CancellationToken) -> Self {
+        Self::with_log(shutdown, None, Recovery::default())
+    }
+
+    /// A broker keeping durable queues in `log`, starting from what the log
+    /// held (`recovered`). Must run inside a tokio runtime (it starts the
+    /// queues' timers).
+    pub fn with_log(shutdown: CancellationToken, log: Option<Log>, recovered: Recovery) -> Self {
         // Task ids start at the boot time in ms shifted left by 20 bits: a
         // restarted broker's ids never meet the previous run's unless that
-        // run handed out over a million ids per millisecond of uptime.
-        let first = now_ms() << 20;
-        Broker {
+        // run handed out over a million ids per millisecond of uptime; and
+        // always above every id the log still holds.
+        let first = (now_ms() << 20).max(recovered.max_task_id + 1);
+        let broker = Broker {
             inner: Arc::new(Inner {
+                log,
                 queues: RwLock::new(BTreeMap::new()),
                 next_task: AtomicU64::new(first),
                 next_consumer: AtomicU64::new(1),
                 next_putter: AtomicU64::new(1),
                 shutdown,
             }),
+        };
+        for (_, rq) in recovered.queues {
+            let n = rq.tasks.len();
+            let handle = broker.insert_queue(rq.spec, rq.created_at);
+            broker.apply(&handle, |sh, now, fx| {
+                sh.state.restore(now, rq.tasks.into_values().collect(), fx);
+            });
+            tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }
+        broker
+    }
+
+    /// The log, when the broker has one.
+    pub fn log(&self) -> Option<&Log> {
+        self.inner.log.as_ref()
     }
 
     pub fn shutdown(&self) -> &CancellationToken {
@@ -170,10 +211,16 @@ impl Broker {
     // ------------------------------------------------------------ registry
 
     /// Creates a queue, or returns the existing one when its definition is
-    /// equal. The bool says whether it was created.
-    pub fn create_queue(&self, spec: QueueSpec) -> Result<(Arc<QueueHandle>, bool)> {
+    /// equal. The bool says whether it was created. A durable queue's
+    /// definition is in the log before this returns.
+    pub async fn create_queue(&self, spec: QueueSpec) -> Result<(Arc<QueueHandle>, bool)> {
         self.check_open()?;
-        let handle = {
+        if spec.durable && self.inner.log.is_none() {
+            return Err(Error::invalid(
+                "durable queues need the broker's data directory; this broker runs --in-memory",
+            ));
+        }
+        let (handle, durability) = {
             let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
             if let Some(existing) = queues.get(&spec.name) {
                 if existing.spec == spec {
@@ -184,25 +231,54 @@ impl Broker {
                     diff: describe_diff(&existing.spec, &spec),
                 });
             }
-            let handle = Arc::new(QueueHandle {
-                created_at: now_ms(),
-                shared: Mutex::new(Shared {
-                    state: QueueState::new(spec.config.clone()),
-                    deleted: false,
-                    senders: HashMap::new(),
-                    putters: HashMap::new(),
-                }),
-                idle: Notify::new(),
-                rearm: Notify::new(),
-                deleted: CancellationToken::new(),
-                spec,
-            });
-            queues.insert(handle.spec.name.clone(), Arc::clone(&handle));
-            handle
+            let created_at = now_ms();
+            // Appended under the registry lock: no call can reach the queue
+            // (and log a change of it) before its definition is in line.
+            let durability = match (&self.inner.log, spec.durable) {
+                (Some(log), true) => Some(log.append(vec![durable::define(&spec, created_at)])),
+                _ => None,
+            };
+            let handle = self.insert_locked(&mut queues, spec, created_at);
+            (handle, durability)
         };
-        tokio::spawn(run_timer(self.clone(), Arc::clone(&handle)));
-        tracing::info!(queue = %handle.name(), "queue created");
+        tracing::info!(queue = %handle.name(), durable = handle.spec.durable, "queue created");
+        if let Some(d) = durability {
+            d.await?;
+        }
         Ok((handle, true))
+    }
+
+    fn insert_queue(&self, spec: QueueSpec, created_at: Millis) -> Arc<QueueHandle> {
+        let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+        self.insert_locked(&mut queues, spec, created_at)
+    }
+
+    fn insert_locked(
+        &self,
+        queues: &mut BTreeMap<String, Arc<QueueHandle>>,
+        spec: QueueSpec,
+        created_at: Millis,
+    ) -> Arc<QueueHandle> {
+        let mut state = QueueState::new(spec.config.clone());
+        if spec.durable {
+            state.keep_journal();
+        }
+        let handle = Arc::new(QueueHandle {
+            created_at,
+            shared: Mutex::new(Shared {
+                state,
+                deleted: false,
+                senders: HashMap::new(),
+                putters: HashMap::new(),
+            }),
+            idle: Notify::new(),
+            rearm: Notify::new(),
+            deleted: CancellationToken::new(),
+            spec,
+        });
+        queues.insert(handle.spec.name.clone(), Arc::clone(&handle));
+        tokio::spawn(run_timer(self.clone(), Arc::clone(&handle)));
+        handle
     }
 
     pub fn queue(&self, name: &str) -> Result<Arc<QueueHandle>> {
@@ -228,8 +304,8 @@ impl Broker {
 
     /// Deletes a queue; returns how many unfinished tasks went with it.
     /// Everyone waiting on it is woken and fails with ABORTED.
-    pub fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
-        let (handle, discarded) = {
+    pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
+        let (handle, discarded, durability) = {
             let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
             let handle = queues
                 .get(name)
@@ -245,44 +321,112 @@ impl Broker {
             sh.deleted = true;
             sh.senders.clear();
             sh.putters.clear();
+            let durability = match (&self.inner.log, handle.spec.durable) {
+                (Some(log), true) => Some(log.append(vec![durable::delete(name)])),
+                _ => None,
+            };
             drop(sh);
             queues.remove(name);
-            (handle, discarded)
+            (handle, discarded, durability)
         };
         handle.deleted.cancel();
         handle.idle.notify_waiters();
         tracing::info!(queue = %name, discarded, "queue deleted");
+        if let Some(d) = durability {
+            d.await?;
+        }
         Ok(discarded)
     }
 
     // ------------------------------------------------------------ engine calls
 
     /// Runs one engine call on a queue and carries out its effects: routes
-    /// deliveries, wakes admitted producers, joiners and the timer, and
-    /// forwards dead tasks (after the lock is released).
+    /// deliveries, wakes admitted producers, joiners and the timer, logs
+    /// a durable queue's changes, and forwards dead tasks (after the lock
+    /// is released).
     pub fn apply<R>(
         &self,
         q: &QueueHandle,
         f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
     ) -> R {
+        self.apply_logged(q, f).0
+    }
+
+    /// [`Broker::apply`], also returning the log append of the call's
+    /// changes (None when nothing was logged), for callers that must not
+    /// answer before it is durable.
+    pub fn apply_logged<R>(
+        &self,
+        q: &QueueHandle,
+        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+    ) -> (R, Option<Durability>) {
         let mut fx = Effects::default();
         let now = now_ms();
-        let r = {
+        let mut deferred = Vec::new();
+        let (r, durability) = {
             let mut sh = q.lock();
             let r = f(&mut sh, now, &mut fx);
-            route(&mut sh, &mut fx);
+            let durability = match &self.inner.log {
+                Some(log) if !fx.changes.is_empty() => {
+                    // A task moving to a dead letter queue is logged as gone
+                    // from here only after it is logged there: a crash in
+                    // between keeps it twice rather than losing it.
+                    if q.spec.dead_letter.is_some() && !fx.dead.is_empty() {
+                        let moving: std::collections::HashSet<TaskId> = fx
+                            .dead
+                            .iter()
+                            .filter(|d| d.reason != DeadReason::Dropped)
+                            .map(|d| d.id)
+                            .collect();
+                        fx.changes.retain(|c| match c {
+                            Change::Removed { id } if moving.contains(id) => {
+                                deferred.push(c.clone());
+                                false
+                            }
+                            _ => true,
+                        });
+                    }
+                    let record = durable::changes(q.name(), &fx.changes);
+                    let append = log.append(vec![record]);
+                    if fx.admitted.is_empty() {
+                        Some((
+                            Box::pin(async move { append.await.map(|_| ()) }) as Durability,
+                            None,
+                        ))
+                    } else {
+                        // Producers admitted by this call wait for this
+                        // call's append too: share its outcome.
+                        let (tx, rx) = watch::channel(None);
+                        tokio::spawn(async move {
+                            let _ = tx.send(Some(append.await.map(|_| ())));
+                        });
+                        Some((Box::pin(wait_ticket(rx.clone())) as Durability, Some(rx)))
+                    }
+                }
+                _ => None,
+            };
+            let (durability, ticket) = match durability {
+                Some((d, t)) => (Some(d), t),
+                None => (None, None),
+            };
+            route(&mut sh, &mut fx, ticket);
             if fx.rearm {
                 q.rearm.notify_one();
             }
             if sh.state.unfinished() == 0 {
                 q.idle.notify_waiters();
             }
-            r
+            (r, durability)
         };
         if !fx.dead.is_empty() {
             self.forward_dead(q, std::mem::take(&mut fx.dead));
         }
-        r
+        if let (Some(log), false) = (&self.inner.log, deferred.is_empty()) {
+            // Failure here is logged by the writer; the cost is a dead task
+            // that may come back from the log after a restart.
+            drop(log.append(vec![durable::changes(q.name(), &deferred)]));
+        }
+        (r, durability)
     }
 
     /// Moves dead tasks to the queue's dead letter queue, if it has one that
@@ -344,15 +488,16 @@ impl Broker {
     ) -> Result<Stored> {
         self.check_open()?;
         let first_id = tasks.first().map_or(TaskId(0), |t| t.id);
+        let n = tasks.len() as u64;
         let putter = PutterId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let mode = if wait {
             EnqueueMode::Wait(putter)
         } else {
             EnqueueMode::FailFast
         };
         let started = Instant::now();
-        let (res, depth) = self.apply(q, |sh, now, fx| {
+        let ((res, depth), durability) = self.apply_logged(q, |sh, now, fx| {
             if sh.deleted {
                 return (Err(None), 0);
             }
@@ -370,7 +515,16 @@ impl Broker {
             waited_ms: started.elapsed().as_millis() as u64,
         };
         match res {
-            Ok(Enqueued::Stored) => return Ok(stored(depth)),
+            Ok(Enqueued::Stored) => {
+                // Confirmed only once on disk (durable queues).
+                if let Some(d) = durability
+                    && let Err(e) = d.await
+                {
+                    self.retract(q, first_id, n);
+                    return Err(e.into());
+                }
+                return Ok(stored(depth));
+            }
             Ok(Enqueued::Waiting(_)) => {}
             Err(None) => return Err(Error::QueueDeleted(q.name().to_owned())),
             Err(Some(EnqueueError::Full)) => {
@@ -394,8 +548,8 @@ impl Broker {
         };
         let outcome = tokio::select! {
             biased;
-            r = rx => match r {
-                Ok(()) => Ok(()),
+            r = &mut rx => match r {
+                Ok(ticket) => Ok(ticket),
                 Err(_) => Err(Error::QueueDeleted(q.name().to_owned())),
             },
             _ = q.deleted.cancelled() => Err(Error::QueueDeleted(q.name().to_owned())),
@@ -406,8 +560,8 @@ impl Broker {
             }),
         };
         guard.armed = false;
-        match outcome {
-            Ok(()) => Ok(stored(self.apply(q, |sh, _, _| sh.state.depth()))),
+        let ticket = match outcome {
+            Ok(ticket) => ticket,
             Err(e) => {
                 // The batch may have been admitted in the instant between
                 // the wake-up and here: then it is stored and we say so.
@@ -416,11 +570,30 @@ impl Broker {
                     sh.state.cancel_put(now, putter, fx)
                 });
                 if left || q.deleted.is_cancelled() {
-                    Err(e)
-                } else {
-                    Ok(stored(self.apply(q, |sh, _, _| sh.state.depth())))
+                    return Err(e);
                 }
+                rx.try_recv().ok().flatten()
             }
+        };
+        if let Some(t) = ticket
+            && let Err(e) = wait_ticket(t).await
+        {
+            self.retract(q, first_id, n);
+            return Err(e.into());
+        }
+        Ok(stored(self.apply(q, |sh, _, _| sh.state.depth())))
+    }
+
+    /// Undoes an enqueue the log refused: its tasks (ids `first..first+n`)
+    /// leave the queue unless a consumer already has them.
+    fn retract(&self, q: &QueueHandle, first: TaskId, n: u64) {
+        let ids: std::collections::HashSet<TaskId> = (0..n).map(|i| TaskId(first.0 + i)).collect();
+        let removed = self.apply(q, |sh, _, _| sh.state.retract(&ids));
+        if removed < n {
+            tracing::warn!(
+                queue = %q.name(), refused = n, delivered = n - removed,
+                "enqueue refused by the log, but some of its tasks were already delivered"
+            );
         }
     }
 
@@ -545,9 +718,22 @@ impl Broker {
     }
 }
 
+/// Waits for the outcome an append's watcher publishes.
+async fn wait_ticket(mut rx: Ticket) -> Result<(), StorageError> {
+    loop {
+        if let Some(r) = rx.borrow_and_update().clone() {
+            return r;
+        }
+        if rx.changed().await.is_err() {
+            return Err(StorageError::Closed);
+        }
+    }
+}
+
 /// Sends each consumer its deliveries as one batch, and wakes admitted
-/// producers. Runs under the queue lock; nothing here blocks.
-fn route(sh: &mut Shared, fx: &mut Effects) {
+/// producers (handing them the append of their batch, if logged). Runs
+/// under the queue lock; nothing here blocks.
+fn route(sh: &mut Shared, fx: &mut Effects, ticket: Option<Ticket>) {
     if !fx.deliveries.is_empty() {
         // Few consumers per call: a linear scan beats a map here.
         let mut batches: Vec<(ConsumerId, Vec<Delivery>)> = Vec::new();
@@ -569,7 +755,7 @@ fn route(sh: &mut Shared, fx: &mut Effects) {
         if let Some(tx) = sh.putters.remove(&p) {
             // A dropped receiver is a producer that gave up in the same
             // instant; its enqueue path sees the batch stored.
-            let _ = tx.send(());
+            let _ = tx.send(ticket.clone());
         }
     }
 }
@@ -649,6 +835,9 @@ fn describe_diff(a: &QueueSpec, b: &QueueSpec) -> String {
             "max_attempts {} vs {}",
             x.max_attempts, y.max_attempts
         ));
+    }
+    if a.durable != b.durable {
+        diffs.push(format!("durable {} vs {}", a.durable, b.durable));
     }
     if a.dead_letter != b.dead_letter {
         diffs.push(format!(

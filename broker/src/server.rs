@@ -7,7 +7,6 @@ use sluice_proto::v1::sluice_service_server::SluiceServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::registry::Broker;
 use crate::service::Service;
@@ -22,11 +21,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(
     listener: TcpListener,
     limits: Limits,
-    shutdown: CancellationToken,
+    broker: Broker,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let shutdown = broker.shutdown().clone();
     // An enqueue batch may carry several tasks of the largest size.
     let max_message = (limits.max_payload_bytes.saturating_mul(2) + (1 << 20)).max(16 << 20);
-    let broker = Broker::new(shutdown.clone());
     let service = Service::new(broker, limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();

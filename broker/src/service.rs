@@ -44,7 +44,7 @@ impl SluiceService for Service {
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
         let req = req.into_inner();
         let spec = validate::queue_spec(&req.name, req.options.as_ref())?;
-        let (q, created) = self.broker.create_queue(spec)?;
+        let (q, created) = self.broker.create_queue(spec).await?;
         Ok(Response::new(pb::CreateQueueResponse {
             queue: Some(queue_info(&q)),
             created,
@@ -75,7 +75,7 @@ impl SluiceService for Service {
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
         let req = req.into_inner();
         validate::queue_name(&req.name)?;
-        let discarded = self.broker.delete_queue(&req.name, req.if_empty)?;
+        let discarded = self.broker.delete_queue(&req.name, req.if_empty).await?;
         Ok(Response::new(pb::DeleteQueueResponse { discarded }))
     }
 
@@ -288,7 +288,7 @@ fn queue_info(q: &QueueHandle) -> pb::QueueInfo {
                 crate::engine::Order::Lifo => pb::QueueOrder::Lifo,
                 crate::engine::Order::Priority => pb::QueueOrder::Priority,
             } as i32,
-            durable: false,
+            durable: q.spec.durable,
             ack_deadline_ms: c.ack_deadline_ms,
             max_attempts: Some(c.max_attempts),
             dead_letter: q.spec.dead_letter.clone().unwrap_or_default(),

@@ -73,12 +73,6 @@ pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec>
         Ok(pb::QueueOrder::Priority) => Order::Priority,
         Err(_) => return Err(Error::invalid(format!("unknown queue order {}", o.order))),
     };
-    if o.durable {
-        return Err(Error::invalid(
-            "durable queues need the write-ahead log, which this broker version does not have yet; \
-             create the queue without durable (it is kept in memory)",
-        ));
-    }
     let ack_deadline_ms = match o.ack_deadline_ms {
         0 => DEFAULT_ACK_DEADLINE_MS,
         d => lease_ms(d, "ack_deadline_ms")?,
@@ -107,6 +101,7 @@ pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec>
             max_attempts: o.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
         },
         dead_letter,
+        durable: o.durable,
     })
 }
 
@@ -259,11 +254,6 @@ mod tests {
         assert_eq!(s.config.ack_deadline_ms, DEFAULT_ACK_DEADLINE_MS);
         let o = pb::QueueOptions {
             ack_deadline_ms: 5,
-            ..Default::default()
-        };
-        assert!(queue_spec("q", Some(&o)).is_err());
-        let o = pb::QueueOptions {
-            durable: true,
             ..Default::default()
         };
         assert!(queue_spec("q", Some(&o)).is_err());

@@ -139,11 +139,20 @@ impl Broker {
         Broker::start_on("127.0.0.1:0", &[])
     }
 
-    /// Starts a broker on `listen` with extra arguments.
+    /// Starts a broker keeping its log in `dir`.
+    pub fn start_durable(dir: &Path) -> Broker {
+        Broker::start_on("127.0.0.1:0", &["--data-dir", &dir.display().to_string()])
+    }
+
+    /// Starts a broker on `listen` with extra arguments; in memory unless
+    /// they name a `--data-dir`.
     pub fn start_on(listen: &str, extra: &[&str]) -> Broker {
         let mut cmd = Command::new(bin("sluice-broker"));
-        cmd.args(["--listen", listen, "--in-memory"])
-            .args(extra)
+        cmd.args(["--listen", listen]);
+        if !extra.contains(&"--data-dir") {
+            cmd.arg("--in-memory");
+        }
+        cmd.args(extra)
             .env("RUST_LOG", "sluice_broker=debug,info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

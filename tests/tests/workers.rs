@@ -18,6 +18,15 @@ fn wait_for(flag: &Path) -> String {
     )
 }
 
+/// A consumer's field, or None while it is not subscribed (yet).
+fn consumer_num(stats: &serde_json::Value, name: &str, field: &str) -> Option<u64> {
+    stats["consumers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?[field]
+        .as_u64()
+}
+
 fn consumer<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     stats["consumers"]
         .as_array()
@@ -71,8 +80,7 @@ fn a_worker_never_holds_more_than_its_concurrency() {
     assert_eq!(b.cli_stdin(&["enqueue", "q"], &lines).code, 0);
 
     eventually(DEADLINE, "worker holds its 3", || {
-        let s = b.stats("q");
-        num(consumer(&s, "w"), &["in_flight"]) == 3
+        consumer_num(&b.stats("q"), "w", "in_flight") == Some(3)
     });
     // While the handlers block: exactly 3 leased, no credit left, the rest
     // waits in the broker where other workers could take it.
@@ -195,7 +203,7 @@ fn a_killed_workers_tasks_go_to_another_worker_at_once() {
     );
     b.ok(&["enqueue", "q", "one", "two"]);
     eventually(DEADLINE, "worker a holds both", || {
-        num(consumer(&b.stats("q"), "a"), &["in_flight"]) == 2
+        consumer_num(&b.stats("q"), "a", "in_flight") == Some(2)
     });
     let script = format!("echo \"$SLUICE_ATTEMPT\" >> {}", attempts.display());
     let _b2 = b.worker(
@@ -306,7 +314,7 @@ fn sigterm_lets_running_tasks_finish_and_exits_zero() {
     );
     b.ok(&["enqueue", "q", "a", "b"]);
     eventually(DEADLINE, "both running", || {
-        num(consumer(&b.stats("q"), "w"), &["in_flight"]) == 2
+        consumer_num(&b.stats("q"), "w", "in_flight") == Some(2)
     });
 
     w.signal("TERM");

@@ -71,7 +71,7 @@ pub type Headers = Option<Box<HashMap<String, String>>>;
 
 /// The immutable part of a task. Cloning it is cheap (the payload is
 /// reference-counted; headers, when present, are copied).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskBody {
     pub payload: Bytes,
     pub headers: Headers,
@@ -115,6 +115,46 @@ pub struct DeadTask {
     pub error: String,
 }
 
+/// A change to what a durable queue must remember across a restart,
+/// recorded (when the queue keeps a journal) for the write-ahead log.
+/// Replaying a queue's changes in order rebuilds its tasks: leases are not
+/// remembered (a restart ends every stream), only the attempts they cost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A task entered the queue (new, or a dead letter copy).
+    Stored {
+        id: TaskId,
+        body: TaskBody,
+        priority: i32,
+        /// Not deliverable before this time; 0 = at once.
+        due: Millis,
+        /// Deliveries so far: 0 for a new task, more when a live task is
+        /// written again (compaction).
+        attempt: u32,
+    },
+    /// The task's delivery count is now `attempt` (a delivery, or one
+    /// undone).
+    Attempt { id: TaskId, attempt: u32 },
+    /// The task waits again, with this priority, until `due` (0 = at once).
+    Requeued {
+        id: TaskId,
+        priority: i32,
+        due: Millis,
+    },
+    /// The task left the queue: acked, dead, dropped or purged.
+    Removed { id: TaskId },
+}
+
+/// A task as recovered from the log, to put back into a queue.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub id: TaskId,
+    pub body: TaskBody,
+    pub priority: i32,
+    pub attempt: u32,
+    pub due: Millis,
+}
+
 /// What the caller must do after an engine call.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -126,6 +166,8 @@ pub struct Effects {
     pub dead: Vec<DeadTask>,
     /// The earliest timer deadline moved earlier: re-arm the queue's timer.
     pub rearm: bool,
+    /// For a queue that keeps a journal: what to write to the log, in order.
+    pub changes: Vec<Change>,
 }
 
 /// How a nack wants the task handled.

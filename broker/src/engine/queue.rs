@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::ready::{Entry, ReadySet};
 use super::{
-    ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError, EnqueueMode,
-    Enqueued, Millis, NackAction, NewTask, PutterId, QueueConfig, QueueStats, SettleError,
-    TaskBody, TaskId,
+    Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
+    EnqueueMode, Enqueued, Millis, NackAction, NewTask, PutterId, QueueConfig, QueueStats,
+    Restored, SettleError, TaskBody, TaskId,
 };
 
 /// A task out with a consumer.
@@ -77,9 +77,46 @@ pub struct QueueState {
     ring: VecDeque<ConsumerId>,
     next_seq: u64,
     stats: QueueStats,
+    /// Record [`Change`]s in the effects (durable queues only: the others
+    /// pay nothing for it).
+    journal: bool,
 }
 
 impl QueueState {
+    /// Makes every later call record its [`Change`]s in the effects.
+    pub fn keep_journal(&mut self) {
+        self.journal = true;
+    }
+
+    /// Puts recovered tasks back, in id order (their arrival order):
+    /// ready, or delayed while `due` is ahead of `now`. Capacity is not
+    /// checked — they were all accepted once.
+    pub fn restore(&mut self, now: Millis, mut tasks: Vec<Restored>, fx: &mut Effects) {
+        tasks.sort_by_key(|t| t.id);
+        for t in tasks {
+            let entry = Entry {
+                id: t.id,
+                body: t.body,
+                seq: self.next_seq,
+                priority: t.priority,
+                attempt: t.attempt,
+                last_error: None,
+            };
+            self.next_seq += 1;
+            if t.due > now {
+                self.delay(t.due, entry, fx);
+            } else {
+                self.ready.push_new(entry);
+            }
+        }
+    }
+
+    fn record(&self, fx: &mut Effects, change: impl FnOnce() -> Change) {
+        if self.journal {
+            fx.changes.push(change());
+        }
+    }
+
     pub fn new(config: QueueConfig) -> Self {
         QueueState {
             ready: ReadySet::new(config.order),
@@ -93,6 +130,7 @@ impl QueueState {
             ring: VecDeque::new(),
             next_seq: 0,
             stats: QueueStats::default(),
+            journal: false,
         }
     }
 
@@ -176,6 +214,19 @@ impl QueueState {
         self.dispatch(now, fx);
     }
 
+    /// Takes back tasks whose enqueue could not be made durable (the log
+    /// failed): those still waiting are removed as if never stored. One a
+    /// consumer already took stays with it. Returns how many were removed.
+    /// Slow (a scan of the queue), and only for that failure.
+    pub fn retract(&mut self, ids: &std::collections::HashSet<TaskId>) -> u64 {
+        let before = self.depth();
+        self.ready.retain(|e| !ids.contains(&e.id));
+        self.delayed.retain(|(_, id), _| !ids.contains(id));
+        let n = before - self.depth();
+        self.stats.enqueued_total -= n;
+        n
+    }
+
     /// When the oldest waiting producer started waiting.
     pub fn oldest_putter_since(&self) -> Option<Millis> {
         self.putters.front().map(|p| p.at)
@@ -197,8 +248,20 @@ impl QueueState {
             };
             self.next_seq += 1;
             self.stats.enqueued_total += 1;
-            if t.delay_ms > 0 {
-                self.delay(now.saturating_add(t.delay_ms), entry, fx);
+            let due = if t.delay_ms > 0 {
+                now.saturating_add(t.delay_ms)
+            } else {
+                0
+            };
+            self.record(fx, || Change::Stored {
+                id: entry.id,
+                body: entry.body.clone(),
+                priority: entry.priority,
+                due,
+                attempt: 0,
+            });
+            if due > 0 {
+                self.delay(due, entry, fx);
             } else {
                 self.ready.push_new(entry);
             }
@@ -242,6 +305,13 @@ impl QueueState {
     /// Removes every ready and delayed task. Leased tasks stay with their
     /// consumers.
     pub fn purge(&mut self, now: Millis, fx: &mut Effects) -> u64 {
+        if self.journal {
+            let ids = self
+                .ready
+                .ids()
+                .chain(self.delayed.keys().map(|(_, id)| *id));
+            fx.changes.extend(ids.map(|id| Change::Removed { id }));
+        }
         let n = self.ready.clear() + self.delayed.len() as u64;
         self.delayed.clear();
         self.stats.purged_total += n;
@@ -392,6 +462,12 @@ impl QueueState {
             ));
             self.stats.delivered_total += 1;
             let id = entry.id;
+            if self.journal {
+                fx.changes.push(Change::Attempt {
+                    id,
+                    attempt: entry.attempt,
+                });
+            }
             self.leased.insert(
                 id,
                 Lease {
@@ -429,8 +505,15 @@ impl QueueState {
     }
 
     /// The task is done: it leaves the queue.
-    pub fn ack(&mut self, now: Millis, id: TaskId, attempt: u32) -> Result<(), SettleError> {
+    pub fn ack(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        attempt: u32,
+        fx: &mut Effects,
+    ) -> Result<(), SettleError> {
         let lease = self.end_lease(id, attempt)?;
+        self.record(fx, || Change::Removed { id });
         self.stats.acked_total += 1;
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.acked += 1;
@@ -488,6 +571,10 @@ impl QueueState {
         }
         self.stats.delivered_total = self.stats.delivered_total.saturating_sub(1);
         lease.entry.attempt = lease.entry.attempt.saturating_sub(1);
+        self.record(fx, || Change::Attempt {
+            id,
+            attempt: lease.entry.attempt,
+        });
         self.ready.push_returned(lease.entry);
         self.dispatch(now, fx);
         Ok(())
@@ -533,8 +620,22 @@ impl QueueState {
         if let Some(p) = priority {
             entry.priority = p;
         }
-        if delay_ms > 0 {
-            self.delay(now.saturating_add(delay_ms), entry, fx);
+        // A plain return needs no record: every recovered task is ready.
+        // A new priority or a delay must survive a restart.
+        let due = if delay_ms > 0 {
+            now.saturating_add(delay_ms)
+        } else {
+            0
+        };
+        if priority.is_some() || due > 0 {
+            self.record(fx, || Change::Requeued {
+                id: entry.id,
+                priority: entry.priority,
+                due,
+            });
+        }
+        if due > 0 {
+            self.delay(due, entry, fx);
         } else {
             self.ready.push_returned(entry);
         }
@@ -543,6 +644,7 @@ impl QueueState {
     /// Removes a (no longer leased) task as a failure.
     fn kill(&mut self, entry: Entry, reason: DeadReason, fx: &mut Effects) {
         self.stats.dead_total += 1;
+        self.record(fx, || Change::Removed { id: entry.id });
         fx.dead.push(DeadTask {
             id: entry.id,
             body: entry.body,

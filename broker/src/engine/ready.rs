@@ -163,6 +163,40 @@ impl ReadySet {
         self.len() == 0
     }
 
+    /// The ids of every task in the set, in no particular order.
+    pub fn ids(&self) -> Box<dyn Iterator<Item = TaskId> + '_> {
+        match self {
+            ReadySet::Fifo { fresh, back } => Box::new(
+                fresh
+                    .iter()
+                    .map(|e| e.id)
+                    .chain(back.iter().map(|b| b.0.0.id)),
+            ),
+            ReadySet::Lifo { fresh, back } => Box::new(
+                fresh
+                    .iter()
+                    .map(|e| e.id)
+                    .chain(back.iter().map(|b| b.0.0.id)),
+            ),
+            ReadySet::Priority { heap } => Box::new(heap.iter().map(|b| b.0.0.id)),
+        }
+    }
+
+    /// Keeps only the tasks `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        match self {
+            ReadySet::Fifo { fresh, back } => {
+                fresh.retain(|e| keep(e));
+                back.retain(|b| keep(&b.0.0));
+            }
+            ReadySet::Lifo { fresh, back } => {
+                fresh.retain(|e| keep(e));
+                back.retain(|b| keep(&b.0.0));
+            }
+            ReadySet::Priority { heap } => heap.retain(|b| keep(&b.0.0)),
+        }
+    }
+
     /// Removes everything; returns how many.
     pub fn clear(&mut self) -> u64 {
         let n = self.len() as u64;

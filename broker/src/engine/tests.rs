@@ -117,13 +117,19 @@ fn stale_token_cannot_settle_after_redelivery() {
     assert_eq!(fx.deliveries.len(), 2);
     assert_eq!(fx.deliveries[1].0, ConsumerId(2));
     assert_eq!(fx.deliveries[1].1.attempt, 2);
-    assert_eq!(q.ack(1001, TaskId(1), 1), Err(SettleError::StaleLease));
+    assert_eq!(
+        q.ack(1001, TaskId(1), 1, &mut Effects::default()),
+        Err(SettleError::StaleLease)
+    );
     assert_eq!(
         q.extend(1001, TaskId(1), 1, 5000, &mut fx),
         Err(SettleError::StaleLease)
     );
-    assert_eq!(q.ack(1001, TaskId(1), 2), Ok(()));
-    assert_eq!(q.ack(1002, TaskId(1), 2), Err(SettleError::StaleLease));
+    assert_eq!(q.ack(1001, TaskId(1), 2, &mut Effects::default()), Ok(()));
+    assert_eq!(
+        q.ack(1002, TaskId(1), 2, &mut Effects::default()),
+        Err(SettleError::StaleLease)
+    );
     assert_eq!(q.unfinished(), 0);
 }
 
@@ -401,10 +407,13 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                     let attempt = m.leased[&id].2;
                     // A stale token first: it must change nothing.
                     assert_eq!(
-                        q.ack(now, TaskId(id), attempt + 1),
+                        q.ack(now, TaskId(id), attempt + 1, &mut Effects::default()),
                         Err(SettleError::StaleLease)
                     );
-                    assert_eq!(q.ack(now, TaskId(id), attempt), Ok(()));
+                    assert_eq!(
+                        q.ack(now, TaskId(id), attempt, &mut Effects::default()),
+                        Ok(())
+                    );
                     m.leased.remove(&id);
                     m.gone += 1;
                 }
@@ -544,7 +553,7 @@ fn unsend_undoes_a_delivery_nobody_saw() {
     q.grant(0, ConsumerId(2), 1, &mut fx);
     assert_eq!(fx.deliveries[0].1.attempt, d2.attempt);
     assert_eq!(
-        q.ack(0, d2.id, d2.attempt + 1),
+        q.ack(0, d2.id, d2.attempt + 1, &mut Effects::default()),
         Err(SettleError::StaleLease)
     );
 }

@@ -1,0 +1,144 @@
+//! Durable queues: what a restart (clean or SIGKILL) keeps, the data
+//! directory's lock, and a full disk.
+
+use sluice_tests::{Broker, DEADLINE, num};
+
+fn get_all(b: &Broker, q: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let r = b.cli(&["get", q]);
+        if r.code == 3 {
+            return out;
+        }
+        assert_eq!(r.code, 0, "{r:?}");
+        out.push(r.stdout);
+    }
+}
+
+fn fill(b: &Broker) {
+    b.ok(&["queue", "create", "f", "--durable"]);
+    b.ok(&["queue", "create", "l", "--durable", "--order", "lifo"]);
+    b.ok(&["queue", "create", "p", "--durable", "--order", "priority"]);
+    b.ok(&["queue", "create", "mem"]);
+    for q in ["f", "l"] {
+        b.ok(&["enqueue", q, "one", "two", "three", "four"]);
+    }
+    for (prio, payload) in [
+        ("3", "p3"),
+        ("1", "p1-first"),
+        ("2", "p2"),
+        ("1", "p1-second"),
+    ] {
+        b.ok(&["enqueue", "p", "--priority", prio, payload]);
+    }
+    b.ok(&["enqueue", "mem", "volatile"]);
+    // One task of each queue acked, one taken and left leased.
+    for q in ["f", "l", "p"] {
+        b.ok(&["get", q]);
+        b.ok(&["get", q, "--no-ack"]);
+    }
+}
+
+fn check_after_restart(b: &Broker) {
+    for q in ["f", "l", "p"] {
+        let s = b.stats(q);
+        assert_eq!(num(&s, &["stats", "ready"]), 3, "{q}: {s}");
+        assert_eq!(num(&s, &["stats", "leased"]), 0, "{q}: {s}");
+        assert_eq!(s["options"]["durable"], true);
+    }
+    assert_eq!(b.stats("p")["options"]["order"], "priority");
+    // The leased task is back, in its place, its attempt counted.
+    assert_eq!(get_all(b, "f"), ["two", "three", "four"]);
+    assert_eq!(get_all(b, "l"), ["three", "two", "one"]);
+    assert_eq!(get_all(b, "p"), ["p1-second", "p2", "p3"]);
+    // In-memory queues do not survive.
+    assert_eq!(b.cli(&["stats", "mem"]).code, 1);
+}
+
+#[test]
+fn a_clean_stop_keeps_queues_tasks_and_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = Broker::start_durable(dir.path());
+    fill(&b);
+    b.proc.signal("TERM");
+    assert_eq!(b.proc.wait_exit(DEADLINE), Some(0));
+    drop(b);
+    let b = Broker::start_durable(dir.path());
+    check_after_restart(&b);
+}
+
+#[test]
+fn sigkill_keeps_every_confirmed_task_and_attempts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start_durable(dir.path());
+    fill(&b);
+    drop(b); // SIGKILL
+    let b = Broker::start_durable(dir.path());
+    check_after_restart(&b);
+
+    // The task that was leased at the crash comes back as attempt 2.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start_durable(dir2.path());
+    b.ok(&["queue", "create", "q", "--durable"]);
+    b.ok(&["enqueue", "q", "x"]);
+    let first: serde_json::Value =
+        serde_json::from_str(&b.ok(&["--json", "get", "q", "--no-ack"])).expect("json");
+    drop(b);
+    let b = Broker::start_durable(dir2.path());
+    let again: serde_json::Value =
+        serde_json::from_str(&b.ok(&["--json", "get", "q"])).expect("json");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["attempt"], 2);
+    // New ids never collide with recovered ones.
+    let id = b.ok(&["enqueue", "q", "y"]);
+    assert_ne!(id.trim(), first["id"].as_str().expect("id"));
+}
+
+#[test]
+fn a_second_broker_on_the_same_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _b = Broker::start_durable(dir.path());
+    let out = std::process::Command::new(sluice_tests::bin("sluice-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another broker"), "{err}");
+    assert!(out.stdout.is_empty(), "it must not say it listens");
+}
+
+#[test]
+fn durable_queues_are_refused_on_an_in_memory_broker() {
+    let b = Broker::start();
+    let out = b.cli(&["queue", "create", "d", "--durable"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("in-memory"), "{out:?}");
+}
+
+#[test]
+fn a_full_disk_refuses_enqueues_but_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start_on(
+        "127.0.0.1:0",
+        &[
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--max-disk-bytes",
+            "20000",
+        ],
+    );
+    b.ok(&["queue", "create", "q", "--durable"]);
+    b.ok(&["enqueue", "q", "first"]);
+    let big = "x".repeat(30_000);
+    let out = b.cli(&["enqueue", "q", &big]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("RESOURCE_EXHAUSTED"), "{out:?}");
+    assert!(out.stderr.contains("disk"), "{out:?}");
+    // The refused task is not in the queue; consumers are still served.
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "ready"]), 1, "{s}");
+    assert_eq!(b.ok(&["get", "q"]), "first");
+    assert_eq!(b.cli(&["get", "q"]).code, 3);
+}
