@@ -50,7 +50,7 @@ async fn produce(url: String, producer: usize, sent: Arc<Mutex<Sent>>, stop: Arc
                 }
             },
         };
-        let batch = if n % 5 == 0 { 10 } else { 1 };
+        let batch = if n.is_multiple_of(5) { 10 } else { 1 };
         let payloads: Vec<String> = (0..batch).map(|i| format!("p{producer}-{n}-{i}")).collect();
         n += 1;
         sent.lock()
