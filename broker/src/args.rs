@@ -27,7 +27,7 @@ pub struct Args {
 
     /// Keep everything in memory: no data directory, and durable queues
     /// are refused.
-    #[arg(long, conflicts_with_all = ["fsync", "repair", "max_disk_bytes"])]
+    #[arg(long, conflicts_with_all = ["fsync", "repair", "max_disk_bytes", "segment_bytes"])]
     pub in_memory: bool,
 
     /// When an enqueue to a durable queue is confirmed: `always` (after
@@ -50,6 +50,13 @@ pub struct Args {
     /// queues fail with RESOURCE_EXHAUSTED as on a full disk.
     #[arg(long, env = "SLUICE_MAX_DISK_BYTES")]
     pub max_disk_bytes: Option<u64>,
+
+    /// Size at which the log starts a new segment file. Old segments are
+    /// deleted once compaction has rewritten what is still live in them;
+    /// compaction runs when the log outgrows twice its live data plus one
+    /// segment.
+    #[arg(long, env = "SLUICE_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
 
     /// Largest task accepted: payload plus header names and values, in
     /// bytes.

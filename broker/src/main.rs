@@ -36,7 +36,9 @@ async fn main() -> ExitCode {
         Broker::new(shutdown.clone())
     } else {
         match recover::open(&args).await {
-            Ok((log, recovered)) => Broker::with_log(shutdown.clone(), Some(log), recovered),
+            Ok((log, recovered)) => {
+                Broker::with_log(shutdown.clone(), Some(log), recovered, args.segment_bytes)
+            }
             Err(e) => {
                 eprintln!("sluice-broker: {e}");
                 return ExitCode::from(1);

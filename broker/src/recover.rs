@@ -14,6 +14,7 @@ pub async fn open(args: &Args) -> Result<(Log, Recovery), String> {
         fsync: args.fsync,
         max_bytes: args.max_disk_bytes,
         repair: args.repair,
+        segment_bytes: args.segment_bytes,
         ..LogOptions::default()
     };
     let repair = args.repair;

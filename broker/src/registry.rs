@@ -132,6 +132,7 @@ struct Inner {
     queues: RwLock<BTreeMap<String, Arc<QueueHandle>>>,
     /// The write-ahead log; None with --in-memory.
     log: Option<Log>,
+    segment_bytes: u64,
     next_task: AtomicU64,
     next_consumer: AtomicU64,
     next_putter: AtomicU64,
@@ -150,13 +151,19 @@ pub struct Stored {
 impl Broker {
     /// A broker with no log: every queue in memory.
     pub fn new(shutdown: CancellationToken) -> Self {
-        Self::with_log(shutdown, None, Recovery::default())
+        Self::with_log(shutdown, None, Recovery::default(), 0)
     }
 
     /// A broker keeping durable queues in `log`, starting from what the log
     /// held (`recovered`). Must run inside a tokio runtime (it starts the
     /// queues' timers).
-    pub fn with_log(shutdown: CancellationToken, log: Option<Log>, recovered: Recovery) -> Self {
+    /// `segment_bytes` is the log's segment size, which paces compaction.
+    pub fn with_log(
+        shutdown: CancellationToken,
+        log: Option<Log>,
+        recovered: Recovery,
+        segment_bytes: u64,
+    ) -> Self {
         // Task ids start at the boot time in ms shifted left by 20 bits: a
         // restarted broker's ids never meet the previous run's unless that
         // run handed out over a million ids per millisecond of uptime; and
@@ -165,6 +172,7 @@ impl Broker {
         let broker = Broker {
             inner: Arc::new(Inner {
                 log,
+                segment_bytes,
                 queues: RwLock::new(BTreeMap::new()),
                 next_task: AtomicU64::new(first),
                 next_consumer: AtomicU64::new(1),
@@ -180,7 +188,99 @@ impl Broker {
             });
             tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }
+        if broker.inner.log.is_some() {
+            tokio::spawn(broker.clone().compact_when_due());
+        }
         broker
+    }
+
+    /// Checks every second whether the log has outgrown its live data, and
+    /// compacts it then; stops at shutdown.
+    async fn compact_when_due(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(log) = &self.inner.log else { return };
+            if log.total_bytes() <= 2 * self.live_bytes() + self.inner.segment_bytes {
+                continue;
+            }
+            if let Err(e) = self.compact().await {
+                tracing::warn!(error = %e, "log compaction failed; will retry");
+            }
+        }
+    }
+
+    /// What a compacted log would hold, roughly: durable queues' unfinished
+    /// payloads plus a record's worth of bookkeeping per task.
+    fn live_bytes(&self) -> u64 {
+        self.queues()
+            .iter()
+            .filter(|q| q.spec.durable)
+            .map(|q| {
+                let s = q.lock().state.stats();
+                s.payload_bytes + 64 * s.unfinished() + 256
+            })
+            .sum()
+    }
+
+    /// Rewrites the log to hold only what is live: rolls to a new segment,
+    /// appends every durable queue's definition and unfinished tasks (each
+    /// queue under its lock, so its later changes follow its snapshot),
+    /// waits for that to be durable, then deletes every older segment.
+    /// Returns the bytes of the snapshot.
+    pub async fn compact(&self) -> Result<u64> {
+        const RECORD_BYTES: usize = 8 << 20;
+        let Some(log) = &self.inner.log else {
+            return Ok(0);
+        };
+        let before = log.total_bytes();
+        let cut = log.roll().await?;
+        let mut appends = Vec::new();
+        let mut bytes = 0u64;
+        for q in self.queues() {
+            if !q.spec.durable {
+                continue;
+            }
+            let sh = q.lock();
+            if sh.deleted {
+                continue;
+            }
+            let mut records = vec![durable::define(&q.spec, q.created_at)];
+            // Several records, so none approaches the log's record limit.
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0;
+            for c in sh.state.snapshot() {
+                if let Change::Stored { body, .. } = &c {
+                    chunk_bytes += body.payload.len() + 64;
+                }
+                chunk.push(c);
+                if chunk_bytes >= RECORD_BYTES {
+                    records.push(durable::changes(q.name(), &chunk));
+                    chunk.clear();
+                    chunk_bytes = 0;
+                }
+            }
+            if !chunk.is_empty() {
+                records.push(durable::changes(q.name(), &chunk));
+            }
+            bytes += records.iter().map(|r| r.len() as u64 + 8).sum::<u64>();
+            appends.push(log.append(records));
+            drop(sh);
+        }
+        for a in appends {
+            a.await?;
+        }
+        let removed = log.remove_segments_before(cut).await?;
+        tracing::info!(
+            before,
+            after = log.total_bytes(),
+            removed_segments = removed.segments,
+            "log compacted"
+        );
+        Ok(bytes)
     }
 
     /// The log, when the broker has one.

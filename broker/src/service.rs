@@ -320,6 +320,7 @@ fn queue_stats(s: &QueueStats, capacity: u64) -> pb::QueueStats {
         dead_total: s.dead_total,
         purged_total: s.purged_total,
         capacity,
+        payload_bytes: s.payload_bytes,
     }
 }
 

@@ -142,3 +142,45 @@ fn a_full_disk_refuses_enqueues_but_keeps_serving() {
     assert_eq!(b.ok(&["get", "q"]), "first");
     assert_eq!(b.cli(&["get", "q"]).code, 3);
 }
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn disk_use_follows_live_data_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    let b = Broker::start_on(
+        "127.0.0.1:0",
+        &["--data-dir", &data, "--segment-bytes", "16384"],
+    );
+    b.ok(&["queue", "create", "q", "--durable", "--capacity", "5000"]);
+    let lines: String = (0..3000)
+        .map(|i| format!("task-{i}-{}\n", "x".repeat(60)))
+        .collect();
+    assert_eq!(b.cli_stdin(&["enqueue", "q"], &lines).code, 0);
+    let full = dir_bytes(dir.path());
+    assert!(full > 200_000, "{full} bytes for 3000 tasks");
+
+    let _w = b.worker("q", &["--concurrency", "8"], &["true"]);
+    sluice_tests::eventually(DEADLINE, "all acked", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 3000
+    });
+    // Compaction runs by itself once the log outgrows the live data.
+    sluice_tests::eventually(DEADLINE, "old segments deleted", || {
+        dir_bytes(dir.path()) < 64 * 1024
+    });
+    // And what is left still says: queue q, empty.
+    drop(_w);
+    drop(b);
+    let b = Broker::start_durable(dir.path());
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "unfinished"]), 0, "{s}");
+}

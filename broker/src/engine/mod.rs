@@ -239,6 +239,8 @@ pub struct QueueStats {
     pub expired_total: u64,
     pub dead_total: u64,
     pub purged_total: u64,
+    /// Payload bytes of the unfinished tasks.
+    pub payload_bytes: u64,
 }
 
 impl QueueStats {

@@ -103,6 +103,7 @@ impl QueueState {
                 last_error: None,
             };
             self.next_seq += 1;
+            self.stats.payload_bytes += entry.body.payload.len() as u64;
             if t.due > now {
                 self.delay(t.due, entry, fx);
             } else {
@@ -214,14 +215,47 @@ impl QueueState {
         self.dispatch(now, fx);
     }
 
+    /// Every unfinished task as a [`Change::Stored`] carrying its current
+    /// attempt, priority and due time: what a compacted log must hold for
+    /// this queue. Leased tasks are included (a restart makes them ready).
+    pub fn snapshot(&self) -> Vec<Change> {
+        let stored = |e: &Entry, due: Millis| Change::Stored {
+            id: e.id,
+            body: e.body.clone(),
+            priority: e.priority,
+            due,
+            attempt: e.attempt,
+        };
+        let mut out: Vec<Change> = Vec::with_capacity(self.unfinished() as usize);
+        // (stats.payload_bytes is kept up to date by every path in and out.)
+        out.extend(self.ready.iter().map(|e| stored(e, 0)));
+        out.extend(self.delayed.iter().map(|((due, _), e)| stored(e, *due)));
+        out.extend(self.leased.values().map(|l| stored(&l.entry, 0)));
+        out
+    }
+
     /// Takes back tasks whose enqueue could not be made durable (the log
     /// failed): those still waiting are removed as if never stored. One a
     /// consumer already took stays with it. Returns how many were removed.
     /// Slow (a scan of the queue), and only for that failure.
     pub fn retract(&mut self, ids: &std::collections::HashSet<TaskId>) -> u64 {
         let before = self.depth();
-        self.ready.retain(|e| !ids.contains(&e.id));
-        self.delayed.retain(|(_, id), _| !ids.contains(id));
+        let mut bytes = 0;
+        self.ready.retain(|e| {
+            let keep = !ids.contains(&e.id);
+            if !keep {
+                bytes += e.body.payload.len() as u64;
+            }
+            keep
+        });
+        self.delayed.retain(|(_, id), e| {
+            let keep = !ids.contains(id);
+            if !keep {
+                bytes += e.body.payload.len() as u64;
+            }
+            keep
+        });
+        self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
         let n = before - self.depth();
         self.stats.enqueued_total -= n;
         n
@@ -248,6 +282,7 @@ impl QueueState {
             };
             self.next_seq += 1;
             self.stats.enqueued_total += 1;
+            self.stats.payload_bytes += entry.body.payload.len() as u64;
             let due = if t.delay_ms > 0 {
                 now.saturating_add(t.delay_ms)
             } else {
@@ -312,6 +347,13 @@ impl QueueState {
                 .chain(self.delayed.keys().map(|(_, id)| *id));
             fx.changes.extend(ids.map(|id| Change::Removed { id }));
         }
+        let bytes: u64 = self
+            .ready
+            .iter()
+            .chain(self.delayed.values())
+            .map(|e| e.body.payload.len() as u64)
+            .sum();
+        self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
         let n = self.ready.clear() + self.delayed.len() as u64;
         self.delayed.clear();
         self.stats.purged_total += n;
@@ -514,6 +556,10 @@ impl QueueState {
     ) -> Result<(), SettleError> {
         let lease = self.end_lease(id, attempt)?;
         self.record(fx, || Change::Removed { id });
+        self.stats.payload_bytes = self
+            .stats
+            .payload_bytes
+            .saturating_sub(lease.entry.body.payload.len() as u64);
         self.stats.acked_total += 1;
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.acked += 1;
@@ -644,6 +690,10 @@ impl QueueState {
     /// Removes a (no longer leased) task as a failure.
     fn kill(&mut self, entry: Entry, reason: DeadReason, fx: &mut Effects) {
         self.stats.dead_total += 1;
+        self.stats.payload_bytes = self
+            .stats
+            .payload_bytes
+            .saturating_sub(entry.body.payload.len() as u64);
         self.record(fx, || Change::Removed { id: entry.id });
         fx.dead.push(DeadTask {
             id: entry.id,

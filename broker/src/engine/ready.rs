@@ -182,6 +182,19 @@ impl ReadySet {
         }
     }
 
+    /// Every task in the set, in no particular order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
+        match self {
+            ReadySet::Fifo { fresh, back } => {
+                Box::new(fresh.iter().chain(back.iter().map(|b| &b.0.0)))
+            }
+            ReadySet::Lifo { fresh, back } => {
+                Box::new(fresh.iter().chain(back.iter().map(|b| &b.0.0)))
+            }
+            ReadySet::Priority { heap } => Box::new(heap.iter().map(|b| &b.0.0)),
+        }
+    }
+
     /// Keeps only the tasks `keep` says yes to.
     pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
         match self {

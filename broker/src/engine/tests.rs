@@ -494,6 +494,11 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
             "no task lost or invented"
         );
         assert_eq!(m.gone, s.acked_total + s.dead_total + s.purged_total);
+        if s.unfinished() == 0 {
+            assert_eq!(s.payload_bytes, 0, "payload bytes follow the tasks");
+        } else {
+            assert!(s.payload_bytes > 0);
+        }
         for c in q.consumer_stats(now) {
             assert_eq!(Some(&c.credit), m.credit.get(&c.id.0), "credit");
             assert!(c.delivered <= m.granted.get(&c.id.0).copied().unwrap_or(0));

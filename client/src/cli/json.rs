@@ -53,6 +53,7 @@ pub fn stats(s: &QueueStats) -> Value {
         "leased": s.leased,
         "unfinished": s.unfinished,
         "capacity": s.capacity,
+        "payload_bytes": s.payload_bytes,
         "waiting_producers": s.waiting_producers,
         "waiting_tasks": s.waiting_tasks,
         "consumers": s.consumers,
