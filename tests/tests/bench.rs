@@ -42,3 +42,36 @@ fn bench_smoke_run_loses_and_duplicates_nothing() {
     assert_eq!(num(&report["sluice"], &["redeliveries"]), 0);
     assert!(report["sluice"]["broker_peak_rss_bytes"].as_u64().is_some());
 }
+
+#[test]
+fn durable_bench_smoke_run_survives_its_own_crash() {
+    let out = std::process::Command::new(bin("sluice"))
+        .args([
+            "--json",
+            "bench",
+            "--spawn",
+            "--durable",
+            "--tasks",
+            "5000",
+            "--backlog",
+            "2000",
+            "--measure-recovery",
+        ])
+        .output()
+        .expect("run sluice bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json report");
+    let r = &report["sluice"];
+    // The backlog was queued, the broker SIGKILLed and restarted, and
+    // every task still came through exactly once.
+    assert_eq!(num(r, &["sent"]), 7_000, "{r}");
+    assert_eq!(num(r, &["acked"]), 7_000, "{r}");
+    assert_eq!(num(r, &["lost"]), 0, "{r}");
+    assert_eq!(num(r, &["duplicates"]), 0, "{r}");
+    assert!(r["recovery_s"].as_f64().is_some(), "{r}");
+}

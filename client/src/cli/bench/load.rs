@@ -53,6 +53,8 @@ pub struct Outcome {
     pub backlog_rss: Option<u64>,
     /// Broker CPU use while everything was held idle, as a share of one core.
     pub idle_cpu: Option<f64>,
+    /// Time from SIGKILL to serving again on the same data.
+    pub recovery: Option<Duration>,
 }
 
 impl Outcome {
@@ -169,9 +171,9 @@ pub async fn run(
     url: &str,
     args: &BenchArgs,
     label: &'static str,
-    target: &super::spawn::Target,
+    target: &mut super::spawn::Target,
 ) -> Result<Outcome, Failure> {
-    let client = Client::connect(url).await?;
+    let mut client = Client::connect(url).await?;
     let queues = queue_names(args, label);
     let backlog_per_queue = args.backlog.div_ceil(u64::from(args.queues));
     for q in &queues {
@@ -180,6 +182,7 @@ pub async fn run(
             capacity: args
                 .capacity
                 .max(backlog_per_queue + u64::from(args.batch * args.pipeline * args.producers)),
+            durable: args.durable,
             ..Default::default()
         };
         client.create_queue(q, options).await?;
@@ -189,6 +192,13 @@ pub async fn run(
     }
     let backlog_rss = if args.backlog > 0 {
         target.usage().map(|u| u.peak_rss)
+    } else {
+        None
+    };
+    let recovery = if args.measure_recovery {
+        let took = target.crash_and_restart().await?;
+        client = Client::connect(url).await?;
+        Some(took)
     } else {
         None
     };
@@ -314,6 +324,7 @@ pub async fn run(
         backlog: args.backlog,
         backlog_rss,
         idle_cpu,
+        recovery,
     })
 }
 

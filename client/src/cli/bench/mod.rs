@@ -42,12 +42,23 @@ pub struct BenchArgs {
     /// are reported.
     #[arg(long)]
     pub spawn: bool,
-    /// With --spawn: a durable broker (not available in this version).
-    #[arg(long, requires = "spawn")]
+    /// Durable bench queues (the broker needs a data directory: with
+    /// --spawn, one is made in the system's temp directory and removed
+    /// afterwards, unless --data-dir names one).
+    #[arg(long)]
     pub durable: bool,
-    /// With --spawn: the broker's data directory.
+    /// With --spawn: the broker's data directory (kept afterwards).
     #[arg(long, requires = "spawn")]
     pub data_dir: Option<std::path::PathBuf>,
+    /// With --spawn: the broker's --fsync policy (always, interval:<dur>,
+    /// never).
+    #[arg(long, requires = "spawn", default_value = "always")]
+    pub fsync: String,
+    /// With --spawn --durable: after queuing --backlog, kill the broker
+    /// (SIGKILL), start it again on the same data, and report how long it
+    /// took to recover and serve.
+    #[arg(long, requires_all = ["spawn", "durable"])]
+    pub measure_recovery: bool,
     /// Pid of the broker at --broker, to report its CPU time and memory.
     #[arg(long, conflicts_with = "spawn")]
     pub broker_pid: Option<u32>,
@@ -115,15 +126,21 @@ pub struct BenchArgs {
 pub async fn run(broker: &str, args: BenchArgs, json: bool) -> Result<(), Failure> {
     check(&args)?;
     let real = {
-        let target = spawn::Target::open(broker, &args).await?;
-        let r = load::run(&target.url, &args, "sluice", &target).await;
+        let mut target = spawn::Target::open(broker, &args).await?;
+        let url = target.url.clone();
+        let r = load::run(&url, &args, "sluice", &mut target).await;
         let usage = target.usage();
         target.stop().await;
         r?.with_usage(usage)
     };
     let base = if args.baseline {
-        let target = spawn::Target::baseline().await?;
-        let r = load::run(&target.url, &args, "baseline", &target).await;
+        let mut target = spawn::Target::baseline().await?;
+        let url = target.url.clone();
+        let mut base_args = args.clone();
+        // The baseline keeps nothing: durability does not apply to it.
+        base_args.durable = false;
+        base_args.measure_recovery = false;
+        let r = load::run(&url, &base_args, "baseline", &mut target).await;
         target.stop().await;
         Some(r?)
     } else {
@@ -134,12 +151,6 @@ pub async fn run(broker: &str, args: BenchArgs, json: bool) -> Result<(), Failur
 
 fn check(args: &BenchArgs) -> Result<(), Failure> {
     let usage = |m: &str| Err(Failure::Usage(m.to_owned()));
-    if args.durable {
-        return usage("--durable: durable queues are not available in this broker version");
-    }
-    if args.data_dir.is_some() {
-        return usage("--data-dir: durable storage is not available in this broker version");
-    }
     if args.mode == ProducerMode::Publish {
         return usage("--mode publish: the Publish stream is not served by this broker version");
     }

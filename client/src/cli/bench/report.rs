@@ -78,6 +78,8 @@ fn config(a: &BenchArgs) -> Value {
         "pipeline": a.pipeline,
         "rate": a.rate,
         "spawn": a.spawn,
+        "durable": a.durable,
+        "fsync": a.durable.then(|| a.fsync.clone()),
     })
 }
 
@@ -109,6 +111,7 @@ fn outcome(o: &Outcome) -> Value {
         "backlog": o.backlog,
         "broker_rss_after_backlog_bytes": o.backlog_rss,
         "broker_idle_cpu_share": o.idle_cpu,
+        "recovery_s": o.recovery.map(|d| d.as_secs_f64()),
     })
 }
 
@@ -168,6 +171,13 @@ fn table(o: &Outcome) -> String {
         s.push_str(&format!(
             "  backlog: {} tasks queued first; broker peak RSS then {rss}\n",
             o.backlog
+        ));
+    }
+    if let Some(d) = o.recovery {
+        s.push_str(&format!(
+            "  recovery: killed with {} tasks queued, serving again after {:.2} s\n",
+            o.backlog,
+            d.as_secs_f64()
         ));
     }
     if let Some(share) = o.idle_cpu {

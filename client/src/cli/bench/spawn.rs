@@ -26,6 +26,10 @@ pub struct Target {
     pub url: String,
     pid: Option<u32>,
     child: Option<Child>,
+    /// How to start it again (recovery measurement): the command line.
+    restart: Option<(PathBuf, Vec<String>)>,
+    /// A data directory this bench made, removed when it stops.
+    temp_dir: Option<PathBuf>,
 }
 
 impl Target {
@@ -36,12 +40,42 @@ impl Target {
                 url: url.to_owned(),
                 pid: args.broker_pid,
                 child: None,
+                restart: None,
+                temp_dir: None,
             });
         }
         let bin = sibling("sluice-broker")?;
+        let mut argv: Vec<String> = vec!["--listen".into(), "127.0.0.1:0".into()];
+        let mut temp_dir = None;
+        if args.durable || args.data_dir.is_some() {
+            let dir = match &args.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let d =
+                        std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+                    temp_dir = Some(d.clone());
+                    d
+                }
+            };
+            argv.extend([
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--fsync".into(),
+                args.fsync.clone(),
+            ]);
+        } else {
+            argv.push("--in-memory".into());
+        }
         let mut cmd = Command::new(&bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--in-memory"]);
-        start(cmd, &bin.display().to_string()).await
+        cmd.args(&argv);
+        let mut t = start(cmd, &bin.display().to_string()).await?;
+        // A restart listens where the first one did, so URLs stay valid.
+        if let Some(i) = argv.iter().position(|a| a == "127.0.0.1:0") {
+            argv[i] = t.url.trim_start_matches("http://").to_owned();
+        }
+        t.restart = Some((bin, argv));
+        t.temp_dir = temp_dir;
+        Ok(t)
     }
 
     /// The baseline server, this same binary in another process.
@@ -81,10 +115,32 @@ impl Target {
         })
     }
 
-    /// Stops a process this bench started.
+    /// Kills the broker (SIGKILL) and starts it again on the same data
+    /// and address; returns how long until it served again.
+    pub async fn crash_and_restart(&mut self) -> Result<Duration, Failure> {
+        let Some((bin, argv)) = self.restart.clone() else {
+            return Err(Failure::Usage("--measure-recovery needs --spawn".into()));
+        };
+        if let Some(child) = &mut self.child {
+            let _ = child.kill().await;
+        }
+        let started = std::time::Instant::now();
+        let mut cmd = Command::new(&bin);
+        cmd.args(&argv);
+        let t = start(cmd, "the restarted broker").await?;
+        let took = started.elapsed();
+        self.pid = t.pid;
+        self.child = t.child;
+        Ok(took)
+    }
+
+    /// Stops a process this bench started, and removes its temporary data.
     pub async fn stop(mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.kill().await;
+        }
+        if let Some(dir) = &self.temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -135,5 +191,7 @@ async fn start(mut cmd: Command, what: &str) -> Result<Target, Failure> {
         url: format!("http://{addr}"),
         pid: child.id(),
         child: Some(child),
+        restart: None,
+        temp_dir: None,
     })
 }
