@@ -80,6 +80,10 @@ pub struct QueueState {
     /// Record [`Change`]s in the effects (durable queues only: the others
     /// pay nothing for it).
     journal: bool,
+    /// Last nack's error text of tasks that have one, for their dead
+    /// letter. Beside the tasks rather than in them: few tasks fail, and a
+    /// field in every task would cost every task.
+    errors: HashMap<TaskId, Box<str>>,
 }
 
 impl QueueState {
@@ -100,7 +104,6 @@ impl QueueState {
                 seq: self.next_seq,
                 priority: t.priority,
                 attempt: t.attempt,
-                last_error: None,
             };
             self.next_seq += 1;
             self.stats.payload_bytes += entry.body.payload.len() as u64;
@@ -132,6 +135,7 @@ impl QueueState {
             next_seq: 0,
             stats: QueueStats::default(),
             journal: false,
+            errors: HashMap::new(),
         }
     }
 
@@ -278,7 +282,6 @@ impl QueueState {
                 seq: self.next_seq,
                 priority: t.priority,
                 attempt: 0,
-                last_error: None,
             };
             self.next_seq += 1;
             self.stats.enqueued_total += 1;
@@ -356,6 +359,8 @@ impl QueueState {
         self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
         let n = self.ready.clear() + self.delayed.len() as u64;
         self.delayed.clear();
+        let leased = &self.leased;
+        self.errors.retain(|id, _| leased.contains_key(id));
         self.stats.purged_total += n;
         self.dispatch(now, fx);
         n
@@ -556,6 +561,9 @@ impl QueueState {
     ) -> Result<(), SettleError> {
         let lease = self.end_lease(id, attempt)?;
         self.record(fx, || Change::Removed { id });
+        if !self.errors.is_empty() {
+            self.errors.remove(&id);
+        }
         self.stats.payload_bytes = self
             .stats
             .payload_bytes
@@ -578,12 +586,16 @@ impl QueueState {
         error: &str,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        let mut lease = self.end_lease(id, attempt)?;
+        let lease = self.end_lease(id, attempt)?;
         self.stats.nacked_total += 1;
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.nacked += 1;
         }
-        lease.entry.last_error = (!error.is_empty()).then(|| error.into());
+        if error.is_empty() {
+            self.errors.remove(&id);
+        } else {
+            self.errors.insert(id, error.into());
+        }
         match action {
             NackAction::Retry { delay_ms, priority } => self.retry_or_dead(
                 now,
@@ -701,7 +713,11 @@ impl QueueState {
             priority: entry.priority,
             attempts: entry.attempt,
             reason,
-            error: entry.last_error.map(String::from).unwrap_or_default(),
+            error: self
+                .errors
+                .remove(&entry.id)
+                .map(String::from)
+                .unwrap_or_default(),
         });
     }
 

@@ -27,8 +27,6 @@ pub struct Entry {
     pub priority: i32,
     /// Deliveries so far.
     pub attempt: u32,
-    /// Last nack's error text, for dead letters.
-    pub last_error: Option<Box<str>>,
 }
 
 /// Serve-first order of an entry under a queue order: smaller first.
@@ -245,7 +243,6 @@ mod tests {
             seq,
             priority,
             attempt: 0,
-            last_error: None,
         }
     }
 
