@@ -20,6 +20,8 @@ fn queue(order: Order) -> QueueState {
         order,
         ack_deadline_ms: 30_000,
         max_attempts: 5,
+        retry: sluice_broker::engine::Backoff::NONE,
+        key_window_ms: 1000,
     })
 }
 
@@ -31,6 +33,7 @@ fn tasks(first: u64, n: u64, payload: &Bytes) -> Vec<NewTask> {
             headers: HashMap::new(),
             priority: (i % 7) as i32,
             delay_ms: 0,
+            key: None,
         })
         .collect()
 }

@@ -368,6 +368,7 @@ mod tests {
             attempt: 1,
             deadline: 0,
             priority: 0,
+            key: None,
         }
     }
 

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::engine::{Change, Millis, Order, QueueConfig, Restored, TaskBody, TaskId};
+use crate::engine::{Backoff, Change, Millis, Order, QueueConfig, Restored, TaskBody, TaskId};
 use crate::registry::QueueSpec;
 
 /// One log record.
@@ -64,6 +64,14 @@ pub struct QueueDef {
     pub dead_letter: String,
     #[prost(uint64, tag = "7")]
     pub created_at: u64,
+    #[prost(uint64, tag = "8")]
+    pub retry_initial_ms: u64,
+    #[prost(uint64, tag = "9")]
+    pub retry_max_ms: u64,
+    #[prost(uint32, tag = "10")]
+    pub retry_multiplier_milli: u32,
+    #[prost(uint64, tag = "11")]
+    pub key_window_ms: u64,
 }
 
 /// Changes to one queue's tasks, in the order they happened.
@@ -114,6 +122,9 @@ pub struct StoredTask {
     /// Deliveries so far (a compaction rewrites live tasks with theirs).
     #[prost(uint32, tag = "7")]
     pub attempt: u32,
+    /// Idempotency key; empty: none.
+    #[prost(string, tag = "8")]
+    pub key: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -153,6 +164,10 @@ pub fn define(spec: &QueueSpec, created_at: Millis) -> Bytes {
         max_attempts: c.max_attempts,
         dead_letter: spec.dead_letter.clone().unwrap_or_default(),
         created_at,
+        retry_initial_ms: c.retry.initial_ms,
+        retry_max_ms: c.retry.max_ms,
+        retry_multiplier_milli: c.retry.multiplier_milli,
+        key_window_ms: c.key_window_ms,
     }))
 }
 
@@ -179,6 +194,7 @@ fn change_msg(c: &Change) -> ChangeMsg {
             priority,
             due,
             attempt,
+            key,
         } => Kind::Stored(StoredTask {
             id: id.0,
             payload: body.payload.clone(),
@@ -187,6 +203,7 @@ fn change_msg(c: &Change) -> ChangeMsg {
             due: *due,
             enqueued_at: body.enqueued_at,
             attempt: *attempt,
+            key: key.as_deref().unwrap_or_default().to_owned(),
         }),
         Change::Attempt { id, attempt } => Kind::Attempt(AttemptMsg {
             id: id.0,
@@ -244,6 +261,12 @@ impl Recovery {
                         order,
                         ack_deadline_ms: d.ack_deadline_ms,
                         max_attempts: d.max_attempts,
+                        retry: Backoff {
+                            initial_ms: d.retry_initial_ms,
+                            max_ms: d.retry_max_ms,
+                            multiplier_milli: d.retry_multiplier_milli.max(1000),
+                        },
+                        key_window_ms: d.key_window_ms,
                     },
                     dead_letter: (!d.dead_letter.is_empty()).then_some(d.dead_letter),
                     durable: true,
@@ -293,6 +316,7 @@ fn apply_change(q: &mut RecoveredQueue, m: ChangeMsg, max_id: &mut u64) {
                     priority: t.priority,
                     attempt: t.attempt,
                     due: t.due,
+                    key: (!t.key.is_empty()).then(|| t.key.into()),
                 },
             );
         }
@@ -326,6 +350,12 @@ mod tests {
                 order: Order::Priority,
                 ack_deadline_ms: 1000,
                 max_attempts: 3,
+                retry: Backoff {
+                    initial_ms: 100,
+                    max_ms: 1000,
+                    multiplier_milli: 2500,
+                },
+                key_window_ms: 1000,
             },
             dead_letter: Some("dlq".into()),
             durable: true,
@@ -350,6 +380,7 @@ mod tests {
             priority: 1,
             due: 0,
             attempt: 0,
+            key: None,
         };
         r.apply(&changes(
             "q",

@@ -140,9 +140,11 @@ struct Inner {
 }
 
 /// What a stored enqueue reports back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Stored {
     pub first_id: TaskId,
+    /// Tasks not stored because their key was taken: (new id, holder).
+    pub duplicates: Vec<(TaskId, TaskId)>,
     pub depth: u64,
     pub capacity: u64,
     pub waited_ms: u64,
@@ -597,19 +599,24 @@ impl Broker {
             EnqueueMode::FailFast
         };
         let started = Instant::now();
-        let ((res, depth), durability) = self.apply_logged(q, |sh, now, fx| {
+        let ((res, depth, duplicates), durability) = self.apply_logged(q, |sh, now, fx| {
             if sh.deleted {
-                return (Err(None), 0);
+                return (Err(None), 0, Vec::new());
             }
             let r = sh.state.enqueue(now, tasks, mode, fx);
             if let Ok(Enqueued::Waiting(p)) = r {
                 sh.putters.insert(p, tx);
             }
-            (r.map_err(Some), sh.state.depth())
+            (
+                r.map_err(Some),
+                sh.state.depth(),
+                std::mem::take(&mut fx.duplicates),
+            )
         });
         let capacity = q.spec.config.capacity;
         let stored = |depth| Stored {
             first_id,
+            duplicates: duplicates.clone(),
             depth,
             capacity,
             waited_ms: started.elapsed().as_millis() as u64,
@@ -912,6 +919,7 @@ fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
         headers,
         priority: d.priority,
         delay_ms: 0,
+        key: None,
     }
 }
 
@@ -935,6 +943,9 @@ fn describe_diff(a: &QueueSpec, b: &QueueSpec) -> String {
             "max_attempts {} vs {}",
             x.max_attempts, y.max_attempts
         ));
+    }
+    if x.retry != y.retry {
+        diffs.push(format!("retry backoff {:?} vs {:?}", x.retry, y.retry));
     }
     if a.durable != b.durable {
         diffs.push(format!("durable {} vs {}", a.durable, b.durable));

@@ -107,7 +107,16 @@ impl SluiceService for Service {
         let tasks = validate::new_tasks(req.tasks, first, &self.limits)?;
         let stored = self.broker.enqueue(&q, tasks, wait, deadline).await?;
         let ids = (0..n)
-            .map(|i| validate::task_id_str(crate::engine::TaskId(stored.first_id.0 + i)))
+            .map(|i| {
+                let id = crate::engine::TaskId(stored.first_id.0 + i);
+                // A task whose key was taken answers the holder's id.
+                let id = stored
+                    .duplicates
+                    .iter()
+                    .find(|(new, _)| *new == id)
+                    .map_or(id, |(_, holder)| *holder);
+                validate::task_id_str(id)
+            })
             .collect();
         Ok(Response::new(pb::EnqueueResponse {
             ids,
@@ -267,7 +276,7 @@ pub(crate) fn delivery(queue: &str, d: &Delivery) -> pb::Delivery {
             headers: d.body.headers.as_deref().cloned().unwrap_or_default(),
             priority: d.priority,
             enqueued_at_unix_ms: d.body.enqueued_at,
-            key: String::new(),
+            key: d.key.as_deref().unwrap_or_default().to_owned(),
             job_id: String::new(),
         }),
         attempt: d.attempt,
@@ -292,9 +301,10 @@ fn queue_info(q: &QueueHandle) -> pb::QueueInfo {
             ack_deadline_ms: c.ack_deadline_ms,
             max_attempts: Some(c.max_attempts),
             dead_letter: q.spec.dead_letter.clone().unwrap_or_default(),
-            retry_initial_ms: 0,
-            retry_max_ms: 0,
-            retry_multiplier: 0.0,
+            retry_initial_ms: Some(c.retry.initial_ms),
+            retry_max_ms: c.retry.max_ms,
+            retry_multiplier: f64::from(c.retry.multiplier_milli) / 1000.0,
+            idempotency_window_ms: c.key_window_ms,
         }),
         stats: Some(queue_stats(&stats, c.capacity)),
         consumers: consumers.iter().map(consumer_info).collect(),
@@ -321,6 +331,7 @@ fn queue_stats(s: &QueueStats, capacity: u64) -> pb::QueueStats {
         purged_total: s.purged_total,
         capacity,
         payload_bytes: s.payload_bytes,
+        retrying: s.retrying,
     }
 }
 

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use sluice_proto::v1 as pb;
 
-use crate::engine::{NackAction, NewTask, Order, QueueConfig, TaskId};
+use crate::engine::{Backoff, NackAction, NewTask, Order, QueueConfig, TaskId};
 use crate::error::{Error, Result};
 use crate::registry::QueueSpec;
 
@@ -77,9 +77,7 @@ pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec>
         0 => DEFAULT_ACK_DEADLINE_MS,
         d => lease_ms(d, "ack_deadline_ms")?,
     };
-    if o.retry_initial_ms != 0 || o.retry_max_ms != 0 || o.retry_multiplier != 0.0 {
-        return Err(Error::Unimplemented("retry backoff"));
-    }
+    let retry = backoff(o)?;
     let dead_letter = match o.dead_letter.as_str() {
         "" => None,
         dl => {
@@ -99,9 +97,61 @@ pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec>
             order,
             ack_deadline_ms,
             max_attempts: o.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            retry,
+            key_window_ms: match o.idempotency_window_ms {
+                0 => DEFAULT_KEY_WINDOW_MS,
+                w if w > MAX_DELAY_MS => {
+                    return Err(Error::invalid(format!(
+                        "idempotency_window_ms {w} is over the limit of {MAX_DELAY_MS}"
+                    )));
+                }
+                w => w,
+            },
         },
         dead_letter,
         durable: o.durable,
+    })
+}
+
+pub const DEFAULT_RETRY_INITIAL_MS: u64 = 1000;
+pub const DEFAULT_KEY_WINDOW_MS: u64 = 300_000;
+pub const MAX_KEY_LEN: usize = 256;
+pub const DEFAULT_RETRY_MAX_MS: u64 = 300_000;
+
+/// The retry backoff of a CreateQueue request, defaults filled in.
+fn backoff(o: &pb::QueueOptions) -> Result<Backoff> {
+    let initial_ms = o.retry_initial_ms.unwrap_or(DEFAULT_RETRY_INITIAL_MS);
+    if initial_ms > MAX_LEASE_MS {
+        return Err(Error::invalid(format!(
+            "retry_initial_ms {initial_ms} is over the limit of {MAX_LEASE_MS}"
+        )));
+    }
+    let max_ms = match o.retry_max_ms {
+        0 => DEFAULT_RETRY_MAX_MS.max(initial_ms),
+        m if m < initial_ms || m > MAX_DELAY_MS => {
+            return Err(Error::invalid(format!(
+                "retry_max_ms {m} must be between retry_initial_ms ({initial_ms}) and {MAX_DELAY_MS}"
+            )));
+        }
+        m => m,
+    };
+    let multiplier = if o.retry_multiplier == 0.0 {
+        2.0
+    } else {
+        o.retry_multiplier
+    };
+    if !(1.0..=100.0).contains(&multiplier) {
+        return Err(Error::invalid(format!(
+            "retry_multiplier {multiplier} must be between 1.0 and 100.0"
+        )));
+    }
+    if initial_ms == 0 {
+        return Ok(Backoff::NONE);
+    }
+    Ok(Backoff {
+        initial_ms,
+        max_ms,
+        multiplier_milli: (multiplier * 1000.0).round() as u32,
     })
 }
 
@@ -139,8 +189,11 @@ pub fn batch_len(n: usize) -> Result<u64> {
 }
 
 fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<NewTask> {
-    if !t.key.is_empty() {
-        return Err(Error::Unimplemented("idempotency keys (NewTask.key)"));
+    if t.key.len() > MAX_KEY_LEN {
+        return Err(Error::invalid(format!(
+            "task {i}: key is {} bytes, over the limit of {MAX_KEY_LEN}",
+            t.key.len()
+        )));
     }
     if !t.job_id.is_empty() {
         return Err(Error::Unimplemented("jobs (NewTask.job_id)"));
@@ -175,6 +228,7 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
         headers: t.headers,
         priority: t.priority,
         delay_ms: t.delay_ms,
+        key: (!t.key.is_empty()).then(|| t.key.into()),
     })
 }
 
@@ -210,11 +264,10 @@ pub fn parse_task_id(s: &str) -> Option<TaskId> {
 pub fn nack_action(n: &pb::NackItem) -> std::result::Result<NackAction, String> {
     match pb::NackAction::try_from(n.action) {
         Ok(pb::NackAction::Unspecified | pb::NackAction::Retry) => {
-            if n.delay_ms > MAX_DELAY_MS {
-                return Err(format!(
-                    "delay_ms {} is over the limit of {MAX_DELAY_MS}",
-                    n.delay_ms
-                ));
+            if let Some(d) = n.delay_ms
+                && d > MAX_DELAY_MS
+            {
+                return Err(format!("delay_ms {d} is over the limit of {MAX_DELAY_MS}"));
             }
             Ok(NackAction::Retry {
                 delay_ms: n.delay_ms,

@@ -56,6 +56,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
                 headers: Default::default(),
                 priority: 0,
                 delay_ms: 0,
+                key: None,
             })
             .collect();
         broker
@@ -101,6 +102,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
         headers: Default::default(),
         priority: 0,
         delay_ms: 0,
+        key: None,
     };
     broker
         .enqueue(&q, vec![t], true, None)

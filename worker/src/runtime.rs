@@ -413,14 +413,15 @@ fn push_outcome(frame: &mut ConsumeRequest, lease: LeaseRef, outcome: Outcome) {
         Outcome::Retry { error, delay } => frame.nacks.push(NackItem {
             lease: Some(lease),
             action: NackAction::Retry as i32,
-            delay_ms: delay.map_or(0, |d| d.as_millis() as u64),
+            // No delay of its own: the queue's retry backoff applies.
+            delay_ms: delay.map(|d| d.as_millis() as u64),
             priority: None,
             error,
         }),
         Outcome::DeadLetter { error } => frame.nacks.push(NackItem {
             lease: Some(lease),
             action: NackAction::DeadLetter as i32,
-            delay_ms: 0,
+            delay_ms: None,
             priority: None,
             error,
         }),

@@ -52,6 +52,53 @@ pub struct QueueConfig {
     pub ack_deadline_ms: u64,
     /// Deliveries after which a failed task is dead; 0 = unlimited.
     pub max_attempts: u32,
+    /// How long a failed task waits before it is ready again.
+    pub retry: Backoff,
+    /// How long after a keyed task is done its key still dedupes.
+    pub key_window_ms: u64,
+}
+
+/// Retry backoff: `initial * multiplier^(attempt-1)`, capped at `max`, with
+/// "equal jitter" (half the delay fixed, half spread), so tasks that failed
+/// together do not all come back in the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// 0 = no backoff: a failed task is ready again at once.
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    /// The multiplier times 1000 (kept integral so configs compare exactly).
+    pub multiplier_milli: u32,
+}
+
+impl Backoff {
+    pub const NONE: Backoff = Backoff {
+        initial_ms: 0,
+        max_ms: 0,
+        multiplier_milli: 1000,
+    };
+
+    /// The delay before delivery `attempt + 1` of task `id`, after delivery
+    /// `attempt` failed. The jitter comes from the id and attempt, not from
+    /// a random source: the engine stays deterministic, and a replay
+    /// computes the same delay.
+    pub fn delay(&self, id: TaskId, attempt: u32) -> u64 {
+        if self.initial_ms == 0 {
+            return 0;
+        }
+        let factor = (f64::from(self.multiplier_milli) / 1000.0)
+            .powi(attempt.saturating_sub(1).min(1000) as i32);
+        let full = (self.initial_ms as f64 * factor).min(self.max_ms as f64) as u64;
+        let spread = mix(id.0 ^ (u64::from(attempt) << 48)) % 1001;
+        full / 2 + (full / 2) * spread / 1000
+    }
+}
+
+/// splitmix64's finaliser: a well-spread hash of a number.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// What a producer submits; the id is assigned by the caller so the engine
@@ -63,6 +110,9 @@ pub struct NewTask {
     pub headers: HashMap<String, String>,
     pub priority: i32,
     pub delay_ms: u64,
+    /// Idempotency key: while a task with this key is unfinished (and for
+    /// the queue's key window after), the same key adds nothing.
+    pub key: Option<Box<str>>,
 }
 
 /// Task headers. Boxed and optional: most tasks have none, and a queue
@@ -89,6 +139,8 @@ pub struct Delivery {
     pub deadline: Millis,
     /// Priority the task is served with now (a nack may have changed it).
     pub priority: i32,
+    /// Its idempotency key, if it has one.
+    pub key: Option<Box<str>>,
 }
 
 /// Why a task left the queue without being acked.
@@ -131,6 +183,7 @@ pub enum Change {
         /// Deliveries so far: 0 for a new task, more when a live task is
         /// written again (compaction).
         attempt: u32,
+        key: Option<Box<str>>,
     },
     /// The task's delivery count is now `attempt` (a delivery, or one
     /// undone).
@@ -153,6 +206,7 @@ pub struct Restored {
     pub priority: i32,
     pub attempt: u32,
     pub due: Millis,
+    pub key: Option<Box<str>>,
 }
 
 /// What the caller must do after an engine call.
@@ -168,15 +222,19 @@ pub struct Effects {
     pub rearm: bool,
     /// For a queue that keeps a journal: what to write to the log, in order.
     pub changes: Vec<Change>,
+    /// Enqueued tasks that were not stored because their idempotency key
+    /// was taken: (the id given to the new task, the id of the task that
+    /// holds the key).
+    pub duplicates: Vec<(TaskId, TaskId)>,
 }
 
 /// How a nack wants the task handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NackAction {
-    /// Ready again after `delay_ms` (counts an attempt), or dead after
-    /// `max_attempts`.
+    /// Ready again after `delay_ms` (None: the queue's backoff; counts an
+    /// attempt), or dead after `max_attempts`.
     Retry {
-        delay_ms: u64,
+        delay_ms: Option<u64>,
         priority: Option<i32>,
     },
     /// Gone for good, never dead-lettered.
@@ -241,6 +299,8 @@ pub struct QueueStats {
     pub purged_total: u64,
     /// Payload bytes of the unfinished tasks.
     pub payload_bytes: u64,
+    /// Delayed tasks that are waiting out a retry backoff.
+    pub retrying: u64,
 }
 
 impl QueueStats {

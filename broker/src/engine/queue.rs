@@ -88,6 +88,23 @@ pub struct QueueState {
     /// letter. Beside the tasks rather than in them: few tasks fail, and a
     /// field in every task would cost every task.
     errors: HashMap<TaskId, Box<str>>,
+    /// Delayed tasks that wait out a retry (for stats).
+    retrying: rustc_hash::FxHashSet<TaskId>,
+    /// Idempotency keys in use: by unfinished tasks (`done` None), or by
+    /// tasks done less than the key window ago.
+    keys: HashMap<Box<str>, KeyUse>,
+    /// The key of each unfinished keyed task (beside the tasks: most have
+    /// none).
+    task_keys: HashMap<TaskId, Box<str>>,
+    /// Keys of done tasks, in the order their windows end.
+    key_expiry: VecDeque<(Millis, Box<str>, TaskId)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeyUse {
+    id: TaskId,
+    /// When its task was done; None while unfinished.
+    done: Option<Millis>,
 }
 
 impl QueueState {
@@ -111,6 +128,16 @@ impl QueueState {
             };
             self.next_seq += 1;
             self.stats.payload_bytes += entry.body.payload.len() as u64;
+            if let Some(key) = t.key {
+                self.keys.insert(
+                    key.clone(),
+                    KeyUse {
+                        id: t.id,
+                        done: None,
+                    },
+                );
+                self.task_keys.insert(t.id, key);
+            }
             if t.due > now {
                 self.delay(t.due, entry, fx);
             } else {
@@ -140,6 +167,73 @@ impl QueueState {
             stats: QueueStats::default(),
             journal: false,
             errors: HashMap::default(),
+            retrying: Default::default(),
+            keys: HashMap::default(),
+            task_keys: HashMap::default(),
+            key_expiry: VecDeque::new(),
+        }
+    }
+
+    /// The task holding `key` now, if any (a done task's key counts until
+    /// its window ends).
+    fn key_holder(&self, now: Millis, key: &str) -> Option<TaskId> {
+        let k = self.keys.get(key)?;
+        match k.done {
+            Some(done) if done.saturating_add(self.config.key_window_ms) <= now => None,
+            _ => Some(k.id),
+        }
+    }
+
+    /// Drops tasks whose key is taken (noting them in `fx.duplicates`) and
+    /// reserves the keys of the others for them.
+    fn dedupe(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) -> Vec<NewTask> {
+        if tasks.iter().all(|t| t.key.is_none()) {
+            return tasks;
+        }
+        let mut kept = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            if let Some(key) = &t.key {
+                if let Some(holder) = self.key_holder(now, key) {
+                    fx.duplicates.push((t.id, holder));
+                    continue;
+                }
+                self.keys.insert(
+                    key.clone(),
+                    KeyUse {
+                        id: t.id,
+                        done: None,
+                    },
+                );
+                self.task_keys.insert(t.id, key.clone());
+            }
+            kept.push(t);
+        }
+        kept
+    }
+
+    /// Gives up the keys reserved for tasks that will not be stored.
+    fn release_keys(&mut self, tasks: &[NewTask]) {
+        for t in tasks {
+            if let Some(key) = self.task_keys.remove(&t.id)
+                && self.keys.get(&key).is_some_and(|k| k.id == t.id)
+            {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    /// A task is done: its key (if any) stays taken for the key window.
+    fn key_done(&mut self, now: Millis, id: TaskId) {
+        if self.task_keys.is_empty() {
+            return;
+        }
+        if let Some(key) = self.task_keys.remove(&id)
+            && let Some(k) = self.keys.get_mut(&key)
+            && k.id == id
+        {
+            k.done = Some(now);
+            let until = now.saturating_add(self.config.key_window_ms);
+            self.key_expiry.push_back((until, key, id));
         }
     }
 
@@ -186,13 +280,22 @@ impl QueueState {
                 capacity: self.config.capacity,
             });
         }
+        let tasks = self.dedupe(now, tasks, fx);
+        let batch = tasks.len() as u64;
+        if batch == 0 {
+            return Ok(Enqueued::Stored);
+        }
         if self.putters.is_empty() && self.depth() + batch <= self.config.capacity {
             self.store(now, tasks, fx);
             self.dispatch(now, fx);
             return Ok(Enqueued::Stored);
         }
         match mode {
-            EnqueueMode::FailFast => Err(EnqueueError::Full),
+            EnqueueMode::FailFast => {
+                self.release_keys(&tasks);
+                fx.duplicates.clear();
+                Err(EnqueueError::Full)
+            }
             EnqueueMode::Wait(id) => {
                 self.waiting_tasks += batch;
                 self.putters.push_back(Putter { id, tasks, at: now });
@@ -209,6 +312,7 @@ impl QueueState {
         };
         if let Some(p) = self.putters.remove(pos) {
             self.waiting_tasks -= p.tasks.len() as u64;
+            self.release_keys(&p.tasks);
         }
         // A large batch at the head may have been holding smaller ones back.
         self.dispatch(now, fx);
@@ -233,6 +337,7 @@ impl QueueState {
             priority: e.priority,
             due,
             attempt: e.attempt,
+            key: self.task_keys.get(&e.id).cloned(),
         };
         let mut out: Vec<Change> = Vec::with_capacity(self.unfinished() as usize);
         // (stats.payload_bytes is kept up to date by every path in and out.)
@@ -247,6 +352,14 @@ impl QueueState {
     /// consumer already took stays with it. Returns how many were removed.
     /// Slow (a scan of the queue), and only for that failure.
     pub fn retract(&mut self, ids: &std::collections::HashSet<TaskId>) -> u64 {
+        // Their keys are free again: those tasks never were.
+        for id in ids {
+            if let Some(key) = self.task_keys.remove(id)
+                && self.keys.get(&key).is_some_and(|k| k.id == *id)
+            {
+                self.keys.remove(&key);
+            }
+        }
         let before = self.depth();
         let mut bytes = 0;
         self.ready.retain(|e| {
@@ -301,6 +414,7 @@ impl QueueState {
                 priority: entry.priority,
                 due,
                 attempt: 0,
+                key: t.key.clone(),
             });
             if due > 0 {
                 self.delay(due, entry, fx);
@@ -361,10 +475,22 @@ impl QueueState {
             .map(|e| e.body.payload.len() as u64)
             .sum();
         self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
+        if !self.task_keys.is_empty() {
+            let keyed: Vec<TaskId> = self
+                .ready
+                .ids()
+                .chain(self.delayed.keys().map(|(_, id)| *id))
+                .filter(|id| self.task_keys.contains_key(id))
+                .collect();
+            for id in keyed {
+                self.key_done(now, id);
+            }
+        }
         let n = self.ready.clear() + self.delayed.len() as u64;
         self.delayed.clear();
         let leased = &self.leased;
         self.errors.retain(|id, _| leased.contains_key(id));
+        self.retrying.clear();
         self.stats.purged_total += n;
         self.dispatch(now, fx);
         n
@@ -449,7 +575,9 @@ impl QueueState {
             if self.leased.get(&task).is_some_and(|l| l.owner == id)
                 && let Some(lease) = self.take_lease(task)
             {
-                self.retry_or_dead(now, lease.entry, 0, None, DeadReason::MaxAttempts, fx);
+                // A lost consumer is not the task's failure to wait out:
+                // ready again at once, no backoff.
+                self.retry_or_dead(now, lease.entry, Some(0), None, DeadReason::MaxAttempts, fx);
             }
         }
         self.dispatch(now, fx);
@@ -509,6 +637,11 @@ impl QueueState {
                     attempt: entry.attempt,
                     deadline,
                     priority: entry.priority,
+                    key: if self.task_keys.is_empty() {
+                        None
+                    } else {
+                        self.task_keys.get(&entry.id).cloned()
+                    },
                 },
             ));
             self.stats.delivered_total += 1;
@@ -565,6 +698,7 @@ impl QueueState {
     ) -> Result<(), SettleError> {
         let lease = self.end_lease(id, attempt)?;
         self.record(fx, || Change::Removed { id });
+        self.key_done(now, id);
         if !self.errors.is_empty() {
             self.errors.remove(&id);
         }
@@ -609,8 +743,8 @@ impl QueueState {
                 DeadReason::MaxAttempts,
                 fx,
             ),
-            NackAction::Drop => self.kill(lease.entry, DeadReason::Dropped, fx),
-            NackAction::DeadLetter => self.kill(lease.entry, DeadReason::Rejected, fx),
+            NackAction::Drop => self.kill(now, lease.entry, DeadReason::Dropped, fx),
+            NackAction::DeadLetter => self.kill(now, lease.entry, DeadReason::Rejected, fx),
         }
         self.dispatch(now, fx);
         Ok(())
@@ -664,24 +798,27 @@ impl QueueState {
     }
 
     /// A leased task failed (nack, expiry, lost consumer): back to ready
-    /// (or delayed) unless it used up its attempts.
+    /// after `delay_ms` (None: the queue's backoff) unless it used up its
+    /// attempts.
     fn retry_or_dead(
         &mut self,
         now: Millis,
         mut entry: Entry,
-        delay_ms: u64,
+        delay_ms: Option<u64>,
         priority: Option<i32>,
         reason: DeadReason,
         fx: &mut Effects,
     ) {
         let max = self.config.max_attempts;
         if max > 0 && entry.attempt >= max {
-            self.kill(entry, reason, fx);
+            self.kill(now, entry, reason, fx);
             return;
         }
         if let Some(p) = priority {
             entry.priority = p;
         }
+        let backoff = delay_ms.is_none();
+        let delay_ms = delay_ms.unwrap_or_else(|| self.config.retry.delay(entry.id, entry.attempt));
         // A plain return needs no record: every recovered task is ready.
         // A new priority or a delay must survive a restart.
         let due = if delay_ms > 0 {
@@ -697,6 +834,9 @@ impl QueueState {
             });
         }
         if due > 0 {
+            if backoff {
+                self.retrying.insert(entry.id);
+            }
             self.delay(due, entry, fx);
         } else {
             self.ready.push_returned(entry);
@@ -704,7 +844,8 @@ impl QueueState {
     }
 
     /// Removes a (no longer leased) task as a failure.
-    fn kill(&mut self, entry: Entry, reason: DeadReason, fx: &mut Effects) {
+    fn kill(&mut self, now: Millis, entry: Entry, reason: DeadReason, fx: &mut Effects) {
+        self.key_done(now, entry.id);
         self.stats.dead_total += 1;
         self.stats.payload_bytes = self
             .stats
@@ -735,7 +876,23 @@ impl QueueState {
                 break;
             }
             let e = entry.remove();
+            if !self.retrying.is_empty() {
+                self.retrying.remove(&e.id);
+            }
             self.ready.push_returned(e);
+        }
+        while let Some((until, _, _)) = self.key_expiry.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, key, id)) = self.key_expiry.pop_front()
+                && self
+                    .keys
+                    .get(&key)
+                    .is_some_and(|k| k.id == id && k.done.is_some())
+            {
+                self.keys.remove(&key);
+            }
         }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
@@ -746,7 +903,7 @@ impl QueueState {
                 continue;
             };
             self.stats.expired_total += 1;
-            self.retry_or_dead(now, lease.entry, 0, None, DeadReason::MaxAttempts, fx);
+            self.retry_or_dead(now, lease.entry, None, None, DeadReason::MaxAttempts, fx);
         }
         self.dispatch(now, fx);
     }
@@ -762,6 +919,7 @@ impl QueueState {
             waiting_tasks: self.waiting_tasks,
             consumers: self.consumers.len() as u64,
             credit: self.consumers.values().map(|c| c.credit).sum(),
+            retrying: self.retrying.len() as u64,
             ..self.stats.clone()
         }
     }

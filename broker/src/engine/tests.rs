@@ -14,6 +14,8 @@ fn cfg(capacity: u64, order: Order) -> QueueConfig {
         order,
         ack_deadline_ms: 1000,
         max_attempts: 3,
+        retry: Backoff::NONE,
+        key_window_ms: 1000,
     }
 }
 
@@ -24,6 +26,7 @@ fn task(id: u64, priority: i32) -> NewTask {
         headers: HashMap::new(),
         priority,
         delay_ms: 0,
+        key: None,
     }
 }
 
@@ -198,7 +201,7 @@ fn nack_with_priority_comes_back_ahead() {
     q.add_consumer(ConsumerId(1), "a".into(), String::new(), false, 0);
     q.grant(0, ConsumerId(1), 1, &mut fx);
     let retry = NackAction::Retry {
-        delay_ms: 0,
+        delay_ms: Some(0),
         priority: Some(0),
     };
     q.nack(0, TaskId(1), 1, retry, "boom", &mut fx)
@@ -344,6 +347,8 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
         order,
         ack_deadline_ms: 1000,
         max_attempts: 3,
+        retry: Backoff::NONE,
+        key_window_ms: 1000,
     });
     let mut m = Model::default();
     let mut now = 0u64;
@@ -427,7 +432,7 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                         .expect("in range");
                     let attempt = m.leased[&id].2;
                     let action = NackAction::Retry {
-                        delay_ms: 0,
+                        delay_ms: Some(0),
                         priority,
                     };
                     assert_eq!(
@@ -561,4 +566,151 @@ fn unsend_undoes_a_delivery_nobody_saw() {
         q.ack(0, d2.id, d2.attempt + 1, &mut Effects::default()),
         Err(SettleError::StaleLease)
     );
+}
+
+#[test]
+fn backoff_grows_is_capped_and_jittered_within_bounds() {
+    let b = Backoff {
+        initial_ms: 100,
+        max_ms: 1000,
+        multiplier_milli: 2000,
+    };
+    for id in 0..200 {
+        for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (9, 1000)] {
+            let d = b.delay(TaskId(id), attempt);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d} not in [{}, {full}]",
+                full / 2
+            );
+            assert_eq!(d, b.delay(TaskId(id), attempt), "deterministic");
+        }
+    }
+    // Jitter actually spreads.
+    let spread: std::collections::HashSet<u64> = (0..50).map(|id| b.delay(TaskId(id), 3)).collect();
+    assert!(spread.len() > 10);
+    assert_eq!(Backoff::NONE.delay(TaskId(1), 5), 0);
+}
+
+#[test]
+fn failures_wait_out_the_backoff_but_a_lost_consumer_does_not() {
+    let mut c = cfg(10, Order::Fifo);
+    c.retry = Backoff {
+        initial_ms: 1000,
+        max_ms: 10_000,
+        multiplier_milli: 2000,
+    };
+    let mut q = QueueState::new(c);
+    put(&mut q, &[(1, 0)]);
+    let mut fx = Effects::default();
+    q.add_consumer(ConsumerId(1), "a".into(), String::new(), false, 0);
+    q.grant(0, ConsumerId(1), 1, &mut fx);
+    let retry = NackAction::Retry {
+        delay_ms: None,
+        priority: None,
+    };
+    q.nack(0, TaskId(1), 1, retry, "x", &mut fx).expect("held");
+    assert_eq!(q.stats().delayed, 1);
+    assert_eq!(q.stats().retrying, 1);
+    let due = q.next_deadline().expect("a due time");
+    assert!((500..=1000).contains(&due), "{due}");
+    q.tick(due - 1, &mut fx);
+    assert_eq!(q.stats().ready, 0);
+    q.grant(due, ConsumerId(1), 1, &mut fx);
+    q.tick(due, &mut fx);
+    assert_eq!(q.stats().retrying, 0);
+    assert_eq!(q.stats().leased, 1, "delivered once due");
+
+    // The consumer goes away: the task is ready at once.
+    q.remove_consumer(due, ConsumerId(1), &mut fx);
+    assert_eq!(q.stats().ready, 1);
+    assert_eq!(q.stats().retrying, 0);
+}
+
+fn keyed(id: u64, key: &str) -> NewTask {
+    NewTask {
+        key: Some(key.into()),
+        ..task(id, 0)
+    }
+}
+
+#[test]
+fn a_key_makes_one_task_while_unfinished_and_for_its_window() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    let mut fx = Effects::default();
+    let mode = EnqueueMode::FailFast;
+    q.enqueue(0, vec![keyed(1, "k"), keyed(2, "k")], mode, &mut fx)
+        .expect("fits");
+    assert_eq!(
+        fx.duplicates,
+        vec![(TaskId(2), TaskId(1))],
+        "same key in one batch"
+    );
+    assert_eq!(q.stats().ready, 1);
+    let mut fx = Effects::default();
+    q.enqueue(5, vec![keyed(3, "k"), keyed(4, "other")], mode, &mut fx)
+        .expect("fits");
+    assert_eq!(fx.duplicates, vec![(TaskId(3), TaskId(1))]);
+    assert_eq!(q.stats().ready, 2);
+
+    // Done at t=10; the window is 1000 ms.
+    q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 10);
+    let mut fx = Effects::default();
+    q.grant(10, ConsumerId(1), 1, &mut fx);
+    assert_eq!(fx.deliveries[0].1.key.as_deref(), Some("k"));
+    q.ack(10, TaskId(1), 1, &mut fx).expect("ack");
+    let mut fx = Effects::default();
+    q.enqueue(1009, vec![keyed(5, "k")], mode, &mut fx)
+        .expect("fits");
+    assert_eq!(
+        fx.duplicates,
+        vec![(TaskId(5), TaskId(1))],
+        "inside the window"
+    );
+    q.tick(1010, &mut Effects::default());
+    let mut fx = Effects::default();
+    q.enqueue(1010, vec![keyed(6, "k")], mode, &mut fx)
+        .expect("fits");
+    assert!(fx.duplicates.is_empty(), "window over: a new task");
+    assert_eq!(q.stats().ready, 2);
+}
+
+#[test]
+fn a_refused_enqueue_gives_its_keys_back() {
+    let mut q = QueueState::new(cfg(1, Order::Fifo));
+    put(&mut q, &[(1, 0)]);
+    let mut fx = Effects::default();
+    let r = q.enqueue(0, vec![keyed(2, "k")], EnqueueMode::FailFast, &mut fx);
+    assert_eq!(r, Err(EnqueueError::Full));
+    // A producer that waits reserves the key; giving up releases it.
+    let r = q.enqueue(
+        0,
+        vec![keyed(3, "k")],
+        EnqueueMode::Wait(PutterId(1)),
+        &mut fx,
+    );
+    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(1))));
+    let mut fx = Effects::default();
+    q.enqueue(
+        0,
+        vec![keyed(4, "k")],
+        EnqueueMode::Wait(PutterId(2)),
+        &mut fx,
+    )
+    .expect("waits");
+    assert_eq!(
+        fx.duplicates,
+        vec![(TaskId(4), TaskId(3))],
+        "the waiting one holds it"
+    );
+    assert!(q.cancel_put(0, PutterId(1), &mut fx));
+    let mut fx = Effects::default();
+    q.enqueue(
+        0,
+        vec![keyed(5, "k")],
+        EnqueueMode::Wait(PutterId(3)),
+        &mut fx,
+    )
+    .expect("waits");
+    assert!(fx.duplicates.is_empty());
 }

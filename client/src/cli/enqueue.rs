@@ -50,6 +50,15 @@ pub struct EnqueueArgs {
     /// Keep the tasks back this long before they can be delivered (500ms, 1h).
     #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
     delay: Option<Duration>,
+    /// Idempotency key of the task (one PAYLOAD only): while a task with
+    /// this key is unfinished in the queue, and for the queue's key window
+    /// after, the same key stores nothing and prints the existing task's id.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// Keep the tasks back until this time (RFC 3339, e.g.
+    /// 2026-12-24T18:00:00Z); a time in the past means at once.
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak, conflicts_with = "delay", value_name = "TIME")]
+    at: Option<std::time::SystemTime>,
     /// Fail at once when the queue is full ("queue full", exit 75) instead
     /// of waiting for space.
     #[arg(long)]
@@ -74,13 +83,28 @@ impl EnqueueArgs {
     /// Checks what clap could not (headers), before any network traffic.
     pub fn plan(self) -> Result<Plan, Failure> {
         let headers = parse::headers(&self.headers).map_err(Failure::Usage)?;
+        if self.key.is_some() && self.payloads.len() != 1 {
+            // One key on many tasks would keep only the first of them.
+            return Err(Failure::Usage(
+                "--key names one task: give exactly one PAYLOAD".into(),
+            ));
+        }
         Ok(Plan {
             queue: self.queue,
             payloads: self.payloads,
             template: NewTask {
                 headers,
+                key: self.key.unwrap_or_default(),
                 priority: self.priority,
-                delay_ms: self.delay.map_or(0, duration_ms),
+                delay_ms: match (self.delay, self.at) {
+                    (Some(d), _) => duration_ms(d),
+                    // Relative to this machine's clock; the broker keeps the
+                    // delay, not the wall time.
+                    (None, Some(at)) => at
+                        .duration_since(std::time::SystemTime::now())
+                        .map_or(0, duration_ms),
+                    (None, None) => 0,
+                },
                 ..NewTask::default()
             },
             mode: if self.no_wait {

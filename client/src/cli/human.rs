@@ -138,6 +138,7 @@ pub fn queue_show(q: &QueueInfo) -> String {
         ("capacity", o.capacity.to_string()),
         ("ack deadline", ms(o.ack_deadline_ms)),
         ("max attempts", max_attempts),
+        ("retry backoff", retry_policy(&o)),
         ("dead letter", dead_letter),
         ("durable", if o.durable { "yes" } else { "no" }.to_owned()),
     ];
@@ -146,6 +147,19 @@ pub fn queue_show(q: &QueueInfo) -> String {
     }
     out.push_str(&stats_body(q));
     out
+}
+
+/// "1s x2 up to 5m", or "none" when failed tasks are ready again at once.
+fn retry_policy(o: &sluice_client::proto::QueueOptions) -> String {
+    match o.retry_initial_ms {
+        None | Some(0) => "none (ready again at once)".to_owned(),
+        Some(initial) => format!(
+            "{} x{} up to {}, jittered",
+            ms(initial),
+            o.retry_multiplier,
+            ms(o.retry_max_ms)
+        ),
+    }
 }
 
 /// `stats`: depths, counters and the consumers table of one queue.
@@ -160,8 +174,8 @@ fn stats_body(q: &QueueInfo) -> String {
         (
             "depth",
             format!(
-                "{} ready, {} delayed, {} leased ({} unfinished)",
-                s.ready, s.delayed, s.leased, s.unfinished
+                "{} ready, {} delayed ({} retrying), {} leased ({} unfinished)",
+                s.ready, s.delayed, s.retrying, s.leased, s.unfinished
             ),
         ),
         (
@@ -289,7 +303,7 @@ mod tests {
         };
         let text = queue_stats(&q);
         assert!(text.starts_with("queue jobs\n"));
-        assert!(text.contains("3 ready, 0 delayed, 0 leased"));
+        assert!(text.contains("3 ready, 0 delayed (0 retrying), 0 leased"));
         assert!(text.contains("c1"));
         assert!(text.contains("12ms"));
         assert!(queue_list(&[]).contains("no queues"));

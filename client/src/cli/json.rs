@@ -42,6 +42,7 @@ pub fn options(o: &QueueOptions) -> Value {
         "retry_initial_ms": o.retry_initial_ms,
         "retry_max_ms": o.retry_max_ms,
         "retry_multiplier": o.retry_multiplier,
+        "idempotency_window_ms": o.idempotency_window_ms,
     })
 }
 
@@ -54,6 +55,7 @@ pub fn stats(s: &QueueStats) -> Value {
         "unfinished": s.unfinished,
         "capacity": s.capacity,
         "payload_bytes": s.payload_bytes,
+        "retrying": s.retrying,
         "waiting_producers": s.waiting_producers,
         "waiting_tasks": s.waiting_tasks,
         "consumers": s.consumers,

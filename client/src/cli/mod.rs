@@ -10,6 +10,7 @@
 
 mod batch;
 mod bench;
+mod dlq;
 mod enqueue;
 pub mod exit;
 mod get;
@@ -70,6 +71,9 @@ enum Command {
     Join(join::JoinArgs),
     /// Show depths, counters and consumers of one queue or of all.
     Stats(stats::StatsArgs),
+    /// Dead letter queues: move dead tasks back to work.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Measure throughput, latency and resource use (like `nats bench`).
     ///
     /// P producers and C consumers against --broker, or against a broker it
@@ -114,6 +118,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Command::Get(cmd) => get::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Join(cmd) => join::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Stats(cmd) => stats::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Dlq(cmd) => dlq::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Bench(cmd) => bench::run(&broker, cmd, json).await,
         Command::BenchBaselineServer => bench::serve_baseline().await,
     }

@@ -66,10 +66,25 @@ pub struct CreateArgs {
     /// dropped.
     #[arg(long, value_name = "QUEUE")]
     dead_letter: Option<String>,
-    /// Keep the queue and its tasks across broker restarts (this broker
-    /// version refuses it).
+    /// Keep the queue and its tasks across broker restarts and crashes (in
+    /// the broker's write-ahead log).
     #[arg(long)]
     durable: bool,
+    /// First wait before a failed task (nacked, or its lease expired) is
+    /// ready again; 0 = at once (broker default: 1s).
+    #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
+    retry_initial: Option<Duration>,
+    /// Longest wait between retries (broker default: 5m).
+    #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
+    retry_max: Option<Duration>,
+    /// Factor between successive retry waits, 1.0 to 100.0 (broker
+    /// default: 2).
+    #[arg(long, value_name = "FACTOR")]
+    retry_multiplier: Option<f64>,
+    /// How long after a keyed task is done its idempotency key still
+    /// dedupes (broker default: 5m).
+    #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
+    key_window: Option<Duration>,
 }
 
 /// A queue's delivery order.
@@ -103,6 +118,12 @@ impl CreateArgs {
             ack_deadline_ms: self.ack_deadline.map_or(0, duration_ms),
             max_attempts: self.max_attempts,
             dead_letter: self.dead_letter.clone().unwrap_or_default(),
+            // Zero is meaningful here (no backoff), so it is sent as set;
+            // an absent flag leaves the field unset for the default.
+            retry_initial_ms: self.retry_initial.map(|d| d.as_millis() as u64),
+            retry_max_ms: self.retry_max.map_or(0, duration_ms),
+            retry_multiplier: self.retry_multiplier.unwrap_or(0.0),
+            idempotency_window_ms: self.key_window.map_or(0, duration_ms),
             ..QueueOptions::default()
         };
         if let Some(order) = self.order {

@@ -1,0 +1,232 @@
+//! A task's life in the broker: retries with backoff, dead letters and
+//! redrive, priority on retry, delays, idempotency keys, and what a
+//! restart keeps of all that.
+
+use std::time::{Duration, Instant};
+
+use sluice_client::proto::{ConsumeRequest, NackAction, NackItem};
+use sluice_tests::{Broker, DEADLINE, RawConsumer, eventually, lease_of, num};
+
+/// Reads `path` as one number per line (nanoseconds from `date +%s%N`).
+fn times(path: &std::path::Path) -> Vec<u128> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_failing_task_is_retried_with_growing_backoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("times");
+    let b = Broker::start();
+    b.ok(&[
+        "queue",
+        "create",
+        "q",
+        "--retry-initial",
+        "300ms",
+        "--retry-multiplier",
+        "3",
+        "--retry-max",
+        "10s",
+    ]);
+    // Fails on attempts 1 and 2, succeeds on 3.
+    let script = format!(
+        "date +%s%N >> {}; [ \"$SLUICE_ATTEMPT\" -ge 3 ] || exit 1; cat",
+        log.display()
+    );
+    let _w = b.worker("q", &["--concurrency", "2"], &["sh", "-c", &script]);
+    b.ok(&["enqueue", "q", "flaky"]);
+    eventually(DEADLINE, "acked on the third attempt", || {
+        num(&b.stats("q"), &["stats", "acked_total"]) == 1
+    });
+    assert_eq!(num(&b.stats("q"), &["stats", "delivered_total"]), 3);
+    let t = times(&log);
+    assert_eq!(t.len(), 3, "{t:?}");
+    let gap = |i: usize| Duration::from_nanos((t[i + 1] - t[i]) as u64);
+    // Backoff with equal jitter: 300ms -> [150, 300] ms, then 900ms ->
+    // [450, 900] ms; generous room above for a slow machine.
+    assert!(
+        gap(0) >= Duration::from_millis(140),
+        "first gap {:?}",
+        gap(0)
+    );
+    assert!(
+        gap(1) >= Duration::from_millis(440),
+        "second gap {:?}",
+        gap(1)
+    );
+    assert!(gap(1) > gap(0), "gaps grow: {:?} then {:?}", gap(0), gap(1));
+    assert!(gap(1) < Duration::from_secs(5), "{:?}", gap(1));
+}
+
+#[test]
+fn a_poison_task_is_dead_lettered_after_max_attempts_and_redriven() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "dlq"]);
+    b.ok(&[
+        "queue",
+        "create",
+        "q",
+        "--max-attempts",
+        "3",
+        "--dead-letter",
+        "dlq",
+        "--retry-initial",
+        "20ms",
+    ]);
+    let mut w = b.worker(
+        "q",
+        &["--name", "w"],
+        &["sh", "-c", "echo 'bad input' >&2; exit 2"],
+    );
+    b.ok(&["enqueue", "q", "poison"]);
+    eventually(DEADLINE, "dead-lettered", || {
+        num(&b.stats("dlq"), &["stats", "ready"]) == 1
+    });
+    let s = b.stats("q");
+    assert_eq!(
+        num(&s, &["stats", "delivered_total"]),
+        3,
+        "exactly max_attempts"
+    );
+    assert_eq!(num(&s, &["stats", "dead_total"]), 1);
+    w.signal("KILL");
+    w.wait_exit(DEADLINE);
+
+    // Redrive moves it back, attempts reset; the dead letter queue empties.
+    let out = b.ok(&["dlq", "redrive", "dlq"]);
+    assert!(out.contains('1'), "{out}");
+    assert_eq!(num(&b.stats("dlq"), &["stats", "unfinished"]), 0);
+    let back: serde_json::Value =
+        serde_json::from_str(&b.ok(&["--json", "get", "q"])).expect("json");
+    assert_eq!(back["payload"], "poison");
+    assert_eq!(back["attempt"], 1, "attempts start again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_with_a_higher_priority_comes_back_before_older_work() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "p", "--order", "priority"]);
+    for t in ["old-1", "old-2", "old-3"] {
+        b.ok(&["enqueue", "p", "--priority", "5", t]);
+    }
+    let mut c = RawConsumer::subscribe(&b.url(), "p", "c", 1).await;
+    let first = c.deliveries(1).await.remove(0);
+    assert_eq!(
+        first.task.as_ref().map(|t| &t.payload[..]),
+        Some(&b"old-1"[..])
+    );
+    // The failed call comes back ahead of new work, at once.
+    c.send(ConsumeRequest {
+        nacks: vec![NackItem {
+            lease: Some(lease_of(&first)),
+            action: NackAction::Retry as i32,
+            delay_ms: Some(0),
+            priority: Some(0),
+            error: "upstream 503".into(),
+        }],
+        credit: 1,
+        ..Default::default()
+    })
+    .await;
+    let again = c.deliveries(1).await.remove(0);
+    assert_eq!(
+        again.task.as_ref().map(|t| &t.payload[..]),
+        Some(&b"old-1"[..])
+    );
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.task.as_ref().map(|t| t.priority), Some(0));
+}
+
+#[test]
+fn a_delayed_task_waits_for_its_time_and_join_waits_for_it() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q"]);
+    let sent = Instant::now();
+    b.ok(&["enqueue", "q", "--delay", "1500ms", "later"]);
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "delayed"]), 1);
+    assert_eq!(num(&s, &["stats", "unfinished"]), 1);
+    // Not deliverable yet, and join is not done.
+    assert_eq!(b.cli(&["get", "q"]).code, 3);
+    assert_ne!(b.cli(&["join", "q", "--timeout", "200ms"]).code, 0);
+
+    let got = b.ok(&["get", "q", "--wait", "20s"]);
+    assert_eq!(got, "later");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        sent.elapsed()
+    );
+    b.ok(&["join", "q", "--timeout", "5s"]);
+
+    // --at: an absolute time.
+    let at =
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(60));
+    b.ok(&["enqueue", "q", "--at", &at.to_string(), "next-minute"]);
+    assert_eq!(num(&b.stats("q"), &["stats", "delayed"]), 1);
+}
+
+#[test]
+fn the_same_key_twice_makes_one_task() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q"]);
+    let a = b.ok(&["enqueue", "q", "--key", "order-42", "charge"]);
+    let again = b.ok(&["enqueue", "q", "--key", "order-42", "charge"]);
+    assert_eq!(a, again, "the existing id comes back");
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 1);
+    b.ok(&["get", "q"]);
+    // Done, but still inside the key's window: still one task.
+    let third = b.ok(&["enqueue", "q", "--key", "order-42", "charge"]);
+    assert_eq!(third, a);
+    assert_eq!(num(&b.stats("q"), &["stats", "unfinished"]), 0);
+    // Another key is another task.
+    b.ok(&["enqueue", "q", "--key", "order-43", "charge"]);
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 1);
+}
+
+#[test]
+fn a_durable_queue_keeps_delayed_and_retrying_tasks_with_their_due_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start_durable(dir.path());
+    b.ok(&[
+        "queue",
+        "create",
+        "q",
+        "--durable",
+        "--retry-initial",
+        "3s",
+        "--retry-max",
+        "3s",
+    ]);
+    b.ok(&["enqueue", "q", "--delay", "3s", "delayed"]);
+    b.ok(&["enqueue", "q", "retried"]);
+    let started = Instant::now();
+    // Fail "retried" once through a worker that exits non-zero.
+    let mut w = b.worker("q", &[], &["sh", "-c", "exit 1"]);
+    eventually(DEADLINE, "retry scheduled", || {
+        num(&b.stats("q"), &["stats", "retrying"]) == 1
+    });
+    w.signal("KILL");
+    w.wait_exit(DEADLINE);
+    drop(b); // SIGKILL the broker
+    let b = Broker::start_durable(dir.path());
+    let s = b.stats("q");
+    assert_eq!(num(&s, &["stats", "delayed"]), 2, "{s}");
+    assert_eq!(num(&s, &["stats", "ready"]), 0, "{s}");
+    // Both come due in their time (about 3 s after they were set), not at
+    // once and not never.
+    let first = b.ok(&["get", "q", "--wait", "20s"]);
+    let second = b.ok(&["get", "q", "--wait", "20s"]);
+    let mut got = [first, second];
+    got.sort();
+    assert_eq!(got, ["delayed", "retried"]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+}
