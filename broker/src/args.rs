@@ -58,6 +58,12 @@ pub struct Args {
     #[arg(long, env = "SLUICE_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub segment_bytes: u64,
 
+    /// On SIGTERM/SIGINT, how long consumers get to finish and ack the
+    /// tasks they hold (new enqueues and subscriptions are refused at once);
+    /// what is still held then goes back to the queue.
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub shutdown_grace: std::time::Duration,
+
     /// Largest task accepted: payload plus header names and values, in
     /// bytes.
     #[arg(long, env = "SLUICE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]

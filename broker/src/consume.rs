@@ -95,8 +95,14 @@ impl Session {
         tracing::debug!("consumer subscribed");
         let mut frame = Some(first);
         let shutdown = self.broker.shutdown().clone();
+        // Set when the broker drains: until then, held tasks may be settled.
+        let mut draining_until: Option<tokio::time::Instant> = None;
         loop {
-            if let Some(f) = frame.take() {
+            if let Some(mut f) = frame.take() {
+                if draining_until.is_some() {
+                    // No new work while draining, whatever the worker asks.
+                    f.credit = 0;
+                }
                 let (errors, stopped) = match self.handle(f) {
                     Ok(r) => r,
                     Err(status) => {
@@ -128,6 +134,10 @@ impl Session {
                 if !send_all(&out, replies).await {
                     break;
                 }
+                if draining_until.is_some() && self.in_flight() == 0 {
+                    tracing::debug!("drained");
+                    break;
+                }
             }
             tokio::select! {
                 biased;
@@ -135,12 +145,31 @@ impl Session {
                     let _ = out.send(Err(Error::QueueDeleted(self.q.name().to_owned()).into())).await;
                     break;
                 }
-                _ = shutdown.cancelled() => {
-                    let drain = pb::ConsumeResponse {
-                        drain: Some(pb::Drain { reason: "broker shutting down".into(), grace_ms: 0 }),
+                _ = shutdown.cancelled(), if draining_until.is_none() => {
+                    // Stop deliveries, send what was already routed, then
+                    // tell the worker how long it has to settle what it holds.
+                    let cid = self.cid;
+                    self.broker.apply(&self.q, |sh, _, _| sh.state.revoke(cid));
+                    let mut frames = Frames::default();
+                    while let Ok(batch) = self.deliveries.try_recv() {
+                        frames.extend(self.q.name(), &batch);
+                    }
+                    let grace = self.broker.shutdown_grace();
+                    let mut replies = frames.done;
+                    replies.push(pb::ConsumeResponse {
+                        drain: Some(pb::Drain {
+                            reason: "broker shutting down".into(),
+                            grace_ms: grace.as_millis() as u64,
+                        }),
                         ..Default::default()
-                    };
-                    let _ = out.send(Ok(drain)).await;
+                    });
+                    if !send_all(&out, replies).await || self.in_flight() == 0 {
+                        break;
+                    }
+                    draining_until = Some(tokio::time::Instant::now() + grace);
+                }
+                _ = sleep_until_opt(draining_until) => {
+                    tracing::info!(in_flight = self.in_flight(), "grace period over; held tasks go back to the queue");
                     break;
                 }
                 Some(batch) = self.deliveries.recv() => {
@@ -173,6 +202,13 @@ impl Session {
         drop(out);
     }
 
+    /// Leases this consumer holds now.
+    fn in_flight(&self) -> u64 {
+        let cid = self.cid;
+        self.broker
+            .apply(&self.q, |sh, _, _| sh.state.in_flight(cid))
+    }
+
     /// Applies one client frame in one engine call: acks, nacks, extends,
     /// credit, then stop. Returns the refused items and, for a stop, the
     /// leases the consumer still holds.
@@ -203,6 +239,13 @@ impl Session {
             let stopped = if f.stop { sh.state.revoke(cid) } else { None };
             Ok((errors, stopped))
         })
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

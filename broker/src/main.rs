@@ -46,6 +46,7 @@ async fn main() -> ExitCode {
         }
     };
 
+    broker.set_shutdown_grace(args.shutdown_grace);
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

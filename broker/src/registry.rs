@@ -133,6 +133,9 @@ struct Inner {
     /// The write-ahead log; None with --in-memory.
     log: Option<Log>,
     segment_bytes: u64,
+    /// How long consumers get to settle what they hold when the broker
+    /// stops, in ms.
+    shutdown_grace_ms: AtomicU64,
     next_task: AtomicU64,
     next_consumer: AtomicU64,
     next_putter: AtomicU64,
@@ -175,6 +178,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 log,
                 segment_bytes,
+                shutdown_grace_ms: AtomicU64::new(30_000),
                 queues: RwLock::new(BTreeMap::new()),
                 next_task: AtomicU64::new(first),
                 next_consumer: AtomicU64::new(1),
@@ -283,6 +287,17 @@ impl Broker {
             "log compacted"
         );
         Ok(bytes)
+    }
+
+    /// How long consumers get to settle what they hold at shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.inner.shutdown_grace_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_shutdown_grace(&self, grace: Duration) {
+        self.inner
+            .shutdown_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The log, when the broker has one.

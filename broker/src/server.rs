@@ -12,9 +12,9 @@ use crate::registry::Broker;
 use crate::service::Service;
 use crate::validate::Limits;
 
-/// How long open calls get to finish after shutdown starts before the
-/// broker exits anyway.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Beyond the consumers' grace period, how long other open calls get to
+/// finish before the broker exits anyway.
+const CALLS_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves on `listener` until `shutdown` is cancelled. Waiting calls are
 /// answered UNAVAILABLE and Consume streams get a Drain notice.
@@ -24,6 +24,7 @@ pub async fn run(
     broker: Broker,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let shutdown = broker.shutdown().clone();
+    let broker_grace = broker.shutdown_grace();
     // An enqueue batch may carry several tasks of the largest size.
     let max_message = (limits.max_payload_bytes.saturating_mul(2) + (1 << 20)).max(16 << 20);
     let service = Service::new(broker, limits);
@@ -71,10 +72,14 @@ pub async fn run(
     health
         .set_not_serving::<SluiceServiceServer<Service>>()
         .await;
-    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+    let grace = broker_grace + CALLS_GRACE;
+    match tokio::time::timeout(grace, &mut server).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "calls still open after the grace period; exiting anyway");
+            tracing::warn!(
+                ?grace,
+                "calls still open after the grace period; exiting anyway"
+            );
             Ok(())
         }
     }

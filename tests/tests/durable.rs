@@ -184,3 +184,56 @@ fn disk_use_follows_live_data_down() {
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "unfinished"]), 0, "{s}");
 }
+
+#[test]
+fn sigterm_to_the_broker_lets_workers_finish_what_they_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = sluice_tests::Flag(dir.path().join("go"));
+    let done = dir.path().join("done.log");
+    let data = dir.path().join("data");
+    let mut b = Broker::start_durable(&data);
+    let addr = b.addr.clone();
+    b.ok(&["queue", "create", "q", "--durable"]);
+    let script = format!(
+        "for i in $(seq 600); do [ -f {} ] && break; sleep 0.05; done; p=$(cat); echo \"$p\" >> {}",
+        go.0.display(),
+        done.display()
+    );
+    let w = b.worker(
+        "q",
+        &["--concurrency", "2", "--name", "w"],
+        &["sh", "-c", &script],
+    );
+    b.ok(&["enqueue", "q", "a", "b"]);
+    sluice_tests::eventually(DEADLINE, "worker holds both", || {
+        num(&b.stats("q"), &["stats", "leased"]) == 2
+    });
+
+    // The broker drains: new work is refused, held work may finish.
+    b.proc.signal("TERM");
+    sluice_tests::eventually(DEADLINE, "broker draining", || {
+        b.proc.stderr_log().contains("shutting down")
+    });
+    // Refused: UNAVAILABLE on a connection that was open, or no new
+    // connection at all (the listener closes first).
+    let out = b.cli(&["enqueue", "q", "late"]);
+    assert!(out.code == 1 || out.code == 69, "{out:?}");
+    go.raise();
+    assert_eq!(
+        b.proc.wait_exit(DEADLINE),
+        Some(0),
+        "{}",
+        b.proc.stderr_log()
+    );
+    drop(b);
+
+    let log = std::fs::read_to_string(&done).expect("done log");
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["a", "b"], "both finished once");
+    // Their acks reached the log before the broker stopped: nothing comes
+    // back after a restart, and the worker finds no work to redo.
+    let b = Broker::start_on(&addr, &["--data-dir", &data.display().to_string()]);
+    assert_eq!(num(&b.stats("q"), &["stats", "unfinished"]), 0);
+    drop(w);
+}

@@ -113,6 +113,9 @@ pub struct Worker {
 enum End {
     /// Shut down as asked; stop.
     Stopped,
+    /// The broker asked to drain and we settled everything: reconnect
+    /// (it may come back, or another may take its place).
+    Drained,
     /// Connection lost or broker draining; reconnect.
     Lost(String),
 }
@@ -150,8 +153,12 @@ impl Worker {
                 Err(e) => return Err(e),
             };
             ever_subscribed |= subscribed;
+            let end = match end {
+                End::Drained => End::Lost("the broker drained this worker".into()),
+                other => other,
+            };
             match end {
-                End::Stopped => return Ok(()),
+                End::Stopped | End::Drained => return Ok(()),
                 End::Lost(why) => {
                     if subscribed {
                         backoff = self.config.reconnect_initial;
@@ -236,7 +243,7 @@ impl Worker {
         let end = loop {
             if draining && running.is_empty() && (stopped || broker_drain) {
                 break if broker_drain {
-                    End::Lost("broker is draining".into())
+                    End::Drained
                 } else {
                     End::Stopped
                 };
@@ -303,10 +310,7 @@ impl Worker {
                         }
                     }
                     Ok(None) => break End::Lost("broker closed the stream".into()),
-                    Err(status) => match classify(status)? {
-                        End::Lost(why) => break End::Lost(why),
-                        End::Stopped => break End::Stopped,
-                    },
+                    Err(status) => break classify(status)?,
                 },
                 Some(done) = running.join_next() => {
                     let mut frames = Settlements::default();
@@ -347,7 +351,7 @@ impl Worker {
             }
         };
 
-        if matches!(end, End::Stopped) {
+        if matches!(end, End::Stopped | End::Drained) {
             // Half-close, then read until the broker ends the stream: it
             // handles frames in order, so by then every ack above is applied.
             drop(tx);
@@ -362,11 +366,17 @@ impl Worker {
             })
             .await;
             if flushed != Ok(true) {
+                if matches!(end, End::Drained) {
+                    warn!("the draining broker did not confirm our last acks");
+                    return Ok(End::Lost("broker went away while draining".into()));
+                }
                 // Tasks are not lost (the broker gives unsettled leases to
                 // other workers), but work may be done twice: say so.
                 return Err(Error::Unconfirmed);
             }
-            info!("stopped");
+            if matches!(end, End::Stopped) {
+                info!("stopped");
+            }
         }
         Ok(end)
     }

@@ -554,6 +554,13 @@ impl QueueState {
         Some(c.in_flight.len() as u64)
     }
 
+    /// Leases a consumer holds.
+    pub fn in_flight(&self, id: ConsumerId) -> u64 {
+        self.consumers
+            .get(&id)
+            .map_or(0, |c| c.in_flight.len() as u64)
+    }
+
     /// Unspent credit of a consumer.
     pub fn credit(&self, id: ConsumerId) -> Option<u64> {
         self.consumers.get(&id).map(|c| c.credit)
