@@ -13,11 +13,13 @@ pub enum Error {
     InvalidArgument(String),
     #[error("queue {name:?} already exists with other options ({diff})")]
     QueueExists { name: String, diff: String },
-    #[error("queue {queue:?} full ({depth} of {capacity} tasks)")]
+    #[error("queue {queue:?} full ({depth} of {capacity} tasks); retry in ~{}", humantime::format_duration(std::time::Duration::from_millis(*retry_after_ms)))]
     QueueFull {
         queue: String,
         depth: u64,
         capacity: u64,
+        /// When a retry would likely find room, from the drain rate.
+        retry_after_ms: u64,
     },
     #[error("{0}")]
     FailedPrecondition(String),
@@ -59,6 +61,21 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
+        if let Error::QueueFull { retry_after_ms, .. } = &e {
+            // The hint twice: google.rpc.RetryInfo for clients that read
+            // rich errors, and plain trailing metadata for the others.
+            let delay = std::time::Duration::from_millis(*retry_after_ms);
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Ok(v) = retry_after_ms.to_string().parse() {
+                metadata.insert("retry-after-ms", v);
+            }
+            return <Status as tonic_types::StatusExt>::with_error_details_and_metadata(
+                e.code(),
+                e.to_string(),
+                tonic_types::ErrorDetails::with_retry_info(Some(delay)),
+                metadata,
+            );
+        }
         Status::new(e.code(), e.to_string())
     }
 }

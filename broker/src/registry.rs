@@ -614,20 +614,26 @@ impl Broker {
             EnqueueMode::FailFast
         };
         let started = Instant::now();
-        let ((res, depth, duplicates), durability) = self.apply_logged(q, |sh, now, fx| {
-            if sh.deleted {
-                return (Err(None), 0, Vec::new());
-            }
-            let r = sh.state.enqueue(now, tasks, mode, fx);
-            if let Ok(Enqueued::Waiting(p)) = r {
-                sh.putters.insert(p, tx);
-            }
-            (
-                r.map_err(Some),
-                sh.state.depth(),
-                std::mem::take(&mut fx.duplicates),
-            )
-        });
+        let ((res, depth, duplicates, retry_after_ms), durability) =
+            self.apply_logged(q, |sh, now, fx| {
+                if sh.deleted {
+                    return (Err(None), 0, Vec::new(), 0);
+                }
+                let r = sh.state.enqueue(now, tasks, mode, fx);
+                if let Ok(Enqueued::Waiting(p)) = r {
+                    sh.putters.insert(p, tx);
+                }
+                let retry = match r {
+                    Err(EnqueueError::Full) => sh.state.retry_after_ms(now, n),
+                    _ => 0,
+                };
+                (
+                    r.map_err(Some),
+                    sh.state.depth(),
+                    std::mem::take(&mut fx.duplicates),
+                    retry,
+                )
+            });
         let capacity = q.spec.config.capacity;
         let stored = |depth| Stored {
             first_id,
@@ -654,6 +660,7 @@ impl Broker {
                     queue: q.name().to_owned(),
                     depth,
                     capacity,
+                    retry_after_ms,
                 });
             }
             Err(Some(e @ EnqueueError::BatchTooLarge { .. })) => {

@@ -49,6 +49,9 @@ pub enum Error {
         code: Code,
         /// The broker's message (the code's description if it sent none).
         message: String,
+        /// For a full queue (RESOURCE_EXHAUSTED): when a retry would likely
+        /// find room, from the queue's drain rate.
+        retry_after: Option<std::time::Duration>,
     },
     /// The broker's answer lacks a field it always sets.
     #[error("malformed answer from broker: {0}")]
@@ -85,6 +88,7 @@ impl Error {
             return Error::Status {
                 code: Code::DeadlineExceeded,
                 message: "deadline exceeded".to_owned(),
+                retry_after: None,
             };
         }
         if local && status.code() != Code::Cancelled {
@@ -109,6 +113,15 @@ impl Error {
         Error::Status {
             code: status.code(),
             message,
+            retry_after: retry_after(&status),
+        }
+    }
+
+    /// When the broker suggests retrying (a full queue), if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -119,6 +132,23 @@ impl Error {
             reason: error_chain(err),
         }
     }
+}
+
+/// The broker's retry hint: google.rpc.RetryInfo in the status details, or
+/// the `retry-after-ms` trailer.
+fn retry_after(status: &Status) -> Option<std::time::Duration> {
+    use tonic_types::StatusExt;
+    if let Some(d) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+        return Some(d);
+    }
+    let ms: u64 = status
+        .metadata()
+        .get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_millis(ms))
 }
 
 /// The canonical upper-case name of a gRPC code (`NOT_FOUND`), as grpcurl and

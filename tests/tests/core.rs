@@ -303,3 +303,82 @@ fn unreachable_broker_is_a_one_line_error() {
     assert_eq!(out.code, 69, "{out:?}");
     assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
 }
+
+#[test]
+fn a_full_queue_says_when_to_retry_from_its_drain_rate() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "5"]);
+    // About 10 tasks a second drain from the queue...
+    let _w = b.worker(
+        "q",
+        &["--concurrency", "1"],
+        &["sh", "-c", "sleep 0.1; cat"],
+    );
+    // ...while a producer keeps it full.
+    let lines: String = (0..200).map(|i| format!("t{i}\n")).collect();
+    let url = b.url();
+    let _producer =
+        std::thread::spawn(move || sluice_tests::cli(&url, &["enqueue", "q"], Some(&lines)));
+    eventually(DEADLINE, "a drain to measure", || {
+        num(&b.stats("q"), &["stats", "delivered_total"]) >= 10
+    });
+    let out = b.cli(&["enqueue", "q", "--no-wait", "x"]);
+    assert_eq!(out.code, 75, "{out:?}");
+    let secs: f64 = out
+        .stderr
+        .strip_prefix("queue full, retry in ~")
+        .and_then(|r| r.trim().strip_suffix('s'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry hint in {out:?}"));
+    // A few tasks ahead at ~10/s: well under a few seconds, above zero.
+    assert!(secs > 0.0 && secs <= 3.0, "retry in {secs}s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pacer_slows_a_producer_above_the_high_water_mark() {
+    use sluice_client::proto::{EnqueueMode, NewTask};
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "20"]);
+    let client = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect");
+    let mut pacer = sluice_client::Pacer::new(
+        0.5,
+        0.2,
+        Duration::from_millis(5),
+        Duration::from_millis(50),
+    );
+    let mut pauses = Vec::new();
+    for i in 0..15 {
+        let task = NewTask {
+            payload: format!("t{i}").into(),
+            ..Default::default()
+        };
+        let answer = client
+            .enqueue("q", vec![task], EnqueueMode::Wait, None)
+            .await
+            .expect("enqueue");
+        pacer.pace(&answer).await;
+        pauses.push((answer.depth, pacer.delay()));
+    }
+    // Below half full: full speed. Above: pauses that grow.
+    assert!(
+        pauses
+            .iter()
+            .filter(|(d, _)| *d < 10)
+            .all(|(_, p)| p.is_zero()),
+        "{pauses:?}"
+    );
+    let slowed: Vec<Duration> = pauses
+        .iter()
+        .filter(|(d, _)| *d >= 10)
+        .map(|(_, p)| *p)
+        .collect();
+    assert!(slowed.first().is_some_and(|p| !p.is_zero()), "{pauses:?}");
+    assert!(slowed.windows(2).all(|w| w[1] >= w[0]), "{pauses:?}");
+    assert_eq!(
+        slowed.last().copied(),
+        Some(Duration::from_millis(50)),
+        "{pauses:?}"
+    );
+}

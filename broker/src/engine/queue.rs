@@ -98,7 +98,12 @@ pub struct QueueState {
     task_keys: HashMap<TaskId, Box<str>>,
     /// Keys of done tasks, in the order their windows end.
     key_expiry: VecDeque<(Millis, Box<str>, TaskId)>,
+    /// Deliveries per second over the last seconds: (second, count).
+    drained: VecDeque<(Millis, u64)>,
 }
+
+/// Seconds of deliveries the drain rate is measured over.
+const DRAIN_WINDOW_S: u64 = 10;
 
 #[derive(Debug, Clone, Copy)]
 struct KeyUse {
@@ -171,7 +176,55 @@ impl QueueState {
             keys: HashMap::default(),
             task_keys: HashMap::default(),
             key_expiry: VecDeque::new(),
+            drained: VecDeque::new(),
         }
+    }
+
+    fn note_drained(&mut self, now: Millis) {
+        let second = now / 1000;
+        match self.drained.back_mut() {
+            Some((s, n)) if *s == second => *n += 1,
+            _ => {
+                self.drained.push_back((second, 1));
+                while self
+                    .drained
+                    .front()
+                    .is_some_and(|(s, _)| *s + DRAIN_WINDOW_S < second)
+                {
+                    self.drained.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Tasks taken per second, over the last few seconds.
+    pub fn drain_rate(&self, now: Millis) -> f64 {
+        let second = now / 1000;
+        let mut recent = 0;
+        let mut oldest = second;
+        for (s, n) in &self.drained {
+            if *s + DRAIN_WINDOW_S >= second {
+                recent += n;
+                oldest = oldest.min(*s);
+            }
+        }
+        // Over the seconds actually seen, so a queue that started draining
+        // a moment ago is not taken for a slow one.
+        let span = (second - oldest + 1).clamp(1, DRAIN_WINDOW_S);
+        recent as f64 / span as f64
+    }
+
+    /// How long until a batch of `n` would likely fit, at the observed
+    /// drain rate (a second when nothing drains: a guess, said as one).
+    pub fn retry_after_ms(&self, now: Millis, n: u64) -> u64 {
+        let needed = (self.depth() + self.waiting_tasks + n).saturating_sub(self.config.capacity);
+        let rate = self.drain_rate(now);
+        if rate <= 0.0 {
+            return 1000;
+        }
+        ((needed.max(1) as f64 / rate) * 1000.0)
+            .ceil()
+            .clamp(1.0, 3_600_000.0) as u64
     }
 
     /// The task holding `key` now, if any (a done task's key counts until
@@ -652,6 +705,7 @@ impl QueueState {
                 },
             ));
             self.stats.delivered_total += 1;
+            self.note_drained(now);
             let id = entry.id;
             if self.journal {
                 fx.changes.push(Change::Attempt {

@@ -268,7 +268,10 @@ impl Sender<'_> {
             .await
             .map_err(|e| match e.code() {
                 Code::ResourceExhausted if plan.mode == EnqueueMode::FailFast => {
-                    Failure::QueueFull(e.to_string())
+                    Failure::QueueFull(match e.retry_after() {
+                        Some(d) => format!("retry in ~{:.1}s", d.as_secs_f64()),
+                        None => e.to_string(),
+                    })
                 }
                 Code::DeadlineExceeded if plan.timeout.is_some() => Failure::TimedOut(format!(
                     "timed out waiting for space in queue {:?}",

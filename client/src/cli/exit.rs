@@ -90,14 +90,14 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Client(Error::Status { code, message }) => {
+            Failure::Client(Error::Status { code, message, .. }) => {
                 write!(f, "error: {message} ({})", code_name(*code))
             }
             Failure::Client(e) => write!(f, "error: {e}"),
             Failure::Usage(msg) => write!(f, "error: {msg}"),
             Failure::QueueEmpty => f.write_str("queue empty"),
             Failure::QueueFull(msg) if msg.is_empty() => f.write_str("queue full"),
-            Failure::QueueFull(msg) => write!(f, "queue full: {msg}"),
+            Failure::QueueFull(msg) => write!(f, "queue full, {msg}"),
             Failure::TimedOut(msg) | Failure::Refused(msg) => f.write_str(msg),
             Failure::Io(doing, e) => write!(f, "error: {doing}: {e}"),
         }
@@ -119,6 +119,7 @@ mod tests {
         Failure::Client(Error::Status {
             code,
             message: message.to_owned(),
+            retry_after: None,
         })
     }
 
