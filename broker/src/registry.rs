@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::durable::{self, Recovery};
 use crate::engine::{
     Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
-    EnqueueMode, Enqueued, Millis, NewTask, PutterId, QueueConfig, QueueState, QueueStats, TaskId,
+    EnqueueMode, Enqueued, Millis, NewTask, PublisherId, PutterId, QueueConfig, QueueState,
+    QueueStats, TaskId,
 };
 use crate::error::{Error, Result};
 use crate::storage::{Log, StorageError};
@@ -76,12 +77,29 @@ pub struct Shared {
     /// Each waiting producer's wake-up, carrying, for a durable queue, the
     /// append that stored its batch.
     putters: HashMap<PutterId, oneshot::Sender<Option<Ticket>>>,
+    /// Each Publish stream's credit grants.
+    publishers: HashMap<PublisherId, mpsc::UnboundedSender<u64>>,
 }
 
 impl Shared {
     /// Stops routing deliveries to a consumer that is leaving.
     pub fn remove_sender(&mut self, cid: ConsumerId) {
         self.senders.remove(&cid);
+    }
+
+    /// Registers a Publish stream; its grants arrive on the receiver.
+    pub fn add_publisher(&mut self, id: PublisherId) -> mpsc::UnboundedReceiver<u64> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.publishers.insert(id, tx);
+        rx
+    }
+
+    pub fn remove_publisher_sender(&mut self, id: PublisherId) {
+        self.publishers.remove(&id);
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
     }
 }
 
@@ -314,6 +332,10 @@ impl Broker {
         TaskId(self.inner.next_task.fetch_add(n, Ordering::Relaxed))
     }
 
+    pub fn publisher_id(&self) -> PublisherId {
+        PublisherId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed))
+    }
+
     pub fn consumer_id(&self) -> ConsumerId {
         ConsumerId(self.inner.next_consumer.fetch_add(1, Ordering::Relaxed))
     }
@@ -387,6 +409,7 @@ impl Broker {
                 deleted: false,
                 senders: HashMap::new(),
                 putters: HashMap::new(),
+                publishers: HashMap::new(),
             }),
             idle: Notify::new(),
             rearm: Notify::new(),
@@ -438,6 +461,7 @@ impl Broker {
             sh.deleted = true;
             sh.senders.clear();
             sh.putters.clear();
+            sh.publishers.clear();
             let durability = match (&self.inner.log, handle.spec.durable) {
                 (Some(log), true) => Some(log.append(vec![durable::delete(name)])),
                 _ => None,
@@ -878,6 +902,11 @@ fn route(sh: &mut Shared, fx: &mut Effects, ticket: Option<Ticket>) {
             if let Some(tx) = sh.senders.get(&cid) {
                 let _ = tx.send(batch);
             }
+        }
+    }
+    for (id, n) in fx.granted.drain(..) {
+        if let Some(tx) = sh.publishers.get(&id) {
+            let _ = tx.send(n);
         }
     }
     for p in fx.admitted.drain(..) {

@@ -130,9 +130,10 @@ impl SluiceService for Service {
 
     async fn publish(
         &self,
-        _req: Request<Streaming<pb::PublishRequest>>,
+        req: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
-        Err(Error::Unimplemented("Publish").into())
+        let stream = crate::publish::start(self.broker.clone(), self.limits.clone(), req).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ConsumeStream = BoxStream<pb::ConsumeResponse>;
@@ -332,6 +333,8 @@ fn queue_stats(s: &QueueStats, capacity: u64) -> pb::QueueStats {
         capacity,
         payload_bytes: s.payload_bytes,
         retrying: s.retrying,
+        publishers: s.publishers,
+        reserved: s.reserved,
     }
 }
 

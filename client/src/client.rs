@@ -102,7 +102,7 @@ impl Client {
         self.raw.clone()
     }
 
-    fn error(&self, status: tonic::Status) -> Error {
+    pub(crate) fn error(&self, status: tonic::Status) -> Error {
         Error::from_status(status, &self.url)
     }
 

@@ -10,7 +10,8 @@
 //! - `client.rs`   — [`Client`]: connecting, and the RPC methods;
 //! - `error.rs`    — [`Error`], and how a `tonic::Status` becomes one;
 //! - `delivery.rs` — [`DeliveryExt`]: lease tokens from deliveries;
-//! - `pacer.rs`    — [`Pacer`]: slowing a producer before the queue fills.
+//! - `pacer.rs`    — [`Pacer`]: slowing a producer before the queue fills;
+//! - `publisher.rs` — [`Publisher`]: the credit-based Publish stream.
 //!
 //! The bidirectional `Consume` stream is not wrapped here: the worker runtime
 //! (crate `sluice-worker`) drives it through [`Client::raw`].
@@ -22,11 +23,13 @@ mod client;
 mod delivery;
 mod error;
 mod pacer;
+mod publisher;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, duration_ms};
 pub use delivery::DeliveryExt;
 pub use error::{Error, code_name};
 pub use pacer::Pacer;
+pub use publisher::Publisher;
 /// The generated `sluice.v1` messages, enums and tonic client.
 pub use sluice_proto::v1 as proto;
 /// The gRPC status code carried by [`Error::code`].

@@ -15,7 +15,7 @@ mod tests;
 use bytes::Bytes;
 use std::collections::HashMap;
 
-pub use queue::QueueState;
+pub use queue::{PublishError, QueueState};
 
 /// Milliseconds since the Unix epoch. The engine never reads a clock.
 pub type Millis = u64;
@@ -28,6 +28,10 @@ pub struct TaskId(pub u64);
 /// One consumer: a Consume stream or a waiting Get call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConsumerId(pub u64);
+
+/// One Publish stream: a producer holding credit (reserved capacity).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublisherId(pub u64);
 
 /// One Enqueue call waiting for space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -226,6 +230,8 @@ pub struct Effects {
     /// was taken: (the id given to the new task, the id of the task that
     /// holds the key).
     pub duplicates: Vec<(TaskId, TaskId)>,
+    /// Credit granted to publishers: space now reserved for them.
+    pub granted: Vec<(PublisherId, u64)>,
 }
 
 /// How a nack wants the task handled.
@@ -297,6 +303,10 @@ pub struct QueueStats {
     pub expired_total: u64,
     pub dead_total: u64,
     pub purged_total: u64,
+    /// Publish streams.
+    pub publishers: u64,
+    /// Capacity reserved for publishers (credit they hold).
+    pub reserved: u64,
     /// Payload bytes of the unfinished tasks.
     pub payload_bytes: u64,
     /// Delayed tasks that are waiting out a retry backoff.

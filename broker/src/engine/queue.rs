@@ -15,8 +15,8 @@ use rustc_hash::FxHashMap as HashMap;
 use super::ready::{Entry, ReadySet};
 use super::{
     Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
-    EnqueueMode, Enqueued, Millis, NackAction, NewTask, PutterId, QueueConfig, QueueStats,
-    Restored, SettleError, TaskBody, TaskId,
+    EnqueueMode, Enqueued, Millis, NackAction, NewTask, PublisherId, PutterId, QueueConfig,
+    QueueStats, Restored, SettleError, TaskBody, TaskId,
 };
 
 /// A task out with a consumer.
@@ -100,6 +100,31 @@ pub struct QueueState {
     key_expiry: VecDeque<(Millis, Box<str>, TaskId)>,
     /// Deliveries per second over the last seconds: (second, count).
     drained: VecDeque<(Millis, u64)>,
+    publishers: HashMap<PublisherId, Publisher>,
+    /// Publishers in the order they are next served when space frees.
+    pub_ring: VecDeque<PublisherId>,
+    /// Capacity reserved for publishers: counts as taken.
+    reserved: u64,
+}
+
+/// A producer on a Publish stream. It holds `reserved` slots of capacity
+/// (its credit) and `pending` tasks sent but not yet confirmed; the broker
+/// tops `reserved + pending` up to `window` as space frees, so a producer
+/// never has more than `window` tasks unconfirmed.
+#[derive(Debug)]
+struct Publisher {
+    window: u64,
+    reserved: u64,
+    pending: u64,
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishError {
+    /// The producer sent more than the credit it holds.
+    OverCredit { sent: u64, credit: u64 },
+    /// No such publisher.
+    Unknown,
 }
 
 /// Seconds of deliveries the drain rate is measured over.
@@ -177,7 +202,112 @@ impl QueueState {
             task_keys: HashMap::default(),
             key_expiry: VecDeque::new(),
             drained: VecDeque::new(),
+            publishers: HashMap::default(),
+            pub_ring: VecDeque::new(),
+            reserved: 0,
         }
+    }
+
+    /// Free capacity: neither waiting in the queue nor reserved.
+    fn room(&self) -> u64 {
+        self.config
+            .capacity
+            .saturating_sub(self.depth() + self.reserved)
+    }
+
+    /// A producer opens a Publish stream wanting to hold up to `window`
+    /// tasks (capped at the capacity); it is granted what is free.
+    pub fn add_publisher(&mut self, now: Millis, id: PublisherId, window: u64, fx: &mut Effects) {
+        let window = window.clamp(1, self.config.capacity);
+        self.publishers.insert(
+            id,
+            Publisher {
+                window,
+                reserved: 0,
+                pending: 0,
+            },
+        );
+        self.pub_ring.push_back(id);
+        self.dispatch(now, fx);
+    }
+
+    /// The stream ended: its reserved space is free again.
+    pub fn remove_publisher(&mut self, now: Millis, id: PublisherId, fx: &mut Effects) {
+        if let Some(p) = self.publishers.remove(&id) {
+            self.reserved -= p.reserved;
+            self.pub_ring.retain(|x| *x != id);
+            self.dispatch(now, fx);
+        }
+    }
+
+    /// Stores tasks a publisher sends against its credit: never refused
+    /// for space, since the space was reserved.
+    pub fn publish(
+        &mut self,
+        now: Millis,
+        id: PublisherId,
+        tasks: Vec<NewTask>,
+        fx: &mut Effects,
+    ) -> Result<(), PublishError> {
+        let n = tasks.len() as u64;
+        let p = self.publishers.get_mut(&id).ok_or(PublishError::Unknown)?;
+        if n > p.reserved {
+            return Err(PublishError::OverCredit {
+                sent: n,
+                credit: p.reserved,
+            });
+        }
+        p.reserved -= n;
+        p.pending += n;
+        self.reserved -= n;
+        let tasks = self.dedupe(now, tasks, fx);
+        self.store(now, tasks, fx);
+        self.dispatch(now, fx);
+        Ok(())
+    }
+
+    /// The publisher's tasks up to `n` are confirmed to it: its window
+    /// has room for more credit.
+    pub fn publish_confirmed(&mut self, now: Millis, id: PublisherId, n: u64, fx: &mut Effects) {
+        if let Some(p) = self.publishers.get_mut(&id) {
+            p.pending = p.pending.saturating_sub(n);
+            self.dispatch(now, fx);
+        }
+    }
+
+    /// Shares free space among publishers below their window, a slot at a
+    /// time in turn, so producers on a full queue each get a share as it
+    /// drains. Waiting Enqueue calls were served first (they queued before).
+    fn grant_publishers(&mut self, fx: &mut Effects) {
+        let mut room = self.room();
+        if room == 0 || self.publishers.is_empty() {
+            return;
+        }
+        let mut grants: Vec<(PublisherId, u64)> = Vec::new();
+        let mut idle_rounds = 0;
+        while room > 0 && idle_rounds < self.pub_ring.len() {
+            let Some(id) = self.pub_ring.pop_front() else {
+                break;
+            };
+            self.pub_ring.push_back(id);
+            let Some(p) = self.publishers.get_mut(&id) else {
+                idle_rounds += 1;
+                continue;
+            };
+            if p.reserved + p.pending >= p.window {
+                idle_rounds += 1;
+                continue;
+            }
+            idle_rounds = 0;
+            p.reserved += 1;
+            self.reserved += 1;
+            room -= 1;
+            match grants.iter_mut().find(|(g, _)| *g == id) {
+                Some((_, n)) => *n += 1,
+                None => grants.push((id, 1)),
+            }
+        }
+        fx.granted.extend(grants);
     }
 
     fn note_drained(&mut self, now: Millis) {
@@ -217,7 +347,8 @@ impl QueueState {
     /// How long until a batch of `n` would likely fit, at the observed
     /// drain rate (a second when nothing drains: a guess, said as one).
     pub fn retry_after_ms(&self, now: Millis, n: u64) -> u64 {
-        let needed = (self.depth() + self.waiting_tasks + n).saturating_sub(self.config.capacity);
+        let needed = (self.depth() + self.reserved + self.waiting_tasks + n)
+            .saturating_sub(self.config.capacity);
         let rate = self.drain_rate(now);
         if rate <= 0.0 {
             return 1000;
@@ -338,7 +469,7 @@ impl QueueState {
         if batch == 0 {
             return Ok(Enqueued::Stored);
         }
-        if self.putters.is_empty() && self.depth() + batch <= self.config.capacity {
+        if self.putters.is_empty() && batch <= self.room() {
             self.store(now, tasks, fx);
             self.dispatch(now, fx);
             return Ok(Enqueued::Stored);
@@ -497,7 +628,7 @@ impl QueueState {
         let mut admitted_any = false;
         while let Some(front) = self.putters.front() {
             let n = front.tasks.len() as u64;
-            if self.depth() + n > self.config.capacity {
+            if n > self.room() {
                 break;
             }
             let Some(p) = self.putters.pop_front() else {
@@ -653,6 +784,9 @@ impl QueueState {
             if self.putters.is_empty() || !self.admit_putters(now, fx) {
                 break;
             }
+        }
+        if !self.publishers.is_empty() {
+            self.grant_publishers(fx);
         }
     }
 
@@ -981,6 +1115,8 @@ impl QueueState {
             consumers: self.consumers.len() as u64,
             credit: self.consumers.values().map(|c| c.credit).sum(),
             retrying: self.retrying.len() as u64,
+            publishers: self.publishers.len() as u64,
+            reserved: self.reserved,
             ..self.stats.clone()
         }
     }

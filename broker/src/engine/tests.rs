@@ -714,3 +714,54 @@ fn a_refused_enqueue_gives_its_keys_back() {
     .expect("waits");
     assert!(fx.duplicates.is_empty());
 }
+
+#[test]
+fn publishers_get_reserved_credit_and_share_freed_space() {
+    let mut q = QueueState::new(cfg(10, Order::Fifo));
+    let mut fx = Effects::default();
+    let (a, b) = (PublisherId(1), PublisherId(2));
+    q.add_publisher(0, a, 8, &mut fx);
+    assert_eq!(fx.granted, vec![(a, 8)]);
+    let mut fx = Effects::default();
+    q.add_publisher(0, b, 8, &mut fx);
+    assert_eq!(fx.granted, vec![(b, 2)], "only what is left");
+    // A plain enqueue finds no room: the space is reserved.
+    assert_eq!(
+        q.enqueue(0, vec![task(100, 0)], EnqueueMode::FailFast, &mut fx),
+        Err(EnqueueError::Full)
+    );
+    // Sending more than the credit is refused.
+    let too_many: Vec<NewTask> = (1..=3).map(|i| task(200 + i, 0)).collect();
+    assert_eq!(
+        q.publish(0, b, too_many, &mut fx),
+        Err(PublishError::OverCredit { sent: 3, credit: 2 })
+    );
+    let batch: Vec<NewTask> = (1..=8).map(|i| task(i, 0)).collect();
+    q.publish(0, a, batch, &mut Effects::default())
+        .expect("within credit");
+    q.publish(
+        0,
+        b,
+        vec![task(20, 0), task(21, 0)],
+        &mut Effects::default(),
+    )
+    .expect("within credit");
+    assert_eq!(q.stats().ready, 10);
+    // Confirmed, but the queue is full: no new credit yet.
+    let mut fx = Effects::default();
+    q.publish_confirmed(0, a, 8, &mut fx);
+    q.publish_confirmed(0, b, 2, &mut fx);
+    assert!(fx.granted.is_empty());
+    // Four tasks drain: the freed space is shared.
+    q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 0);
+    let mut fx = Effects::default();
+    q.grant(0, ConsumerId(1), 4, &mut fx);
+    let mut granted = fx.granted.clone();
+    granted.sort();
+    assert_eq!(granted, vec![(a, 2), (b, 2)], "a fair share each");
+    assert_eq!(q.stats().reserved, 4);
+    // A publisher that leaves gives its reservation back.
+    let mut fx = Effects::default();
+    q.remove_publisher(0, a, &mut fx);
+    assert_eq!(fx.granted, vec![(b, 2)]);
+}

@@ -56,6 +56,8 @@ pub fn stats(s: &QueueStats) -> Value {
         "capacity": s.capacity,
         "payload_bytes": s.payload_bytes,
         "retrying": s.retrying,
+        "publishers": s.publishers,
+        "reserved": s.reserved,
         "waiting_producers": s.waiting_producers,
         "waiting_tasks": s.waiting_tasks,
         "consumers": s.consumers,

@@ -1,0 +1,201 @@
+//! [`Publisher`]: `await queue.put()` across the network.
+//!
+//! A `Publish` stream on which the broker grants credit (space reserved in
+//! the queue for this producer) and confirms what it stored. `send` waits
+//! for credit, so a producer faster than its workers is paused by them —
+//! and what it sends is never refused for space.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::Error;
+use crate::client::Client;
+use crate::proto::{NewTask, PublishRequest};
+
+#[derive(Debug, Default)]
+struct State {
+    credit: u64,
+    confirmed: Vec<String>,
+    depth: u64,
+    capacity: u64,
+    /// Set when the stream ended; an error if it ended badly.
+    ended: Option<Result<(), Error>>,
+}
+
+/// A producer on one queue. Not `Clone`: one stream, one sender.
+pub struct Publisher {
+    tx: mpsc::Sender<PublishRequest>,
+    state: Arc<(Mutex<State>, Notify)>,
+    sent: u64,
+    waited: Duration,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Opens a Publish stream on `queue`, asking to have up to `window`
+    /// tasks in flight (credit held plus sent and unconfirmed; 0 = the
+    /// broker's default, 1000).
+    pub async fn publisher(&self, queue: &str, window: u32) -> Result<Publisher, Error> {
+        let (tx, rx) = mpsc::channel(16);
+        let first = PublishRequest {
+            queue: queue.to_owned(),
+            window,
+            ..PublishRequest::default()
+        };
+        tx.send(first)
+            .await
+            .map_err(|_| Error::Protocol("publish stream closed at once".into()))?;
+        let mut inbound = self
+            .raw()
+            .publish(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        let state = Arc::new((Mutex::new(State::default()), Notify::new()));
+        let shared = Arc::clone(&state);
+        let url = self.url().to_owned();
+        let reader = tokio::spawn(async move {
+            let end = loop {
+                match inbound.message().await {
+                    Ok(Some(resp)) => {
+                        let (lock, notify) = &*shared;
+                        if let Ok(mut st) = lock.lock() {
+                            st.credit += resp.credit;
+                            st.confirmed.extend(resp.confirmed_ids);
+                            if resp.capacity > 0 {
+                                st.depth = resp.depth;
+                                st.capacity = resp.capacity;
+                            }
+                        }
+                        notify.notify_waiters();
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(Error::from_status(status, &url)),
+                };
+            };
+            let (lock, notify) = &*shared;
+            if let Ok(mut st) = lock.lock() {
+                st.ended = Some(end);
+            }
+            notify.notify_waiters();
+        });
+        Ok(Publisher {
+            tx,
+            state,
+            sent: 0,
+            waited: Duration::ZERO,
+            reader,
+        })
+    }
+}
+
+impl Publisher {
+    /// Sends one task once the broker has granted room for it.
+    pub async fn send(&mut self, task: NewTask) -> Result<(), Error> {
+        self.send_batch(vec![task]).await
+    }
+
+    /// Sends tasks in one frame once there is credit for all of them
+    /// (so no more than the window at once).
+    pub async fn send_batch(&mut self, tasks: Vec<NewTask>) -> Result<(), Error> {
+        let n = tasks.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        loop {
+            let (lock, notify) = &*self.state;
+            let waiting = notify.notified();
+            tokio::pin!(waiting);
+            waiting.as_mut().enable();
+            {
+                let mut st = lock
+                    .lock()
+                    .map_err(|_| Error::Protocol("publisher state poisoned".into()))?;
+                if let Some(end) = &st.ended {
+                    return Err(match end {
+                        Err(e) => Error::Protocol(format!("publish stream ended: {e}")),
+                        Ok(()) => Error::Protocol("the broker ended the publish stream".into()),
+                    });
+                }
+                if st.credit >= n {
+                    st.credit -= n;
+                    break;
+                }
+            }
+            waiting.await;
+        }
+        self.waited += started.elapsed();
+        self.sent += n;
+        let frame = PublishRequest {
+            tasks,
+            ..PublishRequest::default()
+        };
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| Error::Protocol("publish stream closed".into()))
+    }
+
+    /// Credit held now: tasks that may be sent without waiting.
+    pub fn credit(&self) -> u64 {
+        self.state.0.lock().map_or(0, |st| st.credit)
+    }
+
+    /// Tasks sent and not yet confirmed.
+    pub fn unconfirmed(&self) -> u64 {
+        let confirmed = self
+            .state
+            .0
+            .lock()
+            .map_or(0, |st| st.confirmed.len() as u64);
+        self.sent.saturating_sub(confirmed)
+    }
+
+    /// Tasks sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Time spent waiting for credit.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The queue's depth and capacity at the last confirmation.
+    pub fn depth(&self) -> (u64, u64) {
+        self.state
+            .0
+            .lock()
+            .map_or((0, 0), |st| (st.depth, st.capacity))
+    }
+
+    /// Ends the stream and waits until every task sent is confirmed;
+    /// returns all their ids, in the order sent.
+    pub async fn finish(self) -> Result<Vec<String>, Error> {
+        drop(self.tx);
+        self.reader
+            .await
+            .map_err(|e| Error::Protocol(format!("publish reader failed: {e}")))?;
+        let mut st = self
+            .state
+            .0
+            .lock()
+            .map_err(|_| Error::Protocol("publisher state poisoned".into()))?;
+        if let Some(Err(e)) = st.ended.take() {
+            return Err(e);
+        }
+        let ids = std::mem::take(&mut st.confirmed);
+        if ids.len() as u64 != self.sent {
+            return Err(Error::Protocol(format!(
+                "{} tasks sent, {} confirmed",
+                self.sent,
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+}
