@@ -30,6 +30,8 @@ pub struct Publisher {
     tx: mpsc::Sender<PublishRequest>,
     state: Arc<(Mutex<State>, Notify)>,
     sent: u64,
+    /// Confirmed ids already handed out by `take_confirmed`.
+    taken: u64,
     waited: Duration,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -86,6 +88,7 @@ impl Client {
             tx,
             state,
             sent: 0,
+            taken: 0,
             waited: Duration::ZERO,
             reader,
         })
@@ -152,7 +155,19 @@ impl Publisher {
             .0
             .lock()
             .map_or(0, |st| st.confirmed.len() as u64);
-        self.sent.saturating_sub(confirmed)
+        self.sent.saturating_sub(confirmed + self.taken)
+    }
+
+    /// Takes the ids confirmed since the last call, in the order sent.
+    pub fn take_confirmed(&mut self) -> Vec<String> {
+        let taken = self
+            .state
+            .0
+            .lock()
+            .map(|mut st| std::mem::take(&mut st.confirmed))
+            .unwrap_or_default();
+        self.taken += taken.len() as u64;
+        taken
     }
 
     /// Tasks sent so far.
@@ -174,7 +189,7 @@ impl Publisher {
     }
 
     /// Ends the stream and waits until every task sent is confirmed;
-    /// returns all their ids, in the order sent.
+    /// returns their ids (those not yet taken), in the order sent.
     pub async fn finish(self) -> Result<Vec<String>, Error> {
         drop(self.tx);
         self.reader
@@ -189,11 +204,11 @@ impl Publisher {
             return Err(e);
         }
         let ids = std::mem::take(&mut st.confirmed);
-        if ids.len() as u64 != self.sent {
+        let confirmed = ids.len() as u64 + self.taken;
+        if confirmed != self.sent {
             return Err(Error::Protocol(format!(
-                "{} tasks sent, {} confirmed",
-                self.sent,
-                ids.len()
+                "{} tasks sent, {confirmed} confirmed",
+                self.sent
             )));
         }
         Ok(ids)

@@ -142,18 +142,32 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
 
     let from_args = !plan.payloads.is_empty();
     let total = from_args.then_some(plan.payloads.len() as u64);
+    // Bulk input that may wait for space goes over a Publish stream: the
+    // broker grants credit as the queue drains, so the CLI reads no further
+    // ahead than it may send.
+    let publisher = if !from_args && plan.mode == EnqueueMode::Wait && plan.timeout.is_none() {
+        let window = u32::try_from(capacity.min(10_000)).unwrap_or(10_000);
+        Some(client.publisher(&plan.queue, window).await?)
+    } else {
+        None
+    };
     let mut sender = Sender {
         client,
         plan,
         json,
         ids: Vec::new(),
         progress: Progress::new(total),
+        publisher,
     };
     let result = if from_args {
         let payloads = std::mem::take(&mut sender.plan.payloads);
         send_args(&mut sender, limits, payloads).await
     } else {
         send_stdin(&mut sender, limits).await
+    };
+    let result = match result {
+        Ok(()) => sender.finish().await,
+        Err(e) => Err(e),
     };
     sender.progress.finish();
     if json {
@@ -250,18 +264,28 @@ struct Sender<'a> {
     json: bool,
     ids: Vec<String>,
     progress: Progress,
+    publisher: Option<sluice_client::Publisher>,
 }
 
 impl Sender<'_> {
     async fn send(&mut self, batch: Vec<Bytes>) -> Result<(), Failure> {
         let plan = &self.plan;
-        let tasks = batch
+        let tasks: Vec<NewTask> = batch
             .into_iter()
             .map(|payload| NewTask {
                 payload,
                 ..plan.template.clone()
             })
             .collect();
+        if let Some(p) = &mut self.publisher {
+            let n = tasks.len() as u64;
+            p.send_batch(tasks).await?;
+            let (depth, capacity) = p.depth();
+            self.progress.advance(n, depth, capacity);
+            self.progress.waited(p.waited());
+            let ids = p.take_confirmed();
+            return self.report(ids);
+        }
         let answer = self
             .client
             .enqueue(&plan.queue, tasks, plan.mode, plan.timeout)
@@ -281,16 +305,33 @@ impl Sender<'_> {
             })?;
         self.progress
             .advance(answer.ids.len() as u64, answer.depth, answer.capacity);
-        if self.json {
-            self.ids.extend(answer.ids);
+        self.report(answer.ids)
+    }
+
+    /// Prints ids as they are confirmed (or keeps them for the JSON array).
+    fn report(&mut self, ids: Vec<String>) -> Result<(), Failure> {
+        if ids.is_empty() {
             return Ok(());
         }
-        let mut text = String::with_capacity(answer.ids.iter().map(|id| id.len() + 1).sum());
-        for id in &answer.ids {
+        if self.json {
+            self.ids.extend(ids);
+            return Ok(());
+        }
+        let mut text = String::with_capacity(ids.iter().map(|id| id.len() + 1).sum());
+        for id in &ids {
             text.push_str(id);
             text.push('\n');
         }
         self.progress.suspend(|| super::print(&text))
+    }
+
+    /// Ends a Publish stream and reports the last confirmations.
+    async fn finish(&mut self) -> Result<(), Failure> {
+        if let Some(p) = self.publisher.take() {
+            let ids = p.finish().await?;
+            self.report(ids)?;
+        }
+        Ok(())
     }
 }
 

@@ -22,11 +22,11 @@ impl Progress {
         let (bar, template) = match total {
             Some(n) => (
                 ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-                "{bar:30} {human_pos}/{human_len} tasks enqueued in {elapsed} {msg}",
+                "{bar:30} {human_pos}/{human_len} tasks enqueued in {elapsed} ({per_sec}) {msg}",
             ),
             None => (
                 ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-                "{spinner} {human_pos} tasks enqueued in {elapsed} {msg}",
+                "{spinner} {human_pos} tasks enqueued in {elapsed} ({per_sec}) {msg}",
             ),
         };
         // A bad template is our bug, not the user's: fall back to the default.
@@ -43,6 +43,18 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.inc(tasks);
             bar.set_message(format!("queue {depth}/{capacity}"));
+        }
+    }
+
+    /// Shows how long the producer has waited for credit in all.
+    pub fn waited(&self, waited: Duration) {
+        if let Some(bar) = &self.bar {
+            let msg = bar.message();
+            let base = msg.split(", waited").next().unwrap_or_default().to_owned();
+            bar.set_message(format!(
+                "{base}, waited {:.1}s for room",
+                waited.as_secs_f64()
+            ));
         }
     }
 
