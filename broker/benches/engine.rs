@@ -34,6 +34,7 @@ fn tasks(first: u64, n: u64, payload: &Bytes) -> Vec<NewTask> {
             priority: (i % 7) as i32,
             delay_ms: 0,
             key: None,
+            job: None,
         })
         .collect()
 }

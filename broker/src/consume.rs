@@ -300,8 +300,11 @@ pub fn settle(
 ) -> Vec<pb::SettleError> {
     let mut errors = Vec::new();
     for a in acks {
-        let r = lease(&a.lease)
-            .and_then(|(id, attempt)| sh.state.ack(now, id, attempt, fx).map_err(refused));
+        let r = lease(&a.lease).and_then(|(id, attempt)| {
+            sh.state
+                .ack_with(now, id, attempt, a.result.clone(), fx)
+                .map_err(refused)
+        });
         if let Err((code, message)) = r {
             errors.push(settle_error(&a.lease, code, message));
         }
@@ -412,6 +415,7 @@ mod tests {
             deadline: 0,
             priority: 0,
             key: None,
+            job: None,
         }
     }
 

@@ -125,6 +125,9 @@ pub struct StoredTask {
     /// Idempotency key; empty: none.
     #[prost(string, tag = "8")]
     pub key: String,
+    /// Job id; empty: none.
+    #[prost(string, tag = "9")]
+    pub job: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -195,6 +198,7 @@ fn change_msg(c: &Change) -> ChangeMsg {
             due,
             attempt,
             key,
+            job,
         } => Kind::Stored(StoredTask {
             id: id.0,
             payload: body.payload.clone(),
@@ -204,6 +208,7 @@ fn change_msg(c: &Change) -> ChangeMsg {
             enqueued_at: body.enqueued_at,
             attempt: *attempt,
             key: key.as_deref().unwrap_or_default().to_owned(),
+            job: job.as_deref().unwrap_or_default().to_owned(),
         }),
         Change::Attempt { id, attempt } => Kind::Attempt(AttemptMsg {
             id: id.0,
@@ -317,6 +322,7 @@ fn apply_change(q: &mut RecoveredQueue, m: ChangeMsg, max_id: &mut u64) {
                     attempt: t.attempt,
                     due: t.due,
                     key: (!t.key.is_empty()).then(|| t.key.into()),
+                    job: (!t.job.is_empty()).then(|| t.job.into()),
                 },
             );
         }
@@ -381,6 +387,7 @@ mod tests {
             due: 0,
             attempt: 0,
             key: None,
+            job: None,
         };
         r.apply(&changes(
             "q",

@@ -15,6 +15,7 @@ pub mod consume;
 pub mod durable;
 pub mod engine;
 pub mod error;
+pub mod jobs;
 pub mod publish;
 pub mod recover;
 pub mod registry;

@@ -158,6 +158,7 @@ struct Inner {
     next_consumer: AtomicU64,
     next_putter: AtomicU64,
     shutdown: CancellationToken,
+    jobs: crate::jobs::Jobs,
 }
 
 /// What a stored enqueue reports back.
@@ -197,6 +198,7 @@ impl Broker {
                 log,
                 segment_bytes,
                 shutdown_grace_ms: AtomicU64::new(30_000),
+                jobs: crate::jobs::Jobs::new(Duration::from_secs(3600)),
                 queues: RwLock::new(BTreeMap::new()),
                 next_task: AtomicU64::new(first),
                 next_consumer: AtomicU64::new(1),
@@ -215,7 +217,24 @@ impl Broker {
         if broker.inner.log.is_some() {
             tokio::spawn(broker.clone().compact_when_due());
         }
+        tokio::spawn(broker.clone().sweep_jobs());
         broker
+    }
+
+    /// The job registry.
+    pub fn jobs(&self) -> &crate::jobs::Jobs {
+        &self.inner.jobs
+    }
+
+    /// Forgets jobs past their time, every 10 seconds, until shutdown.
+    async fn sweep_jobs(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tick.tick() => self.inner.jobs.sweep(now_ms()),
+            }
+        }
     }
 
     /// Checks every second whether the log has outgrown its live data, and
@@ -559,6 +578,14 @@ impl Broker {
             }
             (r, durability)
         };
+        if !fx.job_stored.is_empty() {
+            self.inner.jobs.stored(&fx.job_stored, now);
+        }
+        if !fx.completed.is_empty() {
+            self.inner
+                .jobs
+                .completed(std::mem::take(&mut fx.completed), now);
+        }
         if !fx.dead.is_empty() {
             self.forward_dead(q, std::mem::take(&mut fx.dead));
         }
@@ -971,6 +998,7 @@ fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
         priority: d.priority,
         delay_ms: 0,
         key: None,
+        job: None,
     }
 }
 

@@ -232,10 +232,91 @@ impl SluiceService for Service {
 
     async fn watch_job(
         &self,
-        _req: Request<pb::WatchJobRequest>,
+        req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        Err(Error::Unimplemented("WatchJob").into())
+        let job = req.into_inner().job_id;
+        job_id(&job)?;
+        let watch = self.broker.jobs().watch(&job, crate::registry::now_ms());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let shutdown = self.broker.shutdown().clone();
+        tokio::spawn(async move {
+            let crate::jobs::Watch {
+                history,
+                summary,
+                mut live,
+            } = watch;
+            // What already happened first, in frames of a thousand.
+            for chunk in history.chunks(1000) {
+                let frame = pb::WatchJobResponse {
+                    task_complete: chunk.to_vec(),
+                    job_complete: None,
+                };
+                if tx.send(Ok(frame)).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(summary) = summary {
+                let frame = pb::WatchJobResponse {
+                    task_complete: Vec::new(),
+                    job_complete: Some(summary),
+                };
+                let _ = tx.send(Ok(frame)).await;
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    e = live.recv() => e,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Error::ShuttingDown.into())).await;
+                        return;
+                    }
+                };
+                match event {
+                    Ok(frame) => {
+                        let last = frame.job_complete.is_some();
+                        if tx.send(Ok(frame)).await.is_err() || last {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let msg = format!(
+                            "this watcher fell {n} outcomes behind; watch again to get the job from the start"
+                        );
+                        let _ = tx.send(Err(Status::aborted(msg))).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
+
+    async fn seal_job(
+        &self,
+        req: Request<pb::SealJobRequest>,
+    ) -> Result<Response<pb::SealJobResponse>, Status> {
+        let req = req.into_inner();
+        job_id(&req.job_id)?;
+        let total = (req.total > 0).then_some(req.total);
+        let total = self
+            .broker
+            .jobs()
+            .seal(&req.job_id, total, crate::registry::now_ms());
+        Ok(Response::new(pb::SealJobResponse { total }))
+    }
+}
+
+fn job_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > validate::MAX_KEY_LEN {
+        return Err(Error::invalid(format!(
+            "job_id must be 1 to {} bytes",
+            validate::MAX_KEY_LEN
+        )));
+    }
+    Ok(())
 }
 
 /// The moment to give up waiting, from the caller's `grpc-timeout`.
@@ -278,7 +359,7 @@ pub(crate) fn delivery(queue: &str, d: &Delivery) -> pb::Delivery {
             priority: d.priority,
             enqueued_at_unix_ms: d.body.enqueued_at,
             key: d.key.as_deref().unwrap_or_default().to_owned(),
-            job_id: String::new(),
+            job_id: d.job.as_deref().unwrap_or_default().to_owned(),
         }),
         attempt: d.attempt,
         lease_deadline_unix_ms: d.deadline,

@@ -195,8 +195,11 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
             t.key.len()
         )));
     }
-    if !t.job_id.is_empty() {
-        return Err(Error::Unimplemented("jobs (NewTask.job_id)"));
+    if t.job_id.len() > MAX_KEY_LEN {
+        return Err(Error::invalid(format!(
+            "task {i}: job_id is {} bytes, over the limit of {MAX_KEY_LEN}",
+            t.job_id.len()
+        )));
     }
     let mut size = t.payload.len();
     for (k, v) in &t.headers {
@@ -229,6 +232,7 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
         priority: t.priority,
         delay_ms: t.delay_ms,
         key: (!t.key.is_empty()).then(|| t.key.into()),
+        job: (!t.job_id.is_empty()).then(|| t.job_id.into()),
     })
 }
 

@@ -57,6 +57,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
                 priority: 0,
                 delay_ms: 0,
                 key: None,
+                job: None,
             })
             .collect();
         broker
@@ -103,6 +104,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
         priority: 0,
         delay_ms: 0,
         key: None,
+        job: None,
     };
     broker
         .enqueue(&q, vec![t], true, None)

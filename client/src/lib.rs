@@ -11,7 +11,8 @@
 //! - `error.rs`    — [`Error`], and how a `tonic::Status` becomes one;
 //! - `delivery.rs` — [`DeliveryExt`]: lease tokens from deliveries;
 //! - `pacer.rs`    — [`Pacer`]: slowing a producer before the queue fills;
-//! - `publisher.rs` — [`Publisher`]: the credit-based Publish stream.
+//! - `publisher.rs` — [`Publisher`]: the credit-based Publish stream;
+//! - `job.rs`      — [`JobWatch`]: sealing and watching jobs.
 //!
 //! The bidirectional `Consume` stream is not wrapped here: the worker runtime
 //! (crate `sluice-worker`) drives it through [`Client::raw`].
@@ -22,12 +23,14 @@
 mod client;
 mod delivery;
 mod error;
+mod job;
 mod pacer;
 mod publisher;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, duration_ms};
 pub use delivery::DeliveryExt;
 pub use error::{Error, code_name};
+pub use job::{JobEvent, JobWatch};
 pub use pacer::Pacer;
 pub use publisher::Publisher;
 /// The generated `sluice.v1` messages, enums and tonic client.

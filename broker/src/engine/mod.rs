@@ -117,6 +117,22 @@ pub struct NewTask {
     /// Idempotency key: while a task with this key is unfinished (and for
     /// the queue's key window after), the same key adds nothing.
     pub key: Option<Box<str>>,
+    /// The job the task belongs to: its outcome is reported to the job.
+    pub job: Option<Box<str>>,
+}
+
+/// How a task of a job ended, for the job's watchers.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub job: Box<str>,
+    pub id: TaskId,
+    pub payload: Bytes,
+    pub succeeded: bool,
+    /// The ack's result.
+    pub result: Bytes,
+    /// The last nack's error text (or why it was removed).
+    pub error: String,
+    pub attempts: u32,
 }
 
 /// Task headers. Boxed and optional: most tasks have none, and a queue
@@ -145,6 +161,8 @@ pub struct Delivery {
     pub priority: i32,
     /// Its idempotency key, if it has one.
     pub key: Option<Box<str>>,
+    /// Its job, if it has one.
+    pub job: Option<Box<str>>,
 }
 
 /// Why a task left the queue without being acked.
@@ -188,6 +206,7 @@ pub enum Change {
         /// written again (compaction).
         attempt: u32,
         key: Option<Box<str>>,
+        job: Option<Box<str>>,
     },
     /// The task's delivery count is now `attempt` (a delivery, or one
     /// undone).
@@ -211,6 +230,7 @@ pub struct Restored {
     pub attempt: u32,
     pub due: Millis,
     pub key: Option<Box<str>>,
+    pub job: Option<Box<str>>,
 }
 
 /// What the caller must do after an engine call.
@@ -232,6 +252,10 @@ pub struct Effects {
     pub duplicates: Vec<(TaskId, TaskId)>,
     /// Credit granted to publishers: space now reserved for them.
     pub granted: Vec<(PublisherId, u64)>,
+    /// Tasks of jobs that ended (acked, dead, dropped or purged).
+    pub completed: Vec<Completion>,
+    /// The job of each task of a job stored by this call.
+    pub job_stored: Vec<Box<str>>,
 }
 
 /// How a nack wants the task handled.

@@ -14,9 +14,9 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::ready::{Entry, ReadySet};
 use super::{
-    Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
-    EnqueueMode, Enqueued, Millis, NackAction, NewTask, PublisherId, PutterId, QueueConfig,
-    QueueStats, Restored, SettleError, TaskBody, TaskId,
+    Change, Completion, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects,
+    EnqueueError, EnqueueMode, Enqueued, Millis, NackAction, NewTask, PublisherId, PutterId,
+    QueueConfig, QueueStats, Restored, SettleError, TaskBody, TaskId,
 };
 
 /// A task out with a consumer.
@@ -101,6 +101,8 @@ pub struct QueueState {
     /// Deliveries per second over the last seconds: (second, count).
     drained: VecDeque<(Millis, u64)>,
     publishers: HashMap<PublisherId, Publisher>,
+    /// The job of each unfinished task that has one (beside the tasks).
+    task_jobs: HashMap<TaskId, Box<str>>,
     /// Publishers in the order they are next served when space frees.
     pub_ring: VecDeque<PublisherId>,
     /// Capacity reserved for publishers: counts as taken.
@@ -168,6 +170,9 @@ impl QueueState {
                 );
                 self.task_keys.insert(t.id, key);
             }
+            if let Some(job) = t.job {
+                self.task_jobs.insert(t.id, job);
+            }
             if t.due > now {
                 self.delay(t.due, entry, fx);
             } else {
@@ -203,6 +208,7 @@ impl QueueState {
             key_expiry: VecDeque::new(),
             drained: VecDeque::new(),
             publishers: HashMap::default(),
+            task_jobs: HashMap::default(),
             pub_ring: VecDeque::new(),
             reserved: 0,
         }
@@ -522,6 +528,7 @@ impl QueueState {
             due,
             attempt: e.attempt,
             key: self.task_keys.get(&e.id).cloned(),
+            job: self.task_jobs.get(&e.id).cloned(),
         };
         let mut out: Vec<Change> = Vec::with_capacity(self.unfinished() as usize);
         // (stats.payload_bytes is kept up to date by every path in and out.)
@@ -538,6 +545,7 @@ impl QueueState {
     pub fn retract(&mut self, ids: &std::collections::HashSet<TaskId>) -> u64 {
         // Their keys are free again: those tasks never were.
         for id in ids {
+            self.task_jobs.remove(id);
             if let Some(key) = self.task_keys.remove(id)
                 && self.keys.get(&key).is_some_and(|k| k.id == *id)
             {
@@ -599,7 +607,12 @@ impl QueueState {
                 due,
                 attempt: 0,
                 key: t.key.clone(),
+                job: t.job.clone(),
             });
+            if let Some(job) = t.job {
+                fx.job_stored.push(job.clone());
+                self.task_jobs.insert(entry.id, job);
+            }
             if due > 0 {
                 self.delay(due, entry, fx);
             } else {
@@ -659,6 +672,28 @@ impl QueueState {
             .map(|e| e.body.payload.len() as u64)
             .sum();
         self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
+        if !self.task_jobs.is_empty() {
+            let purged: Vec<(TaskId, bytes::Bytes, u32)> = self
+                .ready
+                .iter()
+                .chain(self.delayed.values())
+                .filter(|e| self.task_jobs.contains_key(&e.id))
+                .map(|e| (e.id, e.body.payload.clone(), e.attempt))
+                .collect();
+            for (id, payload, attempts) in purged {
+                if let Some(job) = self.task_jobs.remove(&id) {
+                    fx.completed.push(Completion {
+                        job,
+                        id,
+                        payload,
+                        succeeded: false,
+                        result: bytes::Bytes::new(),
+                        error: "purged".into(),
+                        attempts,
+                    });
+                }
+            }
+        }
         if !self.task_keys.is_empty() {
             let keyed: Vec<TaskId> = self
                 .ready
@@ -836,6 +871,11 @@ impl QueueState {
                     } else {
                         self.task_keys.get(&entry.id).cloned()
                     },
+                    job: if self.task_jobs.is_empty() {
+                        None
+                    } else {
+                        self.task_jobs.get(&entry.id).cloned()
+                    },
                 },
             ));
             self.stats.delivered_total += 1;
@@ -891,7 +931,30 @@ impl QueueState {
         attempt: u32,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
+        self.ack_with(now, id, attempt, bytes::Bytes::new(), fx)
+    }
+
+    /// [`QueueState::ack`] with the task's result, reported to its job.
+    pub fn ack_with(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        attempt: u32,
+        result: bytes::Bytes,
+        fx: &mut Effects,
+    ) -> Result<(), SettleError> {
         let lease = self.end_lease(id, attempt)?;
+        if let Some(job) = self.task_jobs.remove(&id) {
+            fx.completed.push(Completion {
+                job,
+                id,
+                payload: lease.entry.body.payload.clone(),
+                succeeded: true,
+                result,
+                error: String::new(),
+                attempts: lease.entry.attempt,
+            });
+        }
         self.record(fx, || Change::Removed { id });
         self.key_done(now, id);
         if !self.errors.is_empty() {
@@ -1041,6 +1104,21 @@ impl QueueState {
     /// Removes a (no longer leased) task as a failure.
     fn kill(&mut self, now: Millis, entry: Entry, reason: DeadReason, fx: &mut Effects) {
         self.key_done(now, entry.id);
+        if let Some(job) = self.task_jobs.remove(&entry.id) {
+            fx.completed.push(Completion {
+                job,
+                id: entry.id,
+                payload: entry.body.payload.clone(),
+                succeeded: false,
+                result: bytes::Bytes::new(),
+                error: self
+                    .errors
+                    .get(&entry.id)
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| format!("{reason:?}")),
+                attempts: entry.attempt,
+            });
+        }
         self.stats.dead_total += 1;
         self.stats.payload_bytes = self
             .stats

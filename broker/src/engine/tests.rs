@@ -27,6 +27,7 @@ fn task(id: u64, priority: i32) -> NewTask {
         priority,
         delay_ms: 0,
         key: None,
+        job: None,
     }
 }
 

@@ -50,6 +50,16 @@ pub struct EnqueueArgs {
     /// Keep the tasks back this long before they can be delivered (500ms, 1h).
     #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
     delay: Option<Duration>,
+    /// Enqueue the tasks as job ID: each one's outcome is reported to the
+    /// job's watchers; the job is sealed with these tasks once all are
+    /// stored.
+    #[arg(long, value_name = "ID")]
+    job: Option<String>,
+    /// With --job: stay, show completed/total, print each task's outcome
+    /// (a JSON line each with --json) and the summary; exit 1 if any task
+    /// failed.
+    #[arg(long, requires = "job")]
+    wait: bool,
     /// Idempotency key of the task (one PAYLOAD only): while a task with
     /// this key is unfinished in the queue, and for the queue's key window
     /// after, the same key stores nothing and prints the existing task's id.
@@ -77,6 +87,8 @@ pub struct Plan {
     template: NewTask,
     mode: EnqueueMode,
     timeout: Option<Duration>,
+    job: Option<String>,
+    wait: bool,
 }
 
 impl EnqueueArgs {
@@ -90,11 +102,14 @@ impl EnqueueArgs {
             ));
         }
         Ok(Plan {
+            job: self.job.clone(),
+            wait: self.wait,
             queue: self.queue,
             payloads: self.payloads,
             template: NewTask {
                 headers,
                 key: self.key.unwrap_or_default(),
+                job_id: self.job.unwrap_or_default(),
                 priority: self.priority,
                 delay_ms: match (self.delay, self.at) {
                     (Some(d), _) => duration_ms(d),
@@ -158,6 +173,7 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
         ids: Vec::new(),
         progress: Progress::new(total),
         publisher,
+        sent: 0,
     };
     let result = if from_args {
         let payloads = std::mem::take(&mut sender.plan.payloads);
@@ -170,11 +186,19 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
         Err(e) => Err(e),
     };
     sender.progress.finish();
-    if json {
+    let waiting = sender.plan.wait;
+    if json && !waiting {
         // Printed on failure too: the ids of the batches that were stored.
         print_json(&serde_json::Value::from(std::mem::take(&mut sender.ids)))?;
     }
-    result
+    result?;
+    if let Some(job) = sender.plan.job.clone() {
+        let total = client.seal_job(&job, sender.sent).await?;
+        if waiting {
+            return super::watch::follow(client, &job, Some(total), json).await;
+        }
+    }
+    Ok(())
 }
 
 async fn send_args(
@@ -265,6 +289,8 @@ struct Sender<'a> {
     ids: Vec<String>,
     progress: Progress,
     publisher: Option<sluice_client::Publisher>,
+    /// Tasks stored so far.
+    sent: u64,
 }
 
 impl Sender<'_> {
@@ -310,7 +336,9 @@ impl Sender<'_> {
 
     /// Prints ids as they are confirmed (or keeps them for the JSON array).
     fn report(&mut self, ids: Vec<String>) -> Result<(), Failure> {
-        if ids.is_empty() {
+        self.sent += ids.len() as u64;
+        if ids.is_empty() || self.plan.wait {
+            // Following a job prints outcomes, not ids.
             return Ok(());
         }
         if self.json {

@@ -21,6 +21,7 @@ mod parse;
 mod progress;
 mod queue;
 mod stats;
+mod watch;
 
 use std::io::Write;
 
@@ -71,6 +72,11 @@ enum Command {
     Join(join::JoinArgs),
     /// Show depths, counters and consumers of one queue or of all.
     Stats(stats::StatsArgs),
+    /// Follow a job: each task's outcome as it completes, then the summary.
+    ///
+    /// A watcher that connects late first gets what already happened. Exit
+    /// 1 when any task of the job failed.
+    Watch(watch::WatchArgs),
     /// Dead letter queues: move dead tasks back to work.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -118,6 +124,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Command::Get(cmd) => get::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Join(cmd) => join::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Stats(cmd) => stats::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Watch(cmd) => watch::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Dlq(cmd) => dlq::run(&Client::connect(&broker).await?, cmd, json).await,
         Command::Bench(cmd) => bench::run(&broker, cmd, json).await,
         Command::BenchBaselineServer => bench::serve_baseline().await,

@@ -46,6 +46,13 @@ impl Progress {
         }
     }
 
+    /// Counts `tasks` more done (a job's outcomes).
+    pub fn advance_done(&self, tasks: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(tasks);
+        }
+    }
+
     /// Shows how long the producer has waited for credit in all.
     pub fn waited(&self, waited: Duration) {
         if let Some(bar) = &self.bar {

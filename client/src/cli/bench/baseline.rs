@@ -235,6 +235,13 @@ impl SluiceService for Baseline {
         Err(Status::unimplemented("baseline"))
     }
 
+    async fn seal_job(
+        &self,
+        _: Request<SealJobRequest>,
+    ) -> Result<Response<SealJobResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
     type WatchJobStream = BoxStream<WatchJobResponse>;
 
     async fn watch_job(

@@ -1,0 +1,220 @@
+//! Jobs: a batch of tasks, enqueued under one job id, whose outcomes are
+//! streamed to any number of watchers — each task as it completes
+//! (task-complete), then a summary once the sealed job is whole
+//! (job-complete). A watcher that connects late first gets what already
+//! happened.
+//!
+//! The registry is broker-wide (a job's tasks may go to several queues) and
+//! in memory: outcomes are kept until `ttl` after the job completed (or
+//! after its last activity, for a job never sealed), at most
+//! [`MAX_OUTCOMES`] per job — counts stay exact beyond that, but a late
+//! watcher then sees only the first outcomes. Jobs do not survive a broker
+//! restart, even on durable queues (their tasks do).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sluice_proto::v1 as pb;
+use tokio::sync::broadcast;
+
+use crate::engine::{Completion, Millis};
+use crate::validate::task_id_str;
+
+/// Outcomes kept per job for late watchers.
+pub const MAX_OUTCOMES: usize = 100_000;
+
+struct Job {
+    enqueued: u64,
+    /// Set by sealing: how many tasks the job has in all.
+    total: Option<u64>,
+    succeeded: u64,
+    failed: u64,
+    outcomes: Vec<pb::TaskOutcome>,
+    started: Millis,
+    last: Millis,
+    summary: Option<pb::JobSummary>,
+    tx: broadcast::Sender<pb::WatchJobResponse>,
+}
+
+impl Job {
+    fn new(now: Millis) -> Self {
+        Job {
+            enqueued: 0,
+            total: None,
+            succeeded: 0,
+            failed: 0,
+            outcomes: Vec::new(),
+            started: now,
+            last: now,
+            summary: None,
+            tx: broadcast::channel(4096).0,
+        }
+    }
+
+    /// Completes the job if it is sealed and every task ended.
+    fn check_done(&mut self, id: &str, now: Millis) {
+        if self.summary.is_some() {
+            return;
+        }
+        if let Some(total) = self.total
+            && self.succeeded + self.failed >= total
+        {
+            let summary = pb::JobSummary {
+                job_id: id.to_owned(),
+                succeeded: self.succeeded,
+                failed: self.failed,
+                duration_ms: now.saturating_sub(self.started),
+            };
+            self.summary = Some(summary.clone());
+            let _ = self.tx.send(pb::WatchJobResponse {
+                task_complete: Vec::new(),
+                job_complete: Some(summary),
+            });
+        }
+    }
+}
+
+/// What a new watcher starts from.
+pub struct Watch {
+    pub history: Vec<pb::TaskOutcome>,
+    pub summary: Option<pb::JobSummary>,
+    pub live: broadcast::Receiver<pb::WatchJobResponse>,
+}
+
+/// Every job the broker knows.
+pub struct Jobs {
+    jobs: Mutex<HashMap<String, Job>>,
+    ttl: Duration,
+}
+
+impl Jobs {
+    pub fn new(ttl: Duration) -> Self {
+        Jobs {
+            jobs: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tasks of jobs were stored.
+    pub fn stored(&self, jobs: &[Box<str>], now: Millis) {
+        let mut all = self.lock();
+        for j in jobs {
+            let job = all.entry(j.to_string()).or_insert_with(|| Job::new(now));
+            job.enqueued += 1;
+            job.last = now;
+        }
+    }
+
+    /// Tasks of jobs ended; tell the watchers.
+    pub fn completed(&self, done: Vec<Completion>, now: Millis) {
+        let mut all = self.lock();
+        for c in done {
+            let id = c.job.to_string();
+            let job = all.entry(id.clone()).or_insert_with(|| Job::new(now));
+            if c.succeeded {
+                job.succeeded += 1;
+            } else {
+                job.failed += 1;
+            }
+            job.last = now;
+            let outcome = pb::TaskOutcome {
+                task_id: task_id_str(c.id),
+                succeeded: c.succeeded,
+                result: c.result,
+                error: c.error,
+                attempts: c.attempts,
+                completed_at_unix_ms: now,
+                payload: c.payload,
+            };
+            if job.outcomes.len() < MAX_OUTCOMES {
+                job.outcomes.push(outcome.clone());
+            }
+            let _ = job.tx.send(pb::WatchJobResponse {
+                task_complete: vec![outcome],
+                job_complete: None,
+            });
+            job.check_done(&id, now);
+        }
+    }
+
+    /// The producer has sent all of the job: `total` tasks (None: as many
+    /// as were stored so far). Returns the total.
+    pub fn seal(&self, id: &str, total: Option<u64>, now: Millis) -> u64 {
+        let mut all = self.lock();
+        let job = all.entry(id.to_owned()).or_insert_with(|| Job::new(now));
+        let total = total.unwrap_or(job.enqueued);
+        job.total = Some(total);
+        job.last = now;
+        job.check_done(id, now);
+        total
+    }
+
+    /// Starts watching a job (known or not yet: a watcher may come first).
+    pub fn watch(&self, id: &str, now: Millis) -> Watch {
+        let mut all = self.lock();
+        let job = all.entry(id.to_owned()).or_insert_with(|| Job::new(now));
+        // Under the same lock as every send: nothing is missed or doubled
+        // between the history and the live feed.
+        Watch {
+            history: job.outcomes.clone(),
+            summary: job.summary.clone(),
+            live: job.tx.subscribe(),
+        }
+    }
+
+    /// Forgets jobs whose time is up.
+    pub fn sweep(&self, now: Millis) {
+        let ttl = self.ttl.as_millis() as u64;
+        self.lock()
+            .retain(|_, j| now.saturating_sub(j.last) < ttl || j.tx.receiver_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::engine::TaskId;
+
+    fn done(job: &str, id: u64, ok: bool) -> Completion {
+        Completion {
+            job: job.into(),
+            id: TaskId(id),
+            payload: Bytes::new(),
+            succeeded: ok,
+            result: Bytes::from(format!("r{id}")),
+            error: if ok { String::new() } else { "bad".into() },
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn a_late_watcher_gets_history_then_live_then_the_summary() {
+        let jobs = Jobs::new(Duration::from_secs(60));
+        let j: Box<str> = "j".into();
+        jobs.stored(&[j.clone(), j.clone(), j.clone()], 0);
+        jobs.completed(vec![done("j", 1, true)], 1);
+        let mut w = jobs.watch("j", 2);
+        assert_eq!(w.history.len(), 1);
+        assert!(w.summary.is_none());
+        assert_eq!(jobs.seal("j", None, 3), 3);
+        jobs.completed(vec![done("j", 2, true), done("j", 3, false)], 4);
+        let a = w.live.try_recv().expect("task 2");
+        assert_eq!(a.task_complete[0].result, Bytes::from("r2"));
+        let b = w.live.try_recv().expect("task 3");
+        assert!(!b.task_complete[0].succeeded);
+        let s = w.live.try_recv().expect("summary");
+        let s = s.job_complete.expect("summary");
+        assert_eq!((s.succeeded, s.failed), (2, 1));
+        // A watcher after the end gets it all at once.
+        let w2 = jobs.watch("j", 5);
+        assert_eq!(w2.history.len(), 3);
+        assert!(w2.summary.is_some());
+    }
+}
