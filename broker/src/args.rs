@@ -64,6 +64,11 @@ pub struct Args {
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
     pub shutdown_grace: std::time::Duration,
 
+    /// How long a job's outcomes are kept for watchers after its last
+    /// activity (in memory; jobs do not survive a restart).
+    #[arg(long, env = "SLUICE_JOB_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub job_ttl: std::time::Duration,
+
     /// Largest task accepted: payload plus header names and values, in
     /// bytes.
     #[arg(long, env = "SLUICE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]

@@ -85,15 +85,21 @@ pub struct Watch {
 /// Every job the broker knows.
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Job>>,
-    ttl: Duration,
+    ttl_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Jobs {
     pub fn new(ttl: Duration) -> Self {
         Jobs {
             jobs: Mutex::new(HashMap::new()),
-            ttl,
+            ttl_ms: std::sync::atomic::AtomicU64::new(ttl.as_millis() as u64),
         }
+    }
+
+    /// How long a job is kept after its last outcome (or seal).
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms
+            .store(ttl.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
@@ -169,7 +175,7 @@ impl Jobs {
 
     /// Forgets jobs whose time is up.
     pub fn sweep(&self, now: Millis) {
-        let ttl = self.ttl.as_millis() as u64;
+        let ttl = self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed);
         self.lock()
             .retain(|_, j| now.saturating_sub(j.last) < ttl || j.tx.receiver_count() > 0);
     }

@@ -47,6 +47,7 @@ async fn main() -> ExitCode {
     };
 
     broker.set_shutdown_grace(args.shutdown_grace);
+    broker.jobs().set_ttl(args.job_ttl);
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
