@@ -59,6 +59,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts any command under a guard (stderr kept in a log).
+    pub fn start(name: &str, cmd: &mut Command) -> Proc {
+        Proc::spawn(name, cmd.stdin(Stdio::null()).stdout(Stdio::null()))
+    }
+
     fn spawn(name: &str, cmd: &mut Command) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("stderr.log");
@@ -385,4 +390,38 @@ impl Drop for Flag {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.0, b"go");
     }
+}
+
+/// The workspace's root directory.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The Python of the test virtualenv, with the generated stubs on its path
+/// (`./scripts/test.sh` sets both up).
+pub fn python() -> Command {
+    let root = root();
+    let py = root.join("target/py/bin/python");
+    assert!(
+        py.exists(),
+        "{} not found: run ./scripts/test.sh (it sets up the Python virtualenv)",
+        py.display()
+    );
+    let mut cmd = Command::new(py);
+    cmd.env("SLUICE_PY_GEN", root.join("target/py-gen"));
+    cmd
+}
+
+/// Node with the example's packages installed (`./scripts/test.sh`).
+pub fn node() -> Command {
+    let modules = root().join("examples/node/node_modules");
+    assert!(
+        modules.exists(),
+        "{} not found: run ./scripts/test.sh (it runs npm ci)",
+        modules.display()
+    );
+    Command::new("node")
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's test command: sets up what the end-to-end tests need (a
+# Python virtualenv with grpcio and stubs generated from proto/, and the
+# Node example's packages), inside the project, without touching system
+# packages; then builds the binaries the tests start and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Python: a virtualenv under target/, stubs generated from proto/ (never
+# committed). Reused when present.
+if [ ! -x target/py/bin/python ]; then
+    mkdir -p target
+    python3 -m venv target/py
+fi
+target/py/bin/pip install --quiet --disable-pip-version-check -r examples/python/requirements.txt
+rm -rf target/py-gen && mkdir -p target/py-gen
+target/py/bin/python -m grpc_tools.protoc -I proto \
+    --python_out=target/py-gen --grpc_python_out=target/py-gen proto/sluice/v1/sluice.proto
+
+# Node: the example's pinned packages, in examples/node/node_modules.
+(cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
+
+cargo build --workspace --bins
+cargo test --workspace
