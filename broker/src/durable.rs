@@ -28,7 +28,7 @@ use crate::registry::QueueSpec;
 /// One log record.
 #[derive(Clone, PartialEq, Message)]
 pub struct Record {
-    #[prost(oneof = "record::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "record::Kind", tags = "1, 2, 3, 4")]
     pub kind: Option<record::Kind>,
 }
 
@@ -42,7 +42,43 @@ pub mod record {
         Delete(String),
         #[prost(message, tag = "3")]
         Changes(super::QueueChanges),
+        #[prost(message, tag = "4")]
+        Job(super::JobRecord),
     }
+}
+
+/// What happened to a job: tasks stored under it, its seal, outcomes; or,
+/// written by compaction, its whole state (`snapshot`).
+#[derive(Clone, PartialEq, Message)]
+pub struct JobRecord {
+    #[prost(string, tag = "1")]
+    pub job: String,
+    /// Tasks stored under the job by this event.
+    #[prost(uint64, tag = "2")]
+    pub stored: u64,
+    /// The sealed total, when `sealed`.
+    #[prost(uint64, tag = "3")]
+    pub total: u64,
+    #[prost(bool, tag = "4")]
+    pub sealed: bool,
+    #[prost(message, repeated, tag = "5")]
+    pub outcomes: Vec<sluice_proto::v1::TaskOutcome>,
+    /// Snapshot only: the job's whole state replaces what came before.
+    #[prost(bool, tag = "6")]
+    pub snapshot: bool,
+    #[prost(uint64, tag = "7")]
+    pub started_at: u64,
+    #[prost(uint64, tag = "8")]
+    pub succeeded: u64,
+    #[prost(uint64, tag = "9")]
+    pub failed: u64,
+    #[prost(uint64, tag = "10")]
+    pub last: u64,
+}
+
+/// A job record.
+pub fn job(r: JobRecord) -> Bytes {
+    encode(record::Kind::Job(r))
 }
 
 /// A durable queue's definition.
@@ -240,6 +276,9 @@ pub struct RecoveredQueue {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub queues: BTreeMap<String, RecoveredQueue>,
+    /// Jobs as the log describes them (snapshot records with events
+    /// folded in).
+    pub jobs: BTreeMap<String, JobRecord>,
     /// The highest task id seen: new ids start above it.
     pub max_task_id: u64,
     pub records: u64,
@@ -286,6 +325,33 @@ impl Recovery {
             }
             Some(record::Kind::Delete(name)) => {
                 self.queues.remove(&name);
+            }
+            Some(record::Kind::Job(r)) => {
+                if r.snapshot {
+                    self.jobs.insert(r.job.clone(), r);
+                } else {
+                    let j = self.jobs.entry(r.job.clone()).or_insert_with(|| JobRecord {
+                        job: r.job.clone(),
+                        started_at: r.started_at,
+                        ..Default::default()
+                    });
+                    j.stored += r.stored;
+                    if r.sealed {
+                        j.sealed = true;
+                        j.total = r.total;
+                    }
+                    for o in r.outcomes {
+                        if o.succeeded {
+                            j.succeeded += 1;
+                        } else {
+                            j.failed += 1;
+                        }
+                        if j.outcomes.len() < crate::jobs::MAX_OUTCOMES {
+                            j.outcomes.push(o);
+                        }
+                    }
+                    j.last = j.last.max(r.last);
+                }
             }
             Some(record::Kind::Changes(c)) => {
                 // Changes of a queue deleted later in the log were already

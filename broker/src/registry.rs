@@ -195,10 +195,10 @@ impl Broker {
         let first = (now_ms() << 20).max(recovered.max_task_id + 1);
         let broker = Broker {
             inner: Arc::new(Inner {
+                jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), log.clone()),
                 log,
                 segment_bytes,
                 shutdown_grace_ms: AtomicU64::new(30_000),
-                jobs: crate::jobs::Jobs::new(Duration::from_secs(3600)),
                 queues: RwLock::new(BTreeMap::new()),
                 next_task: AtomicU64::new(first),
                 next_consumer: AtomicU64::new(1),
@@ -206,6 +206,7 @@ impl Broker {
                 shutdown,
             }),
         };
+        let recovered_jobs = recovered.jobs;
         for (_, rq) in recovered.queues {
             let n = rq.tasks.len();
             let handle = broker.insert_queue(rq.spec, rq.created_at);
@@ -214,6 +215,7 @@ impl Broker {
             });
             tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }
+        broker.inner.jobs.restore(recovered_jobs);
         if broker.inner.log.is_some() {
             tokio::spawn(broker.clone().compact_when_due());
         }
@@ -312,6 +314,11 @@ impl Broker {
             bytes += records.iter().map(|r| r.len() as u64 + 8).sum::<u64>();
             appends.push(log.append(records));
             drop(sh);
+        }
+        // Jobs after the queues: their state now includes every event
+        // appended before this point.
+        for a in self.inner.jobs.snapshot() {
+            a.await?;
         }
         for a in appends {
             a.await?;
@@ -570,6 +577,17 @@ impl Broker {
                 None => (None, None),
             };
             route(&mut sh, &mut fx, ticket);
+            // Job events are logged under this queue's lock, right after
+            // the queue's own changes (lock order: queue, then jobs).
+            let durable = q.spec.durable;
+            if !fx.job_stored.is_empty() {
+                self.inner.jobs.stored(&fx.job_stored, now, durable);
+            }
+            if !fx.completed.is_empty() {
+                self.inner
+                    .jobs
+                    .completed(std::mem::take(&mut fx.completed), now, durable);
+            }
             if fx.rearm {
                 q.rearm.notify_one();
             }
@@ -578,14 +596,6 @@ impl Broker {
             }
             (r, durability)
         };
-        if !fx.job_stored.is_empty() {
-            self.inner.jobs.stored(&fx.job_stored, now);
-        }
-        if !fx.completed.is_empty() {
-            self.inner
-                .jobs
-                .completed(std::mem::take(&mut fx.completed), now);
-        }
         if !fx.dead.is_empty() {
             self.forward_dead(q, std::mem::take(&mut fx.dead));
         }

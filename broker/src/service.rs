@@ -301,10 +301,13 @@ impl SluiceService for Service {
         let req = req.into_inner();
         job_id(&req.job_id)?;
         let total = (req.total > 0).then_some(req.total);
-        let total = self
-            .broker
-            .jobs()
-            .seal(&req.job_id, total, crate::registry::now_ms());
+        let (total, durability) =
+            self.broker
+                .jobs()
+                .seal(&req.job_id, total, crate::registry::now_ms());
+        if let Some(d) = durability {
+            d.await.map_err(Error::from)?;
+        }
         Ok(Response::new(pb::SealJobResponse { total }))
     }
 }

@@ -94,3 +94,51 @@ fn a_failing_task_shows_up_as_failed_in_the_summary() {
     assert_eq!(failed[0]["error"], "exit status 1: cannot do bad");
     assert!(out.stderr.contains("1 of 3 tasks failed"), "{out:?}");
 }
+
+#[test]
+fn a_durable_jobs_outcomes_and_seal_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start_durable(dir.path());
+    let addr = b.addr.clone();
+    let data = dir.path().display().to_string();
+    b.ok(&["queue", "create", "q", "--durable"]);
+    // Four tasks under job k, sealed by the CLI with its total.
+    let out = cli(
+        &b.url(),
+        &["enqueue", "q", "--job", "k"],
+        Some("a\nb\nc\nd\n"),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    // Two are done before the crash (`get` acks with an empty result).
+    b.ok(&["get", "q"]);
+    b.ok(&["get", "q"]);
+    drop(b); // SIGKILL
+
+    let b = Broker::start_on(&addr, &["--data-dir", &data]);
+    let _w = b.worker("q", &[], &["sh", "-c", "read x; echo \"done-$x\""]);
+    let out = b.cli(&["--json", "watch", "k"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines = json_lines(&out.stdout);
+    let summary = lines.last().expect("summary");
+    assert_eq!(summary["succeeded"], 4, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let results: HashSet<String> = lines[..lines.len() - 1]
+        .iter()
+        .map(|o| {
+            format!(
+                "{}={}",
+                o["payload"].as_str().unwrap_or(""),
+                o["result"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        ["a=", "b=", "c=done-c\n", "d=done-d\n"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        "outcomes from before the crash kept, the rest after it"
+    );
+    assert_eq!(num(&b.stats("q"), &["stats", "unfinished"]), 0);
+}
