@@ -385,6 +385,9 @@ impl Drop for Session {
         let rx = &mut self.deliveries;
         self.broker.apply(&self.q, |sh, now, fx| {
             sh.remove_sender(cid);
+            // No credit first, or undoing a delivery would hand the task
+            // straight back to this consumer on its way out.
+            sh.state.revoke(cid);
             while let Ok(batch) = rx.try_recv() {
                 for d in batch {
                     let _ = sh.state.unsend(now, d.id, d.attempt, fx);

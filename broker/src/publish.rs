@@ -144,6 +144,11 @@ impl Session {
         let id = self.id;
         let ((stored, duplicates, depth), durability) =
             self.broker.apply_logged(&self.q, |sh, now, fx| {
+                // A frame read just before the queue was deleted must not
+                // land in it (nor in the log after its Delete).
+                if sh.is_deleted() {
+                    return (Err(PublishError::Unknown), Vec::new(), 0);
+                }
                 let r = sh.state.publish(now, id, tasks, fx);
                 let dups = std::mem::take(&mut fx.duplicates);
                 (r, dups, sh.state.depth())
@@ -160,8 +165,12 @@ impl Session {
                 return Err(Error::QueueDeleted(self.q.name().to_owned()).into());
             }
         }
-        if let Some(d) = durability {
-            d.await.map_err(Error::from)?;
+        if let Some(d) = durability
+            && let Err(e) = d.await
+        {
+            // Not stored after all: take the tasks back out, as Enqueue does.
+            self.broker.retract(&self.q, first, n);
+            return Err(Error::from(e).into());
         }
         // Confirmed: the window has room for more credit.
         self.broker.apply(&self.q, |sh, now, fx| {

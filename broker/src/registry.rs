@@ -776,9 +776,9 @@ impl Broker {
 
     /// Undoes an enqueue the log refused: its tasks (ids `first..first+n`)
     /// leave the queue unless a consumer already has them.
-    fn retract(&self, q: &QueueHandle, first: TaskId, n: u64) {
+    pub(crate) fn retract(&self, q: &QueueHandle, first: TaskId, n: u64) {
         let ids: std::collections::HashSet<TaskId> = (0..n).map(|i| TaskId(first.0 + i)).collect();
-        let removed = self.apply(q, |sh, _, _| sh.state.retract(&ids));
+        let removed = self.apply(q, |sh, now, fx| sh.state.retract(now, &ids, fx));
         if removed < n {
             tracing::warn!(
                 queue = %q.name(), refused = n, delivered = n - removed,

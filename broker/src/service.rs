@@ -236,56 +236,62 @@ impl SluiceService for Service {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let job = req.into_inner().job_id;
         job_id(&job)?;
-        let watch = self.broker.jobs().watch(&job, crate::registry::now_ms());
+        let broker = self.broker.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let shutdown = self.broker.shutdown().clone();
         tokio::spawn(async move {
-            let crate::jobs::Watch {
-                history,
-                summary,
-                mut live,
-            } = watch;
-            // What already happened first, in frames of a thousand.
-            for chunk in history.chunks(1000) {
-                let frame = pb::WatchJobResponse {
-                    task_complete: chunk.to_vec(),
-                    job_complete: None,
-                };
-                if tx.send(Ok(frame)).await.is_err() {
+            // Outcomes sent so far: a watcher that falls behind the live
+            // feed picks up from here in the kept history.
+            let mut sent = 0usize;
+            'watch: loop {
+                let crate::jobs::Watch {
+                    history,
+                    summary,
+                    mut live,
+                } = broker.jobs().watch(&job, crate::registry::now_ms());
+                if history.len() < sent {
+                    let msg = "the job's outcomes outgrew what the broker keeps; watch again";
+                    let _ = tx.send(Err(Status::aborted(msg))).await;
                     return;
                 }
-            }
-            if let Some(summary) = summary {
-                let frame = pb::WatchJobResponse {
-                    task_complete: Vec::new(),
-                    job_complete: Some(summary),
-                };
-                let _ = tx.send(Ok(frame)).await;
-                return;
-            }
-            loop {
-                let event = tokio::select! {
-                    e = live.recv() => e,
-                    _ = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Error::ShuttingDown.into())).await;
+                // What happened (since `sent`), in frames of a thousand.
+                for chunk in history[sent..].chunks(1000) {
+                    let frame = pb::WatchJobResponse {
+                        task_complete: chunk.to_vec(),
+                        job_complete: None,
+                    };
+                    if tx.send(Ok(frame)).await.is_err() {
                         return;
                     }
-                };
-                match event {
-                    Ok(frame) => {
-                        let last = frame.job_complete.is_some();
-                        if tx.send(Ok(frame)).await.is_err() || last {
+                    sent += chunk.len();
+                }
+                if let Some(summary) = summary {
+                    let frame = pb::WatchJobResponse {
+                        task_complete: Vec::new(),
+                        job_complete: Some(summary),
+                    };
+                    let _ = tx.send(Ok(frame)).await;
+                    return;
+                }
+                loop {
+                    let event = tokio::select! {
+                        e = live.recv() => e,
+                        _ = broker.shutdown().cancelled() => {
+                            let _ = tx.send(Err(Error::ShuttingDown.into())).await;
                             return;
                         }
+                    };
+                    match event {
+                        Ok(frame) => {
+                            let last = frame.job_complete.is_some();
+                            sent += frame.task_complete.len();
+                            if tx.send(Ok(frame)).await.is_err() || last {
+                                return;
+                            }
+                        }
+                        // Behind the live feed: start again from the history.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue 'watch,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let msg = format!(
-                            "this watcher fell {n} outcomes behind; watch again to get the job from the start"
-                        );
-                        let _ = tx.send(Err(Status::aborted(msg))).await;
-                        return;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
         });

@@ -101,21 +101,55 @@ impl Publisher {
         self.send_batch(vec![task]).await
     }
 
-    /// Sends tasks in one frame once there is credit for all of them
-    /// (so no more than the window at once).
-    pub async fn send_batch(&mut self, tasks: Vec<NewTask>) -> Result<(), Error> {
-        let n = tasks.len() as u64;
-        if n == 0 {
-            return Ok(());
+    /// Sends tasks, each as soon as there is credit for it: a frame per
+    /// stretch of credit, so a batch larger than the credit (or the window)
+    /// goes out in parts rather than waiting for room it may never get.
+    /// Cancel-safe between frames: credit is taken only with a frame sent.
+    pub async fn send_batch(&mut self, mut tasks: Vec<NewTask>) -> Result<(), Error> {
+        while !tasks.is_empty() {
+            let started = Instant::now();
+            self.wait_credit().await?;
+            // Room in the channel first: after this nothing awaits, so the
+            // credit taken below always goes out with its frame.
+            let permit = self
+                .tx
+                .reserve()
+                .await
+                .map_err(|_| Error::Protocol("publish stream closed".into()))?;
+            let take = {
+                let mut st = self
+                    .state
+                    .0
+                    .lock()
+                    .map_err(|_| Error::Protocol("publisher state poisoned".into()))?;
+                let take = st.credit.min(tasks.len() as u64);
+                st.credit -= take;
+                take
+            };
+            if take == 0 {
+                continue;
+            }
+            let rest = tasks.split_off(take as usize);
+            let frame = PublishRequest {
+                tasks: std::mem::replace(&mut tasks, rest),
+                ..PublishRequest::default()
+            };
+            permit.send(frame);
+            self.sent += take;
+            self.waited += started.elapsed();
         }
-        let started = Instant::now();
+        Ok(())
+    }
+
+    /// Waits until the broker granted some credit (or ended the stream).
+    async fn wait_credit(&self) -> Result<(), Error> {
         loop {
             let (lock, notify) = &*self.state;
             let waiting = notify.notified();
             tokio::pin!(waiting);
             waiting.as_mut().enable();
             {
-                let mut st = lock
+                let st = lock
                     .lock()
                     .map_err(|_| Error::Protocol("publisher state poisoned".into()))?;
                 if let Some(end) = &st.ended {
@@ -124,23 +158,12 @@ impl Publisher {
                         Ok(()) => Error::Protocol("the broker ended the publish stream".into()),
                     });
                 }
-                if st.credit >= n {
-                    st.credit -= n;
-                    break;
+                if st.credit > 0 {
+                    return Ok(());
                 }
             }
             waiting.await;
         }
-        self.waited += started.elapsed();
-        self.sent += n;
-        let frame = PublishRequest {
-            tasks,
-            ..PublishRequest::default()
-        };
-        self.tx
-            .send(frame)
-            .await
-            .map_err(|_| Error::Protocol("publish stream closed".into()))
     }
 
     /// Credit held now: tasks that may be sent without waiting.

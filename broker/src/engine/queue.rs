@@ -413,7 +413,7 @@ impl QueueState {
     }
 
     /// A task is done: its key (if any) stays taken for the key window.
-    fn key_done(&mut self, now: Millis, id: TaskId) {
+    fn key_done(&mut self, now: Millis, id: TaskId, fx: &mut Effects) {
         if self.task_keys.is_empty() {
             return;
         }
@@ -423,6 +423,10 @@ impl QueueState {
         {
             k.done = Some(now);
             let until = now.saturating_add(self.config.key_window_ms);
+            // The timer must wake to forget it, even on an idle queue.
+            if self.next_deadline().is_none_or(|d| until < d) {
+                fx.rearm = true;
+            }
             self.key_expiry.push_back((until, key, id));
         }
     }
@@ -446,10 +450,8 @@ impl QueueState {
     pub fn next_deadline(&self) -> Option<Millis> {
         let d = self.delayed.keys().next().map(|(t, _)| *t);
         let l = self.deadlines.first().map(|(t, _)| *t);
-        match (d, l) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let k = self.key_expiry.front().map(|(t, _, _)| *t);
+        [d, l, k].into_iter().flatten().min()
     }
 
     // ------------------------------------------------------------ producing
@@ -542,22 +544,20 @@ impl QueueState {
     /// failed): those still waiting are removed as if never stored. One a
     /// consumer already took stays with it. Returns how many were removed.
     /// Slow (a scan of the queue), and only for that failure.
-    pub fn retract(&mut self, ids: &std::collections::HashSet<TaskId>) -> u64 {
-        // Their keys are free again: those tasks never were.
-        for id in ids {
-            self.task_jobs.remove(id);
-            if let Some(key) = self.task_keys.remove(id)
-                && self.keys.get(&key).is_some_and(|k| k.id == *id)
-            {
-                self.keys.remove(&key);
-            }
-        }
+    pub fn retract(
+        &mut self,
+        now: Millis,
+        ids: &std::collections::HashSet<TaskId>,
+        fx: &mut Effects,
+    ) -> u64 {
         let before = self.depth();
         let mut bytes = 0;
+        let mut removed = Vec::new();
         self.ready.retain(|e| {
             let keep = !ids.contains(&e.id);
             if !keep {
                 bytes += e.body.payload.len() as u64;
+                removed.push(e.id);
             }
             keep
         });
@@ -565,12 +565,25 @@ impl QueueState {
             let keep = !ids.contains(id);
             if !keep {
                 bytes += e.body.payload.len() as u64;
+                removed.push(*id);
             }
             keep
         });
+        // Keys and job links of the removed tasks only: one a consumer
+        // already holds keeps them.
+        for id in &removed {
+            self.task_jobs.remove(id);
+            if let Some(key) = self.task_keys.remove(id)
+                && self.keys.get(&key).is_some_and(|k| k.id == *id)
+            {
+                self.keys.remove(&key);
+            }
+        }
         self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
         let n = before - self.depth();
         self.stats.enqueued_total -= n;
+        // The space is free again for waiting producers.
+        self.dispatch(now, fx);
         n
     }
 
@@ -702,7 +715,7 @@ impl QueueState {
                 .filter(|id| self.task_keys.contains_key(id))
                 .collect();
             for id in keyed {
-                self.key_done(now, id);
+                self.key_done(now, id, fx);
             }
         }
         let n = self.ready.clear() + self.delayed.len() as u64;
@@ -820,7 +833,10 @@ impl QueueState {
                 break;
             }
         }
-        if !self.publishers.is_empty() {
+        // Waiting Enqueue calls queued before: publishers get room only
+        // when none is waiting, or a one-slot-at-a-time grant would keep a
+        // waiting batch out for ever.
+        if !self.publishers.is_empty() && self.putters.is_empty() {
             self.grant_publishers(fx);
         }
     }
@@ -956,7 +972,7 @@ impl QueueState {
             });
         }
         self.record(fx, || Change::Removed { id });
-        self.key_done(now, id);
+        self.key_done(now, id, fx);
         if !self.errors.is_empty() {
             self.errors.remove(&id);
         }
@@ -1103,7 +1119,7 @@ impl QueueState {
 
     /// Removes a (no longer leased) task as a failure.
     fn kill(&mut self, now: Millis, entry: Entry, reason: DeadReason, fx: &mut Effects) {
-        self.key_done(now, entry.id);
+        self.key_done(now, entry.id, fx);
         if let Some(job) = self.task_jobs.remove(&entry.id) {
             fx.completed.push(Completion {
                 job,

@@ -766,3 +766,62 @@ fn publishers_get_reserved_credit_and_share_freed_space() {
     q.remove_publisher(0, a, &mut fx);
     assert_eq!(fx.granted, vec![(b, 2)]);
 }
+
+#[test]
+fn waiting_enqueues_come_before_publishers() {
+    let mut q = QueueState::new(cfg(5, Order::Fifo));
+    put(&mut q, &[(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]);
+    let mut fx = Effects::default();
+    q.add_publisher(0, PublisherId(1), 5, &mut fx);
+    assert!(fx.granted.is_empty(), "the queue is full");
+    let batch: Vec<NewTask> = (10..13).map(|i| task(i, 0)).collect();
+    assert_eq!(
+        q.enqueue(0, batch, EnqueueMode::Wait(PutterId(1)), &mut fx),
+        Ok(Enqueued::Waiting(PutterId(1)))
+    );
+    // Space frees one slot at a time: the waiting batch of 3 gets it.
+    q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 0);
+    let mut fx = Effects::default();
+    for _ in 0..3 {
+        q.grant(0, ConsumerId(1), 1, &mut fx);
+    }
+    assert_eq!(fx.admitted, vec![PutterId(1)]);
+    assert!(fx.granted.is_empty(), "no credit while an Enqueue waited");
+    let mut fx = Effects::default();
+    q.grant(0, ConsumerId(1), 1, &mut fx);
+    assert_eq!(fx.granted, vec![(PublisherId(1), 1)], "then the publisher");
+}
+
+#[test]
+fn retract_frees_room_for_waiting_producers_and_keeps_held_keys() {
+    let mut q = QueueState::new(cfg(2, Order::Fifo));
+    let mut fx = Effects::default();
+    q.enqueue(
+        0,
+        vec![keyed(1, "a"), keyed(2, "b")],
+        EnqueueMode::FailFast,
+        &mut fx,
+    )
+    .expect("fits");
+    q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 0);
+    q.grant(0, ConsumerId(1), 1, &mut fx); // task 1 is now held
+    q.enqueue(
+        0,
+        vec![task(3, 0), task(4, 0)],
+        EnqueueMode::Wait(PutterId(9)),
+        &mut fx,
+    )
+    .expect("waits");
+    let mut fx = Effects::default();
+    let ids = [TaskId(1), TaskId(2)].into_iter().collect();
+    assert_eq!(q.retract(0, &ids, &mut fx), 1, "only the one still queued");
+    assert_eq!(
+        fx.admitted,
+        vec![PutterId(9)],
+        "its room went to the waiting producer"
+    );
+    // Key "a" still belongs to the held task; "b" is free again.
+    let mut fx = Effects::default();
+    let _ = q.enqueue(0, vec![keyed(5, "a")], EnqueueMode::FailFast, &mut fx);
+    assert_eq!(fx.duplicates, vec![(TaskId(5), TaskId(1))]);
+}

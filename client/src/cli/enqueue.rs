@@ -161,7 +161,9 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
     // broker grants credit as the queue drains, so the CLI reads no further
     // ahead than it may send.
     let publisher = if !from_args && plan.mode == EnqueueMode::Wait && plan.timeout.is_none() {
-        let window = u32::try_from(capacity.min(10_000)).unwrap_or(10_000);
+        // A window of a quarter of the queue (at most 1000): enough to keep
+        // the stream full without reserving the whole queue for one producer.
+        let window = u32::try_from((capacity / 4).clamp(1, 1000)).unwrap_or(1000);
         Some(client.publisher(&plan.queue, window).await?)
     } else {
         None
@@ -193,7 +195,9 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
     }
     result?;
     if let Some(job) = sender.plan.job.clone() {
-        let total = client.seal_job(&job, sender.sent).await?;
+        // Total 0: what the broker stored under the job (a task whose key
+        // was taken is not part of it).
+        let total = client.seal_job(&job, 0).await?;
         if waiting {
             return super::watch::follow(client, &job, Some(total), json).await;
         }
