@@ -69,6 +69,19 @@ pub struct Args {
     #[arg(long, env = "SLUICE_JOB_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub job_ttl: std::time::Duration,
 
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: accept only clients with a certificate signed by this CA
+    /// (PEM).
+    #[arg(long, env = "SLUICE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Largest task accepted: payload plus header names and values, in
     /// bytes.
     #[arg(long, env = "SLUICE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]

@@ -30,6 +30,14 @@ async fn main() -> ExitCode {
         )
         .init();
 
+    let tls_on = args.tls_cert.is_some();
+    let tls = match tls_config(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let shutdown = CancellationToken::new();
     let broker = if args.in_memory {
         tracing::info!("--in-memory: every queue is lost when the broker stops");
@@ -66,13 +74,13 @@ async fn main() -> ExitCode {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening on {addr}");
     let _ = out.flush();
-    tracing::info!(%addr, "serving");
+    tracing::info!(%addr, tls = tls_on, "serving");
 
     tokio::spawn(signal::on_signal(shutdown.clone()));
     let limits = Limits {
         max_payload_bytes: args.max_payload_bytes,
     };
-    let served = server::run(listener, limits, broker.clone()).await;
+    let served = server::run(listener, limits, broker.clone(), tls).await;
     if let Some(log) = broker.log()
         && let Err(e) = log.close().await
     {
@@ -89,4 +97,24 @@ async fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The TLS configuration from --tls-cert/--tls-key/--tls-client-ca, read
+/// now so a bad file is a clear error at start.
+fn tls_config(args: &Args) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf, what: &str| {
+        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "--tls-cert")?,
+        read(key, "--tls-key")?,
+    ));
+    if let Some(ca) = &args.tls_client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+    }
+    Ok(Some(config))
 }

@@ -22,6 +22,7 @@ pub async fn run(
     listener: TcpListener,
     limits: Limits,
     broker: Broker,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let shutdown = broker.shutdown().clone();
     let broker_grace = broker.shutdown_grace();
@@ -51,7 +52,11 @@ pub async fn run(
         conn
     });
     let stop = shutdown.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)

@@ -36,13 +36,30 @@ pub struct QueueCreated {
     pub created: bool,
 }
 
+/// TLS settings for `https://` brokers.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// Trust this CA (PEM) instead of the built-in web roots.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// Present this certificate and key (PEM) to a broker that asks for
+    /// client certificates (mutual TLS).
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 impl Client {
-    /// Connects to the broker at `url` (`http://host:port`; a bare
+    /// Connects to the broker at `url` (`http://host:port`, or
+    /// `https://host:port` trusting the built-in web roots; a bare
     /// `host:port` means `http://`). Connects eagerly, so an unreachable
     /// broker is [`Error::Connect`] here rather than on the first call.
     /// Later calls reconnect on their own if the connection drops.
     pub async fn connect(url: &str) -> Result<Client, Error> {
-        let endpoint = Self::endpoint(url)?;
+        Self::connect_with(url, &TlsOptions::default()).await
+    }
+
+    /// [`Client::connect`] with TLS settings (a CA to trust, a client
+    /// certificate) for `https://` URLs.
+    pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Client, Error> {
+        let endpoint = Self::endpoint_with(url, tls)?;
         let url = with_scheme(url);
         let channel = endpoint
             .connect()
@@ -55,6 +72,11 @@ impl Client {
     /// it (keep-alive, `connect_lazy`) before building a channel for
     /// [`Client::with_channel`].
     pub fn endpoint(url: &str) -> Result<Endpoint, Error> {
+        Self::endpoint_with(url, &TlsOptions::default())
+    }
+
+    /// [`Client::endpoint`] with TLS settings.
+    pub fn endpoint_with(url: &str, tls: &TlsOptions) -> Result<Endpoint, Error> {
         let full = with_scheme(url);
         let invalid = |reason: String| Error::InvalidUrl {
             url: url.to_owned(),
@@ -62,16 +84,40 @@ impl Client {
         };
         let endpoint = Endpoint::from_shared(full).map_err(|e| invalid(e.to_string()))?;
         match endpoint.uri().scheme_str() {
-            Some("http") => {}
+            Some("http") => {
+                if tls.ca_cert_pem.is_some() || tls.identity_pem.is_some() {
+                    return Err(invalid(
+                        "TLS options were given for an http:// URL; use https://".to_owned(),
+                    ));
+                }
+            }
             Some("https") => {
-                return Err(invalid(
-                    "https is not supported yet (this build has no TLS)".to_owned(),
-                ));
+                use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+                let mut config = ClientTlsConfig::new().with_webpki_roots();
+                if let Some(ca) = &tls.ca_cert_pem {
+                    config = config.ca_certificate(Certificate::from_pem(ca));
+                }
+                if let Some((cert, key)) = &tls.identity_pem {
+                    config = config.identity(Identity::from_pem(cert, key));
+                }
+                return Self::finish_endpoint(
+                    endpoint
+                        .tls_config(config)
+                        .map_err(|e| invalid(format!("TLS: {e}")))?,
+                    url,
+                );
             }
             _ => return Err(invalid("the scheme must be http://".to_owned())),
         }
+        Self::finish_endpoint(endpoint, url)
+    }
+
+    fn finish_endpoint(endpoint: Endpoint, url: &str) -> Result<Endpoint, Error> {
         if endpoint.uri().host().is_none_or(str::is_empty) {
-            return Err(invalid("no host".to_owned()));
+            return Err(Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: "no host".to_owned(),
+            });
         }
         Ok(endpoint
             .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
@@ -353,10 +399,18 @@ mod tests {
 
     #[test]
     fn endpoint_rejects_other_schemes_and_garbage() {
-        for url in ["https://x:1", "ftp://x", "http://", "http://a b"] {
+        for url in ["ftp://x", "http://", "http://a b"] {
             let err = Client::endpoint(url).expect_err(url);
             assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");
         }
+        // https is TLS now; TLS options with http:// are a mistake.
+        assert!(Client::endpoint("https://x:1").is_ok());
+        let tls = TlsOptions {
+            ca_cert_pem: Some(b"pem".to_vec()),
+            identity_pem: None,
+        };
+        let err = Client::endpoint_with("http://x:1", &tls).expect_err("http with TLS");
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");
     }
 
     #[test]

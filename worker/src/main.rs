@@ -49,6 +49,19 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     shutdown_grace: Duration,
 
+    /// For an https:// broker: trust this CA certificate (PEM).
+    #[arg(long, env = "SLUICE_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for a broker that wants one; with
+    /// --client-key.
+    #[arg(long, env = "SLUICE_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --client-cert (PEM).
+    #[arg(long, env = "SLUICE_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
+
     /// The command to run per task, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     cmd: Vec<String>,
@@ -74,7 +87,27 @@ async fn main() -> ExitCode {
         args: rest.to_vec(),
         task_timeout: args.task_timeout,
     });
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let tls = (|| -> Result<sluice_client::TlsOptions, String> {
+        Ok(sluice_client::TlsOptions {
+            ca_cert_pem: args.ca_cert.as_ref().map(read).transpose()?,
+            identity_pem: match (&args.client_cert, &args.client_key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        })
+    })();
+    let tls = match tls {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut config = Config::new(args.broker, args.queue);
+    config.tls = tls;
     config.concurrency = args.concurrency;
     config.shutdown_grace = args.shutdown_grace;
     if let Some(name) = args.name {

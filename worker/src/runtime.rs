@@ -45,6 +45,8 @@ pub struct Config {
     /// First wait before reconnecting; doubles up to `reconnect_max`.
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// TLS settings for an `https://` broker.
+    pub tls: sluice_client::TlsOptions,
 }
 
 impl Config {
@@ -57,6 +59,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            tls: sluice_client::TlsOptions::default(),
         }
     }
 }
@@ -189,7 +192,7 @@ impl Worker {
         if shutdown.is_cancelled() {
             return Ok(End::Stopped);
         }
-        let client = match Client::connect(&cfg.broker).await {
+        let client = match Client::connect_with(&cfg.broker, &cfg.tls).await {
             Ok(c) => c,
             Err(e) if e.is_unreachable() => return Ok(End::Lost(e.to_string())),
             Err(e) => return Err(e.into()),

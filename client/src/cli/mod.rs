@@ -49,6 +49,29 @@ pub struct Args {
     /// Print results as JSON on stdout (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// For an https:// broker: trust this CA certificate (PEM) instead of
+    /// the built-in web roots.
+    #[arg(long, global = true, env = "SLUICE_CA_CERT", value_name = "PATH")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// For a broker that wants client certificates (mutual TLS): this
+    /// certificate (PEM), with --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,22 +136,48 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         broker,
         json,
         command,
+        ca_cert,
+        client_cert,
+        client_key,
     } = args;
+    let tls = tls_options(ca_cert, client_cert, client_key)?;
     match command {
-        Command::Queue(cmd) => queue::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Queue(cmd) => queue::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Enqueue(cmd) => {
             // Argument errors first: they must not depend on the broker.
             let plan = cmd.plan()?;
-            enqueue::run(&Client::connect(&broker).await?, plan, json).await
+            enqueue::run(&connect(&broker, &tls).await?, plan, json).await
         }
-        Command::Get(cmd) => get::run(&Client::connect(&broker).await?, cmd, json).await,
-        Command::Join(cmd) => join::run(&Client::connect(&broker).await?, cmd, json).await,
-        Command::Stats(cmd) => stats::run(&Client::connect(&broker).await?, cmd, json).await,
-        Command::Watch(cmd) => watch::run(&Client::connect(&broker).await?, cmd, json).await,
-        Command::Dlq(cmd) => dlq::run(&Client::connect(&broker).await?, cmd, json).await,
+        Command::Get(cmd) => get::run(&connect(&broker, &tls).await?, cmd, json).await,
+        Command::Join(cmd) => join::run(&connect(&broker, &tls).await?, cmd, json).await,
+        Command::Stats(cmd) => stats::run(&connect(&broker, &tls).await?, cmd, json).await,
+        Command::Watch(cmd) => watch::run(&connect(&broker, &tls).await?, cmd, json).await,
+        Command::Dlq(cmd) => dlq::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Bench(cmd) => bench::run(&broker, cmd, json).await,
         Command::BenchBaselineServer => bench::serve_baseline().await,
     }
+}
+
+/// Reads the TLS files named on the command line.
+fn tls_options(
+    ca: Option<std::path::PathBuf>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+) -> Result<sluice_client::TlsOptions, Failure> {
+    let read = |p: std::path::PathBuf| {
+        std::fs::read(&p).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))
+    };
+    Ok(sluice_client::TlsOptions {
+        ca_cert_pem: ca.map(read).transpose()?,
+        identity_pem: match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        },
+    })
+}
+
+async fn connect(broker: &str, tls: &sluice_client::TlsOptions) -> Result<Client, Failure> {
+    Ok(Client::connect_with(broker, tls).await?)
 }
 
 /// Writes `bytes` to stdout and flushes. Not `print!`, which panics when
