@@ -82,6 +82,16 @@ pub struct Args {
     #[arg(long, env = "SLUICE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Tokens and what they may do (TOML; see the README). Without it the
+    /// broker is open to anyone who can reach it, and says so.
+    #[arg(long, env = "SLUICE_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Serve without an auth file on a non-loopback address (refused
+    /// otherwise).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+
     /// Largest task accepted: payload plus header names and values, in
     /// bytes.
     #[arg(long, env = "SLUICE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]

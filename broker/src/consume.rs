@@ -26,6 +26,7 @@ type Out = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
 /// session. Errors before the subscription end the call with a status.
 pub async fn start(
     broker: Broker,
+    access: crate::auth::Access,
     req: Request<Streaming<pb::ConsumeRequest>>,
 ) -> Result<ReceiverStream<Result<pb::ConsumeResponse, Status>>, Status> {
     let peer = peer(&req);
@@ -45,6 +46,7 @@ pub async fn start(
         )
         .into());
     };
+    access.require(crate::auth::Role::Consume, &sub.queue)?;
     validate::queue_name(&sub.queue)?;
     if sub.consumer_name.len() > validate::MAX_NAME_LEN {
         return Err(Error::invalid(format!(

@@ -11,6 +11,7 @@
 //! [`server`] puts them on a listener; `main.rs` only parses [`args`].
 
 pub mod args;
+pub mod auth;
 pub mod consume;
 pub mod durable;
 pub mod engine;

@@ -30,6 +30,27 @@ async fn main() -> ExitCode {
         )
         .init();
 
+    let tokens = match &args.auth_file {
+        Some(path) => match sluice_broker::auth::Tokens::load(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("sluice-broker: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            if !args.listen.ip().is_loopback() && !args.allow_unauthenticated {
+                eprintln!(
+                    "sluice-broker: refusing to serve {} without --auth-file; \
+                     add --allow-unauthenticated to serve it open",
+                    args.listen
+                );
+                return ExitCode::from(2);
+            }
+            tracing::warn!("no --auth-file: anyone who can reach the broker may use it");
+            None
+        }
+    };
     let tls_on = args.tls_cert.is_some();
     let tls = match tls_config(&args) {
         Ok(t) => t,
@@ -80,7 +101,7 @@ async fn main() -> ExitCode {
     let limits = Limits {
         max_payload_bytes: args.max_payload_bytes,
     };
-    let served = server::run(listener, limits, broker.clone(), tls).await;
+    let served = server::run(listener, limits, broker.clone(), tls, tokens).await;
     if let Some(log) = broker.log()
         && let Err(e) = log.close().await
     {

@@ -31,6 +31,7 @@ type Out = mpsc::Sender<Result<pb::PublishResponse, Status>>;
 pub async fn start(
     broker: Broker,
     limits: Limits,
+    access: crate::auth::Access,
     req: Request<Streaming<pb::PublishRequest>>,
 ) -> Result<ReceiverStream<Result<pb::PublishResponse, Status>>, Status> {
     let mut inbound = req.into_inner();
@@ -40,6 +41,7 @@ pub async fn start(
         )
         .into());
     };
+    access.require(crate::auth::Role::Produce, &first.queue)?;
     validate::queue_name(&first.queue)?;
     let q = broker.queue(&first.queue)?;
     if broker.shutdown().is_cancelled() {

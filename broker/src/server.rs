@@ -23,6 +23,7 @@ pub async fn run(
     limits: Limits,
     broker: Broker,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    tokens: Option<crate::auth::Tokens>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let shutdown = broker.shutdown().clone();
     let broker_grace = broker.shutdown_grace();
@@ -57,6 +58,7 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
     let server = builder
+        .layer(crate::auth::AuthLayer::new(tokens))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{self, Role};
 use crate::consume;
 use crate::engine::{ConsumerStats, Delivery, QueueStats};
 use crate::error::Error;
@@ -42,6 +43,7 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
+        auth::access(&req).require(Role::Admin, &req.get_ref().name)?;
         let req = req.into_inner();
         let spec = validate::queue_spec(&req.name, req.options.as_ref())?;
         let (q, created) = self.broker.create_queue(spec).await?;
@@ -55,6 +57,7 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
+        auth::access(&req).require(Role::Read, &req.get_ref().name)?;
         let q = self.queue(&req.get_ref().name)?;
         Ok(Response::new(pb::GetQueueResponse {
             queue: Some(queue_info(&q)),
@@ -63,9 +66,17 @@ impl SluiceService for Service {
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        let queues = self.broker.queues().iter().map(|q| queue_info(q)).collect();
+        // Only the queues this token may read: names are not leaked either.
+        let access = auth::access(&req);
+        let queues = self
+            .broker
+            .queues()
+            .iter()
+            .filter(|q| access.require(Role::Read, q.name()).is_ok())
+            .map(|q| queue_info(q))
+            .collect();
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
 
@@ -73,6 +84,7 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        auth::access(&req).require(Role::Admin, &req.get_ref().name)?;
         let req = req.into_inner();
         validate::queue_name(&req.name)?;
         let discarded = self.broker.delete_queue(&req.name, req.if_empty).await?;
@@ -83,6 +95,7 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        auth::access(&req).require(Role::Admin, &req.get_ref().name)?;
         let q = self.queue(&req.get_ref().name)?;
         let purged = self.broker.apply(&q, |sh, now, fx| sh.state.purge(now, fx));
         Ok(Response::new(pb::PurgeQueueResponse { purged }))
@@ -93,6 +106,7 @@ impl SluiceService for Service {
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let deadline = call_deadline(&req);
+        auth::access(&req).require(Role::Produce, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         let n = validate::batch_len(req.tasks.len())?;
@@ -132,7 +146,9 @@ impl SluiceService for Service {
         &self,
         req: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
-        let stream = crate::publish::start(self.broker.clone(), self.limits.clone(), req).await?;
+        let access = auth::access(&req);
+        let stream =
+            crate::publish::start(self.broker.clone(), self.limits.clone(), access, req).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -142,13 +158,15 @@ impl SluiceService for Service {
         &self,
         req: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let stream = consume::start(self.broker.clone(), req).await?;
+        let access = auth::access(&req);
+        let stream = consume::start(self.broker.clone(), access, req).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let peer = peer(&req);
         let deadline = call_deadline(&req);
+        auth::access(&req).require(Role::Consume, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         if req.wait_ms > validate::MAX_GET_WAIT_MS {
@@ -183,6 +201,7 @@ impl SluiceService for Service {
     }
 
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        auth::access(&req).require(Role::Consume, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.acks.len())?;
@@ -196,6 +215,7 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
+        auth::access(&req).require(Role::Consume, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.nacks.len())?;
@@ -209,6 +229,7 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        auth::access(&req).require(Role::Consume, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.extends.len())?;
@@ -223,6 +244,7 @@ impl SluiceService for Service {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let deadline = call_deadline(&req);
+        auth::access(&req).require(Role::Read, &req.get_ref().queue)?;
         let q = self.queue(&req.get_ref().queue)?;
         let acked_total = self.broker.join(&q, deadline).await?;
         Ok(Response::new(pb::JoinResponse { acked_total }))

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
@@ -22,8 +24,25 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// tasks. Methods take `&self` for that reason.
 #[derive(Clone, Debug)]
 pub struct Client {
-    raw: SluiceServiceClient<Channel>,
+    raw: Raw,
     url: Arc<str>,
+}
+
+/// The generated client, with the token (if any) on every call.
+pub type Raw = SluiceServiceClient<InterceptedService<Channel, Token>>;
+
+/// Adds `authorization: Bearer <token>` to every call when there is a
+/// token.
+#[derive(Clone, Debug, Default)]
+pub struct Token(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 /// What [`Client::create_queue`] answers.
@@ -36,9 +55,12 @@ pub struct QueueCreated {
     pub created: bool,
 }
 
-/// TLS settings for `https://` brokers.
+/// How to reach a broker beyond its URL: TLS settings for `https://`
+/// brokers, and the token for one that checks them.
 #[derive(Clone, Debug, Default)]
 pub struct TlsOptions {
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
     /// Trust this CA (PEM) instead of the built-in web roots.
     pub ca_cert_pem: Option<Vec<u8>>,
     /// Present this certificate and key (PEM) to a broker that asks for
@@ -65,7 +87,16 @@ impl Client {
             .connect()
             .await
             .map_err(|e| Error::connect(&url, &e))?;
-        Ok(Self::with_channel(channel, url))
+        let token = match &tls.token {
+            None => Token(None),
+            Some(t) => Token(Some(format!("Bearer {t}").parse().map_err(|_| {
+                Error::InvalidUrl {
+                    url: url.clone(),
+                    reason: "the token has characters a header cannot carry".into(),
+                }
+            })?)),
+        };
+        Ok(Self::with_channel_and_token(channel, url, token))
     }
 
     /// The endpoint [`Client::connect`] uses, for callers that want to tune
@@ -86,6 +117,7 @@ impl Client {
         match endpoint.uri().scheme_str() {
             Some("http") => {
                 if tls.ca_cert_pem.is_some() || tls.identity_pem.is_some() {
+                    // (A token alone is fine over http, on a trusted network.)
                     return Err(invalid(
                         "TLS options were given for an http:// URL; use https://".to_owned(),
                     ));
@@ -126,7 +158,11 @@ impl Client {
 
     /// Wraps an already built channel; `url` only names the broker in errors.
     pub fn with_channel(channel: Channel, url: impl Into<String>) -> Client {
-        let raw = SluiceServiceClient::new(channel)
+        Self::with_channel_and_token(channel, url, Token(None))
+    }
+
+    fn with_channel_and_token(channel: Channel, url: impl Into<String>, token: Token) -> Client {
+        let raw = SluiceServiceClient::with_interceptor(channel, token)
             // The broker bounds what it sends (max_tasks or credit times its
             // payload limit) and the caller asked for that much, so tonic's
             // 4 MiB default would only turn legal answers into errors.
@@ -144,7 +180,7 @@ impl Client {
 
     /// A clone of the generated tonic client on this connection, for what
     /// this type does not wrap (the `Consume` stream).
-    pub fn raw(&self) -> SluiceServiceClient<Channel> {
+    pub fn raw(&self) -> Raw {
         self.raw.clone()
     }
 
@@ -407,7 +443,7 @@ mod tests {
         assert!(Client::endpoint("https://x:1").is_ok());
         let tls = TlsOptions {
             ca_cert_pem: Some(b"pem".to_vec()),
-            identity_pem: None,
+            ..TlsOptions::default()
         };
         let err = Client::endpoint_with("http://x:1", &tls).expect_err("http with TLS");
         assert!(matches!(err, Error::InvalidUrl { .. }), "{err:?}");

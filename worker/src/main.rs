@@ -62,6 +62,11 @@ struct Args {
     #[arg(long, env = "SLUICE_CLIENT_KEY", requires = "client_cert")]
     client_key: Option<std::path::PathBuf>,
 
+    /// Read the broker token from this file (first line); or set
+    /// SLUICE_TOKEN.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+
     /// The command to run per task, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     cmd: Vec<String>,
@@ -91,7 +96,19 @@ async fn main() -> ExitCode {
         std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
     let tls = (|| -> Result<sluice_client::TlsOptions, String> {
+        let token = match &args.token_file {
+            Some(p) => Some(
+                String::from_utf8_lossy(&read(p)?)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("SLUICE_TOKEN").ok(),
+        };
         Ok(sluice_client::TlsOptions {
+            token,
             ca_cert_pem: args.ca_cert.as_ref().map(read).transpose()?,
             identity_pem: match (&args.client_cert, &args.client_key) {
                 (Some(c), Some(k)) => Some((read(c)?, read(k)?)),

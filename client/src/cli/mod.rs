@@ -72,6 +72,19 @@ pub struct Args {
         requires = "client_cert"
     )]
     client_key: Option<std::path::PathBuf>,
+    /// Read the broker token from this file (first line).
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
+    /// The broker token (prefer --token-file: command lines are visible to
+    /// other users).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,8 +152,22 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         ca_cert,
         client_cert,
         client_key,
+        token_file,
+        token,
     } = args;
-    let tls = tls_options(ca_cert, client_cert, client_key)?;
+    let mut tls = tls_options(ca_cert, client_cert, client_key)?;
+    tls.token = match (token_file, token) {
+        (Some(p), _) => Some(
+            std::fs::read_to_string(&p)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        ),
+        (None, t) => t,
+    };
     match command {
         Command::Queue(cmd) => queue::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Enqueue(cmd) => {
@@ -168,6 +195,7 @@ fn tls_options(
         std::fs::read(&p).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))
     };
     Ok(sluice_client::TlsOptions {
+        token: None,
         ca_cert_pem: ca.map(read).transpose()?,
         identity_pem: match (cert, key) {
             (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
