@@ -96,4 +96,34 @@ pub struct Args {
     /// bytes.
     #[arg(long, env = "SLUICE_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
+
+    /// Memory budget: payload bytes of all queued tasks together. Beyond
+    /// it, enqueues get RESOURCE_EXHAUSTED (the broker does not run out of
+    /// memory because producers were fast); consumers are still served.
+    #[arg(long, env = "SLUICE_MAX_MEMORY_BYTES", default_value_t = 2 << 30)]
+    pub max_memory_bytes: u64,
+
+    /// Queues the broker holds at most.
+    #[arg(long, env = "SLUICE_MAX_QUEUES", default_value_t = 100_000)]
+    pub max_queues: usize,
+
+    /// Consume streams per queue at most.
+    #[arg(long, env = "SLUICE_MAX_CONSUMERS_PER_QUEUE", default_value_t = 10_000)]
+    pub max_consumers_per_queue: u64,
+
+    /// Consume streams in the broker at most.
+    #[arg(long, env = "SLUICE_MAX_CONSUMERS", default_value_t = 100_000)]
+    pub max_consumers: u64,
+
+    /// Unspent credit a consumer may hold.
+    #[arg(long, env = "SLUICE_MAX_CREDIT", default_value_t = 100_000)]
+    pub max_credit: u64,
+
+    /// Concurrent streams (calls) per client connection.
+    #[arg(
+        long,
+        env = "SLUICE_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 65_536
+    )]
+    pub max_streams_per_connection: u32,
 }

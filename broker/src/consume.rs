@@ -224,15 +224,15 @@ impl Session {
         }
         let cid = self.cid;
         let q = &self.q;
+        let max_credit = self.broker.limits().max_credit;
         self.broker.apply(q, |sh, now, fx| {
             let errors = settle(sh, now, fx, q, &f.acks, &f.nacks, &f.extends);
             if f.credit > 0 {
                 let unspent = sh.state.credit(cid).unwrap_or(0);
                 let total = unspent + u64::from(f.credit);
-                if total > validate::MAX_UNSPENT_CREDIT {
+                if total > max_credit {
                     return Err(Error::invalid(format!(
-                        "unspent credit would be {total}, over the limit of {}",
-                        validate::MAX_UNSPENT_CREDIT
+                        "unspent credit would be {total}, over the limit of {max_credit}"
                     ))
                     .into());
                 }
@@ -397,6 +397,7 @@ impl Drop for Session {
             }
             sh.state.remove_consumer(now, cid, fx);
         });
+        self.broker.stream_closed();
     }
 }
 

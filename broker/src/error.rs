@@ -31,6 +31,8 @@ pub enum Error {
     DeadlineExceeded { waited_ms: u64, what: String },
     #[error("broker is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    LimitReached(String),
     #[error("not stored: the write-ahead log failed: {0}")]
     Storage(#[from] crate::storage::StorageError),
 }
@@ -51,6 +53,7 @@ impl Error {
             Error::QueueDeleted(_) => Code::Aborted,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::ShuttingDown => Code::Unavailable,
+            Error::LimitReached(_) => Code::ResourceExhausted,
             Error::Storage(crate::storage::StorageError::DiskFull { .. }) => {
                 Code::ResourceExhausted
             }

@@ -100,8 +100,22 @@ async fn main() -> ExitCode {
     tokio::spawn(signal::on_signal(shutdown.clone()));
     let limits = Limits {
         max_payload_bytes: args.max_payload_bytes,
+        max_memory_bytes: args.max_memory_bytes,
+        max_queues: args.max_queues,
+        max_consumers_per_queue: args.max_consumers_per_queue,
+        max_consumers: args.max_consumers,
+        max_credit: args.max_credit,
     };
-    let served = server::run(listener, limits, broker.clone(), tls, tokens).await;
+    broker.set_limits(limits.clone());
+    let served = server::run(
+        listener,
+        limits,
+        broker.clone(),
+        tls,
+        tokens,
+        args.max_streams_per_connection,
+    )
+    .await;
     if let Some(log) = broker.log()
         && let Err(e) = log.close().await
     {

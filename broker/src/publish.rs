@@ -141,6 +141,8 @@ impl Session {
     /// durable (durable queues), and returns the confirmation.
     async fn store(&self, tasks: Vec<pb::NewTask>) -> Result<pb::PublishResponse, Status> {
         let n = validate::batch_len(tasks.len())?;
+        self.broker
+            .check_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
         let first = self.broker.task_ids(n);
         let tasks = validate::new_tasks(tasks, first, &self.limits)?;
         let id = self.id;

@@ -159,6 +159,11 @@ struct Inner {
     next_putter: AtomicU64,
     shutdown: CancellationToken,
     jobs: crate::jobs::Jobs,
+    limits: RwLock<crate::validate::Limits>,
+    /// Payload bytes queued in all queues (the memory budget's measure).
+    payload_bytes: AtomicU64,
+    /// Consume streams in the broker.
+    streams: AtomicU64,
 }
 
 /// What a stored enqueue reports back.
@@ -196,6 +201,9 @@ impl Broker {
         let broker = Broker {
             inner: Arc::new(Inner {
                 jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), log.clone()),
+                limits: RwLock::new(crate::validate::Limits::default()),
+                payload_bytes: AtomicU64::new(0),
+                streams: AtomicU64::new(0),
                 log,
                 segment_bytes,
                 shutdown_grace_ms: AtomicU64::new(30_000),
@@ -333,6 +341,19 @@ impl Broker {
         Ok(bytes)
     }
 
+    /// Sets the broker-wide limits.
+    pub fn set_limits(&self, limits: crate::validate::Limits) {
+        *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    pub fn limits(&self) -> crate::validate::Limits {
+        self.inner
+            .limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// How long consumers get to settle what they hold at shutdown.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.inner.shutdown_grace_ms.load(Ordering::Relaxed))
@@ -366,6 +387,29 @@ impl Broker {
         ConsumerId(self.inner.next_consumer.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Refuses `bytes` more of payload when the memory budget is used up.
+    pub fn check_memory(&self, bytes: u64) -> Result<()> {
+        let used = self.inner.payload_bytes.load(Ordering::Relaxed);
+        let max = self.limits().max_memory_bytes;
+        if used.saturating_add(bytes) > max {
+            return Err(Error::LimitReached(format!(
+                "the broker's memory budget for queued tasks is used up \
+                 ({used} of {max} bytes, --max-memory-bytes); retry when workers have drained some"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A Consume stream ended.
+    pub fn stream_closed(&self) {
+        self.inner.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Payload bytes queued in all queues.
+    pub fn payload_bytes(&self) -> u64 {
+        self.inner.payload_bytes.load(Ordering::Relaxed)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -395,6 +439,12 @@ impl Broker {
                     name: spec.name.clone(),
                     diff: describe_diff(&existing.spec, &spec),
                 });
+            }
+            let max = self.limits().max_queues;
+            if queues.len() >= max {
+                return Err(Error::LimitReached(format!(
+                    "the broker holds its limit of {max} queues (--max-queues)"
+                )));
             }
             let created_at = now_ms();
             // Appended under the registry lock: no call can reach the queue
@@ -532,7 +582,18 @@ impl Broker {
         let mut deferred = Vec::new();
         let (r, durability) = {
             let mut sh = q.lock();
+            let bytes_before = sh.state.payload_bytes();
             let r = f(&mut sh, now, &mut fx);
+            let bytes_after = sh.state.payload_bytes();
+            if bytes_after >= bytes_before {
+                self.inner
+                    .payload_bytes
+                    .fetch_add(bytes_after - bytes_before, Ordering::Relaxed);
+            } else {
+                self.inner
+                    .payload_bytes
+                    .fetch_sub(bytes_before - bytes_after, Ordering::Relaxed);
+            }
             let durability = match &self.inner.log {
                 Some(log) if !fx.changes.is_empty() => {
                     // A task moving to a dead letter queue is logged as gone
@@ -665,6 +726,7 @@ impl Broker {
         deadline: Option<Instant>,
     ) -> Result<Stored> {
         self.check_open()?;
+        self.check_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
         let first_id = tasks.first().map_or(TaskId(0), |t| t.id);
         let n = tasks.len() as u64;
         let putter = PutterId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed));
@@ -891,19 +953,38 @@ impl Broker {
         peer: String,
     ) -> Result<(ConsumerId, DeliveryRx)> {
         self.check_open()?;
+        let limits = self.limits();
+        if self.inner.streams.load(Ordering::Relaxed) >= limits.max_consumers {
+            return Err(Error::LimitReached(format!(
+                "the broker serves its limit of {} consumers (--max-consumers)",
+                limits.max_consumers
+            )));
+        }
         let cid = self.consumer_id();
         let (tx, rx) = mpsc::unbounded_channel();
         let open = self.apply(q, |sh, now, _| {
             if sh.deleted {
-                return false;
+                return Some(false);
+            }
+            if sh.state.consumer_count() >= limits.max_consumers_per_queue {
+                return None;
             }
             sh.state.add_consumer(cid, name, peer, false, now);
             sh.senders.insert(cid, tx);
-            true
+            Some(true)
         });
-        if !open {
-            return Err(Error::QueueDeleted(q.name().to_owned()));
+        match open {
+            Some(true) => {}
+            Some(false) => return Err(Error::QueueDeleted(q.name().to_owned())),
+            None => {
+                return Err(Error::LimitReached(format!(
+                    "queue {:?} has its limit of {} consumers (--max-consumers-per-queue)",
+                    q.name(),
+                    limits.max_consumers_per_queue
+                )));
+            }
         }
+        self.inner.streams.fetch_add(1, Ordering::Relaxed);
         Ok((cid, rx))
     }
 }

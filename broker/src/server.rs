@@ -24,6 +24,7 @@ pub async fn run(
     broker: Broker,
     tls: Option<tonic::transport::ServerTlsConfig>,
     tokens: Option<crate::auth::Tokens>,
+    max_streams_per_connection: u32,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let shutdown = broker.shutdown().clone();
     let broker_grace = broker.shutdown_grace();
@@ -53,7 +54,8 @@ pub async fn run(
         conn
     });
     let stop = shutdown.clone();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(max_streams_per_connection));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

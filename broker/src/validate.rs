@@ -27,12 +27,29 @@ pub const MAX_ERROR_TEXT: usize = 4096;
 pub struct Limits {
     /// Payload plus header names and values, per task.
     pub max_payload_bytes: usize,
+    /// Payload bytes of all queued tasks together: beyond, enqueues are
+    /// refused (RESOURCE_EXHAUSTED) instead of the broker running out of
+    /// memory.
+    pub max_memory_bytes: u64,
+    /// Queues in the broker.
+    pub max_queues: usize,
+    /// Consume streams per queue.
+    pub max_consumers_per_queue: u64,
+    /// Consume streams in the broker.
+    pub max_consumers: u64,
+    /// Unspent credit per consumer.
+    pub max_credit: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_payload_bytes: 1024 * 1024,
+            max_memory_bytes: 2 << 30,
+            max_queues: 100_000,
+            max_consumers_per_queue: 10_000,
+            max_consumers: 100_000,
+            max_credit: MAX_UNSPENT_CREDIT,
         }
     }
 }

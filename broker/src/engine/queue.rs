@@ -440,6 +440,16 @@ impl QueueState {
         (self.ready.len() + self.delayed.len()) as u64
     }
 
+    /// Payload bytes of the unfinished tasks.
+    pub fn payload_bytes(&self) -> u64 {
+        self.stats.payload_bytes
+    }
+
+    /// Consumers (streams and waiting Get calls).
+    pub fn consumer_count(&self) -> u64 {
+        self.consumers.len() as u64
+    }
+
     /// Ready + delayed + leased: what Join waits on.
     pub fn unfinished(&self) -> u64 {
         self.depth() + self.leased.len() as u64

@@ -1,0 +1,68 @@
+//! Operator limits: each refuses with RESOURCE_EXHAUSTED and a message that
+//! names the flag, and the broker keeps serving what it already has.
+
+use sluice_tests::{Broker, DEADLINE, RawConsumer, eventually, num};
+
+#[test]
+fn the_memory_budget_refuses_enqueues_but_serves_consumers() {
+    let b = Broker::start_on("127.0.0.1:0", &["--max-memory-bytes", "2000"]);
+    b.ok(&["queue", "create", "q"]);
+    let kb = "x".repeat(900);
+    b.ok(&["enqueue", "q", &kb]);
+    b.ok(&["enqueue", "q", &kb]);
+    let out = b.cli(&["enqueue", "q", &kb]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("RESOURCE_EXHAUSTED"), "{out:?}");
+    assert!(out.stderr.contains("--max-memory-bytes"), "{out:?}");
+    // Draining frees the budget again.
+    b.ok(&["get", "q"]);
+    b.ok(&["enqueue", "q", &kb]);
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 2);
+}
+
+#[test]
+fn queue_count_is_limited() {
+    let b = Broker::start_on("127.0.0.1:0", &["--max-queues", "2"]);
+    b.ok(&["queue", "create", "a"]);
+    b.ok(&["queue", "create", "b"]);
+    let out = b.cli(&["queue", "create", "c"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("--max-queues"), "{out:?}");
+    // Re-creating an existing one is still fine.
+    b.ok(&["queue", "create", "a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_per_queue_are_limited() {
+    let b = Broker::start_on("127.0.0.1:0", &["--max-consumers-per-queue", "1"]);
+    b.ok(&["queue", "create", "q"]);
+    let _first = RawConsumer::subscribe(&b.url(), "q", "first", 1).await;
+    let client = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(sluice_client::proto::ConsumeRequest {
+        subscribe: Some(sluice_client::proto::Subscribe {
+            queue: "q".into(),
+            consumer_name: "second".into(),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let refused = client
+        .raw()
+        .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("a second consumer is refused");
+    assert_eq!(refused.code(), sluice_client::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("--max-consumers-per-queue"),
+        "{refused:?}"
+    );
+    tokio::task::block_in_place(|| {
+        eventually(DEADLINE, "still one consumer", || {
+            num(&b.stats("q"), &["stats", "consumers"]) == 1
+        })
+    });
+}
