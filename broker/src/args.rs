@@ -82,6 +82,11 @@ pub struct Args {
     #[arg(long, env = "SLUICE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Serve Prometheus metrics on this address (GET /metrics); port 0
+    /// picks a free port, printed as `metrics on <addr>` on stderr.
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Tokens and what they may do (TOML; see the README). Without it the
     /// broker is open to anyone who can reach it, and says so.
     #[arg(long, env = "SLUICE_AUTH_FILE")]

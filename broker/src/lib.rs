@@ -17,6 +17,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod publish;
 pub mod recover;
 pub mod registry;

@@ -97,6 +97,24 @@ async fn main() -> ExitCode {
     let _ = out.flush();
     tracing::info!(%addr, tls = tls_on, "serving");
 
+    if let Some(maddr) = args.metrics_listen {
+        match TcpListener::bind(maddr).await {
+            Ok(l) => {
+                let bound = l.local_addr().map_or(maddr, |a| a);
+                eprintln!("metrics on {bound}");
+                tracing::info!(addr = %bound, "serving metrics");
+                tokio::spawn(sluice_broker::metrics::serve(
+                    l,
+                    broker.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                eprintln!("sluice-broker: cannot listen for metrics on {maddr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     tokio::spawn(signal::on_signal(shutdown.clone()));
     let limits = Limits {
         max_payload_bytes: args.max_payload_bytes,

@@ -1,0 +1,286 @@
+//! Prometheus metrics on `--metrics-listen`: `GET /metrics` renders the
+//! broker's state at the moment of the scrape (queues, consumers, the log,
+//! process memory) in the text exposition format. Nothing is counted twice:
+//! the figures are the engine's and the log's own counters.
+//!
+//! Names follow Prometheus conventions: `sluice_` prefix, base units
+//! (bytes, seconds), `_total` for counters, one label `queue`.
+
+use std::fmt::Write;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Broker;
+
+/// Serves `/metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    continue;
+                }
+            },
+        };
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let broker = broker.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(render(&broker))))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                    };
+                    resp.map_err(|e| e.to_string())
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// One metric family: its help, type and samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    samples: Vec<(String, f64)>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The text exposition of the broker now.
+pub fn render(broker: &Broker) -> String {
+    let queues = broker.queues();
+    let mut fams: Vec<Family> = Vec::new();
+    let mut per_queue = |name: &'static str,
+                         help: &'static str,
+                         kind: &'static str,
+                         f: &dyn Fn(&crate::engine::QueueStats) -> u64| {
+        let samples = queues
+            .iter()
+            .map(|q| {
+                let (s, _) = q.snapshot();
+                (format!("{{queue=\"{}\"}}", escape(q.name())), f(&s) as f64)
+            })
+            .collect();
+        fams.push(Family {
+            name,
+            help,
+            kind,
+            samples,
+        });
+    };
+    per_queue(
+        "sluice_queue_ready_tasks",
+        "Tasks that can be delivered now.",
+        "gauge",
+        &|s| s.ready,
+    );
+    per_queue(
+        "sluice_queue_delayed_tasks",
+        "Tasks waiting for their time (delay or retry backoff).",
+        "gauge",
+        &|s| s.delayed,
+    );
+    per_queue(
+        "sluice_queue_retrying_tasks",
+        "Delayed tasks waiting out a retry backoff.",
+        "gauge",
+        &|s| s.retrying,
+    );
+    per_queue(
+        "sluice_queue_leased_tasks",
+        "Tasks held by consumers.",
+        "gauge",
+        &|s| s.leased,
+    );
+    per_queue(
+        "sluice_queue_payload_bytes",
+        "Payload bytes of unfinished tasks.",
+        "gauge",
+        &|s| s.payload_bytes,
+    );
+    per_queue(
+        "sluice_queue_waiting_producers",
+        "Enqueue calls waiting for space.",
+        "gauge",
+        &|s| s.waiting_producers,
+    );
+    per_queue(
+        "sluice_queue_consumers",
+        "Consumers (streams and waiting Get calls).",
+        "gauge",
+        &|s| s.consumers,
+    );
+    per_queue(
+        "sluice_queue_credit",
+        "Credit granted by consumers and not yet spent.",
+        "gauge",
+        &|s| s.credit,
+    );
+    per_queue(
+        "sluice_queue_publishers",
+        "Publish streams.",
+        "gauge",
+        &|s| s.publishers,
+    );
+    per_queue(
+        "sluice_queue_enqueued_tasks_total",
+        "Tasks stored.",
+        "counter",
+        &|s| s.enqueued_total,
+    );
+    per_queue(
+        "sluice_queue_delivered_tasks_total",
+        "Deliveries, redeliveries included.",
+        "counter",
+        &|s| s.delivered_total,
+    );
+    per_queue(
+        "sluice_queue_acked_tasks_total",
+        "Tasks acked.",
+        "counter",
+        &|s| s.acked_total,
+    );
+    per_queue(
+        "sluice_queue_nacked_tasks_total",
+        "Nacks received.",
+        "counter",
+        &|s| s.nacked_total,
+    );
+    per_queue(
+        "sluice_queue_expired_leases_total",
+        "Leases that reached their deadline unsettled.",
+        "counter",
+        &|s| s.expired_total,
+    );
+    per_queue(
+        "sluice_queue_dead_tasks_total",
+        "Tasks dead-lettered or dropped.",
+        "counter",
+        &|s| s.dead_total,
+    );
+    per_queue(
+        "sluice_queue_purged_tasks_total",
+        "Tasks removed by purge.",
+        "counter",
+        &|s| s.purged_total,
+    );
+
+    let single = |name, help, kind, v: f64| Family {
+        name,
+        help,
+        kind,
+        samples: vec![(String::new(), v)],
+    };
+    fams.push(single(
+        "sluice_queues",
+        "Queues.",
+        "gauge",
+        queues.len() as f64,
+    ));
+    fams.push(single(
+        "sluice_payload_bytes",
+        "Payload bytes queued in all queues (the memory budget's measure).",
+        "gauge",
+        broker.payload_bytes() as f64,
+    ));
+    if let Some(log) = broker.log() {
+        let s = log.stats();
+        fams.push(single(
+            "sluice_log_bytes",
+            "Bytes of the write-ahead log on disk.",
+            "gauge",
+            s.total_bytes as f64,
+        ));
+        fams.push(single(
+            "sluice_log_segments",
+            "Segment files of the log.",
+            "gauge",
+            s.segments as f64,
+        ));
+        fams.push(single(
+            "sluice_log_records_written_total",
+            "Records written to the log.",
+            "counter",
+            s.records_written as f64,
+        ));
+        fams.push(single(
+            "sluice_log_written_bytes_total",
+            "Bytes written to the log.",
+            "counter",
+            s.bytes_written as f64,
+        ));
+        fams.push(single(
+            "sluice_log_writes_total",
+            "Group-commit writes (one per group of appends).",
+            "counter",
+            s.batches as f64,
+        ));
+        fams.push(single(
+            "sluice_log_fsyncs_total",
+            "fdatasync calls.",
+            "counter",
+            s.fsyncs as f64,
+        ));
+        fams.push(single(
+            "sluice_log_last_fsync_seconds",
+            "Duration of the last fdatasync.",
+            "gauge",
+            s.last_fsync.as_secs_f64(),
+        ));
+        fams.push(single(
+            "sluice_log_write_errors_total",
+            "Log writes that failed.",
+            "counter",
+            s.write_errors as f64,
+        ));
+    }
+    if let Some(rss) = resident_bytes() {
+        fams.push(single(
+            "sluice_process_resident_memory_bytes",
+            "Resident memory of the broker.",
+            "gauge",
+            rss as f64,
+        ));
+    }
+
+    let mut out = String::new();
+    for f in fams {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for (labels, v) in f.samples {
+            let _ = writeln!(out, "{}{} {}", f.name, labels, v);
+        }
+    }
+    out
+}
+
+/// Resident set size from /proc (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

@@ -1,0 +1,53 @@
+//! Prometheus metrics: the broker's counters as a scrape sees them.
+
+use std::io::{Read, Write};
+
+use sluice_tests::{Broker, DEADLINE, eventually};
+
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
+}
+
+#[test]
+fn metrics_show_depths_and_counters_per_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    let b = Broker::start_on(
+        "127.0.0.1:0",
+        &["--data-dir", &data, "--metrics-listen", "127.0.0.1:0"],
+    );
+    let mut addr = String::new();
+    eventually(DEADLINE, "metrics address logged", || {
+        let log = b.proc.stderr_log();
+        match log.lines().find_map(|l| l.strip_prefix("metrics on ")) {
+            Some(a) => {
+                addr = a.trim().to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    b.ok(&["queue", "create", "q", "--durable"]);
+    b.ok(&["enqueue", "q", "a", "b"]);
+    b.ok(&["get", "q"]);
+    let text = scrape(&addr);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for line in [
+        "# TYPE sluice_queue_ready_tasks gauge",
+        "sluice_queue_ready_tasks{queue=\"q\"} 1",
+        "sluice_queue_enqueued_tasks_total{queue=\"q\"} 2",
+        "sluice_queue_acked_tasks_total{queue=\"q\"} 1",
+        "# TYPE sluice_log_fsyncs_total counter",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("sluice_process_resident_memory_bytes "),
+        "{text}"
+    );
+}
