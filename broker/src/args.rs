@@ -16,6 +16,17 @@ use crate::storage::FsyncPolicy;
 #[derive(Debug, Parser)]
 #[command(name = "sluice-broker", version)]
 pub struct Args {
+    /// Read settings from this TOML file: every flag as a key (`data-dir =
+    /// "..."`), and `[[queues]]` to create at start. Flags and SLUICE_*
+    /// variables override it.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (after flags, environment and
+    /// file) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address to serve gRPC on; port 0 picks a free port.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,

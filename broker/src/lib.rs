@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod auth;
+pub mod config;
 pub mod consume;
 pub mod durable;
 pub mod engine;

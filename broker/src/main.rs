@@ -4,7 +4,6 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +20,18 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let (args, declared) = match sluice_broker::config::parse() {
+        Ok(parsed) => parsed,
+        Err(sluice_broker::config::ConfigError::Clap(e)) => e.exit(),
+        Err(sluice_broker::config::ConfigError::File(e)) => {
+            eprintln!("sluice-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", sluice_broker::config::print(&args, &declared));
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -77,6 +87,24 @@ async fn main() -> ExitCode {
 
     broker.set_shutdown_grace(args.shutdown_grace);
     broker.jobs().set_ttl(args.job_ttl);
+    for q in &declared {
+        let created = match sluice_broker::config::queue_options(q) {
+            Ok(options) => sluice_broker::validate::queue_spec(&q.name, Some(&options))
+                .map_err(|e| format!("queues.{}: {e}", q.name)),
+            Err(e) => Err(e),
+        };
+        let created = match created {
+            Ok(spec) => broker
+                .create_queue(spec)
+                .await
+                .map_err(|e| format!("queues.{}: {e}", q.name)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = created {
+            eprintln!("sluice-broker: config: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

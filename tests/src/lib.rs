@@ -154,7 +154,7 @@ impl Broker {
     pub fn start_on(listen: &str, extra: &[&str]) -> Broker {
         let mut cmd = Command::new(bin("sluice-broker"));
         cmd.args(["--listen", listen]);
-        if !extra.contains(&"--data-dir") {
+        if !extra.contains(&"--data-dir") && !extra.contains(&"--config") {
             cmd.arg("--in-memory");
         }
         cmd.args(extra)

@@ -1,0 +1,287 @@
+//! `--config FILE`: every command-line flag as a TOML key, plus queues to
+//! create at start.
+//!
+//! ```toml
+//! listen = "0.0.0.0:50051"
+//! data-dir = "/var/lib/sluice"
+//! fsync = "interval:10ms"
+//! auth-file = "/etc/sluice/auth.toml"
+//! max-memory-bytes = 4294967296
+//!
+//! [[queues]]
+//! name = "orders"
+//! durable = true
+//! capacity = 50000
+//! order = "priority"
+//! ack-deadline = "1m"
+//! max-attempts = 8
+//! dead-letter = "orders.dead"
+//! ```
+//!
+//! Precedence: a flag on the command line, then its `SLUICE_*` environment
+//! variable, then the file, then the default. Keys may be written with `-`
+//! or `_`. An unknown key, or a value the flag refuses, stops the start
+//! with a message naming the key.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use serde::Deserialize;
+
+use crate::args::Args;
+
+/// A queue declared in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct QueueDecl {
+    pub name: String,
+    #[serde(default)]
+    pub durable: bool,
+    pub capacity: Option<u64>,
+    /// fifo | lifo | priority
+    pub order: Option<String>,
+    /// A duration, e.g. "30s".
+    pub ack_deadline: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub dead_letter: Option<String>,
+    pub retry_initial: Option<String>,
+    pub retry_max: Option<String>,
+    pub retry_multiplier: Option<f64>,
+    pub key_window: Option<String>,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// clap's own outcome (usage errors, --help, --version): exit with it.
+    Clap(clap::Error),
+    /// A problem with the file, naming it and the key.
+    File(String),
+}
+
+/// Parses the command line, folding in `--config` when given. Returns the
+/// arguments and the queues the file declares.
+pub fn parse() -> Result<(Args, Vec<QueueDecl>), ConfigError> {
+    parse_from(std::env::args_os().collect())
+}
+
+/// [`parse`] on explicit arguments (for tests).
+pub fn parse_from(argv: Vec<OsString>) -> Result<(Args, Vec<QueueDecl>), ConfigError> {
+    let cmd = Args::command();
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(ConfigError::Clap)?;
+    let first = Args::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
+    let Some(path) = first.config.clone() else {
+        return Ok((first, Vec::new()));
+    };
+    let (table, queues) = read(&path).map_err(ConfigError::File)?;
+    // Flags the user did not set (neither on the command line nor in the
+    // environment) take the file's value.
+    let mut extra: Vec<OsString> = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_id().as_str() == id) else {
+            return Err(ConfigError::File(format!(
+                "config {}: unknown key {key:?}",
+                path.display()
+            )));
+        };
+        if id == "config" || id == "print_config" {
+            return Err(ConfigError::File(format!(
+                "config {}: key {key:?} cannot be set in a file",
+                path.display()
+            )));
+        }
+        if matches!(
+            matches.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = format!("--{}", arg.get_long().unwrap_or(&id));
+        match value {
+            toml::Value::Boolean(true) => extra.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => {
+                extra.push(flag.into());
+                extra.push(s.into());
+            }
+            toml::Value::Integer(i) => {
+                extra.push(flag.into());
+                extra.push(i.to_string().into());
+            }
+            toml::Value::Float(f) => {
+                extra.push(flag.into());
+                extra.push(f.to_string().into());
+            }
+            other => {
+                return Err(ConfigError::File(format!(
+                    "config {}: key {key:?} has a {} value; expected a string, number or boolean",
+                    path.display(),
+                    other.type_str()
+                )));
+            }
+        }
+    }
+    let mut all = argv;
+    all.extend(extra);
+    let matches = cmd.try_get_matches_from(all).map_err(|e| {
+        ConfigError::File(format!(
+            "config {}: {}",
+            path.display(),
+            e.to_string().lines().next().unwrap_or_default()
+        ))
+    })?;
+    let args = Args::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
+    Ok((args, queues))
+}
+
+fn read(path: &Path) -> Result<(toml::Table, Vec<QueueDecl>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let queues = match table.remove("queues") {
+        None => Vec::new(),
+        Some(v) => v
+            .try_into()
+            .map_err(|e| format!("config {}: queues: {e}", path.display()))?,
+    };
+    Ok((table, queues))
+}
+
+/// The effective configuration as TOML (for `--print-config`).
+pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
+    let mut out = String::from("# effective configuration (flags > SLUICE_* > file > defaults)\n");
+    let d = |d: &std::time::Duration| humantime::format_duration(*d).to_string();
+    let opt = |v: Option<String>| v.map_or("# (not set)".to_owned(), |v| format!("{v:?}"));
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let lines = [
+        ("listen", format!("{:?}", args.listen.to_string())),
+        (
+            "data-dir",
+            format!("{:?}", args.data_dir.display().to_string()),
+        ),
+        ("in-memory", args.in_memory.to_string()),
+        ("fsync", format!("{:?}", args.fsync.to_string())),
+        ("repair", args.repair.to_string()),
+        (
+            "max-disk-bytes",
+            opt(args.max_disk_bytes.map(|v| v.to_string())).replace('"', ""),
+        ),
+        ("segment-bytes", args.segment_bytes.to_string()),
+        ("shutdown-grace", format!("{:?}", d(&args.shutdown_grace))),
+        ("job-ttl", format!("{:?}", d(&args.job_ttl))),
+        ("tls-cert", opt(path(&args.tls_cert))),
+        ("tls-key", opt(path(&args.tls_key))),
+        ("tls-client-ca", opt(path(&args.tls_client_ca))),
+        (
+            "metrics-listen",
+            opt(args.metrics_listen.map(|a| a.to_string())),
+        ),
+        ("auth-file", opt(path(&args.auth_file))),
+        (
+            "allow-unauthenticated",
+            args.allow_unauthenticated.to_string(),
+        ),
+        ("max-payload-bytes", args.max_payload_bytes.to_string()),
+        ("max-memory-bytes", args.max_memory_bytes.to_string()),
+        ("max-queues", args.max_queues.to_string()),
+        (
+            "max-consumers-per-queue",
+            args.max_consumers_per_queue.to_string(),
+        ),
+        ("max-consumers", args.max_consumers.to_string()),
+        ("max-credit", args.max_credit.to_string()),
+        (
+            "max-streams-per-connection",
+            args.max_streams_per_connection.to_string(),
+        ),
+    ];
+    for (k, v) in lines {
+        if v.starts_with('#') {
+            out.push_str(&format!("{v} {k}\n"));
+        } else {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    for q in queues {
+        out.push_str(&format!(
+            "\n[[queues]]\nname = {:?}\ndurable = {}\n",
+            q.name, q.durable
+        ));
+        let fields = [
+            ("capacity", q.capacity.map(|v| v.to_string())),
+            ("order", q.order.as_ref().map(|v| format!("{v:?}"))),
+            (
+                "ack-deadline",
+                q.ack_deadline.as_ref().map(|v| format!("{v:?}")),
+            ),
+            ("max-attempts", q.max_attempts.map(|v| v.to_string())),
+            (
+                "dead-letter",
+                q.dead_letter.as_ref().map(|v| format!("{v:?}")),
+            ),
+            (
+                "retry-initial",
+                q.retry_initial.as_ref().map(|v| format!("{v:?}")),
+            ),
+            ("retry-max", q.retry_max.as_ref().map(|v| format!("{v:?}"))),
+            (
+                "retry-multiplier",
+                q.retry_multiplier.map(|v| v.to_string()),
+            ),
+            (
+                "key-window",
+                q.key_window.as_ref().map(|v| format!("{v:?}")),
+            ),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// The proto options of a declared queue; errors name the queue and key.
+pub fn queue_options(q: &QueueDecl) -> Result<sluice_proto::v1::QueueOptions, String> {
+    use sluice_proto::v1::{QueueOptions, QueueOrder};
+    let ms = |key: &str, v: &Option<String>| -> Result<Option<u64>, String> {
+        v.as_ref()
+            .map(|s| {
+                humantime::parse_duration(s)
+                    .map(|d| d.as_millis() as u64)
+                    .map_err(|e| format!("queues.{}.{key}: {e}", q.name))
+            })
+            .transpose()
+    };
+    let order = match q.order.as_deref() {
+        None | Some("fifo") => QueueOrder::Fifo,
+        Some("lifo") => QueueOrder::Lifo,
+        Some("priority") => QueueOrder::Priority,
+        Some(o) => {
+            return Err(format!(
+                "queues.{}.order: {o:?} is not fifo, lifo or priority",
+                q.name
+            ));
+        }
+    };
+    Ok(QueueOptions {
+        capacity: q.capacity.unwrap_or(0),
+        order: order as i32,
+        durable: q.durable,
+        ack_deadline_ms: ms("ack-deadline", &q.ack_deadline)?.unwrap_or(0),
+        max_attempts: q.max_attempts,
+        dead_letter: q.dead_letter.clone().unwrap_or_default(),
+        retry_initial_ms: ms("retry-initial", &q.retry_initial)?,
+        retry_max_ms: ms("retry-max", &q.retry_max)?.unwrap_or(0),
+        retry_multiplier: q.retry_multiplier.unwrap_or(0.0),
+        idempotency_window_ms: ms("key-window", &q.key_window)?.unwrap_or(0),
+    })
+}
