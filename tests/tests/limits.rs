@@ -66,3 +66,54 @@ async fn consumers_per_queue_are_limited() {
         })
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_producers_meets_the_memory_budget_and_memory_stays_bounded() {
+    use sluice_client::proto::{EnqueueMode, NewTask};
+    let b = Broker::start_on("127.0.0.1:0", &["--max-memory-bytes", "8000000"]);
+    tokio::task::block_in_place(|| b.ok(&["queue", "create", "q", "--capacity", "100000"]));
+    let client = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect");
+    let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    let mut producers = Vec::new();
+    for _ in 0..16 {
+        let (client, payload) = (client.clone(), payload.clone());
+        producers.push(tokio::spawn(async move {
+            let (mut stored, mut refused) = (0u64, 0u64);
+            while refused < 20 {
+                let task = NewTask {
+                    payload: payload.clone(),
+                    ..Default::default()
+                };
+                match client
+                    .enqueue("q", vec![task], EnqueueMode::Wait, None)
+                    .await
+                {
+                    Ok(_) => stored += 1,
+                    Err(e) => {
+                        assert_eq!(e.code(), sluice_client::Code::ResourceExhausted, "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+            stored
+        }));
+    }
+    let mut stored = 0;
+    for p in producers {
+        stored += p.await.expect("producer");
+    }
+    // What was stored fits the budget; the broker's memory stayed bounded.
+    assert!(stored * 64 * 1024 <= 8_000_000, "{stored} tasks stored");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", b.proc.pid())).expect("status");
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kb < 200_000, "broker peaked at {peak_kb} kB");
+    tokio::task::block_in_place(|| {
+        assert_eq!(num(&b.stats("q"), &["stats", "ready"]), stored);
+    });
+}
