@@ -18,6 +18,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod jobs;
+pub mod latency;
 pub mod metrics;
 pub mod publish;
 pub mod recover;

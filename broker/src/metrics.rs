@@ -268,6 +268,34 @@ pub fn render(broker: &Broker) -> String {
     }
 
     let mut out = String::new();
+    let mut histogram = |name: &str, help: &str, h: &crate::latency::Snapshot| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, n) in crate::latency::BOUNDS.iter().zip(&h.cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum {}", h.sum_seconds);
+        let _ = writeln!(out, "{name}_count {}", h.count);
+    };
+    histogram(
+        "sluice_enqueue_wait_seconds",
+        "How long Enqueue calls took to store their tasks, waiting for space included.",
+        &broker.enqueue_wait(),
+    );
+    if let Some(log) = broker.log() {
+        let s = log.stats();
+        histogram(
+            "sluice_log_write_seconds",
+            "Duration of group-commit writes.",
+            &s.write_latency,
+        );
+        histogram(
+            "sluice_log_fsync_seconds",
+            "Duration of fdatasync calls.",
+            &s.fsync_latency,
+        );
+    }
     for f in fams {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);

@@ -164,6 +164,9 @@ struct Inner {
     payload_bytes: AtomicU64,
     /// Consume streams in the broker.
     streams: AtomicU64,
+    /// How long Enqueue calls waited for space before their tasks were
+    /// stored.
+    enqueue_wait: crate::latency::Histogram,
 }
 
 /// What a stored enqueue reports back.
@@ -204,6 +207,7 @@ impl Broker {
                 limits: RwLock::new(crate::validate::Limits::default()),
                 payload_bytes: AtomicU64::new(0),
                 streams: AtomicU64::new(0),
+                enqueue_wait: crate::latency::Histogram::default(),
                 log,
                 segment_bytes,
                 shutdown_grace_ms: AtomicU64::new(30_000),
@@ -398,6 +402,11 @@ impl Broker {
             )));
         }
         Ok(())
+    }
+
+    /// How long enqueues waited for space.
+    pub fn enqueue_wait(&self) -> crate::latency::Snapshot {
+        self.inner.enqueue_wait.snapshot()
     }
 
     /// A Consume stream ended.
@@ -758,12 +767,15 @@ impl Broker {
                 )
             });
         let capacity = q.spec.config.capacity;
-        let stored = |depth| Stored {
-            first_id,
-            duplicates: duplicates.clone(),
-            depth,
-            capacity,
-            waited_ms: started.elapsed().as_millis() as u64,
+        let stored = |depth| {
+            self.inner.enqueue_wait.observe(started.elapsed());
+            Stored {
+                first_id,
+                duplicates: duplicates.clone(),
+                depth,
+                capacity,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }
         };
         match res {
             Ok(Enqueued::Stored) => {

@@ -43,6 +43,8 @@ fn metrics_show_depths_and_counters_per_queue() {
         "sluice_queue_enqueued_tasks_total{queue=\"q\"} 2",
         "sluice_queue_acked_tasks_total{queue=\"q\"} 1",
         "# TYPE sluice_log_fsyncs_total counter",
+        "# TYPE sluice_log_fsync_seconds histogram",
+        "sluice_enqueue_wait_seconds_count 1",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }

@@ -38,7 +38,7 @@ impl SegmentInfo {
 }
 
 /// A snapshot of the log's counters, for metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogStats {
     /// Records written since open (confirmed or not yet synced).
     pub records_written: u64,
@@ -58,6 +58,10 @@ pub struct LogStats {
     pub segments: usize,
     /// Bytes of all segments on disk.
     pub total_bytes: u64,
+    /// How long group-commit writes took.
+    pub write_latency: crate::latency::Snapshot,
+    /// How long `fdatasync` calls took.
+    pub fsync_latency: crate::latency::Snapshot,
 }
 
 /// State the writer thread updates and the handles read. The mutex is
@@ -71,6 +75,8 @@ pub(crate) struct Shared {
     pub last_fsync_nanos: AtomicU64,
     pub write_errors: AtomicU64,
     pub fsync_errors: AtomicU64,
+    pub write_latency: crate::latency::Histogram,
+    pub fsync_latency: crate::latency::Histogram,
     segments: Mutex<Vec<SegmentInfo>>,
     #[cfg(test)]
     pub faults: Faults,
@@ -114,6 +120,8 @@ impl Shared {
             fsync_errors: self.fsync_errors.load(Relaxed),
             segments,
             total_bytes,
+            write_latency: self.write_latency.snapshot(),
+            fsync_latency: self.fsync_latency.snapshot(),
         }
     }
 }

@@ -282,7 +282,10 @@ impl Writer {
             (a.len, a.next_seq)
         };
         if needed > 0 {
-            if let Err(e) = self.pwrite(offset) {
+            let started = Instant::now();
+            let written = self.pwrite(offset);
+            self.shared.write_latency.observe(started.elapsed());
+            if let Err(e) = written {
                 self.truncate_back(offset);
                 let path = &self.active_meta().path;
                 return Err(StorageError::io_needing("write", path, e, needed));
@@ -440,6 +443,7 @@ impl Writer {
         match self.fdatasync() {
             Ok(()) => {
                 let took = started.elapsed();
+                self.shared.fsync_latency.observe(took);
                 self.shared.fsyncs.fetch_add(1, Relaxed);
                 self.shared
                     .last_fsync_nanos
