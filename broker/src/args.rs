@@ -135,6 +135,11 @@ pub struct Args {
     #[arg(long, env = "SLUICE_MAX_CREDIT", default_value_t = 100_000)]
     pub max_credit: u64,
 
+    /// Tasks per enqueue or publish frame (and items per ack, nack or
+    /// extend call) at most.
+    #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+
     /// Concurrent streams (calls) per client connection.
     #[arg(
         long,

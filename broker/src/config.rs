@@ -197,6 +197,7 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
         ),
         ("max-consumers", args.max_consumers.to_string()),
         ("max-credit", args.max_credit.to_string()),
+        ("max-batch", args.max_batch.to_string()),
         (
             "max-streams-per-connection",
             args.max_streams_per_connection.to_string(),

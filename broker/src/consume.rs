@@ -232,7 +232,7 @@ impl Session {
                 let total = unspent + u64::from(f.credit);
                 if total > max_credit {
                     return Err(Error::invalid(format!(
-                        "unspent credit would be {total}, over the limit of {max_credit}"
+                        "unspent credit would be {total}, over the limit of {max_credit} (--max-credit)"
                     ))
                     .into());
                 }

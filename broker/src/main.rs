@@ -151,6 +151,7 @@ async fn main() -> ExitCode {
         max_consumers_per_queue: args.max_consumers_per_queue,
         max_consumers: args.max_consumers,
         max_credit: args.max_credit,
+        max_batch: args.max_batch,
     };
     broker.set_limits(limits.clone());
     let served = server::run(

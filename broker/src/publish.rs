@@ -140,7 +140,7 @@ impl Session {
     /// Stores one frame's tasks against the credit, waits until they are
     /// durable (durable queues), and returns the confirmation.
     async fn store(&self, tasks: Vec<pb::NewTask>) -> Result<pb::PublishResponse, Status> {
-        let n = validate::batch_len(tasks.len())?;
+        let n = validate::batch_len(tasks.len(), &self.limits)?;
         self.broker
             .check_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
         let first = self.broker.task_ids(n);

@@ -109,7 +109,7 @@ impl SluiceService for Service {
         auth::access(&req).require(Role::Produce, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
-        let n = validate::batch_len(req.tasks.len())?;
+        let n = validate::batch_len(req.tasks.len(), &self.limits)?;
         let wait = match pb::EnqueueMode::try_from(req.mode) {
             Ok(pb::EnqueueMode::Unspecified | pb::EnqueueMode::Wait) => true,
             Ok(pb::EnqueueMode::FailFast) => false,
@@ -204,7 +204,7 @@ impl SluiceService for Service {
         auth::access(&req).require(Role::Consume, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
-        validate::batch_len(req.acks.len())?;
+        validate::batch_len(req.acks.len(), &self.limits)?;
         let errors = self.broker.apply(&q, |sh, now, fx| {
             consume::settle(sh, now, fx, &q, &req.acks, &[], &[])
         });
@@ -218,7 +218,7 @@ impl SluiceService for Service {
         auth::access(&req).require(Role::Consume, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
-        validate::batch_len(req.nacks.len())?;
+        validate::batch_len(req.nacks.len(), &self.limits)?;
         let errors = self.broker.apply(&q, |sh, now, fx| {
             consume::settle(sh, now, fx, &q, &[], &req.nacks, &[])
         });
@@ -232,7 +232,7 @@ impl SluiceService for Service {
         auth::access(&req).require(Role::Consume, &req.get_ref().queue)?;
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
-        validate::batch_len(req.extends.len())?;
+        validate::batch_len(req.extends.len(), &self.limits)?;
         let errors = self.broker.apply(&q, |sh, now, fx| {
             consume::settle(sh, now, fx, &q, &[], &[], &req.extends)
         });

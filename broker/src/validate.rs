@@ -39,6 +39,8 @@ pub struct Limits {
     pub max_consumers: u64,
     /// Unspent credit per consumer.
     pub max_credit: u64,
+    /// Tasks per enqueue or publish frame, items per ack/nack/extend call.
+    pub max_batch: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +52,7 @@ impl Default for Limits {
             max_consumers_per_queue: 10_000,
             max_consumers: 100_000,
             max_credit: MAX_UNSPENT_CREDIT,
+            max_batch: MAX_BATCH,
         }
     }
 }
@@ -193,13 +196,14 @@ pub fn new_tasks(tasks: Vec<pb::NewTask>, first: TaskId, limits: &Limits) -> Res
 }
 
 /// Checks the batch's size before ids are reserved for it.
-pub fn batch_len(n: usize) -> Result<u64> {
+pub fn batch_len(n: usize, limits: &Limits) -> Result<u64> {
     if n == 0 {
         return Err(Error::invalid("an enqueue needs at least one task"));
     }
-    if n > MAX_BATCH {
+    if n > limits.max_batch {
         return Err(Error::invalid(format!(
-            "batch of {n} tasks is over the limit of {MAX_BATCH}"
+            "batch of {n} items is over the limit of {} (--max-batch)",
+            limits.max_batch
         )));
     }
     Ok(n as u64)

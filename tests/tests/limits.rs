@@ -117,3 +117,36 @@ async fn a_flood_of_producers_meets_the_memory_budget_and_memory_stays_bounded()
         assert_eq!(num(&b.stats("q"), &["stats", "ready"]), stored);
     });
 }
+
+#[test]
+fn batches_are_limited() {
+    let b = Broker::start_on("127.0.0.1:0", &["--max-batch", "3"]);
+    b.ok(&["queue", "create", "q"]);
+    b.ok(&["enqueue", "q", "a", "b", "c"]);
+    let out = b.cli(&["enqueue", "q", "a", "b", "c", "d"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("INVALID_ARGUMENT") && out.stderr.contains("--max-batch"),
+        "{out:?}"
+    );
+    assert_eq!(
+        num(&b.stats("q"), &["stats", "ready"]),
+        3,
+        "nothing of the refused batch stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_is_limited() {
+    let b = Broker::start_on("127.0.0.1:0", &["--max-credit", "5"]);
+    tokio::task::block_in_place(|| b.ok(&["queue", "create", "q"]));
+    let mut c = RawConsumer::subscribe(&b.url(), "q", "greedy", 6).await;
+    let status =
+        c.rx.message()
+            .await
+            .expect_err("too much credit ends the stream");
+    assert_eq!(status.code(), sluice_client::Code::InvalidArgument);
+    assert!(status.message().contains("--max-credit"), "{status:?}");
+    // Within the limit is fine.
+    let _ok = RawConsumer::subscribe(&b.url(), "q", "modest", 5).await;
+}
