@@ -134,6 +134,17 @@ fn batches_are_limited() {
         3,
         "nothing of the refused batch stored"
     );
+    // A CLI told the broker's limit fits its batches (and Publish frames)
+    // to it: 20 lines from stdin all land.
+    let lines: String = (0..20).map(|i| format!("t{i}\n")).collect();
+    let out = b.cli_stdin(&["enqueue", "q", "--batch", "3"], &lines);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 20, "{out:?}");
+    let out = b.cli(&["enqueue", "q", "--batch", "3", "a", "b", "c", "d", "e"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 3 + 20 + 5);
+    let out = b.cli(&["enqueue", "q", "--batch", "0", "a"]);
+    assert_eq!(out.code, 2, "--batch 0 is a usage error: {out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

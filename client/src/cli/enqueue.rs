@@ -77,6 +77,12 @@ pub struct EnqueueArgs {
     /// waiting for space", exit 1). Default: wait as long as it takes.
     #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
     timeout: Option<Duration>,
+    /// Most tasks per Enqueue call or Publish frame. Lower it to fit a
+    /// broker started with a smaller --max-batch; the CLI also never sends
+    /// more than the queue's capacity at once.
+    #[arg(long, value_name = "N", default_value_t = MAX_BATCH_TASKS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
 }
 
 /// A checked `enqueue` command, ready to run.
@@ -89,6 +95,7 @@ pub struct Plan {
     timeout: Option<Duration>,
     job: Option<String>,
     wait: bool,
+    batch: usize,
 }
 
 impl EnqueueArgs {
@@ -128,6 +135,7 @@ impl EnqueueArgs {
                 EnqueueMode::Wait
             },
             timeout: self.timeout,
+            batch: self.batch as usize,
         })
     }
 }
@@ -153,7 +161,8 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
             .iter()
             .map(|(k, v)| k.len() + v.len() + 8)
             .sum::<usize>();
-    let limits = Limits::for_capacity(capacity, overhead);
+    let mut limits = Limits::for_capacity(capacity, overhead);
+    limits.max_tasks = limits.max_tasks.min(plan.batch);
 
     let from_args = !plan.payloads.is_empty();
     let total = from_args.then_some(plan.payloads.len() as u64);
@@ -164,6 +173,8 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
         // A window of a quarter of the queue (at most 1000): enough to keep
         // the stream full without reserving the whole queue for one producer.
         let window = u32::try_from((capacity / 4).clamp(1, 1000)).unwrap_or(1000);
+        // A window wider than the batch still sends frames of at most one
+        // batch: the publisher sends what each call is given.
         Some(client.publisher(&plan.queue, window).await?)
     } else {
         None
