@@ -320,6 +320,18 @@ impl RawConsumer {
     /// Subscribes to `queue` as `name`, granting `credit`; waits for the
     /// broker's confirmation.
     pub async fn subscribe(url: &str, queue: &str, name: &str, credit: u32) -> RawConsumer {
+        Self::try_subscribe(url, queue, name, credit)
+            .await
+            .unwrap_or_else(|status| panic!("subscribe {queue:?} as {name:?}: {status:?}"))
+    }
+
+    /// As [`RawConsumer::subscribe`], returning the broker's refusal.
+    pub async fn try_subscribe(
+        url: &str,
+        queue: &str,
+        name: &str,
+        credit: u32,
+    ) -> Result<RawConsumer, tonic::Status> {
         use sluice_client::proto::{ConsumeRequest, Subscribe};
         let client = sluice_client::Client::connect(url).await.unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -336,12 +348,14 @@ impl RawConsumer {
         let mut rx = client
             .raw()
             .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
+            .await?
             .into_inner();
-        let first = rx.message().await.unwrap().unwrap();
+        let first = rx
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unknown("stream ended before subscribed"))?;
         assert!(first.subscribed.is_some(), "{first:?}");
-        RawConsumer { tx, rx }
+        Ok(RawConsumer { tx, rx })
     }
 
     /// The next frame from the broker, within the deadline.

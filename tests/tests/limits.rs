@@ -37,24 +37,9 @@ async fn consumers_per_queue_are_limited() {
     let b = Broker::start_on("127.0.0.1:0", &["--max-consumers-per-queue", "1"]);
     b.ok(&["queue", "create", "q"]);
     let _first = RawConsumer::subscribe(&b.url(), "q", "first", 1).await;
-    let client = sluice_client::Client::connect(&b.url())
-        .await
-        .expect("connect");
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(sluice_client::proto::ConsumeRequest {
-        subscribe: Some(sluice_client::proto::Subscribe {
-            queue: "q".into(),
-            consumer_name: "second".into(),
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("send");
-    let refused = client
-        .raw()
-        .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect_err("a second consumer is refused");
+    let Err(refused) = RawConsumer::try_subscribe(&b.url(), "q", "second", 1).await else {
+        panic!("a second consumer is refused");
+    };
     assert_eq!(refused.code(), sluice_client::Code::ResourceExhausted);
     assert!(
         refused.message().contains("--max-consumers-per-queue"),
@@ -65,6 +50,40 @@ async fn consumers_per_queue_are_limited() {
             num(&b.stats("q"), &["stats", "consumers"]) == 1
         })
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_in_total_are_limited_and_a_closed_stream_frees_its_slot() {
+    let b = Broker::start_on("127.0.0.1:0", &["--max-consumers", "2"]);
+    tokio::task::block_in_place(|| {
+        for q in ["a", "b", "c"] {
+            b.ok(&["queue", "create", q]);
+        }
+    });
+    let first = RawConsumer::subscribe(&b.url(), "a", "first", 1).await;
+    let _second = RawConsumer::subscribe(&b.url(), "b", "second", 1).await;
+    let Err(refused) = RawConsumer::try_subscribe(&b.url(), "c", "third", 1).await else {
+        panic!("a third consumer, on any queue, is refused");
+    };
+    assert_eq!(refused.code(), sluice_client::Code::ResourceExhausted);
+    assert!(refused.message().contains("--max-consumers"), "{refused:?}");
+    // The broker notices the closed stream on its own time; until then the
+    // slot may still be taken, so retry until the deadline.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match RawConsumer::try_subscribe(&b.url(), "c", "third", 1).await {
+            Ok(_) => break,
+            Err(s) if s.code() == sluice_client::Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed stream's slot was never freed: {s:?}"
+                );
+                tokio::task::yield_now().await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
