@@ -141,8 +141,9 @@ impl Session {
     /// durable (durable queues), and returns the confirmation.
     async fn store(&self, tasks: Vec<pb::NewTask>) -> Result<pb::PublishResponse, Status> {
         let n = validate::batch_len(tasks.len(), &self.limits)?;
-        self.broker
-            .check_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
+        let reservation = self
+            .broker
+            .reserve_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
         let first = self.broker.task_ids(n);
         let tasks = validate::new_tasks(tasks, first, &self.limits)?;
         let id = self.id;
@@ -157,6 +158,7 @@ impl Session {
                 let dups = std::mem::take(&mut fx.duplicates);
                 (r, dups, sh.state.depth())
             });
+        drop(reservation);
         match stored {
             Ok(()) => {}
             Err(PublishError::OverCredit { sent, credit }) => {

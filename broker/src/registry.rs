@@ -162,11 +162,31 @@ struct Inner {
     limits: RwLock<crate::validate::Limits>,
     /// Payload bytes queued in all queues (the memory budget's measure).
     payload_bytes: AtomicU64,
+    /// Payload bytes of batches past the budget check and not yet in
+    /// `payload_bytes`: concurrent enqueues each see the others' batches,
+    /// so together they cannot overshoot the budget.
+    reserved_bytes: AtomicU64,
     /// Consume streams in the broker.
     streams: AtomicU64,
     /// How long Enqueue calls waited for space before their tasks were
     /// stored.
     enqueue_wait: crate::latency::Histogram,
+}
+
+/// Payload bytes counted against the memory budget until dropped; see
+/// [`Broker::reserve_memory`].
+#[must_use = "the reservation is released when dropped"]
+pub struct MemoryReservation {
+    inner: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Drop for MemoryReservation {
+    fn drop(&mut self) {
+        self.inner
+            .reserved_bytes
+            .fetch_sub(self.bytes, Ordering::SeqCst);
+    }
 }
 
 /// What a stored enqueue reports back.
@@ -206,6 +226,7 @@ impl Broker {
                 jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), log.clone()),
                 limits: RwLock::new(crate::validate::Limits::default()),
                 payload_bytes: AtomicU64::new(0),
+                reserved_bytes: AtomicU64::new(0),
                 streams: AtomicU64::new(0),
                 enqueue_wait: crate::latency::Histogram::default(),
                 log,
@@ -391,9 +412,24 @@ impl Broker {
         ConsumerId(self.inner.next_consumer.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Refuses `bytes` more of payload when the memory budget is used up.
-    pub fn check_memory(&self, bytes: u64) -> Result<()> {
-        let used = self.inner.payload_bytes.load(Ordering::Relaxed);
+    /// Reserves `bytes` more of payload against the memory budget, or
+    /// refuses when it is used up. Hold the reservation until the batch
+    /// has been applied to its queue (it is then counted twice for a
+    /// moment, which errs on the side of refusing).
+    pub fn reserve_memory(&self, bytes: u64) -> Result<MemoryReservation> {
+        let inner = &self.inner;
+        // SeqCst throughout: the check reads two counters that other
+        // threads move in turn (payload up, then reservation down), and
+        // must never see the batch in neither.
+        let others = inner.reserved_bytes.fetch_add(bytes, Ordering::SeqCst);
+        let reservation = MemoryReservation {
+            inner: self.inner.clone(),
+            bytes,
+        };
+        let used = inner
+            .payload_bytes
+            .load(Ordering::SeqCst)
+            .saturating_add(others);
         let max = self.limits().max_memory_bytes;
         if used.saturating_add(bytes) > max {
             return Err(Error::LimitReached(format!(
@@ -401,7 +437,7 @@ impl Broker {
                  ({used} of {max} bytes, --max-memory-bytes); retry when workers have drained some"
             )));
         }
-        Ok(())
+        Ok(reservation)
     }
 
     /// How long enqueues waited for space.
@@ -597,11 +633,11 @@ impl Broker {
             if bytes_after >= bytes_before {
                 self.inner
                     .payload_bytes
-                    .fetch_add(bytes_after - bytes_before, Ordering::Relaxed);
+                    .fetch_add(bytes_after - bytes_before, Ordering::SeqCst);
             } else {
                 self.inner
                     .payload_bytes
-                    .fetch_sub(bytes_before - bytes_after, Ordering::Relaxed);
+                    .fetch_sub(bytes_before - bytes_after, Ordering::SeqCst);
             }
             let durability = match &self.inner.log {
                 Some(log) if !fx.changes.is_empty() => {
@@ -735,7 +771,8 @@ impl Broker {
         deadline: Option<Instant>,
     ) -> Result<Stored> {
         self.check_open()?;
-        self.check_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
+        let reservation =
+            self.reserve_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
         let first_id = tasks.first().map_or(TaskId(0), |t| t.id);
         let n = tasks.len() as u64;
         let putter = PutterId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed));
@@ -766,6 +803,9 @@ impl Broker {
                     retry,
                 )
             });
+        // Stored, waiting (its batch counted once admitted), or refused:
+        // either way no longer in flight.
+        drop(reservation);
         let capacity = q.spec.config.capacity;
         let stored = |depth| {
             self.inner.enqueue_wait.observe(started.elapsed());
@@ -1188,5 +1228,27 @@ impl Drop for GetGuard<'_> {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_in_flight_count_against_the_memory_budget() {
+        let broker = Broker::new(CancellationToken::new());
+        broker.set_limits(crate::validate::Limits {
+            max_memory_bytes: 100,
+            ..crate::validate::Limits::default()
+        });
+        let first = broker.reserve_memory(60).expect("fits");
+        // Not yet in any queue, but a second batch must see the first one:
+        // both would pass a check of the queued bytes alone.
+        assert!(broker.reserve_memory(60).is_err());
+        let second = broker.reserve_memory(40).expect("fits beside the first");
+        drop(first);
+        drop(second);
+        let _whole = broker.reserve_memory(100).expect("all released");
     }
 }
