@@ -87,6 +87,36 @@ async fn consumers_in_total_are_limited_and_a_closed_stream_frees_its_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_per_connection_limit_is_advertised_to_clients() {
+    // HTTP/2 clients queue calls beyond the server's advertised
+    // MAX_CONCURRENT_STREAMS rather than fail them, so what a user can
+    // check is the setting the broker sends.
+    let b = Broker::start_on("127.0.0.1:0", &["--max-streams-per-connection", "2"]);
+    let addr = b.url().trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (resp, mut body) = client.send_request(req, false).expect("send");
+    // An empty HealthCheckRequest: flag 0, length 0.
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("body");
+    // The server's SETTINGS come before any response frame on the wire.
+    let resp = resp.await.expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(client.current_max_send_streams(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_producers_meets_the_memory_budget_and_memory_stays_bounded() {
     use sluice_client::proto::{EnqueueMode, NewTask};
     let b = Broker::start_on("127.0.0.1:0", &["--max-memory-bytes", "8000000"]);
