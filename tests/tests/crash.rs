@@ -13,12 +13,23 @@ use sluice_client::Client;
 use sluice_client::proto::{EnqueueMode, NewTask};
 use sluice_tests::{Broker, eventually, num};
 
-/// A cheap pseudo-random number from the clock: how long each round runs.
-fn jitter(round: u64) -> Duration {
+/// How many more confirmed enqueues a round runs for before the kill: a
+/// cheap pseudo-random number from the clock, so the kill lands at a
+/// different point of the producers' and workers' work each time.
+fn load_per_round(round: u64) -> usize {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    Duration::from_millis(150 + (nanos ^ (round * 7919)) % 450)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    20 + ((nanos ^ (round * 7919)) % 200) as usize
+}
+
+/// Lets the load run until `round`'s share of enqueues more is confirmed.
+fn run_load(sent: &Mutex<Sent>, round: u64) {
+    let confirmed = || sent.lock().expect("lock").confirmed.len();
+    let until = confirmed() + load_per_round(round);
+    eventually(Duration::from_secs(60), "the load to go on", || {
+        confirmed() >= until
+    });
 }
 
 #[derive(Default)]
@@ -120,11 +131,11 @@ fn sigkill_under_load_loses_no_confirmed_task() {
         .collect();
 
     for round in 0..4 {
-        std::thread::sleep(jitter(round)); // the load runs; the kill comes at a random moment
+        run_load(&sent, round);
         drop(broker); // SIGKILL
         broker = Broker::start_on(&addr, &["--data-dir", &data_arg]);
     }
-    std::thread::sleep(jitter(9));
+    run_load(&sent, 9);
     stop.store(true, Ordering::SeqCst);
     for p in producers {
         rt.block_on(p).expect("producer");
