@@ -223,6 +223,16 @@ impl Broker {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats --json: {e}: {out}"))
     }
 
+    /// Waits until `queue`'s stats field `field` (e.g. "acked_total",
+    /// "consumers") reads `want`.
+    pub fn wait_stat(&self, queue: &str, field: &str, want: u64) {
+        eventually(
+            DEADLINE,
+            &format!("{queue} stats.{field} == {want}"),
+            || num(&self.stats(queue), &["stats", field]) == want,
+        );
+    }
+
     /// Starts `sluice-worker --queue QUEUE <args> -- <cmd...>`.
     pub fn worker(&self, queue: &str, args: &[&str], cmd: &[&str]) -> Proc {
         let mut c = Command::new(bin("sluice-worker"));
@@ -382,6 +392,16 @@ impl RawConsumer {
     }
 }
 
+/// A consumer's field in `sluice --json stats` output, or None while it is
+/// not subscribed (yet).
+pub fn consumer_num(stats: &Value, name: &str, field: &str) -> Option<u64> {
+    stats["consumers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?[field]
+        .as_u64()
+}
+
 /// A lease token for an ack/nack/extend of `d`.
 pub fn lease_of(d: &sluice_client::proto::Delivery) -> sluice_client::proto::LeaseRef {
     sluice_client::proto::LeaseRef {
@@ -395,6 +415,15 @@ pub fn lease_of(d: &sluice_client::proto::Delivery) -> sluice_client::proto::Lea
 pub struct Flag(pub PathBuf);
 
 impl Flag {
+    /// Shell that blocks until the flag is raised (at most 30 s, so a
+    /// handler never outlives a broken test for long).
+    pub fn wait_script(&self) -> String {
+        format!(
+            "for i in $(seq 600); do [ -f {} ] && break; sleep 0.05; done",
+            self.0.display()
+        )
+    }
+
     pub fn raise(&self) {
         std::fs::write(&self.0, b"go").unwrap();
     }

@@ -57,9 +57,7 @@ fn full_queue_pauses_a_waiting_producer_until_get_frees_a_slot() {
 
     // The default waits: it is in line at the broker and has not returned.
     let mut waiting = b.cli_spawn(&["enqueue", "q", "c"]);
-    eventually(DEADLINE, "producer waiting at the broker", || {
-        num(&b.stats("q"), &["stats", "waiting_producers"]) == 1
-    });
+    b.wait_stat("q", "waiting_producers", 1);
     assert!(
         waiting.running(),
         "enqueue returned while the queue was full"
@@ -149,9 +147,7 @@ fn get_waits_for_a_task_enqueued_later() {
     let b = Broker::start();
     b.ok(&["queue", "create", "q"]);
     let mut getter = b.cli_spawn(&["get", "q", "--wait", "30s"]);
-    eventually(DEADLINE, "get waiting as a consumer", || {
-        num(&b.stats("q"), &["stats", "consumers"]) == 1
-    });
+    b.wait_stat("q", "consumers", 1);
     b.ok(&["enqueue", "q", "hello"]);
     assert_eq!(getter.wait_exit(DEADLINE), Some(0));
     let mut out = String::new();
@@ -279,9 +275,7 @@ fn deleting_a_queue_releases_a_waiting_producer() {
     b.ok(&["queue", "create", "q", "--capacity", "1"]);
     b.ok(&["enqueue", "q", "a"]);
     let mut waiting = b.cli_spawn(&["enqueue", "q", "b"]);
-    eventually(DEADLINE, "producer waiting", || {
-        num(&b.stats("q"), &["stats", "waiting_producers"]) == 1
-    });
+    b.wait_stat("q", "waiting_producers", 1);
     b.ok(&["queue", "delete", "q"]);
     assert_eq!(waiting.wait_exit(DEADLINE), Some(1));
 }

@@ -170,9 +170,7 @@ fn disk_use_follows_live_data_down() {
     assert!(full > 200_000, "{full} bytes for 3000 tasks");
 
     let _w = b.worker("q", &["--concurrency", "8"], &["true"]);
-    sluice_tests::eventually(DEADLINE, "all acked", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 3000
-    });
+    b.wait_stat("q", "acked_total", 3000);
     // Compaction runs by itself once the log outgrows the live data.
     sluice_tests::eventually(DEADLINE, "old segments deleted", || {
         dir_bytes(dir.path()) < 64 * 1024
@@ -195,8 +193,8 @@ fn sigterm_to_the_broker_lets_workers_finish_what_they_hold() {
     let addr = b.addr.clone();
     b.ok(&["queue", "create", "q", "--durable"]);
     let script = format!(
-        "for i in $(seq 600); do [ -f {} ] && break; sleep 0.05; done; p=$(cat); echo \"$p\" >> {}",
-        go.0.display(),
+        "{}; p=$(cat); echo \"$p\" >> {}",
+        go.wait_script(),
         done.display()
     );
     let w = b.worker(
@@ -205,9 +203,7 @@ fn sigterm_to_the_broker_lets_workers_finish_what_they_hold() {
         &["sh", "-c", &script],
     );
     b.ok(&["enqueue", "q", "a", "b"]);
-    sluice_tests::eventually(DEADLINE, "worker holds both", || {
-        num(&b.stats("q"), &["stats", "leased"]) == 2
-    });
+    b.wait_stat("q", "leased", 2);
 
     // The broker drains: new work is refused, held work may finish.
     b.proc.signal("TERM");

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use sluice_tests::{Broker, DEADLINE, Proc, eventually, node, num, python, root};
+use sluice_tests::{Broker, DEADLINE, Proc, consumer_num, eventually, node, num, python, root};
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -12,14 +12,6 @@ fn lines(path: &std::path::Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-fn consumer_num(stats: &serde_json::Value, name: &str, field: &str) -> Option<u64> {
-    stats["consumers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == name)?[field]
-        .as_u64()
 }
 
 #[test]
@@ -48,9 +40,7 @@ fn python_workers_and_a_rust_worker_share_a_queue() {
         &["--concurrency", "3", "--name", "rust"],
         &["sh", "-c", &script],
     );
-    eventually(DEADLINE, "three consumers", || {
-        num(&b.stats("jobs"), &["stats", "consumers"]) == 3
-    });
+    b.wait_stat("jobs", "consumers", 3);
 
     let out = python()
         .arg(root().join("examples/python/producer.py"))
@@ -128,9 +118,7 @@ fn a_node_producer_and_worker_round_trip() {
             .arg("--log")
             .arg(&log),
     );
-    eventually(DEADLINE, "node worker subscribed", || {
-        num(&b.stats("jobs"), &["stats", "consumers"]) == 1
-    });
+    b.wait_stat("jobs", "consumers", 1);
     let out = node()
         .arg(root().join("examples/node/producer.js"))
         .args(["--broker", &b.addr, "--queue", "jobs", "--count", "100"])
@@ -145,9 +133,7 @@ fn a_node_producer_and_worker_round_trip() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "stored 100 tasks"
     );
-    eventually(DEADLINE, "all 100 acked", || {
-        num(&b.stats("jobs"), &["stats", "acked_total"]) == 100
-    });
+    b.wait_stat("jobs", "acked_total", 100);
     assert_eq!(num(&b.stats("jobs"), &["stats", "delivered_total"]), 100);
     let done: HashSet<String> = lines(&log).into_iter().collect();
     assert_eq!(done.len(), 100);
@@ -177,9 +163,7 @@ fn a_killed_python_workers_task_is_redelivered() {
     py.wait_exit(DEADLINE);
     let script = format!("echo \"$SLUICE_ATTEMPT\" >> {}", attempts.display());
     let _rust = b.worker("jobs", &["--name", "rust"], &["sh", "-c", &script]);
-    eventually(DEADLINE, "redelivered and acked", || {
-        num(&b.stats("jobs"), &["stats", "acked_total"]) == 1
-    });
+    b.wait_stat("jobs", "acked_total", 1);
     assert_eq!(
         lines(&attempts),
         ["2"],

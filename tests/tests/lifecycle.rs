@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_client::proto::{ConsumeRequest, NackAction, NackItem};
-use sluice_tests::{Broker, DEADLINE, RawConsumer, eventually, lease_of, num};
+use sluice_tests::{Broker, DEADLINE, RawConsumer, lease_of, num};
 
 /// Reads `path` as one number per line (nanoseconds from `date +%s%N`).
 fn times(path: &std::path::Path) -> Vec<u128> {
@@ -39,9 +39,7 @@ fn a_failing_task_is_retried_with_growing_backoff() {
     );
     let _w = b.worker("q", &["--concurrency", "2"], &["sh", "-c", &script]);
     b.ok(&["enqueue", "q", "flaky"]);
-    eventually(DEADLINE, "acked on the third attempt", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 1
-    });
+    b.wait_stat("q", "acked_total", 1);
     assert_eq!(num(&b.stats("q"), &["stats", "delivered_total"]), 3);
     let t = times(&log);
     assert_eq!(t.len(), 3, "{t:?}");
@@ -83,9 +81,7 @@ fn a_poison_task_is_dead_lettered_after_max_attempts_and_redriven() {
         &["sh", "-c", "echo 'bad input' >&2; exit 2"],
     );
     b.ok(&["enqueue", "q", "poison"]);
-    eventually(DEADLINE, "dead-lettered", || {
-        num(&b.stats("dlq"), &["stats", "ready"]) == 1
-    });
+    b.wait_stat("dlq", "ready", 1);
     let s = b.stats("q");
     assert_eq!(
         num(&s, &["stats", "delivered_total"]),
@@ -207,9 +203,7 @@ fn a_durable_queue_keeps_delayed_and_retrying_tasks_with_their_due_times() {
     let started = Instant::now();
     // Fail "retried" once through a worker that exits non-zero.
     let mut w = b.worker("q", &[], &["sh", "-c", "exit 1"]);
-    eventually(DEADLINE, "retry scheduled", || {
-        num(&b.stats("q"), &["stats", "retrying"]) == 1
-    });
+    b.wait_stat("q", "retrying", 1);
     w.signal("KILL");
     w.wait_exit(DEADLINE);
     drop(b); // SIGKILL the broker

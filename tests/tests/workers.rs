@@ -3,29 +3,10 @@
 //! reconnection behaviour.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use sluice_client::proto::{AckItem, ConsumeRequest, SettleErrorCode};
-use sluice_tests::{Broker, DEADLINE, Flag, RawConsumer, eventually, lease_of, num};
-
-/// A shell snippet that blocks until `flag` exists (at most 30 s, so an
-/// orphaned command of a killed worker ends by itself).
-fn wait_for(flag: &Path) -> String {
-    format!(
-        "for i in $(seq 600); do [ -f {} ] && break; sleep 0.05; done",
-        flag.display()
-    )
-}
-
-/// A consumer's field, or None while it is not subscribed (yet).
-fn consumer_num(stats: &serde_json::Value, name: &str, field: &str) -> Option<u64> {
-    stats["consumers"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == name)?[field]
-        .as_u64()
-}
+use sluice_tests::{Broker, DEADLINE, Flag, RawConsumer, consumer_num, eventually, lease_of, num};
 
 fn consumer<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     stats["consumers"]
@@ -45,9 +26,7 @@ fn a_slow_worker_paces_a_waiting_producer() {
         &["--concurrency", "1", "--name", "slow"],
         &["sh", "-c", "sleep 0.5; cat"],
     );
-    eventually(DEADLINE, "worker subscribed", || {
-        num(&b.stats("q"), &["stats", "consumers"]) == 1
-    });
+    b.wait_stat("q", "consumers", 1);
     for i in 0..10 {
         b.ok(&["enqueue", "q", &format!("task-{i}")]);
     }
@@ -56,9 +35,7 @@ fn a_slow_worker_paces_a_waiting_producer() {
     let acked = num(&b.stats("q"), &["stats", "acked_total"]);
     assert!(acked >= 6, "last enqueue returned after only {acked} acks");
 
-    eventually(DEADLINE, "all 10 acked", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 10
-    });
+    b.wait_stat("q", "acked_total", 10);
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "delivered_total"]), 10, "no redelivery");
     assert_eq!(num(&s, &["stats", "unfinished"]), 0);
@@ -70,7 +47,7 @@ fn a_worker_never_holds_more_than_its_concurrency() {
     let go = Flag(dir.path().join("go"));
     let b = Broker::start();
     b.ok(&["queue", "create", "q"]);
-    let script = format!("{}; cat", wait_for(&go.0));
+    let script = format!("{}; cat", go.wait_script());
     let mut w = b.worker(
         "q",
         &["--concurrency", "3", "--name", "w"],
@@ -92,9 +69,7 @@ fn a_worker_never_holds_more_than_its_concurrency() {
     assert_eq!(num(&s, &["stats", "ready"]), 17);
 
     go.raise();
-    eventually(DEADLINE, "all 20 acked", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 20
-    });
+    b.wait_stat("q", "acked_total", 20);
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "delivered_total"]), 20);
     let c = consumer(&s, "w");
@@ -126,9 +101,7 @@ async fn the_broker_sends_no_more_than_the_credit_granted() {
         ..Default::default()
     })
     .await;
-    eventually(DEADLINE, "acks applied", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 3
-    });
+    b.wait_stat("q", "acked_total", 3);
     let s = b.stats("q");
     assert_eq!(num(consumer(&s, "raw"), &["delivered"]), 3);
     assert_eq!(num(consumer(&s, "raw"), &["credit"]), 0);
@@ -165,9 +138,7 @@ fn three_workers_share_the_work_and_each_task_is_acked_once() {
             )
         })
         .collect();
-    eventually(DEADLINE, "3 workers subscribed", || {
-        num(&b.stats("q"), &["stats", "consumers"]) == 3
-    });
+    b.wait_stat("q", "consumers", 3);
     let lines: String = (0..300).map(|i| format!("t{i}\n")).collect();
     let ids = b.cli_stdin(&["enqueue", "q"], &lines);
     assert_eq!(ids.code, 0, "{ids:?}");
@@ -199,7 +170,7 @@ fn a_killed_workers_tasks_go_to_another_worker_at_once() {
     let mut a = b.worker(
         "q",
         &["--concurrency", "2", "--name", "a"],
-        &["sh", "-c", &wait_for(&never.0)],
+        &["sh", "-c", &never.wait_script()],
     );
     b.ok(&["enqueue", "q", "one", "two"]);
     eventually(DEADLINE, "worker a holds both", || {
@@ -211,15 +182,11 @@ fn a_killed_workers_tasks_go_to_another_worker_at_once() {
         &["--concurrency", "2", "--name", "b"],
         &["sh", "-c", &script],
     );
-    eventually(DEADLINE, "worker b subscribed", || {
-        num(&b.stats("q"), &["stats", "consumers"]) == 2
-    });
+    b.wait_stat("q", "consumers", 2);
 
     a.signal("KILL");
     a.wait_exit(DEADLINE);
-    eventually(DEADLINE, "both redelivered to b and acked", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 2
-    });
+    b.wait_stat("q", "acked_total", 2);
     let s = b.stats("q");
     assert_eq!(
         num(&s, &["stats", "expired_total"]),
@@ -277,9 +244,7 @@ async fn a_late_ack_after_the_lease_expired_is_refused() {
             ..Default::default()
         })
         .await;
-    eventually(DEADLINE, "new holder's ack applied", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 1
-    });
+    b.wait_stat("q", "acked_total", 1);
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "unfinished"]), 0);
     assert_eq!(num(&s, &["stats", "expired_total"]), 1);
@@ -292,9 +257,7 @@ fn a_long_task_keeps_its_lease_by_extending() {
     // Runs for several deadlines; the worker extends automatically.
     let _w = b.worker("q", &["--name", "long"], &["sh", "-c", "sleep 1.5; cat"]);
     b.ok(&["enqueue", "q", "x"]);
-    eventually(DEADLINE, "acked", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 1
-    });
+    b.wait_stat("q", "acked_total", 1);
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "expired_total"]), 0, "{s}");
     assert_eq!(num(&s, &["stats", "delivered_total"]), 1);
@@ -306,7 +269,7 @@ fn sigterm_lets_running_tasks_finish_and_exits_zero() {
     let go = Flag(dir.path().join("go"));
     let b = Broker::start();
     b.ok(&["queue", "create", "q"]);
-    let script = format!("{}; cat", wait_for(&go.0));
+    let script = format!("{}; cat", go.wait_script());
     let mut w = b.worker(
         "q",
         &["--concurrency", "2", "--name", "w"],
@@ -338,9 +301,7 @@ fn a_failing_command_is_retried_and_succeeds() {
     let script = "[ \"$SLUICE_ATTEMPT\" -ge 2 ] || { echo first try fails >&2; exit 1; }; cat";
     let _w = b.worker("q", &["--name", "w"], &["sh", "-c", script]);
     b.ok(&["enqueue", "q", "x"]);
-    eventually(DEADLINE, "acked on the second attempt", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 1
-    });
+    b.wait_stat("q", "acked_total", 1);
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "nacked_total"]), 1);
     assert_eq!(num(&s, &["stats", "delivered_total"]), 2);
@@ -357,9 +318,7 @@ fn a_worker_reconnects_after_the_broker_restarts() {
     let script = format!("cat >> {}; echo >> {}", log.display(), log.display());
     let mut w = b.worker("q", &["--name", "w"], &["sh", "-c", &script]);
     b.ok(&["enqueue", "q", "before"]);
-    eventually(DEADLINE, "first task done", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 1
-    });
+    b.wait_stat("q", "acked_total", 1);
 
     // Restart on the same address. In-memory: the queue is gone until a
     // producer creates it again.
@@ -367,9 +326,7 @@ fn a_worker_reconnects_after_the_broker_restarts() {
     let b = Broker::start_on(&addr, &[]);
     b.ok(&["queue", "create", "q"]);
     b.ok(&["enqueue", "q", "after-1", "after-2"]);
-    eventually(DEADLINE, "worker back and working", || {
-        num(&b.stats("q"), &["stats", "acked_total"]) == 2
-    });
+    b.wait_stat("q", "acked_total", 2);
     assert!(w.running(), "worker gave up: {}", w.stderr_log());
     let done = std::fs::read_to_string(&log).expect("log");
     assert_eq!(
@@ -435,9 +392,7 @@ fn a_task_failing_max_attempts_goes_to_the_dead_letter_queue() {
         &["sh", "-c", "echo boom >&2; exit 1"],
     );
     let id = b.ok(&["enqueue", "q", "--header", "trace=t1", "poison"]);
-    eventually(DEADLINE, "dead-lettered", || {
-        num(&b.stats("dlq"), &["stats", "ready"]) == 1
-    });
+    b.wait_stat("dlq", "ready", 1);
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "dead_total"]), 1);
     assert_eq!(num(&s, &["stats", "delivered_total"]), 2);
