@@ -32,6 +32,16 @@ fn small_segments(bytes: u64) -> LogOptions {
     }
 }
 
+/// Writes a closed log of three segments (files 1, 4 and 7: three 2-byte
+/// records each, the last holding one) and returns its options.
+async fn three_segments(dir: &Path) -> LogOptions {
+    let opts = small_segments(32 + 3 * 10);
+    let (log, _) = open(dir, opts.clone());
+    append_each(&log, &["a1", "a2", "a3", "b1", "b2", "b3", "c1"]).await;
+    log.close().await.expect("close");
+    opts
+}
+
 /// Opens and replays everything.
 fn open(dir: &Path, opts: LogOptions) -> (Log, Vec<(u64, Bytes)>) {
     let (log, replay) = Log::open(dir, opts).expect("open the log");
@@ -294,10 +304,7 @@ async fn repair_copies_the_segment_aside_and_keeps_what_precedes_the_damage() {
 #[tokio::test]
 async fn a_missing_segment_is_detected_and_repair_accepts_it_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = small_segments(32 + 3 * 10);
-    let (log, _) = open(dir.path(), opts.clone());
-    append_each(&log, &["a1", "a2", "a3", "b1", "b2", "b3", "c1"]).await;
-    log.close().await.expect("close");
+    let opts = three_segments(dir.path()).await;
     fs::remove_file(seg(dir.path(), 4)).expect("remove the middle segment");
 
     let err = open_err(dir.path(), opts.clone());
@@ -328,10 +335,7 @@ async fn a_missing_segment_is_detected_and_repair_accepts_it_once() {
 #[tokio::test]
 async fn damaged_headers_and_leftovers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = small_segments(32 + 3 * 10);
-    let (log, _) = open(dir.path(), opts.clone());
-    append_each(&log, &["a1", "a2", "a3", "b1", "b2", "b3", "c1"]).await;
-    log.close().await.expect("close");
+    let opts = three_segments(dir.path()).await;
     let leftover = dir.path().join("00000000000000000008.seg.tmp");
     fs::write(&leftover, b"half a header").expect("write");
     flip_byte(&seg(dir.path(), 4), 0);
