@@ -4,25 +4,11 @@
 
 use sluice_tests::{bin, num};
 
-#[test]
-fn bench_smoke_run_loses_and_duplicates_nothing() {
+/// Runs `sluice --json bench --spawn ARGS` to completion; its JSON report.
+fn bench(args: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(bin("sluice"))
-        .args([
-            "--json",
-            "bench",
-            "--spawn",
-            "--tasks",
-            "20000",
-            "--producers",
-            "2",
-            "--consumers",
-            "3",
-            "--credit",
-            "64",
-            "--queues",
-            "2",
-            "--baseline",
-        ])
+        .args(["--json", "bench", "--spawn"])
+        .args(args)
         .output()
         .expect("run sluice bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -31,7 +17,24 @@ fn bench_smoke_run_loses_and_duplicates_nothing() {
         "bench failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json report");
+    serde_json::from_str(&stdout).expect("json report")
+}
+
+#[test]
+fn bench_smoke_run_loses_and_duplicates_nothing() {
+    let report = bench(&[
+        "--tasks",
+        "20000",
+        "--producers",
+        "2",
+        "--consumers",
+        "3",
+        "--credit",
+        "64",
+        "--queues",
+        "2",
+        "--baseline",
+    ]);
     for run in ["sluice", "baseline"] {
         let r = &report[run];
         assert_eq!(num(r, &["sent"]), 20_000, "{run}: {r}");
@@ -45,27 +48,14 @@ fn bench_smoke_run_loses_and_duplicates_nothing() {
 
 #[test]
 fn durable_bench_smoke_run_survives_its_own_crash() {
-    let out = std::process::Command::new(bin("sluice"))
-        .args([
-            "--json",
-            "bench",
-            "--spawn",
-            "--durable",
-            "--tasks",
-            "5000",
-            "--backlog",
-            "2000",
-            "--measure-recovery",
-        ])
-        .output()
-        .expect("run sluice bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json report");
+    let report = bench(&[
+        "--durable",
+        "--tasks",
+        "5000",
+        "--backlog",
+        "2000",
+        "--measure-recovery",
+    ]);
     let r = &report["sluice"];
     // The backlog was queued, the broker SIGKILLed and restarted, and
     // every task still came through exactly once.
