@@ -246,14 +246,6 @@ fn bad_input_gets_a_clear_error_and_the_broker_stays_up() {
 }
 
 #[test]
-fn durable_queues_are_refused_until_the_log_exists() {
-    let b = Broker::start();
-    let out = b.cli(&["queue", "create", "d", "--durable"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("durable"), "{out:?}");
-}
-
-#[test]
 fn create_is_idempotent_and_purge_and_delete_work() {
     let b = Broker::start();
     b.ok(&["queue", "create", "q", "--capacity", "10"]);
