@@ -22,8 +22,7 @@ pub async fn open(args: &Args) -> Result<(Log, Recovery), String> {
     // Reading the whole log is blocking work; nothing else runs yet, but
     // keep the runtime's threads free anyway.
     let res = tokio::task::spawn_blocking(move || -> Result<(Log, Recovery), String> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        // Log::open creates the directory (durably: its parent is synced).
         let (log, replay) = Log::open(&dir, options).map_err(|e| e.to_string())?;
         let mut recovery = Recovery::default();
         for item in replay {

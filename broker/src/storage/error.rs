@@ -59,6 +59,17 @@ pub enum StorageError {
     InvalidOption { key: &'static str, reason: String },
     #[error("the log is closed")]
     Closed,
+    /// An `fdatasync` failed, so the log stopped taking writes: on Linux a
+    /// failed sync may have dropped the dirty pages, and a later sync
+    /// would report success for data that never reached the disk
+    /// (PostgreSQL's "fsyncgate"). What was confirmed before is safe;
+    /// nothing is confirmed after. Only a restart (which replays what is
+    /// really on disk) clears it.
+    #[error(
+        "the write-ahead log stopped after a failed fdatasync ({cause}); \
+         nothing is written or confirmed since: restart the broker once the disk is healthy"
+    )]
+    Stopped { cause: String },
 }
 
 impl StorageError {

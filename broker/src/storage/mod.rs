@@ -57,16 +57,28 @@
 //!   survive a broker crash, and a power loss may lose the unsynced tail.
 //! - One `write` and at most one `fdatasync` per group: everything that
 //!   queued while the previous group was on its way to disk.
-//! - An append that fails (disk full, quota, I/O error) left nothing in
-//!   the log: the file is truncated back to the last good frame, the
-//!   sequence numbers are not used up, and the log takes appends again.
-//!   (Only a second failure — the truncation itself failing, or a crash
-//!   before it — could leave its records to be replayed.)
+//! - An append that fails to write (disk full, quota, I/O error) left
+//!   nothing in the log: the file is truncated back to the last good
+//!   frame, the sequence numbers are not used up, and the log takes
+//!   appends again. (Only a second failure — the truncation itself
+//!   failing, or a crash before it — could leave its records to be
+//!   replayed.)
+//! - A failed `fdatasync` stops the log for good (fail-stop): Linux may
+//!   drop the dirty pages of a failed sync and report the next one as a
+//!   success, so nothing is written or confirmed after it; every later
+//!   request fails with [`StorageError::Stopped`] until the process
+//!   restarts and replays what really is on disk.
+//! - [`Log::append_keeping`] refuses an append that would leave less free
+//!   space than asked, so the broker can keep room for the appends that
+//!   shrink the log and for compaction, which copies before it deletes.
+//! - [`Log::remove_segments_before`] syncs what the active segment holds
+//!   before it deletes anything, whatever the fsync policy.
 //! - An append of several records is not atomic across a crash: a torn
 //!   tail can keep a prefix of an unconfirmed append.
 //! - On open, damage that reaches the end of the last segment (a frame
-//!   cut short, a last frame whose checksum fails, or zeros to the end)
-//!   is a torn write and is cut off with a warning. Any other damage —
+//!   cut short, a last frame whose checksum fails — alone or followed by
+//!   nothing but zeros — or zeros to the end) is a torn write and is cut
+//!   off with a warning. Any other damage —
 //!   anywhere in an earlier segment, or followed by more data in the last
 //!   — refuses the open with [`StorageError::Corrupt`] naming file and
 //!   offset, unless [`LogOptions::repair`] is set. Every segment but the
@@ -99,6 +111,8 @@ use tracing::info_span;
 pub use error::StorageError;
 pub use options::{FsyncPolicy, LogOptions};
 pub use recovery::Replay;
+#[cfg(any(test, feature = "testing"))]
+pub use stats::Faults;
 pub use stats::{LogStats, SegmentInfo};
 pub use writer::Removed;
 
@@ -134,14 +148,7 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<(Log, Replay)> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
-            // Make the new directory's own entry durable.
-            match dir.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => segment::sync_dir(parent)?,
-                _ => segment::sync_dir(Path::new("."))?,
-            }
-        }
+        segment::create_dir_synced(&dir)?;
         let lock = lock::lock_dir(&dir)?;
         let recovered = recovery::recover(&dir, &options)?;
         let replay = Replay::new(&recovered.segments);
@@ -181,10 +188,25 @@ impl Log {
         &self,
         records: Vec<Bytes>,
     ) -> impl Future<Output = Result<u64>> + Send + 'static {
+        self.append_keeping(records, 0)
+    }
+
+    /// [`Log::append`], refused with [`StorageError::DiskFull`] unless at
+    /// least `keep_free` bytes (of the disk, and of the quota) stay free
+    /// after it. The broker asks this of appends that grow what the log
+    /// must keep (enqueues), leaving room for the appends that shrink it
+    /// (acks) and for a compaction, which copies the live records forward
+    /// before it can delete anything: a full disk never wedges the log.
+    pub fn append_keeping(
+        &self,
+        records: Vec<Bytes>,
+        keep_free: u64,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static {
         let sent = self.check(&records).and_then(|bytes| {
             self.request(|reply| Request::Append {
                 records,
                 bytes,
+                keep_free,
                 reply: Some(reply),
             })
         });
@@ -201,6 +223,7 @@ impl Log {
         self.send(Request::Append {
             records,
             bytes,
+            keep_free: 0,
             reply: None,
         })
     }
@@ -246,6 +269,12 @@ impl Log {
 
     pub fn stats(&self) -> LogStats {
         self.inner.shared.snapshot()
+    }
+
+    /// Faults to inject into this log's writer (tests only).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn faults(&self) -> &Faults {
+        &self.inner.shared.faults
     }
 
     pub fn dir(&self) -> &Path {

@@ -223,10 +223,12 @@ fn scan_segment(
 
 /// Whether damage in the last segment is what a crash during a write
 /// leaves: the damage reaches the end of the file, either as a frame cut
-/// short, as a last frame whose checksum fails, or as zeros the
-/// filesystem put where data never arrived. Anything followed by other
-/// data is not a torn write, because a write that was confirmed came after
-/// it.
+/// short, as a last frame whose checksum fails (possibly followed by
+/// zeros: a power loss can persist the file's new size before its data,
+/// so a record cut short is padded with zeros to the end), or as zeros
+/// the filesystem put where data never arrived. Anything followed by
+/// other data is not a torn write, because a write that was confirmed
+/// came after it.
 fn is_torn(
     file: &File,
     path: &Path,
@@ -238,6 +240,13 @@ fn is_torn(
     Ok(match error {
         FrameError::Truncated { .. } => true,
         FrameError::BadChecksum { .. } if frame_end == file_len => true,
+        FrameError::BadChecksum { .. }
+            if frame_end < file_len
+                && zeros_to_end(file, frame_end, file_len)
+                    .map_err(|e| StorageError::io("read", path, e))? =>
+        {
+            true
+        }
         _ => zeros_to_end(file, offset, file_len).map_err(|e| StorageError::io("read", path, e))?,
     })
 }

@@ -75,9 +75,53 @@ pub fn create(dir: &Path, header: SegmentHeader) -> Result<(File, PathBuf)> {
 
 /// Makes creations, renames and unlinks in `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    SYNCED_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(dir.to_path_buf());
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io("fsync directory", dir, e))
+}
+
+/// Creates `dir` and any missing parents, syncing the parent of each one
+/// it creates: a directory entry is only durable once its parent is.
+pub fn create_dir_synced(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Another process made it meanwhile: fine, it exists.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StorageError::io("create directory", d, e)),
+        }
+        match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => sync_dir(p)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+static SYNCED_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Every directory synced so far by this test process.
+#[cfg(test)]
+pub fn synced_dirs() -> Vec<PathBuf> {
+    SYNCED_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// Why reading a frame stopped.

@@ -1,7 +1,7 @@
 //! What the writer shares with the handles: counters for metrics and a
 //! snapshot of the segment list.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct LogStats {
     pub write_errors: u64,
     /// `fdatasync` calls that failed.
     pub fsync_errors: u64,
+    /// The log stopped taking writes after a failed `fdatasync`.
+    pub stopped: bool,
     pub segments: usize,
     /// Bytes of all segments on disk.
     pub total_bytes: u64,
@@ -75,10 +77,11 @@ pub(crate) struct Shared {
     pub last_fsync_nanos: AtomicU64,
     pub write_errors: AtomicU64,
     pub fsync_errors: AtomicU64,
+    pub stopped: AtomicBool,
     pub write_latency: crate::latency::Histogram,
     pub fsync_latency: crate::latency::Histogram,
     segments: Mutex<Vec<SegmentInfo>>,
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub faults: Faults,
 }
 
@@ -118,6 +121,7 @@ impl Shared {
             last_fsync: Duration::from_nanos(self.last_fsync_nanos.load(Relaxed)),
             write_errors: self.write_errors.load(Relaxed),
             fsync_errors: self.fsync_errors.load(Relaxed),
+            stopped: self.stopped.load(Relaxed),
             segments,
             total_bytes,
             write_latency: self.write_latency.snapshot(),
@@ -126,10 +130,11 @@ impl Shared {
     }
 }
 
-/// Failures tests inject into the writer.
-#[cfg(test)]
+/// Failures tests inject into the writer (the broker's own tests, and with
+/// the `testing` feature, other crates' tests).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
-pub(crate) struct Faults {
+pub struct Faults {
     /// Fail this many writes with "no space left", after writing half.
     pub fail_writes: std::sync::atomic::AtomicU32,
     /// Fail this many `fdatasync` calls.
@@ -138,7 +143,7 @@ pub(crate) struct Faults {
     pub slow_sync_ms: AtomicU64,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 impl Faults {
     pub fn take(counter: &std::sync::atomic::AtomicU32) -> bool {
         counter

@@ -133,13 +133,25 @@ async fn appends_replay_in_order_after_reopen() {
 async fn torn_tails_are_truncated_and_appending_continues() {
     // (what a crash leaves at the end, records that survive)
     type Damage = fn(&Path);
-    let cases: [(&str, Damage, &[&str]); 4] = [
+    let cases: [(&str, Damage, &[&str]); 5] = [
         (
             "frame cut short",
             |p| {
                 let mut frame = Vec::new();
                 format::encode_frame(&mut frame, &[7u8; 100]);
                 append_raw(p, &frame[..50]);
+            },
+            &["a", "b", "c"],
+        ),
+        (
+            // A power loss that kept the file's new size but not all of
+            // its data: the record's start, then zeros.
+            "frame cut short, then zeros",
+            |p| {
+                let mut frame = Vec::new();
+                format::encode_frame(&mut frame, &[7u8; 100]);
+                append_raw(p, &frame[..50]);
+                append_raw(p, &[0u8; 512]);
             },
             &["a", "b", "c"],
         ),
@@ -213,6 +225,29 @@ async fn damage_in_the_middle_refuses_to_open_naming_file_and_offset() {
         file_len(&path) as usize,
         HEADER_LEN + 3 * 8 + 16,
         "nothing was cut"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_frame_padded_with_zeros_but_followed_by_data_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = open(dir.path(), LogOptions::default());
+    append_each(&log, &["a"]).await;
+    log.close().await.expect("close");
+    let path = seg(dir.path(), 1);
+    let bad_at = file_len(&path);
+    let mut frame = Vec::new();
+    format::encode_frame(&mut frame, &[7u8; 100]);
+    append_raw(&path, &frame[..50]);
+    append_raw(&path, &[0u8; 512]);
+    // A later, valid write: whatever came before it was not a torn tail.
+    let mut good = Vec::new();
+    format::encode_frame(&mut good, b"later");
+    append_raw(&path, &good);
+    let err = open_err(dir.path(), LogOptions::default());
+    assert!(
+        matches!(err, StorageError::Corrupt { offset, .. } if offset == bad_at),
+        "{err}"
     );
 }
 
@@ -574,11 +609,12 @@ async fn a_failed_write_leaves_nothing_behind_and_the_log_goes_on() {
 }
 
 #[tokio::test]
-async fn a_failed_fsync_fails_the_batch_and_takes_it_back() {
+async fn a_failed_fsync_stops_the_log_and_nothing_is_confirmed_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = open(dir.path(), LogOptions::default());
-    log.inner.shared.faults.fail_syncs.store(1, Relaxed);
-    let err = log.append(recs(&["a"])).await.expect_err("fsync fails");
+    assert_eq!(log.append(recs(&["a"])).await.ok(), Some(1));
+    log.faults().fail_syncs.store(1, Relaxed);
+    let err = log.append(recs(&["b"])).await.expect_err("fsync fails");
     assert!(
         matches!(
             err,
@@ -590,10 +626,148 @@ async fn a_failed_fsync_fails_the_batch_and_takes_it_back() {
         "{err:?}"
     );
     assert_eq!(log.stats().fsync_errors, 1);
-    assert_eq!(log.append(recs(&["b"])).await.ok(), Some(1));
-    log.close().await.expect("close");
+    assert!(log.stats().stopped);
+    // The next fsync would succeed, and might do so over pages the kernel
+    // dropped: the log must not take the chance.
+    for attempt in [log.append(recs(&["c"])).await, log.flush().await] {
+        let err = attempt.expect_err("stopped");
+        assert!(matches!(err, StorageError::Stopped { .. }), "{err:?}");
+        assert!(err.to_string().contains("restart the broker"), "{err}");
+    }
+    assert!(matches!(
+        log.roll().await,
+        Err(StorageError::Stopped { .. })
+    ));
+    log.append_nowait(recs(&["d"]))
+        .expect("queued, then dropped");
+    assert!(log.close().await.is_err(), "closing says it failed too");
     let (log, replayed) = open(dir.path(), LogOptions::default());
-    assert_eq!(payloads(&replayed), ["b"]);
+    assert_eq!(payloads(&replayed), ["a"], "nothing after the failure");
+    assert_eq!(log.append(recs(&["e"])).await.ok(), Some(2));
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_failed_background_fsync_stops_the_log_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = LogOptions {
+        fsync: "interval:10ms".parse().expect("policy"),
+        ..LogOptions::default()
+    };
+    let (log, _) = open(dir.path(), opts);
+    log.faults().fail_syncs.store(1, Relaxed);
+    // Confirmed before the sync, as the interval policy promises.
+    assert_eq!(log.append(recs(&["a"])).await.ok(), Some(1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.stats().stopped {
+        assert!(
+            Instant::now() < deadline,
+            "the background sync never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let err = log.append(recs(&["b"])).await.expect_err("stopped");
+    assert!(matches!(err, StorageError::Stopped { .. }), "{err:?}");
+    let _ = log.close().await;
+}
+
+#[tokio::test]
+async fn old_segments_go_only_once_what_replaces_them_is_synced() {
+    for fsync in ["never", "interval:1h"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            fsync: fsync.parse().expect("policy"),
+            ..LogOptions::default()
+        };
+        let (log, _) = open(dir.path(), opts.clone());
+        append_each(&log, &["old1", "old2"]).await;
+        let cut = log.roll().await.expect("roll");
+        // The compacted copy of what is live: written, not yet synced.
+        assert_eq!(log.append(recs(&["live"])).await.ok(), Some(3));
+        let synced = log.stats().fsyncs;
+        log.faults().fail_syncs.store(1, Relaxed);
+        let err = log
+            .remove_segments_before(cut)
+            .await
+            .expect_err("the sync fails, so nothing may be deleted");
+        assert!(
+            matches!(
+                err,
+                StorageError::Io {
+                    op: "fdatasync",
+                    ..
+                }
+            ),
+            "{fsync}: {err:?}"
+        );
+        assert!(seg(dir.path(), 1).exists(), "{fsync}: old segment kept");
+        let _ = log.close().await;
+
+        let (log, _) = open(dir.path(), opts.clone());
+        let cut = log.roll().await.expect("roll");
+        log.append(recs(&["live"])).await.expect("append");
+        let before = log.stats().fsyncs;
+        let removed = log.remove_segments_before(cut).await.expect("remove");
+        assert!(removed.segments >= 1, "{fsync}");
+        assert!(
+            log.stats().fsyncs > before,
+            "{fsync}: synced before deleting (fsyncs {synced} -> {before} -> {})",
+            log.stats().fsyncs
+        );
+        log.close().await.expect("close");
+    }
+}
+
+#[tokio::test]
+async fn appends_keeping_free_space_are_refused_first_and_others_still_fit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A header and ten 10-byte frames.
+    let opts = LogOptions {
+        max_bytes: Some((HEADER_LEN + 100) as u64),
+        ..LogOptions::default()
+    };
+    let (log, _) = open(dir.path(), opts);
+    // 100 bytes free, less a header kept for a possible roll: 68; each
+    // append keeps 40 of it.
+    assert!(log.append_keeping(recs(&["a1"]), 40).await.is_ok());
+    assert!(log.append_keeping(recs(&["a2"]), 40).await.is_ok());
+    let err = log
+        .append_keeping(recs(&["a3"]), 40)
+        .await
+        .expect_err("would leave less than 40 free");
+    assert!(
+        matches!(err, StorageError::DiskFull { needed: 10, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("so that it can always compact"),
+        "{err}"
+    );
+    // What keeps nothing (an ack, say) still fits in the reserve: the
+    // other 80 bytes of the quota.
+    append_each(&log, &["b1", "b2", "b3", "b4", "b5", "b6", "b7"]).await;
+    assert!(log.append(recs(&["b8"])).await.is_ok());
+    assert!(log.append(recs(&["b9"])).await.is_err(), "now really full");
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn creating_the_data_directory_syncs_its_parent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("a").join("b");
+    let (log, _) = open(&nested, LogOptions::default());
+    let synced = segment::synced_dirs();
+    for d in [
+        dir.path().to_path_buf(),
+        dir.path().join("a"),
+        nested.clone(),
+    ] {
+        assert!(
+            synced.contains(&d),
+            "{} not synced: {synced:?}",
+            d.display()
+        );
+    }
     log.close().await.expect("close");
 }
 

@@ -29,7 +29,7 @@ use super::lock::DirLock;
 use super::options::{FsyncPolicy, LogOptions};
 use super::recovery::Recovered;
 use super::segment::{self, SegmentMeta};
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 use super::stats::Faults;
 use super::stats::Shared;
 
@@ -44,6 +44,10 @@ pub(crate) enum Request {
         records: Vec<Bytes>,
         /// Payload bytes, for cutting groups.
         bytes: usize,
+        /// Free space (disk or quota) that must remain after these records,
+        /// or they are refused as if the disk were full; see
+        /// [`Log::append_keeping`](super::Log::append_keeping).
+        keep_free: u64,
         /// `None` for `append_nowait`.
         reply: Option<Reply<u64>>,
     },
@@ -72,7 +76,18 @@ pub struct Removed {
 
 struct Pending {
     records: Vec<Bytes>,
+    keep_free: u64,
     reply: Option<Reply<u64>>,
+}
+
+impl Pending {
+    /// Bytes its frames take in a segment.
+    fn frame_bytes(&self) -> u64 {
+        self.records
+            .iter()
+            .map(|r| (r.len() + format::FRAME_HEADER_LEN) as u64)
+            .sum()
+    }
 }
 
 pub(crate) struct Writer {
@@ -92,6 +107,9 @@ pub(crate) struct Writer {
     tail_dirty: bool,
     /// The group being encoded, reused between groups.
     buf: Vec<u8>,
+    /// Set when an `fdatasync` failed: from then on every request is
+    /// refused with this error (fail-stop; see [`StorageError::Stopped`]).
+    failed: Option<StorageError>,
 }
 
 impl Writer {
@@ -139,6 +157,7 @@ impl Writer {
             last_sync: Instant::now(),
             tail_dirty: false,
             buf: Vec::new(),
+            failed: None,
         })
     }
 
@@ -200,8 +219,17 @@ impl Writer {
         let mut group = Vec::new();
         for req in batch.drain(..) {
             let other = match req {
-                Request::Append { records, reply, .. } => {
-                    group.push(Pending { records, reply });
+                Request::Append {
+                    records,
+                    keep_free,
+                    reply,
+                    ..
+                } => {
+                    group.push(Pending {
+                        records,
+                        keep_free,
+                        reply,
+                    });
                     continue;
                 }
                 other => other,
@@ -210,13 +238,13 @@ impl Writer {
             match other {
                 Request::Append { .. } => {}
                 Request::Flush(reply) => {
-                    let _ = reply.send(self.flush());
+                    let _ = reply.send(self.unless_failed(Self::flush));
                 }
                 Request::Roll(reply) => {
-                    let _ = reply.send(self.roll_if_used());
+                    let _ = reply.send(self.unless_failed(Self::roll_if_used));
                 }
                 Request::RemoveBefore(seq, reply) => {
-                    let _ = reply.send(self.remove_before(seq));
+                    let _ = reply.send(self.unless_failed(|w| w.remove_before(seq)));
                 }
                 Request::Close(reply) => return Some(reply),
             }
@@ -228,6 +256,18 @@ impl Writer {
     /// Writes a group of appends and answers each with the sequence number
     /// of its last record, or all of them with the same error.
     fn commit(&mut self, group: &mut Vec<Pending>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Some(e) = &self.failed {
+            for p in group.drain(..) {
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            return;
+        }
+        self.refuse_over_reserve(group);
         if group.is_empty() {
             return;
         }
@@ -321,6 +361,50 @@ impl Writer {
         Ok(first)
     }
 
+    /// Answers DiskFull to the appends that would leave less free space
+    /// than they asked to keep (in group order: each sees the space the
+    /// ones before it take), and drops them from the group.
+    fn refuse_over_reserve(&mut self, group: &mut Vec<Pending>) {
+        if group.iter().all(|p| p.keep_free == 0) {
+            return;
+        }
+        // A roll costs a header; count it always, to err on the safe side.
+        let mut free = self.free_bytes().saturating_sub(HEADER_LEN as u64);
+        let path = self.active_meta().path.clone();
+        group.retain_mut(|p| {
+            let needed = p.frame_bytes();
+            if needed.saturating_add(p.keep_free) <= free {
+                free -= needed;
+                return true;
+            }
+            if let Some(reply) = p.reply.take() {
+                let _ = reply.send(Err(StorageError::DiskFull {
+                    path: path.clone(),
+                    needed,
+                    cause: format!(
+                        "{free} bytes free, and the log keeps {} free so that it can always compact",
+                        p.keep_free
+                    ),
+                }));
+            }
+            false
+        });
+    }
+
+    /// Space the log may still use: what the filesystem has free for us,
+    /// and what is left of the quota, whichever is less.
+    fn free_bytes(&self) -> u64 {
+        let disk = match nix::sys::statvfs::fstatvfs(&self.active) {
+            Ok(s) => (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64),
+            // Cannot tell: let the write itself find out.
+            Err(_) => u64::MAX,
+        };
+        let quota = self.opts.max_bytes.map_or(u64::MAX, |max| {
+            max.saturating_sub(self.segments.iter().map(|s| s.len).sum())
+        });
+        disk.min(quota)
+    }
+
     /// Rolls the active segment if the group would take it past
     /// `segment_bytes`, after checking the quota.
     fn make_room(&mut self, needed: u64) -> Result<()> {
@@ -391,6 +475,12 @@ impl Writer {
     /// come before `seq`. Only a prefix is ever removed, so the remaining
     /// log has no holes.
     fn remove_before(&mut self, seq: u64) -> Result<Removed> {
+        // What replaces the old segments (a compaction's rewrite) must be
+        // on disk before they go, whatever the fsync policy: otherwise a
+        // power loss in between loses both copies.
+        if self.unsynced && self.segments.len() > 1 && self.segments[0].next_seq <= seq {
+            self.sync()?;
+        }
         let mut removed = Removed::default();
         let mut result = Ok(());
         while self.segments.len() > 1 && self.segments[0].next_seq <= seq {
@@ -413,7 +503,9 @@ impl Writer {
 
     fn sync_deadline(&self) -> Option<Instant> {
         match self.opts.fsync {
-            FsyncPolicy::Interval(every) if self.unsynced => Some(self.last_sync + every),
+            FsyncPolicy::Interval(every) if self.unsynced && self.failed.is_none() => {
+                Some(self.last_sync + every)
+            }
             _ => None,
         }
     }
@@ -427,14 +519,21 @@ impl Writer {
     }
 
     /// The interval policy's timer. Its records were confirmed already, so
-    /// a failure can only be reported; it is retried an interval later.
+    /// a failure can only be reported (and stops the log: see `sync`).
     fn background_sync(&mut self) {
-        if !self.unsynced {
+        if !self.unsynced || self.failed.is_some() {
             return;
         }
         if let Err(e) = self.sync() {
-            self.last_sync = Instant::now();
             error!(error = %e, "background fdatasync failed: records confirmed since the last one may not be on disk");
+        }
+    }
+
+    /// Runs `op` unless the log has stopped.
+    fn unless_failed<T>(&mut self, op: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => op(self),
         }
     }
 
@@ -454,13 +553,19 @@ impl Writer {
             }
             Err(e) => {
                 self.shared.fsync_errors.fetch_add(1, Relaxed);
-                Err(StorageError::io("fdatasync", &self.active_meta().path, e))
+                let err = StorageError::io("fdatasync", &self.active_meta().path, e);
+                error!(error = %err, "fdatasync failed: the log stops taking writes until a restart");
+                self.failed = Some(StorageError::Stopped {
+                    cause: err.to_string(),
+                });
+                self.shared.stopped.store(true, Relaxed);
+                Err(err)
             }
         }
     }
 
     fn fdatasync(&self) -> io::Result<()> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "testing"))]
         {
             let ms = self.shared.faults.slow_sync_ms.load(Relaxed);
             if ms > 0 {
@@ -475,7 +580,7 @@ impl Writer {
 
     /// One positioned write of the whole group.
     fn pwrite(&self, offset: u64) -> io::Result<()> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "testing"))]
         if Faults::take(&self.shared.faults.fail_writes) {
             // A disk that fills up part-way through the group.
             let half = &self.buf[..self.buf.len() / 2];
@@ -513,6 +618,10 @@ impl Writer {
 
     /// Syncs what is pending; the lock is released when `self` drops.
     fn close(mut self) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            // Syncing again could "succeed" over lost pages: say it failed.
+            return Err(e);
+        }
         self.clean_tail()?;
         if self.unsynced {
             self.sync()?;
