@@ -394,6 +394,8 @@ impl Writer {
     /// Space the log may still use: what the filesystem has free for us,
     /// and what is left of the quota, whichever is less.
     fn free_bytes(&self) -> u64 {
+        // The field types differ between platforms (u64 on Linux).
+        #[allow(clippy::unnecessary_cast)]
         let disk = match nix::sys::statvfs::fstatvfs(&self.active) {
             Ok(s) => (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64),
             // Cannot tell: let the write itself find out.
