@@ -80,6 +80,12 @@ pub struct Args {
     #[arg(long, env = "SLUICE_JOB_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub job_ttl: std::time::Duration,
 
+    /// How long a Publish stream may hold credit (reserved space) without
+    /// sending while other producers wait for space; then the broker ends
+    /// the stream (ABORTED) and frees the space for them.
+    #[arg(long, env = "SLUICE_PUBLISH_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub publish_idle_timeout: std::time::Duration,
+
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "SLUICE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -176,6 +176,10 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
         ("segment-bytes", args.segment_bytes.to_string()),
         ("shutdown-grace", format!("{:?}", d(&args.shutdown_grace))),
         ("job-ttl", format!("{:?}", d(&args.job_ttl))),
+        (
+            "publish-idle-timeout",
+            format!("{:?}", d(&args.publish_idle_timeout)),
+        ),
         ("tls-cert", opt(path(&args.tls_cert))),
         ("tls-key", opt(path(&args.tls_key))),
         ("tls-client-ca", opt(path(&args.tls_client_ca))),

@@ -14,9 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use tracing::Instrument;
 
-use crate::engine::{ConsumerId, Effects, Millis, SettleError};
+use crate::engine::{Claim, ConsumerId, Effects, Millis, SettleError};
 use crate::error::Error;
-use crate::registry::{Broker, DeliveryRx, QueueHandle, Shared};
+use crate::lease::LeaseKey;
+use crate::registry::{Broker, DeliveryRx, FRAME_BYTES, QueueHandle, Shared};
 use crate::service::{delivery, peer};
 use crate::validate;
 
@@ -95,6 +96,7 @@ impl Session {
         out: Out,
     ) {
         tracing::debug!("consumer subscribed");
+        let limits = self.broker.limits();
         let mut frame = Some(first);
         let shutdown = self.broker.shutdown().clone();
         // Set when the broker drains: until then, held tasks may be settled.
@@ -105,7 +107,7 @@ impl Session {
                     // No new work while draining, whatever the worker asks.
                     f.credit = 0;
                 }
-                let (errors, stopped) = match self.handle(f) {
+                let (errors, stopped) = match self.handle(f, &limits) {
                     Ok(r) => r,
                     Err(status) => {
                         tracing::info!(error = %status.message(), "consume stream refused a frame");
@@ -123,7 +125,7 @@ impl Session {
                 if let Some(in_flight) = stopped {
                     // Credit is gone, so nothing new is routed to us: flush
                     // what already was, then confirm.
-                    let mut frames = Frames::default();
+                    let mut frames = Frames::new(self.broker.lease_key());
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
                     }
@@ -152,7 +154,7 @@ impl Session {
                     // tell the worker how long it has to settle what it holds.
                     let cid = self.cid;
                     self.broker.apply(&self.q, |sh, _, _| sh.state.revoke(cid));
-                    let mut frames = Frames::default();
+                    let mut frames = Frames::new(self.broker.lease_key());
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
                     }
@@ -178,7 +180,7 @@ impl Session {
                     // Coalesce whatever else is already waiting, in frames of
                     // at most FRAME_BYTES so clients with gRPC's default 4 MiB
                     // receive limit can read them.
-                    let mut frames = Frames::default();
+                    let mut frames = Frames::new(self.broker.lease_key());
                     frames.extend(self.q.name(), &batch);
                     while let Ok(more) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &more);
@@ -214,7 +216,11 @@ impl Session {
     /// Applies one client frame in one engine call: acks, nacks, extends,
     /// credit, then stop. Returns the refused items and, for a stop, the
     /// leases the consumer still holds.
-    fn handle(&self, f: pb::ConsumeRequest) -> Result<(Vec<pb::SettleError>, Option<u64>), Status> {
+    fn handle(
+        &self,
+        f: pb::ConsumeRequest,
+        limits: &validate::Limits,
+    ) -> Result<(Vec<pb::SettleError>, Option<u64>), Status> {
         if f.subscribe.is_some() {
             return Err(Error::FailedPrecondition(
                 "a Consume stream carries one subscription; open another stream for another queue"
@@ -222,11 +228,24 @@ impl Session {
             )
             .into());
         }
+        let items = f.acks.len() + f.nacks.len() + f.extends.len();
+        if items > limits.max_batch {
+            return Err(Error::invalid(format!(
+                "frame of {items} acks, nacks and extends is over the limit of {} (--max-batch)",
+                limits.max_batch
+            ))
+            .into());
+        }
         let cid = self.cid;
         let q = &self.q;
-        let max_credit = self.broker.limits().max_credit;
+        let max_credit = limits.max_credit;
+        let by = Settler {
+            stream: Some(cid),
+            key: self.broker.lease_key(),
+            max_result: limits.max_payload_bytes,
+        };
         self.broker.apply(q, |sh, now, fx| {
-            let errors = settle(sh, now, fx, q, &f.acks, &f.nacks, &f.extends);
+            let errors = settle(sh, now, fx, q, &by, &f.acks, &f.nacks, &f.extends);
             if f.credit > 0 {
                 let unspent = sh.state.credit(cid).unwrap_or(0);
                 let total = unspent + u64::from(f.credit);
@@ -261,18 +280,23 @@ async fn send_all(out: &Out, frames: Vec<pb::ConsumeResponse>) -> bool {
     true
 }
 
-/// Payload bytes per outgoing frame, well under gRPC's common 4 MiB
-/// default receive limit. A single larger task still goes out, alone.
-const FRAME_BYTES: usize = 1024 * 1024;
-
-/// Deliveries cut into frames of at most [`FRAME_BYTES`] of payload.
-#[derive(Default)]
-struct Frames {
+/// Deliveries cut into frames of at most [`FRAME_BYTES`] of payload (a
+/// single larger task still goes out, alone).
+struct Frames<'a> {
+    key: &'a LeaseKey,
     done: Vec<pb::ConsumeResponse>,
     bytes: usize,
 }
 
-impl Frames {
+impl<'a> Frames<'a> {
+    fn new(key: &'a LeaseKey) -> Self {
+        Frames {
+            key,
+            done: Vec::new(),
+            bytes: 0,
+        }
+    }
+
     fn extend(&mut self, queue: &str, batch: &[crate::engine::Delivery]) {
         for d in batch {
             let size = d.body.payload.len();
@@ -283,28 +307,80 @@ impl Frames {
             }
             self.bytes += size;
             if let Some(last) = self.done.last_mut() {
-                last.deliveries.push(delivery(queue, d));
+                last.deliveries.push(delivery(queue, d, self.key));
             }
+        }
+    }
+}
+
+/// Who settles: a Consume stream (which may settle what it holds without
+/// a token) or a unary call (which must quote each lease's token).
+pub struct Settler<'a> {
+    stream: Option<ConsumerId>,
+    key: &'a LeaseKey,
+    /// Largest ack result accepted (the payload limit).
+    max_result: usize,
+}
+
+impl<'a> Settler<'a> {
+    /// For the unary Ack, Nack and ExtendLease calls.
+    pub fn unary(broker: &'a Broker, limits: &validate::Limits) -> Self {
+        Settler {
+            stream: None,
+            key: broker.lease_key(),
+            max_result: limits.max_payload_bytes,
+        }
+    }
+
+    /// What this settle may claim: a verified token settles any holder's
+    /// lease; none, only the stream's own.
+    fn claim(&self, id: crate::engine::TaskId, l: &pb::LeaseRef) -> Result<Claim, Refusal> {
+        if !l.lease_token.is_empty() {
+            return if self.key.verify(id, l.attempt, &l.lease_token) {
+                Ok(Claim::Token)
+            } else {
+                // Said as for a lease that ended: a wrong guess learns
+                // nothing.
+                Err(refused(SettleError::StaleLease))
+            };
+        }
+        match self.stream {
+            Some(cid) => Ok(Claim::Holder(cid)),
+            None => Err(invalid(
+                "missing lease_token: quote Delivery.lease_token to settle outside the \
+                 Consume stream that received the delivery"
+                    .into(),
+            )),
         }
     }
 }
 
 /// Applies acks, nacks and extends to a queue, collecting the refused ones.
 /// Shared by the stream and the unary Ack/Nack/ExtendLease calls.
+#[allow(clippy::too_many_arguments)]
 pub fn settle(
     sh: &mut Shared,
     now: Millis,
     fx: &mut Effects,
     q: &QueueHandle,
+    by: &Settler<'_>,
     acks: &[pb::AckItem],
     nacks: &[pb::NackItem],
     extends: &[pb::ExtendItem],
 ) -> Vec<pb::SettleError> {
     let mut errors = Vec::new();
     for a in acks {
-        let r = lease(&a.lease).and_then(|(id, attempt)| {
+        let r = lease(&a.lease).and_then(|(l, id)| {
+            if a.result.len() > by.max_result {
+                return Err(invalid(format!(
+                    "result is {} bytes, over the payload limit of {} (--max-payload-bytes)",
+                    a.result.len(),
+                    by.max_result
+                )));
+            }
+            let claim = by.claim(id, l)?;
             sh.state
-                .ack_with(now, id, attempt, a.result.clone(), fx)
+                .ack_with(now, id, l.attempt, claim, a.result.clone(), fx)
                 .map_err(refused)
         });
         if let Err((code, message)) = r {
@@ -312,11 +388,12 @@ pub fn settle(
         }
     }
     for n in nacks {
-        let r = lease(&n.lease).and_then(|(id, attempt)| {
+        let r = lease(&n.lease).and_then(|(l, id)| {
             let action = validate::nack_action(n).map_err(invalid)?;
+            let claim = by.claim(id, l)?;
             let text = validate::error_text(&n.error);
             sh.state
-                .nack(now, id, attempt, action, text, fx)
+                .nack(now, id, l.attempt, claim, action, text, fx)
                 .map_err(refused)
         });
         if let Err((code, message)) = r {
@@ -324,13 +401,14 @@ pub fn settle(
         }
     }
     for e in extends {
-        let r = lease(&e.lease).and_then(|(id, attempt)| {
+        let r = lease(&e.lease).and_then(|(l, id)| {
             let ms = match e.extend_ms {
                 0 => q.spec.config.ack_deadline_ms,
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
+            let claim = by.claim(id, l)?;
             sh.state
-                .extend(now, id, attempt, ms, fx)
+                .extend(now, id, l.attempt, claim, ms, fx)
                 .map(|_| ())
                 .map_err(refused)
         });
@@ -343,7 +421,7 @@ pub fn settle(
 
 type Refusal = (pb::SettleErrorCode, String);
 
-fn lease(l: &Option<pb::LeaseRef>) -> Result<(crate::engine::TaskId, u32), Refusal> {
+fn lease(l: &Option<pb::LeaseRef>) -> Result<(&pb::LeaseRef, crate::engine::TaskId), Refusal> {
     let l = l.as_ref().ok_or_else(|| invalid("missing lease".into()))?;
     let id = validate::parse_task_id(&l.task_id).ok_or_else(|| {
         (
@@ -351,7 +429,7 @@ fn lease(l: &Option<pb::LeaseRef>) -> Result<(crate::engine::TaskId, u32), Refus
             format!("{:?} is not a task id this broker issues", l.task_id),
         )
     })?;
-    Ok((id, l.attempt))
+    Ok((l, id))
 }
 
 fn refused(e: SettleError) -> Refusal {
@@ -427,12 +505,13 @@ mod tests {
 
     #[test]
     fn frames_stay_under_the_size_limit() {
-        let mut f = Frames::default();
+        let key = LeaseKey::random();
+        let mut f = Frames::new(&key);
         f.extend("q", &[d(10), d(10), d(10)]);
         assert_eq!(f.done.len(), 1);
         assert_eq!(f.done[0].deliveries.len(), 3);
 
-        let mut f = Frames::default();
+        let mut f = Frames::new(&key);
         let big = FRAME_BYTES / 2 + 1;
         f.extend("q", &[d(big), d(big)]);
         f.extend("q", &[d(big * 3), d(1)]);

@@ -7,7 +7,11 @@
 //!   again when old segments are compacted away);
 //! - `Delete`: the queue is gone, with its tasks;
 //! - `Changes`: what one engine call changed in one queue's tasks, in order
-//!   (see [`Change`]).
+//!   (see [`Change`]);
+//! - `Batch`: changes to several queues that must be replayed together or
+//!   not at all (a dead-lettered task leaving its queue and arriving in
+//!   the dead letter queue);
+//! - `Job`: what happened to a job.
 //!
 //! Replaying them in log order rebuilds every durable queue: its options
 //! and its unfinished tasks with their attempt counts, priorities and
@@ -28,7 +32,7 @@ use crate::registry::QueueSpec;
 /// One log record.
 #[derive(Clone, PartialEq, Message)]
 pub struct Record {
-    #[prost(oneof = "record::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "record::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<record::Kind>,
 }
 
@@ -44,7 +48,17 @@ pub mod record {
         Changes(super::QueueChanges),
         #[prost(message, tag = "4")]
         Job(super::JobRecord),
+        #[prost(message, tag = "5")]
+        Batch(super::Batch),
     }
+}
+
+/// Changes to several queues, in order, in one record (so in one frame:
+/// all replayed, or none).
+#[derive(Clone, PartialEq, Message)]
+pub struct Batch {
+    #[prost(message, repeated, tag = "1")]
+    pub queues: Vec<QueueChanges>,
 }
 
 /// What happened to a job: tasks stored under it, its seal, outcomes; or,
@@ -74,6 +88,10 @@ pub struct JobRecord {
     pub failed: u64,
     #[prost(uint64, tag = "10")]
     pub last: u64,
+    /// Queues its tasks were stored in (by this event, or, in a snapshot,
+    /// ever): who may watch or seal it depends on them.
+    #[prost(string, repeated, tag = "11")]
+    pub queues: Vec<String>,
 }
 
 /// A job record.
@@ -217,11 +235,83 @@ pub fn delete(name: &str) -> Bytes {
 
 /// The record of one engine call's changes to a queue.
 pub fn changes(queue: &str, changes: &[Change]) -> Bytes {
-    let changes = changes.iter().map(change_msg).collect();
-    encode(record::Kind::Changes(QueueChanges {
+    encode(record::Kind::Changes(queue_changes(queue, changes)))
+}
+
+/// One record of changes to one or more queues; several are a `Batch`,
+/// replayed all or none.
+pub fn batch(parts: &[(&str, &[Change])]) -> Bytes {
+    match parts {
+        [(queue, c)] => changes(queue, c),
+        _ => encode(record::Kind::Batch(Batch {
+            queues: parts.iter().map(|(q, c)| queue_changes(q, c)).collect(),
+        })),
+    }
+}
+
+fn queue_changes(queue: &str, changes: &[Change]) -> QueueChanges {
+    QueueChanges {
         queue: queue.to_owned(),
-        changes,
-    }))
+        changes: changes.iter().map(change_msg).collect(),
+    }
+}
+
+/// Largest snapshot record: well under the log's record limit.
+const SNAPSHOT_RECORD_BYTES: usize = 8 << 20;
+
+/// Writes a durable queue's definition and live tasks into a reserved
+/// place in the log, in records of at most [`SNAPSHOT_RECORD_BYTES`], one
+/// at a time so that the encoded copy never holds more than one record.
+/// Returns the bytes written.
+pub fn write_snapshot(
+    slot: &crate::storage::Slot,
+    define: Bytes,
+    queue: &str,
+    tasks: Vec<Change>,
+) -> Result<u64, crate::storage::StorageError> {
+    let mut bytes = define.len() as u64;
+    slot.send(vec![define])?;
+    let mut chunk: Vec<ChangeMsg> = Vec::new();
+    let mut chunk_bytes = 0;
+    for c in &tasks {
+        if let Change::Stored { body, .. } = c {
+            chunk_bytes += body.payload.len() + 64;
+        }
+        chunk.push(change_msg(c));
+        if chunk_bytes >= SNAPSHOT_RECORD_BYTES {
+            let record = encode(record::Kind::Changes(QueueChanges {
+                queue: queue.to_owned(),
+                changes: std::mem::take(&mut chunk),
+            }));
+            bytes += record.len() as u64;
+            slot.send(vec![record])?;
+            chunk_bytes = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        let record = encode(record::Kind::Changes(QueueChanges {
+            queue: queue.to_owned(),
+            changes: chunk,
+        }));
+        bytes += record.len() as u64;
+        slot.send(vec![record])?;
+    }
+    Ok(bytes)
+}
+
+/// Writes every job's whole state into a reserved place in the log, a
+/// record per job. Returns the bytes written.
+pub fn write_jobs(
+    slot: &crate::storage::Slot,
+    jobs: Vec<JobRecord>,
+) -> Result<u64, crate::storage::StorageError> {
+    let mut bytes = 0;
+    for r in jobs {
+        let record = job(r);
+        bytes += record.len() as u64;
+        slot.send(vec![record])?;
+    }
+    Ok(bytes)
 }
 
 fn change_msg(c: &Change) -> ChangeMsg {
@@ -336,6 +426,11 @@ impl Recovery {
                         ..Default::default()
                     });
                     j.stored += r.stored;
+                    for q in r.queues {
+                        if !j.queues.contains(&q) {
+                            j.queues.push(q);
+                        }
+                    }
                     if r.sealed {
                         j.sealed = true;
                         j.total = r.total;
@@ -353,20 +448,29 @@ impl Recovery {
                     j.last = j.last.max(r.last);
                 }
             }
-            Some(record::Kind::Changes(c)) => {
-                // Changes of a queue deleted later in the log were already
-                // dropped with it; changes of one deleted earlier cannot
-                // exist (a deleted queue takes no calls).
-                let Some(q) = self.queues.get_mut(&c.queue) else {
-                    return Ok(());
-                };
-                for m in c.changes {
-                    apply_change(q, m, &mut self.max_task_id);
+            Some(record::Kind::Changes(c)) => self.apply_changes(c),
+            Some(record::Kind::Batch(b)) => {
+                for c in b.queues {
+                    self.apply_changes(c);
                 }
             }
             None => return Err("empty record".into()),
         }
         Ok(())
+    }
+}
+
+impl Recovery {
+    fn apply_changes(&mut self, c: QueueChanges) {
+        // Changes of a queue deleted later in the log were already dropped
+        // with it; changes of one deleted earlier cannot exist (a deleted
+        // queue takes no calls).
+        let Some(q) = self.queues.get_mut(&c.queue) else {
+            return;
+        };
+        for m in c.changes {
+            apply_change(q, m, &mut self.max_task_id);
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use tonic::{Code, Status};
 pub enum Error {
     #[error("queue {0:?} not found")]
     QueueNotFound(String),
+    #[error("job {0:?} not found: no task was stored under it, or it expired (--job-ttl)")]
+    JobNotFound(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("queue {name:?} already exists with other options ({diff})")]
@@ -44,7 +46,7 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::QueueNotFound(_) => Code::NotFound,
+            Error::QueueNotFound(_) | Error::JobNotFound(_) => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::QueueExists { .. } => Code::AlreadyExists,
             Error::QueueFull { .. } => Code::ResourceExhausted,

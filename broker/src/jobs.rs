@@ -5,16 +5,23 @@
 //! happened.
 //!
 //! The registry is broker-wide (a job's tasks may go to several queues) and
-//! in memory: outcomes are kept until `ttl` after the job completed (or
-//! after its last activity, for a job never sealed), at most
-//! [`MAX_OUTCOMES`] per job — counts stay exact beyond that, but a late
-//! watcher then sees only the first outcomes. With a log, what happens to
-//! tasks of durable queues is logged (each change appended under the
-//! registry's lock, so a compaction snapshot and the events around it
-//! cannot cross), and jobs come back after a restart.
+//! in memory: a job exists from its first stored task and is kept until
+//! `ttl` after its last activity. What it keeps counts in the broker's
+//! memory budget: a small fixed cost, the names of its queues, and the
+//! outcomes kept for late watchers — at most [`MAX_OUTCOMES`] per job, and
+//! for all jobs together at most a quarter of the budget. Beyond that,
+//! outcomes are still streamed live and counted exactly, but not kept. No
+//! broadcast buffer exists until someone watches.
+//!
+//! Who may watch or seal a job depends on the queues its tasks went to, so
+//! those are kept too. With a log, what happens to tasks of durable queues
+//! is logged (each change appended under the registry's lock, so a
+//! compaction snapshot and the events around it cannot cross), and jobs
+//! come back after a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_proto::v1 as pb;
@@ -25,6 +32,25 @@ use crate::validate::task_id_str;
 
 /// Outcomes kept per job for late watchers.
 pub const MAX_OUTCOMES: usize = 100_000;
+/// What a job costs beyond its id, queue names and kept outcomes.
+const JOB_OVERHEAD: u64 = 256;
+/// What a kept outcome costs beyond its payload, result, error and id.
+const OUTCOME_OVERHEAD: u64 = 96;
+/// Live events buffered per watched job; a watcher further behind picks
+/// up again from the kept history.
+const LIVE_CAPACITY: usize = 256;
+
+/// What a watcher hears as it happens.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A task of the job ended; `queue` is where it was.
+    Outcome {
+        queue: std::sync::Arc<str>,
+        outcome: pb::TaskOutcome,
+    },
+    /// The sealed job is whole.
+    Done(pb::JobSummary),
+}
 
 struct Job {
     enqueued: u64,
@@ -32,25 +58,36 @@ struct Job {
     total: Option<u64>,
     succeeded: u64,
     failed: u64,
+    /// The first outcomes, kept for late watchers.
     outcomes: Vec<pb::TaskOutcome>,
+    /// Outcomes that were not kept (over a limit).
+    unkept: u64,
     started: Millis,
     last: Millis,
     summary: Option<pb::JobSummary>,
-    tx: broadcast::Sender<pb::WatchJobResponse>,
+    /// Queues its tasks were stored in.
+    queues: BTreeSet<String>,
+    /// What this job costs in the memory budget.
+    bytes: u64,
+    /// Created by the first watcher.
+    tx: Option<broadcast::Sender<Event>>,
 }
 
 impl Job {
-    fn new(now: Millis) -> Self {
+    fn new(id: &str, now: Millis) -> Self {
         Job {
             enqueued: 0,
             total: None,
             succeeded: 0,
             failed: 0,
             outcomes: Vec::new(),
+            unkept: 0,
             started: now,
             last: now,
             summary: None,
-            tx: broadcast::channel(4096).0,
+            queues: BTreeSet::new(),
+            bytes: JOB_OVERHEAD + id.len() as u64,
+            tx: None,
         }
     }
 
@@ -69,45 +106,85 @@ impl Job {
                 duration_ms: now.saturating_sub(self.started),
             };
             self.summary = Some(summary.clone());
-            let _ = self.tx.send(pb::WatchJobResponse {
-                task_complete: Vec::new(),
-                job_complete: Some(summary),
-            });
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(Event::Done(summary));
+            }
         }
     }
 }
 
+fn outcome_bytes(o: &pb::TaskOutcome) -> u64 {
+    (o.payload.len() + o.result.len() + o.error.len() + o.task_id.len()) as u64 + OUTCOME_OVERHEAD
+}
+
 /// What a new watcher starts from.
 pub struct Watch {
+    /// The kept outcomes, oldest first.
     pub history: Vec<pb::TaskOutcome>,
+    /// Outcomes that happened but were not kept.
+    pub unkept: u64,
     pub summary: Option<pb::JobSummary>,
-    pub live: broadcast::Receiver<pb::WatchJobResponse>,
+    pub live: broadcast::Receiver<Event>,
+    /// Queues the job's tasks went to, so far.
+    pub queues: Vec<String>,
+}
+
+/// Why a seal was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealError {
+    /// No task was ever stored under the id (or the job expired).
+    NotFound,
+    /// Sealed before with another total.
+    Sealed { total: u64 },
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, Job>,
+    /// Bytes of kept outcomes, all jobs together.
+    kept: u64,
 }
 
 /// Every job the broker knows.
 pub struct Jobs {
-    jobs: Mutex<HashMap<String, Job>>,
+    state: Mutex<State>,
     log: Option<crate::storage::Log>,
-    ttl_ms: std::sync::atomic::AtomicU64,
+    ttl_ms: AtomicU64,
+    /// What all jobs cost, readable without the lock (the budget check of
+    /// every enqueue reads it).
+    bytes: AtomicU64,
+    /// Most bytes of outcomes kept for late watchers, all jobs together.
+    max_kept: AtomicU64,
 }
 
 impl Jobs {
     pub fn new(ttl: Duration, log: Option<crate::storage::Log>) -> Self {
         Jobs {
-            jobs: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             log,
-            ttl_ms: std::sync::atomic::AtomicU64::new(ttl.as_millis() as u64),
+            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
+            bytes: AtomicU64::new(0),
+            max_kept: AtomicU64::new(u64::MAX),
         }
     }
 
     /// How long a job is kept after its last outcome (or seal).
     pub fn set_ttl(&self, ttl: Duration) {
-        self.ttl_ms
-            .store(ttl.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    /// Most bytes of outcomes kept for late watchers, all jobs together.
+    pub fn set_max_kept(&self, bytes: u64) {
+        self.max_kept.store(bytes, Ordering::Relaxed);
+    }
+
+    /// What every job together holds, for the memory budget.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends a job record when there is a log and the event is durable.
@@ -118,54 +195,107 @@ impl Jobs {
         }
     }
 
+    /// Keeps an outcome if the limits allow; counts it either way.
+    fn keep(&self, st: &mut State, id: &str, outcome: &pb::TaskOutcome) {
+        let max = self.max_kept.load(Ordering::Relaxed);
+        let cost = outcome_bytes(outcome);
+        let Some(job) = st.jobs.get_mut(id) else {
+            return;
+        };
+        if job.outcomes.len() < MAX_OUTCOMES && st.kept.saturating_add(cost) <= max {
+            job.outcomes.push(outcome.clone());
+            job.bytes += cost;
+            st.kept += cost;
+            self.bytes.fetch_add(cost, Ordering::Relaxed);
+        } else {
+            job.unkept += 1;
+        }
+    }
+
+    /// Finds or makes a job.
+    fn entry<'a>(&self, st: &'a mut State, id: &str, now: Millis) -> &'a mut Job {
+        st.jobs.entry(id.to_owned()).or_insert_with(|| {
+            let job = Job::new(id, now);
+            self.bytes.fetch_add(job.bytes, Ordering::Relaxed);
+            job
+        })
+    }
+
+    /// Notes a queue the job's tasks went to.
+    fn add_queue(&self, job: &mut Job, queue: &str) {
+        if !job.queues.contains(queue) {
+            job.queues.insert(queue.to_owned());
+            job.bytes += queue.len() as u64;
+            self.bytes.fetch_add(queue.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Puts jobs back as the log described them.
     pub fn restore(
         &self,
         recovered: std::collections::BTreeMap<String, crate::durable::JobRecord>,
     ) {
-        let mut all = self.lock();
+        let mut st = self.lock();
         for (id, r) in recovered {
-            let mut job = Job::new(r.started_at);
+            let job = self.entry(&mut st, &id, r.started_at);
             job.enqueued = r.stored;
             job.total = r.sealed.then_some(r.total);
             job.succeeded = r.succeeded;
             job.failed = r.failed;
-            job.outcomes = r.outcomes;
             job.last = r.last.max(r.started_at);
-            job.check_done(&id, job.last);
-            all.insert(id, job);
+            for q in &r.queues {
+                self.add_queue(job, q);
+            }
+            let recorded = r.succeeded + r.failed;
+            for o in &r.outcomes {
+                self.keep(&mut st, &id, o);
+            }
+            if let Some(job) = st.jobs.get_mut(&id) {
+                job.unkept = recorded.saturating_sub(job.outcomes.len() as u64);
+                let last = job.last;
+                job.check_done(&id, last);
+            }
         }
     }
 
-    /// Writes every job's whole state to the log (compaction).
-    pub fn snapshot(&self) -> Vec<crate::registry::Durability> {
-        let Some(log) = &self.log else {
-            return Vec::new();
-        };
-        let all = self.lock();
-        all.iter()
-            .map(|(id, j)| {
-                let r = crate::durable::JobRecord {
-                    job: id.clone(),
-                    stored: j.enqueued,
-                    total: j.total.unwrap_or(0),
-                    sealed: j.total.is_some(),
-                    outcomes: j.outcomes.clone(),
-                    snapshot: true,
-                    started_at: j.started,
-                    succeeded: j.succeeded,
-                    failed: j.failed,
-                    last: j.last,
-                };
-                let append = log.append(vec![crate::durable::job(r)]);
-                Box::pin(async move { append.await.map(|_| ()) }) as crate::registry::Durability
+    /// Takes every job's whole state and the place in the log where it
+    /// goes (compaction), under the lock, so that no event falls between
+    /// the two. The records are cheap clones (payloads are shared); the
+    /// caller encodes them after the lock is released. None without jobs.
+    pub fn snapshot(
+        &self,
+        log: &crate::storage::Log,
+    ) -> Result<
+        Option<(Vec<crate::durable::JobRecord>, crate::storage::Slot)>,
+        crate::storage::StorageError,
+    > {
+        let st = self.lock();
+        if st.jobs.is_empty() {
+            return Ok(None);
+        }
+        let records = st
+            .jobs
+            .iter()
+            .map(|(id, j)| crate::durable::JobRecord {
+                job: id.clone(),
+                stored: j.enqueued,
+                total: j.total.unwrap_or(0),
+                sealed: j.total.is_some(),
+                outcomes: j.outcomes.clone(),
+                snapshot: true,
+                started_at: j.started,
+                succeeded: j.succeeded,
+                failed: j.failed,
+                last: j.last,
+                queues: j.queues.iter().cloned().collect(),
             })
-            .collect()
+            .collect();
+        Ok(Some((records, log.reserve()?)))
     }
 
-    /// Tasks of jobs were stored (`durable`: in a durable queue).
-    pub fn stored(&self, jobs: &[Box<str>], now: Millis, durable: bool) {
-        let mut all = self.lock();
+    /// Tasks of jobs were stored in `queue` (`durable`: a durable queue).
+    pub fn stored(&self, queue: &str, jobs: &[Box<str>], now: Millis, durable: bool) {
+        let mut st = self.lock();
         let mut counts: HashMap<&str, u64> = HashMap::new();
         for j in jobs {
             *counts.entry(j).or_insert(0) += 1;
@@ -178,48 +308,22 @@ impl Jobs {
                     stored: n,
                     started_at: now,
                     last: now,
+                    queues: vec![queue.to_owned()],
                     ..Default::default()
                 },
             );
-        }
-        for j in jobs {
-            let job = all.entry(j.to_string()).or_insert_with(|| Job::new(now));
-            job.enqueued += 1;
+            let job = self.entry(&mut st, j, now);
+            job.enqueued += n;
             job.last = now;
+            self.add_queue(job, queue);
         }
     }
 
-    /// Tasks of jobs ended; tell the watchers.
-    pub fn completed(&self, done: Vec<Completion>, now: Millis, durable: bool) {
-        let mut all = self.lock();
+    /// Tasks of jobs in `queue` ended; tell the watchers.
+    pub fn completed(&self, queue: &str, done: Vec<Completion>, now: Millis, durable: bool) {
+        let mut st = self.lock();
+        let queue: std::sync::Arc<str> = queue.into();
         for c in done {
-            let logged = pb::TaskOutcome {
-                task_id: task_id_str(c.id),
-                succeeded: c.succeeded,
-                result: c.result.clone(),
-                error: c.error.clone(),
-                attempts: c.attempts,
-                completed_at_unix_ms: now,
-                payload: c.payload.clone(),
-            };
-            self.log(
-                durable,
-                crate::durable::JobRecord {
-                    job: c.job.to_string(),
-                    outcomes: vec![logged],
-                    started_at: now,
-                    last: now,
-                    ..Default::default()
-                },
-            );
-            let id = c.job.to_string();
-            let job = all.entry(id.clone()).or_insert_with(|| Job::new(now));
-            if c.succeeded {
-                job.succeeded += 1;
-            } else {
-                job.failed += 1;
-            }
-            job.last = now;
             let outcome = pb::TaskOutcome {
                 task_id: task_id_str(c.id),
                 succeeded: c.succeeded,
@@ -229,27 +333,63 @@ impl Jobs {
                 completed_at_unix_ms: now,
                 payload: c.payload,
             };
-            if job.outcomes.len() < MAX_OUTCOMES {
-                job.outcomes.push(outcome.clone());
+            self.log(
+                durable,
+                crate::durable::JobRecord {
+                    job: c.job.to_string(),
+                    outcomes: vec![outcome.clone()],
+                    started_at: now,
+                    last: now,
+                    ..Default::default()
+                },
+            );
+            let id: &str = &c.job;
+            let job = self.entry(&mut st, id, now);
+            if c.succeeded {
+                job.succeeded += 1;
+            } else {
+                job.failed += 1;
             }
-            let _ = job.tx.send(pb::WatchJobResponse {
-                task_complete: vec![outcome],
-                job_complete: None,
-            });
-            job.check_done(&id, now);
+            job.last = now;
+            self.keep(&mut st, id, &outcome);
+            if let Some(job) = st.jobs.get_mut(id) {
+                if let Some(tx) = &job.tx {
+                    let _ = tx.send(Event::Outcome {
+                        queue: queue.clone(),
+                        outcome,
+                    });
+                }
+                job.check_done(id, now);
+            }
         }
     }
 
+    /// The queues a job's tasks went to, or None for an unknown job.
+    pub fn queues(&self, id: &str) -> Option<Vec<String>> {
+        self.lock()
+            .jobs
+            .get(id)
+            .map(|j| j.queues.iter().cloned().collect())
+    }
+
     /// The producer has sent all of the job: `total` tasks (None: as many
-    /// as were stored so far). Returns the total.
+    /// as were stored so far). Returns the total. Sealing again answers
+    /// the same total when `total` is None or equal to it.
     pub fn seal(
         &self,
         id: &str,
         total: Option<u64>,
         now: Millis,
-    ) -> (u64, Option<crate::registry::Durability>) {
-        let mut all = self.lock();
-        let job = all.entry(id.to_owned()).or_insert_with(|| Job::new(now));
+    ) -> Result<(u64, Option<crate::registry::Durability>), SealError> {
+        let mut st = self.lock();
+        let job = st.jobs.get_mut(id).ok_or(SealError::NotFound)?;
+        if let Some(sealed) = job.total {
+            return match total {
+                None => Ok((sealed, None)),
+                Some(t) if t == sealed => Ok((sealed, None)),
+                Some(_) => Err(SealError::Sealed { total: sealed }),
+            };
+        }
         let total = total.unwrap_or(job.enqueued);
         job.total = Some(total);
         job.last = now;
@@ -266,27 +406,45 @@ impl Jobs {
             let append = log.append(vec![crate::durable::job(r)]);
             Box::pin(async move { append.await.map(|_| ()) }) as crate::registry::Durability
         });
-        (total, durability)
+        Ok((total, durability))
     }
 
-    /// Starts watching a job (known or not yet: a watcher may come first).
-    pub fn watch(&self, id: &str, now: Millis) -> Watch {
-        let mut all = self.lock();
-        let job = all.entry(id.to_owned()).or_insert_with(|| Job::new(now));
+    /// Starts watching a job; None for an unknown one.
+    pub fn watch(&self, id: &str) -> Option<Watch> {
+        let mut st = self.lock();
+        let job = st.jobs.get_mut(id)?;
+        let live = job
+            .tx
+            .get_or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
+            .subscribe();
         // Under the same lock as every send: nothing is missed or doubled
         // between the history and the live feed.
-        Watch {
+        Some(Watch {
             history: job.outcomes.clone(),
+            unkept: job.unkept,
             summary: job.summary.clone(),
-            live: job.tx.subscribe(),
-        }
+            live,
+            queues: job.queues.iter().cloned().collect(),
+        })
     }
 
-    /// Forgets jobs whose time is up.
+    /// Forgets jobs whose time is up (unless someone watches them).
     pub fn sweep(&self, now: Millis) {
-        let ttl = self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed);
-        self.lock()
-            .retain(|_, j| now.saturating_sub(j.last) < ttl || j.tx.receiver_count() > 0);
+        let ttl = self.ttl_ms.load(Ordering::Relaxed);
+        let mut st = self.lock();
+        let mut freed = 0;
+        let mut freed_kept = 0;
+        st.jobs.retain(|_, j| {
+            let watched = j.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0);
+            let keep = now.saturating_sub(j.last) < ttl || watched;
+            if !keep {
+                freed += j.bytes;
+                freed_kept += j.outcomes.iter().map(outcome_bytes).sum::<u64>();
+            }
+            keep
+        });
+        st.kept = st.kept.saturating_sub(freed_kept);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 }
 
@@ -309,27 +467,92 @@ mod tests {
         }
     }
 
+    fn outcome(e: Event) -> pb::TaskOutcome {
+        match e {
+            Event::Outcome { outcome, .. } => outcome,
+            Event::Done(s) => panic!("expected an outcome, got {s:?}"),
+        }
+    }
+
     #[test]
     fn a_late_watcher_gets_history_then_live_then_the_summary() {
         let jobs = Jobs::new(Duration::from_secs(60), None);
         let j: Box<str> = "j".into();
-        jobs.stored(&[j.clone(), j.clone(), j.clone()], 0, false);
-        jobs.completed(vec![done("j", 1, true)], 1, false);
-        let mut w = jobs.watch("j", 2);
+        jobs.stored("q", &[j.clone(), j.clone(), j.clone()], 0, false);
+        jobs.completed("q", vec![done("j", 1, true)], 1, false);
+        let mut w = jobs.watch("j").expect("known job");
         assert_eq!(w.history.len(), 1);
+        assert_eq!(w.queues, ["q"]);
         assert!(w.summary.is_none());
-        assert_eq!(jobs.seal("j", None, 3).0, 3);
-        jobs.completed(vec![done("j", 2, true), done("j", 3, false)], 4, false);
-        let a = w.live.try_recv().expect("task 2");
-        assert_eq!(a.task_complete[0].result, Bytes::from("r2"));
-        let b = w.live.try_recv().expect("task 3");
-        assert!(!b.task_complete[0].succeeded);
-        let s = w.live.try_recv().expect("summary");
-        let s = s.job_complete.expect("summary");
+        assert_eq!(jobs.seal("j", None, 3).map(|s| s.0), Ok(3));
+        jobs.completed("q", vec![done("j", 2, true), done("j", 3, false)], 4, false);
+        let a = outcome(w.live.try_recv().expect("task 2"));
+        assert_eq!(a.result, Bytes::from("r2"));
+        let b = outcome(w.live.try_recv().expect("task 3"));
+        assert!(!b.succeeded);
+        let Event::Done(s) = w.live.try_recv().expect("summary") else {
+            panic!("expected the summary");
+        };
         assert_eq!((s.succeeded, s.failed), (2, 1));
         // A watcher after the end gets it all at once.
-        let w2 = jobs.watch("j", 5);
+        let w2 = jobs.watch("j").expect("known job");
         assert_eq!(w2.history.len(), 3);
         assert!(w2.summary.is_some());
+    }
+
+    #[test]
+    fn unknown_jobs_are_neither_watched_nor_sealed_and_a_seal_is_final() {
+        let jobs = Jobs::new(Duration::from_secs(60), None);
+        assert!(jobs.watch("nobody").is_none(), "watching creates nothing");
+        assert_eq!(jobs.bytes(), 0);
+        assert_eq!(
+            jobs.seal("nobody", Some(3), 0).err(),
+            Some(SealError::NotFound)
+        );
+        jobs.stored("q", &["j".into(), "j".into()], 0, false);
+        assert_eq!(jobs.seal("j", None, 1).map(|s| s.0), Ok(2));
+        assert_eq!(
+            jobs.seal("j", None, 2).map(|s| s.0),
+            Ok(2),
+            "a retried seal"
+        );
+        assert_eq!(jobs.seal("j", Some(2), 2).map(|s| s.0), Ok(2));
+        assert_eq!(
+            jobs.seal("j", Some(5), 2).err(),
+            Some(SealError::Sealed { total: 2 })
+        );
+    }
+
+    #[test]
+    fn a_job_costs_what_it_holds_and_outcomes_stop_at_their_share() {
+        let jobs = Jobs::new(Duration::from_millis(10), None);
+        // 200 jobs of one task each: a few hundred bytes apiece, not the
+        // half megabyte a preallocated broadcast buffer cost.
+        for i in 0..200 {
+            jobs.stored("q", &[format!("job-{i}").into()], 0, false);
+        }
+        let per_job = jobs.bytes() / 200;
+        assert!(per_job < 400, "{per_job} bytes per job");
+
+        jobs.set_max_kept(3 * (OUTCOME_OVERHEAD + 16 + 2));
+        let j: Box<str> = "big".into();
+        jobs.stored("q", &vec![j; 5], 0, false);
+        let before = jobs.bytes();
+        jobs.completed(
+            "q",
+            (1..=5).map(|i| done("big", i, true)).collect(),
+            1,
+            false,
+        );
+        let w = jobs.watch("big").expect("known");
+        assert_eq!(w.history.len(), 3, "only what fits the outcomes' share");
+        assert_eq!(w.unkept, 2);
+        assert!(jobs.bytes() > before);
+        assert_eq!(jobs.seal("big", None, 2).map(|s| s.0), Ok(5));
+        drop(w);
+        // Past the ttl with nobody watching: everything is given back.
+        jobs.sweep(1_000);
+        assert_eq!(jobs.bytes(), 0);
+        assert!(jobs.watch("big").is_none());
     }
 }

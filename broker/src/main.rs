@@ -152,6 +152,7 @@ async fn main() -> ExitCode {
         max_consumers: args.max_consumers,
         max_credit: args.max_credit,
         max_batch: args.max_batch,
+        publish_idle: args.publish_idle_timeout,
     };
     broker.set_limits(limits.clone());
     let served = server::run(

@@ -203,9 +203,19 @@ pub fn render(broker: &Broker) -> String {
     ));
     fams.push(single(
         "sluice_payload_bytes",
-        "Payload bytes queued in all queues (the memory budget's measure).",
+        "Payload bytes of the unfinished tasks of all queues.",
         "gauge",
-        broker.payload_bytes() as f64,
+        queues
+            .iter()
+            .map(|q| q.snapshot().0.payload_bytes)
+            .sum::<u64>() as f64,
+    ));
+    fams.push(single(
+        "sluice_memory_bytes",
+        "Bytes counted against --max-memory-bytes: payloads, headers, keys and job ids of \
+         tasks, remembered idempotency keys, and jobs.",
+        "gauge",
+        broker.held_bytes() as f64,
     ));
     if let Some(log) = broker.log() {
         let s = log.stats();
@@ -214,6 +224,18 @@ pub fn render(broker: &Broker) -> String {
             "Bytes of the write-ahead log on disk.",
             "gauge",
             s.total_bytes as f64,
+        ));
+        fams.push(single(
+            "sluice_log_stopped",
+            "1 when the log stopped taking writes after a failed fdatasync (restart needed).",
+            "gauge",
+            if s.stopped { 1.0 } else { 0.0 },
+        ));
+        fams.push(single(
+            "sluice_log_free_bytes",
+            "Free space the log may still use (disk or --max-disk-bytes), as last measured.",
+            "gauge",
+            log.free_bytes() as f64,
         ));
         fams.push(single(
             "sluice_log_segments",

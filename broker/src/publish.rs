@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use tracing::Instrument;
 
-use crate::engine::{PublishError, PublisherId, TaskId};
+use crate::engine::{NewTask, PublishError, PublisherId, TaskId};
 use crate::error::Error;
 use crate::registry::{Broker, QueueHandle};
 use crate::validate::{self, Limits};
@@ -92,10 +92,14 @@ impl Session {
     ) {
         let mut frame = Some(first);
         let shutdown = self.broker.shutdown().clone();
+        let idle = self.limits.publish_idle;
+        // Since when the producer has sent nothing.
+        let mut quiet_since = tokio::time::Instant::now();
         loop {
             if let Some(f) = frame.take()
                 && !f.tasks.is_empty()
             {
+                quiet_since = tokio::time::Instant::now();
                 match self.store(f.tasks).await {
                     Ok(resp) => {
                         if out.send(Ok(resp)).await.is_err() {
@@ -133,6 +137,25 @@ impl Session {
                     // stored and confirmed already.
                     Ok(None) | Err(_) => break,
                 },
+                _ = tokio::time::sleep_until(quiet_since + idle) => {
+                    // Space reserved and unused is space nobody else gets:
+                    // a producer that sits on it while others wait loses it.
+                    let id = self.id;
+                    let held = self.broker.apply(&self.q, |sh, _, _| sh.state.publisher_blocking(id));
+                    if let Some(held) = held {
+                        tracing::info!(held, "publisher idle on credit while others wait; ending its stream");
+                        let msg = format!(
+                            "this producer held {held} credits unused for {} while other producers \
+                             waited for space in queue {:?} (--publish-idle-timeout); its space \
+                             was freed: open a new stream to publish again",
+                            humantime::format_duration(idle),
+                            self.q.name()
+                        );
+                        let _ = out.send(Err(Status::aborted(msg))).await;
+                        break;
+                    }
+                    quiet_since = tokio::time::Instant::now();
+                }
             }
         }
     }
@@ -141,14 +164,14 @@ impl Session {
     /// durable (durable queues), and returns the confirmation.
     async fn store(&self, tasks: Vec<pb::NewTask>) -> Result<pb::PublishResponse, Status> {
         let n = validate::batch_len(tasks.len(), &self.limits)?;
-        let reservation = self
-            .broker
-            .reserve_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
         let first = self.broker.task_ids(n);
         let tasks = validate::new_tasks(tasks, first, &self.limits)?;
+        let reservation = self
+            .broker
+            .reserve_memory(tasks.iter().map(NewTask::held_bytes).sum())?;
         let id = self.id;
         let ((stored, duplicates, depth), durability) =
-            self.broker.apply_logged(&self.q, |sh, now, fx| {
+            self.broker.apply_growing(&self.q, |sh, now, fx| {
                 // A frame read just before the queue was deleted must not
                 // land in it (nor in the log after its Delete).
                 if sh.is_deleted() {

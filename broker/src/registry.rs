@@ -6,9 +6,10 @@
 //! engine call plus routing its effects (channel sends and one-shot
 //! resolutions, which never block), never across `.await`. At most one
 //! queue lock is held at a time: dead letters are forwarded to their queue
-//! after the source queue's lock is released. Lock order: the registry's
-//! `RwLock` before a queue's `Mutex` (only `delete_queue` holds both, to
-//! decide and mark the deletion atomically); never the other way round.
+//! after the source queue's lock is released. Lock order: the async
+//! `defs` lock (held by queue creation, deletion and compaction, across
+//! their log writes) before the registry's `RwLock` before a queue's
+//! `Mutex` before the jobs' `Mutex`; never the other way round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,7 @@ use crate::engine::{
     QueueStats, TaskId,
 };
 use crate::error::{Error, Result};
+use crate::lease::LeaseKey;
 use crate::storage::{Log, StorageError};
 
 /// Resolves once a log append is durable (per the fsync policy).
@@ -36,6 +38,42 @@ pub type Durability = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Se
 
 /// Lets producers admitted by another call wait for that call's append.
 type Ticket = watch::Receiver<Option<Result<(), StorageError>>>;
+
+/// What a waiting producer is told when its batch is stored.
+pub struct Admission {
+    /// The append that stored it, for a durable queue.
+    ticket: Option<Ticket>,
+    /// Its tasks whose key was taken by the time it was stored.
+    duplicates: Vec<(TaskId, TaskId)>,
+}
+
+/// A dead-lettered task's removal from its (durable) source queue, to be
+/// logged in one record with its arrival in the dead letter queue: the
+/// move is then atomic in the log.
+struct Moved {
+    from: String,
+    changes: Vec<Change>,
+}
+
+/// How [`Broker::apply_with`] logs an engine call.
+#[derive(Default)]
+struct LogAs {
+    /// The call adds tasks: its append must leave the log room to shrink
+    /// (acks) and to compact; see [`Broker::keep_free`].
+    grows: bool,
+    moved: Option<Moved>,
+}
+
+/// Log bytes per live task beyond its payload, headers, key and job id
+/// (framing, ids, numbers), and per durable queue for its definition: the
+/// estimate of what a compacted log holds.
+const RECORD_OVERHEAD: u64 = 48;
+const DEFINE_BYTES: u64 = 256;
+
+/// Most free space the log keeps beyond the live data, for the
+/// settlements that come before a compaction (acks, attempts) and a
+/// segment header.
+const LOG_MARGIN: u64 = 64 << 10;
 
 /// Milliseconds since the Unix epoch: the engine's `now`. The wall clock
 /// is read once, at the first call; after that time advances with the
@@ -73,10 +111,13 @@ pub struct Shared {
     /// Set, under this lock, when the queue is deleted: a call that looked
     /// the queue up just before must not store into it and answer OK.
     deleted: bool,
+    /// Set when a deletion took the queue's bytes out of the broker's
+    /// counts: later engine calls on it (a consumer's last acks) must not
+    /// take them out again.
+    released: bool,
     senders: HashMap<ConsumerId, DeliveryTx>,
-    /// Each waiting producer's wake-up, carrying, for a durable queue, the
-    /// append that stored its batch.
-    putters: HashMap<PutterId, oneshot::Sender<Option<Ticket>>>,
+    /// Each waiting producer's wake-up.
+    putters: HashMap<PutterId, oneshot::Sender<Admission>>,
     /// Each Publish stream's credit grants.
     publishers: HashMap<PublisherId, mpsc::UnboundedSender<u64>>,
 }
@@ -115,6 +156,15 @@ pub struct QueueHandle {
     deleted: CancellationToken,
 }
 
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueHandle")
+            .field("name", &self.spec.name)
+            .field("durable", &self.spec.durable)
+            .finish_non_exhaustive()
+    }
+}
+
 impl QueueHandle {
     pub fn name(&self) -> &str {
         &self.spec.name
@@ -148,6 +198,12 @@ pub struct Broker {
 
 struct Inner {
     queues: RwLock<BTreeMap<String, Arc<QueueHandle>>>,
+    /// Serialises what changes the set of durable queues in the log —
+    /// creation, deletion, compaction — across their log writes: a queue
+    /// exists for callers only once its definition is stored, and a
+    /// compaction never misses one that is being defined.
+    defs: tokio::sync::Mutex<()>,
+    lease_key: LeaseKey,
     /// The write-ahead log; None with --in-memory.
     log: Option<Log>,
     segment_bytes: u64,
@@ -160,11 +216,21 @@ struct Inner {
     shutdown: CancellationToken,
     jobs: crate::jobs::Jobs,
     limits: RwLock<crate::validate::Limits>,
-    /// Payload bytes queued in all queues (the memory budget's measure).
-    payload_bytes: AtomicU64,
-    /// Payload bytes of batches past the budget check and not yet in
-    /// `payload_bytes`: concurrent enqueues each see the others' batches,
-    /// so together they cannot overshoot the budget.
+    /// Bytes clients made the queues keep (payloads, headers, keys, job
+    /// ids; see `QueueState::held_bytes`): the memory budget's measure,
+    /// with the jobs' bytes and the reservations.
+    held_bytes: AtomicU64,
+    /// Estimated bytes a compacted log holds: durable queues' live tasks
+    /// and definitions.
+    durable_live: AtomicU64,
+    /// The log's size right after the last compaction: the next one is
+    /// due only once the log has grown past it, so an estimate of the
+    /// live data that is too low cannot make compactions run back to back.
+    last_compacted: AtomicU64,
+    /// Bytes of batches past the budget check and not yet in
+    /// `held_bytes` (stored, or waiting in line for space): concurrent
+    /// enqueues each see the others' batches, so together they cannot
+    /// overshoot the budget.
     reserved_bytes: AtomicU64,
     /// Consume streams in the broker.
     streams: AtomicU64,
@@ -225,7 +291,11 @@ impl Broker {
             inner: Arc::new(Inner {
                 jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), log.clone()),
                 limits: RwLock::new(crate::validate::Limits::default()),
-                payload_bytes: AtomicU64::new(0),
+                defs: tokio::sync::Mutex::new(()),
+                lease_key: LeaseKey::random(),
+                held_bytes: AtomicU64::new(0),
+                durable_live: AtomicU64::new(0),
+                last_compacted: AtomicU64::new(0),
                 reserved_bytes: AtomicU64::new(0),
                 streams: AtomicU64::new(0),
                 enqueue_wait: crate::latency::Histogram::default(),
@@ -281,8 +351,7 @@ impl Broker {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Some(log) = &self.inner.log else { return };
-            if log.total_bytes() <= 2 * self.live_bytes() + self.inner.segment_bytes {
+            if !self.compaction_due() {
                 continue;
             }
             if let Err(e) = self.compact().await {
@@ -291,72 +360,111 @@ impl Broker {
         }
     }
 
-    /// What a compacted log would hold, roughly: durable queues' unfinished
-    /// payloads plus a record's worth of bookkeeping per task.
-    fn live_bytes(&self) -> u64 {
-        self.queues()
-            .iter()
-            .filter(|q| q.spec.durable)
-            .map(|q| {
-                let s = q.lock().state.stats();
-                s.payload_bytes + 64 * s.unfinished() + 256
-            })
-            .sum()
+    /// Whether the log holds more garbage than live data, by measured
+    /// bytes, plus some slack so that a nearly empty log is not rewritten
+    /// every second; and has grown by that slack since the last
+    /// compaction. The slack is a segment, or an eighth of the space the
+    /// log may use, whichever is less: on a small disk the log must
+    /// compact long before a segment fills.
+    pub fn compaction_due(&self) -> bool {
+        let Some(log) = &self.inner.log else {
+            return false;
+        };
+        let total = log.total_bytes();
+        let floor = self
+            .live_bytes()
+            .saturating_mul(2)
+            .max(self.inner.last_compacted.load(Ordering::Relaxed));
+        let room = total.saturating_add(log.free_bytes());
+        let slack = self.inner.segment_bytes.min(room / 8).max(4096);
+        total > floor.saturating_add(slack)
+    }
+
+    /// What a compacted log would hold, estimated from what is live:
+    /// durable queues' tasks and definitions, and jobs.
+    pub fn live_bytes(&self) -> u64 {
+        self.inner.durable_live.load(Ordering::Relaxed) + self.inner.jobs.bytes()
+    }
+
+    /// Free space an append that grows the log must leave behind: room
+    /// for a compaction to copy everything live forward (it copies before
+    /// it deletes), plus a margin for the settlements that free it (a
+    /// sixteenth of the space the log may use, at most [`LOG_MARGIN`]).
+    pub fn keep_free(&self) -> u64 {
+        let margin = self.inner.log.as_ref().map_or(LOG_MARGIN, |log| {
+            let room = log.total_bytes().saturating_add(log.free_bytes());
+            LOG_MARGIN.min(room / 16)
+        });
+        self.live_bytes() + margin
     }
 
     /// Rewrites the log to hold only what is live: rolls to a new segment,
-    /// appends every durable queue's definition and unfinished tasks (each
-    /// queue under its lock, so its later changes follow its snapshot),
-    /// waits for that to be durable, then deletes every older segment.
-    /// Returns the bytes of the snapshot.
+    /// writes every durable queue's definition and unfinished tasks and
+    /// every job's state, waits for that to be durable, then deletes every
+    /// older segment. Each queue's snapshot is taken under its lock along
+    /// with its place in the log (so its later changes follow it there),
+    /// but encoded and written after the lock is released: the queue goes
+    /// on serving meanwhile. Returns the bytes written.
     pub async fn compact(&self) -> Result<u64> {
-        const RECORD_BYTES: usize = 8 << 20;
         let Some(log) = &self.inner.log else {
             return Ok(0);
         };
+        // No queue is defined or deleted while its snapshot is in flight.
+        let _defs = self.inner.defs.lock().await;
         let before = log.total_bytes();
         let cut = log.roll().await?;
-        let mut appends = Vec::new();
-        let mut bytes = 0u64;
+        let mut writers = Vec::new();
         for q in self.queues() {
             if !q.spec.durable {
                 continue;
             }
-            let sh = q.lock();
-            if sh.deleted {
-                continue;
-            }
-            let mut records = vec![durable::define(&q.spec, q.created_at)];
-            // Several records, so none approaches the log's record limit.
-            let mut chunk = Vec::new();
-            let mut chunk_bytes = 0;
-            for c in sh.state.snapshot() {
-                if let Change::Stored { body, .. } = &c {
-                    chunk_bytes += body.payload.len() + 64;
+            let taken = {
+                let sh = q.lock();
+                if sh.deleted {
+                    continue;
                 }
-                chunk.push(c);
-                if chunk_bytes >= RECORD_BYTES {
-                    records.push(durable::changes(q.name(), &chunk));
-                    chunk.clear();
-                    chunk_bytes = 0;
-                }
-            }
-            if !chunk.is_empty() {
-                records.push(durable::changes(q.name(), &chunk));
-            }
-            bytes += records.iter().map(|r| r.len() as u64 + 8).sum::<u64>();
-            appends.push(log.append(records));
-            drop(sh);
+                // Cheap under the lock: payloads are shared, not copied.
+                (sh.state.snapshot(), log.reserve()?)
+            };
+            let (snapshot, slot) = taken;
+            let define = durable::define(&q.spec, q.created_at);
+            let name = q.name().to_owned();
+            writers.push(tokio::task::spawn_blocking(move || {
+                durable::write_snapshot(&slot, define, &name, snapshot).map(|bytes| (slot, bytes))
+            }));
         }
         // Jobs after the queues: their state now includes every event
         // appended before this point.
-        for a in self.inner.jobs.snapshot() {
-            a.await?;
+        if let Some((jobs, slot)) = self.inner.jobs.snapshot(log)? {
+            writers.push(tokio::task::spawn_blocking(move || {
+                durable::write_jobs(&slot, jobs).map(|bytes| (slot, bytes))
+            }));
         }
-        for a in appends {
-            a.await?;
+        let mut bytes = 0;
+        let mut first_error = None;
+        for w in writers {
+            let written = match w.await {
+                Ok(Ok((slot, n))) => slot.finish().await.map(|_| n),
+                Ok(Err(e)) => Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "writing a compaction snapshot panicked");
+                    Err(StorageError::Abandoned)
+                }
+            };
+            match written {
+                Ok(n) => bytes += n,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into());
         }
         let removed = log.remove_segments_before(cut).await?;
+        self.inner
+            .last_compacted
+            .store(log.total_bytes(), Ordering::Relaxed);
         tracing::info!(
             before,
             after = log.total_bytes(),
@@ -368,6 +476,10 @@ impl Broker {
 
     /// Sets the broker-wide limits.
     pub fn set_limits(&self, limits: crate::validate::Limits) {
+        // Jobs may keep outcomes for late watchers in a quarter of the
+        // budget: enough for any watcher that keeps up, and never the
+        // whole of it, which would starve enqueues for a --job-ttl.
+        self.inner.jobs.set_max_kept(limits.max_memory_bytes / 4);
         *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
@@ -427,14 +539,16 @@ impl Broker {
             bytes,
         };
         let used = inner
-            .payload_bytes
+            .held_bytes
             .load(Ordering::SeqCst)
+            .saturating_add(inner.jobs.bytes())
             .saturating_add(others);
         let max = self.limits().max_memory_bytes;
         if used.saturating_add(bytes) > max {
             return Err(Error::LimitReached(format!(
-                "the broker's memory budget for queued tasks is used up \
-                 ({used} of {max} bytes, --max-memory-bytes); retry when workers have drained some"
+                "the broker's memory budget is used up ({used} of {max} bytes held for \
+                 queued and waiting tasks, keys and jobs; --max-memory-bytes); \
+                 retry when workers have drained some"
             )));
         }
         Ok(reservation)
@@ -447,12 +561,18 @@ impl Broker {
 
     /// A Consume stream ended.
     pub fn stream_closed(&self) {
-        self.inner.streams.fetch_sub(1, Ordering::Relaxed);
+        self.inner.streams.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Payload bytes queued in all queues.
-    pub fn payload_bytes(&self) -> u64 {
-        self.inner.payload_bytes.load(Ordering::Relaxed)
+    /// Bytes counted against the memory budget: what the queues hold
+    /// (payloads, headers, keys, job ids) and the jobs' outcomes.
+    pub fn held_bytes(&self) -> u64 {
+        self.inner.held_bytes.load(Ordering::Relaxed) + self.inner.jobs.bytes()
+    }
+
+    /// The key that signs lease tokens.
+    pub fn lease_key(&self) -> &LeaseKey {
+        &self.inner.lease_key
     }
 
     fn check_open(&self) -> Result<()> {
@@ -465,8 +585,9 @@ impl Broker {
     // ------------------------------------------------------------ registry
 
     /// Creates a queue, or returns the existing one when its definition is
-    /// equal. The bool says whether it was created. A durable queue's
-    /// definition is in the log before this returns.
+    /// equal. The bool says whether it was created. A durable queue exists
+    /// (for every caller) only once its definition is in the log: if the
+    /// log refuses it, nothing was created and a retry starts afresh.
     pub async fn create_queue(&self, spec: QueueSpec) -> Result<(Arc<QueueHandle>, bool)> {
         self.check_open()?;
         if spec.durable && self.inner.log.is_none() {
@@ -474,8 +595,9 @@ impl Broker {
                 "durable queues need the broker's data directory; this broker runs --in-memory",
             ));
         }
-        let (handle, durability) = {
-            let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+        let _defs = self.inner.defs.lock().await;
+        {
+            let queues = self.inner.queues.read().unwrap_or_else(|p| p.into_inner());
             if let Some(existing) = queues.get(&spec.name) {
                 if existing.spec == spec {
                     return Ok((Arc::clone(existing), false));
@@ -491,20 +613,15 @@ impl Broker {
                     "the broker holds its limit of {max} queues (--max-queues)"
                 )));
             }
-            let created_at = now_ms();
-            // Appended under the registry lock: no call can reach the queue
-            // (and log a change of it) before its definition is in line.
-            let durability = match (&self.inner.log, spec.durable) {
-                (Some(log), true) => Some(log.append(vec![durable::define(&spec, created_at)])),
-                _ => None,
-            };
-            let handle = self.insert_locked(&mut queues, spec, created_at);
-            (handle, durability)
-        };
-        tracing::info!(queue = %handle.name(), durable = handle.spec.durable, "queue created");
-        if let Some(d) = durability {
-            d.await?;
+            check_dead_letters(&queues, &spec)?;
         }
+        let created_at = now_ms();
+        if let (Some(log), true) = (&self.inner.log, spec.durable) {
+            log.append_keeping(vec![durable::define(&spec, created_at)], self.keep_free())
+                .await?;
+        }
+        let handle = self.insert_queue(spec, created_at);
+        tracing::info!(queue = %handle.name(), durable = handle.spec.durable, "queue created");
         Ok((handle, true))
     }
 
@@ -523,11 +640,17 @@ impl Broker {
         if spec.durable {
             state.keep_journal();
         }
+        if spec.durable {
+            self.inner
+                .durable_live
+                .fetch_add(DEFINE_BYTES, Ordering::Relaxed);
+        }
         let handle = Arc::new(QueueHandle {
             created_at,
             shared: Mutex::new(Shared {
                 state,
                 deleted: false,
+                released: false,
                 senders: HashMap::new(),
                 putters: HashMap::new(),
                 publishers: HashMap::new(),
@@ -564,14 +687,13 @@ impl Broker {
     }
 
     /// Deletes a queue; returns how many unfinished tasks went with it.
-    /// Everyone waiting on it is woken and fails with ABORTED.
+    /// Everyone waiting on it is woken and fails with ABORTED. A durable
+    /// queue is deleted only once its deletion is in the log: if the log
+    /// refuses it, the queue stays as it was.
     pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
-        let (handle, discarded, durability) = {
-            let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
-            let handle = queues
-                .get(name)
-                .cloned()
-                .ok_or_else(|| Error::QueueNotFound(name.to_owned()))?;
+        let _defs = self.inner.defs.lock().await;
+        let handle = self.queue(name)?;
+        let (discarded, durability) = {
             let mut sh = handle.lock();
             let discarded = sh.state.unfinished();
             if if_empty && discarded > 0 {
@@ -579,24 +701,41 @@ impl Broker {
                     "queue {name:?} holds {discarded} unfinished tasks"
                 )));
             }
+            // From here no call stores into it; its log record follows
+            // every change it logged.
             sh.deleted = true;
-            sh.senders.clear();
-            sh.putters.clear();
-            sh.publishers.clear();
             let durability = match (&self.inner.log, handle.spec.durable) {
                 (Some(log), true) => Some(log.append(vec![durable::delete(name)])),
                 _ => None,
             };
-            drop(sh);
-            queues.remove(name);
-            (handle, discarded, durability)
+            (discarded, durability)
         };
+        if let Some(d) = durability
+            && let Err(e) = d.await
+        {
+            handle.lock().deleted = false;
+            return Err(e.into());
+        }
+        {
+            let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+            let mut sh = handle.lock();
+            sh.senders.clear();
+            sh.putters.clear();
+            sh.publishers.clear();
+            sh.released = true;
+            self.inner
+                .held_bytes
+                .fetch_sub(sh.state.held_bytes(), Ordering::SeqCst);
+            if handle.spec.durable {
+                self.inner
+                    .durable_live
+                    .fetch_sub(live_estimate(&sh.state) + DEFINE_BYTES, Ordering::Relaxed);
+            }
+            queues.remove(name);
+        }
         handle.deleted.cancel();
         handle.idle.notify_waiters();
         tracing::info!(queue = %name, discarded, "queue deleted");
-        if let Some(d) = durability {
-            d.await?;
-        }
         Ok(discarded)
     }
 
@@ -611,7 +750,7 @@ impl Broker {
         q: &QueueHandle,
         f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
     ) -> R {
-        self.apply_logged(q, f).0
+        self.apply_with(q, LogAs::default(), f).0
     }
 
     /// [`Broker::apply`], also returning the log append of the call's
@@ -622,28 +761,54 @@ impl Broker {
         q: &QueueHandle,
         f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
+        self.apply_with(q, LogAs::default(), f)
+    }
+
+    /// [`Broker::apply_logged`] for a call that adds tasks: its append is
+    /// refused (as on a full disk) unless the log keeps room to compact.
+    pub fn apply_growing<R>(
+        &self,
+        q: &QueueHandle,
+        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+    ) -> (R, Option<Durability>) {
+        self.apply_with(
+            q,
+            LogAs {
+                grows: true,
+                moved: None,
+            },
+            f,
+        )
+    }
+
+    fn apply_with<R>(
+        &self,
+        q: &QueueHandle,
+        how: LogAs,
+        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+    ) -> (R, Option<Durability>) {
         let mut fx = Effects::default();
         let now = now_ms();
         let mut deferred = Vec::new();
+        let keep_free = if how.grows { self.keep_free() } else { 0 };
         let (r, durability) = {
             let mut sh = q.lock();
-            let bytes_before = sh.state.payload_bytes();
+            let held_before = sh.state.held_bytes();
+            let live_before = live_estimate(&sh.state);
             let r = f(&mut sh, now, &mut fx);
-            let bytes_after = sh.state.payload_bytes();
-            if bytes_after >= bytes_before {
-                self.inner
-                    .payload_bytes
-                    .fetch_add(bytes_after - bytes_before, Ordering::SeqCst);
-            } else {
-                self.inner
-                    .payload_bytes
-                    .fetch_sub(bytes_before - bytes_after, Ordering::SeqCst);
+            if !sh.released {
+                add_diff(&self.inner.held_bytes, held_before, sh.state.held_bytes());
+                if q.spec.durable {
+                    let live_after = live_estimate(&sh.state);
+                    add_diff(&self.inner.durable_live, live_before, live_after);
+                }
             }
             let durability = match &self.inner.log {
-                Some(log) if !fx.changes.is_empty() => {
-                    // A task moving to a dead letter queue is logged as gone
-                    // from here only after it is logged there: a crash in
-                    // between keeps it twice rather than losing it.
+                Some(log) if !fx.changes.is_empty() || how.moved.is_some() => {
+                    // A task moving to a dead letter queue leaves this one
+                    // in the log in the same record that stores it there
+                    // (see `forward_dead`): one atomic record, so neither
+                    // a crash nor a refused append can lose it between.
                     if q.spec.dead_letter.is_some() && !fx.dead.is_empty() {
                         let moving: std::collections::HashSet<TaskId> = fx
                             .dead
@@ -659,21 +824,33 @@ impl Broker {
                             _ => true,
                         });
                     }
-                    let record = durable::changes(q.name(), &fx.changes);
-                    let append = log.append(vec![record]);
-                    if fx.admitted.is_empty() {
-                        Some((
-                            Box::pin(async move { append.await.map(|_| ()) }) as Durability,
-                            None,
-                        ))
-                    } else {
-                        // Producers admitted by this call wait for this
-                        // call's append too: share its outcome.
-                        let (tx, rx) = watch::channel(None);
-                        tokio::spawn(async move {
-                            let _ = tx.send(Some(append.await.map(|_| ())));
-                        });
-                        Some((Box::pin(wait_ticket(rx.clone())) as Durability, Some(rx)))
+                    let mut parts: Vec<(&str, &[Change])> = Vec::new();
+                    if !fx.changes.is_empty() {
+                        parts.push((q.name(), &fx.changes));
+                    }
+                    if let Some(m) = &how.moved {
+                        parts.push((&m.from, &m.changes));
+                    }
+                    match parts.as_slice() {
+                        [] => None,
+                        _ => {
+                            let record = durable::batch(&parts);
+                            let append = log.append_keeping(vec![record], keep_free);
+                            if fx.admitted.is_empty() {
+                                Some((
+                                    Box::pin(async move { append.await.map(|_| ()) }) as Durability,
+                                    None,
+                                ))
+                            } else {
+                                // Producers admitted by this call wait for
+                                // this call's append too: share its outcome.
+                                let (tx, rx) = watch::channel(None);
+                                tokio::spawn(async move {
+                                    let _ = tx.send(Some(append.await.map(|_| ())));
+                                });
+                                Some((Box::pin(wait_ticket(rx.clone())) as Durability, Some(rx)))
+                            }
+                        }
                     }
                 }
                 _ => None,
@@ -687,12 +864,17 @@ impl Broker {
             // the queue's own changes (lock order: queue, then jobs).
             let durable = q.spec.durable;
             if !fx.job_stored.is_empty() {
-                self.inner.jobs.stored(&fx.job_stored, now, durable);
-            }
-            if !fx.completed.is_empty() {
                 self.inner
                     .jobs
-                    .completed(std::mem::take(&mut fx.completed), now, durable);
+                    .stored(q.name(), &fx.job_stored, now, durable);
+            }
+            if !fx.completed.is_empty() {
+                self.inner.jobs.completed(
+                    q.name(),
+                    std::mem::take(&mut fx.completed),
+                    now,
+                    durable,
+                );
             }
             if fx.rearm {
                 q.rearm.notify_one();
@@ -703,19 +885,17 @@ impl Broker {
             (r, durability)
         };
         if !fx.dead.is_empty() {
-            self.forward_dead(q, std::mem::take(&mut fx.dead));
-        }
-        if let (Some(log), false) = (&self.inner.log, deferred.is_empty()) {
-            // Failure here is logged by the writer; the cost is a dead task
-            // that may come back from the log after a restart.
-            drop(log.append(vec![durable::changes(q.name(), &deferred)]));
+            self.forward_dead(q, std::mem::take(&mut fx.dead), deferred);
         }
         (r, durability)
     }
 
     /// Moves dead tasks to the queue's dead letter queue, if it has one that
     /// exists; otherwise they are dropped (already counted in `dead_total`).
-    fn forward_dead(&self, from: &QueueHandle, dead: Vec<DeadTask>) {
+    /// `removed` holds their removal from `from`'s log, logged here: in
+    /// one record with their copies in the dead letter queue, or alone if
+    /// they are dropped.
+    fn forward_dead(&self, from: &QueueHandle, dead: Vec<DeadTask>, removed: Vec<Change>) {
         for d in &dead {
             tracing::warn!(
                 queue = %from.name(), task = d.id.0, attempts = d.attempts,
@@ -732,6 +912,10 @@ impl Broker {
         if dead.is_empty() {
             return;
         }
+        let moved = (!removed.is_empty()).then(|| Moved {
+            from: from.name().to_owned(),
+            changes: removed,
+        });
         // A fresh id: the copy starts again at attempt 1, and reusing the
         // id would let an old lease token of the original settle it.
         let first = self.task_ids(dead.len() as u64);
@@ -742,14 +926,28 @@ impl Broker {
             .collect();
         let n = tasks.len();
         let stored = match self.queue(dlq_name) {
-            Ok(dlq) => self.apply(&dlq, |sh, now, fx| {
-                if sh.deleted {
-                    return false;
+            Ok(dlq) => {
+                let how = LogAs {
+                    grows: false,
+                    moved,
+                };
+                self.apply_with(&dlq, how, |sh, now, fx| {
+                    if sh.deleted {
+                        return false;
+                    }
+                    sh.state.enqueue_forced(now, tasks, fx);
+                    true
+                })
+                .0
+            }
+            Err(_) => {
+                if let (Some(log), Some(m)) = (&self.inner.log, moved) {
+                    // Failure is logged by the writer; the task then comes
+                    // back from the log after a restart (at least once).
+                    drop(log.append(vec![durable::changes(&m.from, &m.changes)]));
                 }
-                sh.state.enqueue_forced(now, tasks, fx);
-                true
-            }),
-            Err(_) => false,
+                false
+            }
         };
         if !stored {
             tracing::warn!(
@@ -762,7 +960,9 @@ impl Broker {
     // ------------------------------------------------------------ waiting operations
 
     /// Stores a batch. With `wait`, waits in line for space until
-    /// `deadline`; without, a full queue is an error at once.
+    /// `deadline`; without, a full queue is an error at once. A batch in
+    /// line counts against the memory budget, and holds no idempotency
+    /// key: its keys are checked again (and taken) when it is stored.
     pub async fn enqueue(
         &self,
         q: &Arc<QueueHandle>,
@@ -771,8 +971,7 @@ impl Broker {
         deadline: Option<Instant>,
     ) -> Result<Stored> {
         self.check_open()?;
-        let reservation =
-            self.reserve_memory(tasks.iter().map(|t| t.payload.len() as u64).sum())?;
+        let reservation = self.reserve_memory(tasks.iter().map(NewTask::held_bytes).sum())?;
         let first_id = tasks.first().map_or(TaskId(0), |t| t.id);
         let n = tasks.len() as u64;
         let putter = PutterId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed));
@@ -783,8 +982,8 @@ impl Broker {
             EnqueueMode::FailFast
         };
         let started = Instant::now();
-        let ((res, depth, duplicates, retry_after_ms), durability) =
-            self.apply_logged(q, |sh, now, fx| {
+        let ((res, depth, mut duplicates, retry_after_ms), durability) =
+            self.apply_growing(q, |sh, now, fx| {
                 if sh.deleted {
                     return (Err(None), 0, Vec::new(), 0);
                 }
@@ -803,15 +1002,12 @@ impl Broker {
                     retry,
                 )
             });
-        // Stored, waiting (its batch counted once admitted), or refused:
-        // either way no longer in flight.
-        drop(reservation);
         let capacity = q.spec.config.capacity;
-        let stored = |depth| {
+        let stored = |depth, duplicates| {
             self.inner.enqueue_wait.observe(started.elapsed());
             Stored {
                 first_id,
-                duplicates: duplicates.clone(),
+                duplicates,
                 depth,
                 capacity,
                 waited_ms: started.elapsed().as_millis() as u64,
@@ -819,6 +1015,7 @@ impl Broker {
         };
         match res {
             Ok(Enqueued::Stored) => {
+                drop(reservation);
                 // Confirmed only once on disk (durable queues).
                 if let Some(d) = durability
                     && let Err(e) = d.await
@@ -826,7 +1023,7 @@ impl Broker {
                     self.retract(q, first_id, n);
                     return Err(e.into());
                 }
-                return Ok(stored(depth));
+                return Ok(stored(depth, duplicates));
             }
             Ok(Enqueued::Waiting(_)) => {}
             Err(None) => return Err(Error::QueueDeleted(q.name().to_owned())),
@@ -853,7 +1050,7 @@ impl Broker {
         let outcome = tokio::select! {
             biased;
             r = &mut rx => match r {
-                Ok(ticket) => Ok(ticket),
+                Ok(admission) => Ok(admission),
                 Err(_) => Err(Error::QueueDeleted(q.name().to_owned())),
             },
             _ = q.deleted.cancelled() => Err(Error::QueueDeleted(q.name().to_owned())),
@@ -864,8 +1061,8 @@ impl Broker {
             }),
         };
         guard.armed = false;
-        let ticket = match outcome {
-            Ok(ticket) => ticket,
+        let admission = match outcome {
+            Ok(admission) => admission,
             Err(e) => {
                 // The batch may have been admitted in the instant between
                 // the wake-up and here: then it is stored and we say so.
@@ -876,16 +1073,25 @@ impl Broker {
                 if left || q.deleted.is_cancelled() {
                     return Err(e);
                 }
-                rx.try_recv().ok().flatten()
+                match rx.try_recv() {
+                    Ok(admission) => admission,
+                    Err(_) => return Err(e),
+                }
             }
         };
-        if let Some(t) = ticket
+        // Stored now: its bytes are in the queue's count.
+        drop(reservation);
+        duplicates.extend(admission.duplicates);
+        if let Some(t) = admission.ticket
             && let Err(e) = wait_ticket(t).await
         {
             self.retract(q, first_id, n);
             return Err(e.into());
         }
-        Ok(stored(self.apply(q, |sh, _, _| sh.state.depth())))
+        Ok(stored(
+            self.apply(q, |sh, _, _| sh.state.depth()),
+            duplicates,
+        ))
     }
 
     /// Undoes an enqueue the log refused: its tasks (ids `first..first+n`)
@@ -957,6 +1163,24 @@ impl Broker {
         if out.is_empty() && q.deleted.is_cancelled() {
             return Err(Error::QueueDeleted(q.name().to_owned()));
         }
+        // One answer fits a default client: what would take it past
+        // FRAME_BYTES goes back, undelivered (at least one task goes).
+        let mut bytes = 0usize;
+        let keep = out
+            .iter()
+            .position(|d| {
+                bytes += d.body.payload.len();
+                bytes > FRAME_BYTES
+            })
+            .map_or(out.len(), |i| i.max(1));
+        if keep < out.len() {
+            let back = out.split_off(keep);
+            self.apply(q, |sh, now, fx| {
+                for d in back {
+                    let _ = sh.state.unsend(now, d.id, d.attempt, fx);
+                }
+            });
+        }
         Ok(out)
     }
 
@@ -1006,7 +1230,16 @@ impl Broker {
     ) -> Result<(ConsumerId, DeliveryRx)> {
         self.check_open()?;
         let limits = self.limits();
-        if self.inner.streams.load(Ordering::Relaxed) >= limits.max_consumers {
+        // Taken atomically, so concurrent subscribes cannot all pass a
+        // check of the same count; given back below if the queue refuses.
+        if self
+            .inner
+            .streams
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limits.max_consumers).then_some(n + 1)
+            })
+            .is_err()
+        {
             return Err(Error::LimitReached(format!(
                 "the broker serves its limit of {} consumers (--max-consumers)",
                 limits.max_consumers
@@ -1026,18 +1259,20 @@ impl Broker {
             Some(true)
         });
         match open {
-            Some(true) => {}
-            Some(false) => return Err(Error::QueueDeleted(q.name().to_owned())),
+            Some(true) => Ok((cid, rx)),
+            Some(false) => {
+                self.stream_closed();
+                Err(Error::QueueDeleted(q.name().to_owned()))
+            }
             None => {
-                return Err(Error::LimitReached(format!(
+                self.stream_closed();
+                Err(Error::LimitReached(format!(
                     "queue {:?} has its limit of {} consumers (--max-consumers-per-queue)",
                     q.name(),
                     limits.max_consumers_per_queue
-                )));
+                )))
             }
         }
-        self.inner.streams.fetch_add(1, Ordering::Relaxed);
-        Ok((cid, rx))
     }
 }
 
@@ -1079,11 +1314,14 @@ fn route(sh: &mut Shared, fx: &mut Effects, ticket: Option<Ticket>) {
             let _ = tx.send(n);
         }
     }
-    for p in fx.admitted.drain(..) {
-        if let Some(tx) = sh.putters.remove(&p) {
+    for a in fx.admitted.drain(..) {
+        if let Some(tx) = sh.putters.remove(&a.id) {
             // A dropped receiver is a producer that gave up in the same
             // instant; its enqueue path sees the batch stored.
-            let _ = tx.send(ticket.clone());
+            let _ = tx.send(Admission {
+                ticket: ticket.clone(),
+                duplicates: a.duplicates,
+            });
         }
     }
 }
@@ -1115,6 +1353,51 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Moves `counter` by `after - before`.
+fn add_diff(counter: &AtomicU64, before: u64, after: u64) {
+    if after >= before {
+        counter.fetch_add(after - before, Ordering::SeqCst);
+    } else {
+        counter.fetch_sub(before - after, Ordering::SeqCst);
+    }
+}
+
+/// What a durable queue's live tasks take in a compacted log, roughly.
+fn live_estimate(state: &QueueState) -> u64 {
+    state.held_bytes() + RECORD_OVERHEAD * state.unfinished()
+}
+
+/// Payload bytes per answer frame, as a Consume frame: well under gRPC's
+/// common 4 MiB default receive limit.
+pub const FRAME_BYTES: usize = 1024 * 1024;
+
+/// A durable queue's dead letters must survive what it survives: it may
+/// not name a non-durable dead letter queue, nor may a non-durable queue
+/// take the name a durable queue sends its dead letters to.
+fn check_dead_letters(queues: &BTreeMap<String, Arc<QueueHandle>>, spec: &QueueSpec) -> Result<()> {
+    if spec.durable
+        && let Some(dlq) = spec.dead_letter.as_ref().and_then(|d| queues.get(d))
+        && !dlq.spec.durable
+    {
+        return Err(Error::invalid(format!(
+            "durable queue {:?} cannot send its dead letters to non-durable queue {:?}: \
+             they would be lost on restart; make {:?} durable",
+            spec.name, dlq.spec.name, dlq.spec.name
+        )));
+    }
+    if !spec.durable
+        && let Some(source) = queues
+            .values()
+            .find(|q| q.spec.durable && q.spec.dead_letter.as_deref() == Some(spec.name.as_str()))
+    {
+        return Err(Error::invalid(format!(
+            "queue {:?} is the dead letter queue of durable queue {:?}, so it must be durable too",
+            spec.name, source.spec.name
+        )));
+    }
+    Ok(())
 }
 
 fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
@@ -1232,23 +1515,5 @@ impl Drop for GetGuard<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn batches_in_flight_count_against_the_memory_budget() {
-        let broker = Broker::new(CancellationToken::new());
-        broker.set_limits(crate::validate::Limits {
-            max_memory_bytes: 100,
-            ..crate::validate::Limits::default()
-        });
-        let first = broker.reserve_memory(60).expect("fits");
-        // Not yet in any queue, but a second batch must see the first one:
-        // both would pass a check of the queued bytes alone.
-        assert!(broker.reserve_memory(60).is_err());
-        let second = broker.reserve_memory(40).expect("fits beside the first");
-        drop(first);
-        drop(second);
-        let _whole = broker.reserve_memory(100).expect("all released");
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

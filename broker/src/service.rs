@@ -43,9 +43,15 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
-        auth::access(&req).require(Role::Admin, &req.get_ref().name)?;
+        let access = auth::access(&req);
+        access.require(Role::Admin, &req.get_ref().name)?;
         let req = req.into_inner();
         let spec = validate::queue_spec(&req.name, req.options.as_ref())?;
+        // Dead letters are enqueued into their queue past its capacity:
+        // only a token that may produce to it may send them there.
+        if let Some(dlq) = &spec.dead_letter {
+            access.require(Role::Produce, dlq)?;
+        }
         let (q, created) = self.broker.create_queue(spec).await?;
         Ok(Response::new(pb::CreateQueueResponse {
             queue: Some(queue_info(&q)),
@@ -195,8 +201,9 @@ impl SluiceService for Service {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
         let got = self.broker.get(&q, u64::from(max), wait, peer).await?;
+        let key = self.broker.lease_key();
         Ok(Response::new(pb::GetResponse {
-            deliveries: got.iter().map(|d| delivery(q.name(), d)).collect(),
+            deliveries: got.iter().map(|d| delivery(q.name(), d, key)).collect(),
         }))
     }
 
@@ -205,8 +212,9 @@ impl SluiceService for Service {
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.acks.len(), &self.limits)?;
+        let by = consume::Settler::unary(&self.broker, &self.limits);
         let errors = self.broker.apply(&q, |sh, now, fx| {
-            consume::settle(sh, now, fx, &q, &req.acks, &[], &[])
+            consume::settle(sh, now, fx, &q, &by, &req.acks, &[], &[])
         });
         Ok(Response::new(pb::AckResponse { errors }))
     }
@@ -219,8 +227,9 @@ impl SluiceService for Service {
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.nacks.len(), &self.limits)?;
+        let by = consume::Settler::unary(&self.broker, &self.limits);
         let errors = self.broker.apply(&q, |sh, now, fx| {
-            consume::settle(sh, now, fx, &q, &[], &req.nacks, &[])
+            consume::settle(sh, now, fx, &q, &by, &[], &req.nacks, &[])
         });
         Ok(Response::new(pb::NackResponse { errors }))
     }
@@ -233,8 +242,9 @@ impl SluiceService for Service {
         let req = req.into_inner();
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.extends.len(), &self.limits)?;
+        let by = consume::Settler::unary(&self.broker, &self.limits);
         let errors = self.broker.apply(&q, |sh, now, fx| {
-            consume::settle(sh, now, fx, &q, &[], &[], &req.extends)
+            consume::settle(sh, now, fx, &q, &by, &[], &[], &req.extends)
         });
         Ok(Response::new(pb::ExtendLeaseResponse { errors }))
     }
@@ -256,67 +266,31 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let access = auth::access(&req);
         let job = req.into_inner().job_id;
         job_id(&job)?;
-        let broker = self.broker.clone();
+        let watch = self
+            .broker
+            .jobs()
+            .watch(&job)
+            .ok_or_else(|| unknown_job(&job))?;
+        // Outcomes carry payloads and results: watching needs read rights
+        // on every queue the job's tasks went to.
+        for q in &watch.queues {
+            access.require(Role::Read, q)?;
+        }
+        if watch.queues.is_empty() {
+            // A job from a log written before jobs recorded their queues.
+            access.require(Role::Admin, "*")?;
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            // Outcomes sent so far: a watcher that falls behind the live
-            // feed picks up from here in the kept history.
-            let mut sent = 0usize;
-            'watch: loop {
-                let crate::jobs::Watch {
-                    history,
-                    summary,
-                    mut live,
-                } = broker.jobs().watch(&job, crate::registry::now_ms());
-                if history.len() < sent {
-                    let msg = "the job's outcomes outgrew what the broker keeps; watch again";
-                    let _ = tx.send(Err(Status::aborted(msg))).await;
-                    return;
-                }
-                // What happened (since `sent`), in frames of a thousand.
-                for chunk in history[sent..].chunks(1000) {
-                    let frame = pb::WatchJobResponse {
-                        task_complete: chunk.to_vec(),
-                        job_complete: None,
-                    };
-                    if tx.send(Ok(frame)).await.is_err() {
-                        return;
-                    }
-                    sent += chunk.len();
-                }
-                if let Some(summary) = summary {
-                    let frame = pb::WatchJobResponse {
-                        task_complete: Vec::new(),
-                        job_complete: Some(summary),
-                    };
-                    let _ = tx.send(Ok(frame)).await;
-                    return;
-                }
-                loop {
-                    let event = tokio::select! {
-                        e = live.recv() => e,
-                        _ = broker.shutdown().cancelled() => {
-                            let _ = tx.send(Err(Error::ShuttingDown.into())).await;
-                            return;
-                        }
-                    };
-                    match event {
-                        Ok(frame) => {
-                            let last = frame.job_complete.is_some();
-                            sent += frame.task_complete.len();
-                            if tx.send(Ok(frame)).await.is_err() || last {
-                                return;
-                            }
-                        }
-                        // Behind the live feed: start again from the history.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue 'watch,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            }
-        });
+        tokio::spawn(crate::watch::run(
+            self.broker.clone(),
+            access,
+            job,
+            watch,
+            tx,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -326,18 +300,38 @@ impl SluiceService for Service {
         &self,
         req: Request<pb::SealJobRequest>,
     ) -> Result<Response<pb::SealJobResponse>, Status> {
+        let access = auth::access(&req);
         let req = req.into_inner();
         job_id(&req.job_id)?;
+        let jobs = self.broker.jobs();
+        let queues = jobs
+            .queues(&req.job_id)
+            .ok_or_else(|| unknown_job(&req.job_id))?;
+        for q in &queues {
+            access.require(Role::Produce, q)?;
+        }
+        if queues.is_empty() {
+            access.require(Role::Admin, "*")?;
+        }
         let total = (req.total > 0).then_some(req.total);
-        let (total, durability) =
-            self.broker
-                .jobs()
-                .seal(&req.job_id, total, crate::registry::now_ms());
+        let (total, durability) = jobs
+            .seal(&req.job_id, total, crate::registry::now_ms())
+            .map_err(|e| match e {
+                crate::jobs::SealError::NotFound => unknown_job(&req.job_id),
+                crate::jobs::SealError::Sealed { total } => Error::FailedPrecondition(format!(
+                    "job {:?} is already sealed with total {total}",
+                    req.job_id
+                )),
+            })?;
         if let Some(d) = durability {
             d.await.map_err(Error::from)?;
         }
         Ok(Response::new(pb::SealJobResponse { total }))
     }
+}
+
+fn unknown_job(id: &str) -> Error {
+    Error::JobNotFound(id.to_owned())
 }
 
 fn job_id(id: &str) -> Result<(), Error> {
@@ -380,8 +374,8 @@ pub(crate) fn peer<T>(req: &Request<T>) -> String {
     req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// A delivery as the wire shows it.
-pub(crate) fn delivery(queue: &str, d: &Delivery) -> pb::Delivery {
+/// A delivery as the wire shows it, with its lease token.
+pub(crate) fn delivery(queue: &str, d: &Delivery, key: &crate::lease::LeaseKey) -> pb::Delivery {
     pb::Delivery {
         task: Some(pb::Task {
             id: validate::task_id_str(d.id),
@@ -395,6 +389,7 @@ pub(crate) fn delivery(queue: &str, d: &Delivery) -> pb::Delivery {
         attempt: d.attempt,
         lease_deadline_unix_ms: d.deadline,
         queue: queue.to_owned(),
+        lease_token: key.token(d.id, d.attempt),
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_credit: u64,
     /// Tasks per enqueue or publish frame, items per ack/nack/extend call.
     pub max_batch: usize,
+    /// How long a publisher may sit on unused credit while others wait.
+    pub publish_idle: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +55,7 @@ impl Default for Limits {
             max_consumers: 100_000,
             max_credit: MAX_UNSPENT_CREDIT,
             max_batch: MAX_BATCH,
+            publish_idle: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -260,10 +263,15 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
 /// Task ids on the wire: 16 lowercase hex digits. Written by hand: this
 /// runs for every delivery, and `format!` was a few percent of the broker.
 pub fn task_id_str(id: TaskId) -> String {
+    hex64(id.0)
+}
+
+/// 16 lowercase hex digits.
+pub fn hex64(v: u64) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(16);
     for shift in (0..16).rev() {
-        out.push(char::from(HEX[((id.0 >> (shift * 4)) & 0xf) as usize]));
+        out.push(char::from(HEX[((v >> (shift * 4)) & 0xf) as usize]));
     }
     out
 }

@@ -7,7 +7,8 @@ use crate::proto::{AckItem, Delivery, LeaseRef, NackAction, NackItem};
 
 /// Helpers on a [`Delivery`] for settling it.
 pub trait DeliveryExt {
-    /// The lease token (task id + attempt) that ack, nack and extend quote.
+    /// The lease (task id, attempt and the lease's secret token) that ack,
+    /// nack and extend quote.
     fn lease(&self) -> LeaseRef;
 
     /// An ack of this delivery, without a result.
@@ -36,6 +37,7 @@ impl DeliveryExt for Delivery {
             // the empty id as UNKNOWN_TASK, which is the right answer.
             task_id: self.task.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
             attempt: self.attempt,
+            lease_token: self.lease_token.clone(),
         }
     }
 }
@@ -46,20 +48,22 @@ mod tests {
     use crate::proto::Task;
 
     #[test]
-    fn lease_quotes_task_id_and_attempt() {
+    fn lease_quotes_task_id_attempt_and_token() {
         let d = Delivery {
             task: Some(Task {
                 id: "t1".into(),
                 ..Task::default()
             }),
             attempt: 3,
+            lease_token: "secret".into(),
             ..Delivery::default()
         };
         assert_eq!(
             d.lease(),
             LeaseRef {
                 task_id: "t1".into(),
-                attempt: 3
+                attempt: 3,
+                lease_token: "secret".into(),
             }
         );
         assert_eq!(d.ack_item().lease, Some(d.lease()));

@@ -402,12 +402,10 @@ pub fn consumer_num(stats: &Value, name: &str, field: &str) -> Option<u64> {
         .as_u64()
 }
 
-/// A lease token for an ack/nack/extend of `d`.
+/// The lease (with its token) for an ack/nack/extend of `d`.
 pub fn lease_of(d: &sluice_client::proto::Delivery) -> sluice_client::proto::LeaseRef {
-    sluice_client::proto::LeaseRef {
-        task_id: d.task.as_ref().unwrap().id.clone(),
-        attempt: d.attempt,
-    }
+    use sluice_client::DeliveryExt;
+    d.lease()
 }
 
 /// Creates `path` when dropped: releases blocked test handlers (and any

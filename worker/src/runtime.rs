@@ -273,7 +273,7 @@ impl Worker {
                     Ok(Some(resp)) => {
                         for d in resp.deliveries {
                             let Some(task) = d.task else { continue };
-                            let lease = LeaseRef { task_id: task.id.clone(), attempt: d.attempt };
+                            let lease = LeaseRef { task_id: task.id.clone(), attempt: d.attempt, lease_token: d.lease_token.clone() };
                             held.insert((task.id.clone(), d.attempt), Instant::now());
                             let t = Task {
                                 id: task.id,
@@ -338,7 +338,8 @@ impl Worker {
                         if now.duration_since(*last) >= extend_every {
                             *last = now;
                             extends.push(ExtendItem {
-                                lease: Some(LeaseRef { task_id: id.clone(), attempt: *attempt }),
+                                // This stream holds the lease: no token needed.
+                                lease: Some(LeaseRef { task_id: id.clone(), attempt: *attempt, ..LeaseRef::default() }),
                                 extend_ms: 0,
                             });
                         }
@@ -500,6 +501,7 @@ mod tests {
         LeaseRef {
             task_id: format!("t{i}"),
             attempt: 1,
+            ..LeaseRef::default()
         }
     }
 

@@ -15,7 +15,7 @@ mod tests;
 use bytes::Bytes;
 use std::collections::HashMap;
 
-pub use queue::{PublishError, QueueState};
+pub use queue::{KEY_OVERHEAD, PublishError, QueueState};
 
 /// Milliseconds since the Unix epoch. The engine never reads a clock.
 pub type Millis = u64;
@@ -119,6 +119,19 @@ pub struct NewTask {
     pub key: Option<Box<str>>,
     /// The job the task belongs to: its outcome is reported to the job.
     pub job: Option<Box<str>>,
+}
+
+impl NewTask {
+    /// What storing it makes the broker keep, for the memory budget: its
+    /// payload, headers, key (with the key's index) and job id.
+    pub fn held_bytes(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let key = self
+            .key
+            .as_ref()
+            .map_or(0, |k| k.len() as u64 + queue::KEY_OVERHEAD);
+        (self.payload.len() + headers + self.job.as_ref().map_or(0, |j| j.len())) as u64 + key
+    }
 }
 
 /// How a task of a job ended, for the job's watchers.
@@ -233,13 +246,33 @@ pub struct Restored {
     pub job: Option<Box<str>>,
 }
 
+/// A waiting producer whose batch is now stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub id: PutterId,
+    /// Its tasks that were not stored because, by the time the batch was,
+    /// their key was taken: (the id given to the new task, the holder's).
+    pub duplicates: Vec<(TaskId, TaskId)>,
+}
+
+/// How an ack, nack or extend proves it may end a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller checked the lease's secret token, which only the
+    /// delivery's receiver got: it may settle whoever holds the lease.
+    Token,
+    /// Sent on this consumer's own stream: it may settle only the leases
+    /// it holds (the stream itself proves it received them).
+    Holder(ConsumerId),
+}
+
 /// What the caller must do after an engine call.
 #[derive(Debug, Default)]
 pub struct Effects {
     /// Tasks to send, each to its consumer, in dispatch order.
     pub deliveries: Vec<(ConsumerId, Delivery)>,
     /// Waiting producers whose batch is now stored.
-    pub admitted: Vec<PutterId>,
+    pub admitted: Vec<Admitted>,
     /// Tasks that failed for good.
     pub dead: Vec<DeadTask>,
     /// The earliest timer deadline moved earlier: re-arm the queue's timer.

@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::ready::{Entry, ReadySet};
 use super::{
-    Change, Completion, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects,
+    Change, Claim, Completion, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects,
     EnqueueError, EnqueueMode, Enqueued, Millis, NackAction, NewTask, PublisherId, PutterId,
     QueueConfig, QueueStats, Restored, SettleError, TaskBody, TaskId,
 };
@@ -41,6 +41,10 @@ struct Putter {
     id: PutterId,
     tasks: Vec<NewTask>,
     at: Millis,
+    /// Some task has a key: checked again before the batch is stored.
+    keyed: bool,
+    /// Its tasks found to be duplicates so far: (new id, holder).
+    dups: Vec<(TaskId, TaskId)>,
 }
 
 #[derive(Debug)]
@@ -107,6 +111,23 @@ pub struct QueueState {
     pub_ring: VecDeque<PublisherId>,
     /// Capacity reserved for publishers: counts as taken.
     reserved: u64,
+    /// Bytes held beside the payloads (counted in `stats.payload_bytes`):
+    /// headers of unfinished tasks, their job ids, and idempotency keys
+    /// (of unfinished tasks and of done ones still in their window), each
+    /// key with [`KEY_OVERHEAD`]. With the payloads: what a client made
+    /// this queue keep, for the broker's memory budget.
+    extra_bytes: u64,
+}
+
+/// What remembering one idempotency key costs beyond its own bytes (its
+/// map entries), counted against the memory budget.
+pub const KEY_OVERHEAD: u64 = 64;
+
+/// Header names and values of a task: bytes a client made the broker keep.
+fn header_bytes(h: &super::Headers) -> u64 {
+    h.as_ref().map_or(0, |m| {
+        m.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    })
 }
 
 /// A producer on a Publish stream. It holds `reserved` slots of capacity
@@ -159,9 +180,9 @@ impl QueueState {
                 attempt: t.attempt,
             };
             self.next_seq += 1;
-            self.stats.payload_bytes += entry.body.payload.len() as u64;
+            self.add_bytes(&entry.body);
             if let Some(key) = t.key {
-                self.keys.insert(
+                self.key_insert(
                     key.clone(),
                     KeyUse {
                         id: t.id,
@@ -171,7 +192,7 @@ impl QueueState {
                 self.task_keys.insert(t.id, key);
             }
             if let Some(job) = t.job {
-                self.task_jobs.insert(t.id, job);
+                self.job_link(t.id, job);
             }
             if t.due > now {
                 self.delay(t.due, entry, fx);
@@ -185,6 +206,73 @@ impl QueueState {
         if self.journal {
             fx.changes.push(change());
         }
+    }
+
+    /// A task's payload and headers are now held.
+    fn add_bytes(&mut self, body: &TaskBody) {
+        self.stats.payload_bytes += body.payload.len() as u64;
+        self.extra_bytes += header_bytes(&body.headers);
+    }
+
+    /// A task's payload and headers are no longer held.
+    fn sub_bytes(&mut self, body: &TaskBody) {
+        self.stats.payload_bytes = self
+            .stats
+            .payload_bytes
+            .saturating_sub(body.payload.len() as u64);
+        self.extra_bytes = self.extra_bytes.saturating_sub(header_bytes(&body.headers));
+    }
+
+    fn key_insert(&mut self, key: Box<str>, usage: KeyUse) {
+        let bytes = key.len() as u64 + KEY_OVERHEAD;
+        if self.keys.insert(key, usage).is_none() {
+            self.extra_bytes += bytes;
+        }
+    }
+
+    fn key_remove(&mut self, key: &str) {
+        if self.keys.remove(key).is_some() {
+            self.extra_bytes = self
+                .extra_bytes
+                .saturating_sub(key.len() as u64 + KEY_OVERHEAD);
+        }
+    }
+
+    fn job_link(&mut self, id: TaskId, job: Box<str>) {
+        self.extra_bytes += job.len() as u64;
+        self.task_jobs.insert(id, job);
+    }
+
+    fn job_unlink(&mut self, id: TaskId) -> Option<Box<str>> {
+        let job = self.task_jobs.remove(&id)?;
+        self.extra_bytes = self.extra_bytes.saturating_sub(job.len() as u64);
+        Some(job)
+    }
+
+    /// Every byte a client made this queue keep: payloads, headers, keys
+    /// and job ids; see `extra_bytes`.
+    pub fn held_bytes(&self) -> u64 {
+        self.stats.payload_bytes + self.extra_bytes
+    }
+
+    /// [`QueueState::held_bytes`] counted from scratch, for tests that
+    /// check the running count.
+    #[cfg(test)]
+    pub fn recount_held(&self) -> u64 {
+        let tasks: u64 = self
+            .ready
+            .iter()
+            .chain(self.delayed.values())
+            .chain(self.leased.values().map(|l| &l.entry))
+            .map(|e| e.body.payload.len() as u64 + header_bytes(&e.body.headers))
+            .sum();
+        let jobs: u64 = self.task_jobs.values().map(|j| j.len() as u64).sum();
+        let keys: u64 = self
+            .keys
+            .keys()
+            .map(|k| k.len() as u64 + KEY_OVERHEAD)
+            .sum();
+        tasks + jobs + keys
     }
 
     pub fn new(config: QueueConfig) -> Self {
@@ -211,6 +299,7 @@ impl QueueState {
             task_jobs: HashMap::default(),
             pub_ring: VecDeque::new(),
             reserved: 0,
+            extra_bytes: 0,
         }
     }
 
@@ -266,10 +355,26 @@ impl QueueState {
         p.reserved -= n;
         p.pending += n;
         self.reserved -= n;
-        let tasks = self.dedupe(now, tasks, fx);
+        let tasks = self.take_keys(now, tasks, &mut fx.duplicates);
         self.store(now, tasks, fx);
         self.dispatch(now, fx);
         Ok(())
+    }
+
+    /// The credit a publisher holds unused while others wait for space
+    /// (waiting Enqueue calls, or publishers that get no credit for want
+    /// of room); None when it holds none or nobody waits.
+    pub fn publisher_blocking(&self, id: PublisherId) -> Option<u64> {
+        let p = self.publishers.get(&id)?;
+        if p.reserved == 0 {
+            return None;
+        }
+        let starved = self.room() == 0
+            && self
+                .publishers
+                .iter()
+                .any(|(o, q)| *o != id && q.reserved == 0 && q.pending < q.window);
+        (!self.putters.is_empty() || starved).then_some(p.reserved)
     }
 
     /// The publisher's tasks up to `n` are confirmed to it: its window
@@ -374,9 +479,15 @@ impl QueueState {
         }
     }
 
-    /// Drops tasks whose key is taken (noting them in `fx.duplicates`) and
-    /// reserves the keys of the others for them.
-    fn dedupe(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) -> Vec<NewTask> {
+    /// Drops tasks whose key is taken (noting `(new id, holder)` in
+    /// `dups`) and takes the keys of the others for them: within the
+    /// batch, a second task with one key is a duplicate of the first.
+    fn take_keys(
+        &mut self,
+        now: Millis,
+        tasks: Vec<NewTask>,
+        dups: &mut Vec<(TaskId, TaskId)>,
+    ) -> Vec<NewTask> {
         if tasks.iter().all(|t| t.key.is_none()) {
             return tasks;
         }
@@ -384,10 +495,10 @@ impl QueueState {
         for t in tasks {
             if let Some(key) = &t.key {
                 if let Some(holder) = self.key_holder(now, key) {
-                    fx.duplicates.push((t.id, holder));
+                    dups.push((t.id, holder));
                     continue;
                 }
-                self.keys.insert(
+                self.key_insert(
                     key.clone(),
                     KeyUse {
                         id: t.id,
@@ -401,15 +512,31 @@ impl QueueState {
         kept
     }
 
-    /// Gives up the keys reserved for tasks that will not be stored.
-    fn release_keys(&mut self, tasks: &[NewTask]) {
-        for t in tasks {
-            if let Some(key) = self.task_keys.remove(&t.id)
-                && self.keys.get(&key).is_some_and(|k| k.id == t.id)
-            {
-                self.keys.remove(&key);
-            }
+    /// Drops tasks whose key a stored task holds (noting them in `dups`),
+    /// taking no key: for a batch about to wait in line, which must not
+    /// hold keys, or a producer behind it would be answered an id that
+    /// never exists if the waiting batch gives up.
+    fn drop_held_keys(
+        &self,
+        now: Millis,
+        tasks: Vec<NewTask>,
+        dups: &mut Vec<(TaskId, TaskId)>,
+    ) -> Vec<NewTask> {
+        if tasks.iter().all(|t| t.key.is_none()) {
+            return tasks;
         }
+        tasks
+            .into_iter()
+            .filter(
+                |t| match t.key.as_deref().and_then(|k| self.key_holder(now, k)) {
+                    Some(holder) => {
+                        dups.push((t.id, holder));
+                        false
+                    }
+                    None => true,
+                },
+            )
+            .collect()
     }
 
     /// A task is done: its key (if any) stays taken for the key window.
@@ -482,25 +609,34 @@ impl QueueState {
                 capacity: self.config.capacity,
             });
         }
-        let tasks = self.dedupe(now, tasks, fx);
+        let mut dups = Vec::new();
+        let tasks = self.drop_held_keys(now, tasks, &mut dups);
         let batch = tasks.len() as u64;
         if batch == 0 {
+            fx.duplicates.extend(dups);
             return Ok(Enqueued::Stored);
         }
         if self.putters.is_empty() && batch <= self.room() {
+            let tasks = self.take_keys(now, tasks, &mut dups);
+            fx.duplicates.extend(dups);
             self.store(now, tasks, fx);
             self.dispatch(now, fx);
             return Ok(Enqueued::Stored);
         }
         match mode {
-            EnqueueMode::FailFast => {
-                self.release_keys(&tasks);
-                fx.duplicates.clear();
-                Err(EnqueueError::Full)
-            }
+            EnqueueMode::FailFast => Err(EnqueueError::Full),
             EnqueueMode::Wait(id) => {
+                // Its keys are checked again, and taken, when it is stored.
+                fx.duplicates.extend(dups);
                 self.waiting_tasks += batch;
-                self.putters.push_back(Putter { id, tasks, at: now });
+                let keyed = tasks.iter().any(|t| t.key.is_some());
+                self.putters.push_back(Putter {
+                    id,
+                    tasks,
+                    at: now,
+                    keyed,
+                    dups: Vec::new(),
+                });
                 Ok(Enqueued::Waiting(id))
             }
         }
@@ -514,7 +650,6 @@ impl QueueState {
         };
         if let Some(p) = self.putters.remove(pos) {
             self.waiting_tasks -= p.tasks.len() as u64;
-            self.release_keys(&p.tasks);
         }
         // A large batch at the head may have been holding smaller ones back.
         self.dispatch(now, fx);
@@ -561,12 +696,12 @@ impl QueueState {
         fx: &mut Effects,
     ) -> u64 {
         let before = self.depth();
-        let mut bytes = 0;
+        let mut bodies = Vec::new();
         let mut removed = Vec::new();
         self.ready.retain(|e| {
             let keep = !ids.contains(&e.id);
             if !keep {
-                bytes += e.body.payload.len() as u64;
+                bodies.push(e.body.clone());
                 removed.push(e.id);
             }
             keep
@@ -574,22 +709,24 @@ impl QueueState {
         self.delayed.retain(|(_, id), e| {
             let keep = !ids.contains(id);
             if !keep {
-                bytes += e.body.payload.len() as u64;
+                bodies.push(e.body.clone());
                 removed.push(*id);
             }
             keep
         });
+        for body in &bodies {
+            self.sub_bytes(body);
+        }
         // Keys and job links of the removed tasks only: one a consumer
         // already holds keeps them.
         for id in &removed {
-            self.task_jobs.remove(id);
+            self.job_unlink(*id);
             if let Some(key) = self.task_keys.remove(id)
                 && self.keys.get(&key).is_some_and(|k| k.id == *id)
             {
-                self.keys.remove(&key);
+                self.key_remove(&key);
             }
         }
-        self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
         let n = before - self.depth();
         self.stats.enqueued_total -= n;
         // The space is free again for waiting producers.
@@ -617,7 +754,7 @@ impl QueueState {
             };
             self.next_seq += 1;
             self.stats.enqueued_total += 1;
-            self.stats.payload_bytes += entry.body.payload.len() as u64;
+            self.add_bytes(&entry.body);
             let due = if t.delay_ms > 0 {
                 now.saturating_add(t.delay_ms)
             } else {
@@ -634,7 +771,7 @@ impl QueueState {
             });
             if let Some(job) = t.job {
                 fx.job_stored.push(job.clone());
-                self.task_jobs.insert(entry.id, job);
+                self.job_link(entry.id, job);
             }
             if due > 0 {
                 self.delay(due, entry, fx);
@@ -662,17 +799,27 @@ impl QueueState {
     /// whether any was stored.
     fn admit_putters(&mut self, now: Millis, fx: &mut Effects) -> bool {
         let mut admitted_any = false;
-        while let Some(front) = self.putters.front() {
-            let n = front.tasks.len() as u64;
+        while let Some(mut p) = self.putters.pop_front() {
+            if p.keyed {
+                // Tasks whose key a stored task took meanwhile need no
+                // room: they are answered that task's id.
+                let before = p.tasks.len();
+                p.tasks = self.drop_held_keys(now, std::mem::take(&mut p.tasks), &mut p.dups);
+                self.waiting_tasks -= (before - p.tasks.len()) as u64;
+            }
+            let n = p.tasks.len() as u64;
             if n > self.room() {
+                self.putters.push_front(p);
                 break;
             }
-            let Some(p) = self.putters.pop_front() else {
-                break;
-            };
             self.waiting_tasks -= n;
-            self.store(now, p.tasks, fx);
-            fx.admitted.push(p.id);
+            let mut duplicates = p.dups;
+            let tasks = self.take_keys(now, p.tasks, &mut duplicates);
+            self.store(now, tasks, fx);
+            fx.admitted.push(super::Admitted {
+                id: p.id,
+                duplicates,
+            });
             admitted_any = true;
         }
         admitted_any
@@ -688,13 +835,15 @@ impl QueueState {
                 .chain(self.delayed.keys().map(|(_, id)| *id));
             fx.changes.extend(ids.map(|id| Change::Removed { id }));
         }
-        let bytes: u64 = self
+        let bodies: Vec<TaskBody> = self
             .ready
             .iter()
             .chain(self.delayed.values())
-            .map(|e| e.body.payload.len() as u64)
-            .sum();
-        self.stats.payload_bytes = self.stats.payload_bytes.saturating_sub(bytes);
+            .map(|e| e.body.clone())
+            .collect();
+        for body in &bodies {
+            self.sub_bytes(body);
+        }
         if !self.task_jobs.is_empty() {
             let purged: Vec<(TaskId, bytes::Bytes, u32)> = self
                 .ready
@@ -704,7 +853,7 @@ impl QueueState {
                 .map(|e| (e.id, e.body.payload.clone(), e.attempt))
                 .collect();
             for (id, payload, attempts) in purged {
-                if let Some(job) = self.task_jobs.remove(&id) {
+                if let Some(job) = self.job_unlink(id) {
                     fx.completed.push(Completion {
                         job,
                         id,
@@ -939,14 +1088,25 @@ impl QueueState {
     }
 
     /// Checks a lease token and ends the lease. A token that matches no
-    /// current lease — expired, redelivered, settled, or never issued — is
-    /// refused and changes nothing.
-    fn end_lease(&mut self, id: TaskId, attempt: u32) -> Result<Lease, SettleError> {
-        match self.leased.get(&id) {
-            Some(l) if l.entry.attempt == attempt => {}
-            _ => return Err(SettleError::StaleLease),
+    /// current lease — expired, redelivered, settled, never issued, or
+    /// claimed by a stream that does not hold it — is refused and changes
+    /// nothing.
+    fn end_lease(&mut self, id: TaskId, attempt: u32, claim: Claim) -> Result<Lease, SettleError> {
+        if !self.holds(id, attempt, claim) {
+            return Err(SettleError::StaleLease);
         }
         self.take_lease(id).ok_or(SettleError::StaleLease)
+    }
+
+    /// Whether `claim` may settle the lease `(id, attempt)` now.
+    fn holds(&self, id: TaskId, attempt: u32, claim: Claim) -> bool {
+        match self.leased.get(&id) {
+            Some(l) if l.entry.attempt == attempt => match claim {
+                Claim::Token => true,
+                Claim::Holder(c) => l.owner == c,
+            },
+            _ => false,
+        }
     }
 
     /// The task is done: it leaves the queue.
@@ -957,7 +1117,7 @@ impl QueueState {
         attempt: u32,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        self.ack_with(now, id, attempt, bytes::Bytes::new(), fx)
+        self.ack_with(now, id, attempt, Claim::Token, bytes::Bytes::new(), fx)
     }
 
     /// [`QueueState::ack`] with the task's result, reported to its job.
@@ -966,11 +1126,12 @@ impl QueueState {
         now: Millis,
         id: TaskId,
         attempt: u32,
+        claim: Claim,
         result: bytes::Bytes,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        let lease = self.end_lease(id, attempt)?;
-        if let Some(job) = self.task_jobs.remove(&id) {
+        let lease = self.end_lease(id, attempt, claim)?;
+        if let Some(job) = self.job_unlink(id) {
             fx.completed.push(Completion {
                 job,
                 id,
@@ -986,10 +1147,7 @@ impl QueueState {
         if !self.errors.is_empty() {
             self.errors.remove(&id);
         }
-        self.stats.payload_bytes = self
-            .stats
-            .payload_bytes
-            .saturating_sub(lease.entry.body.payload.len() as u64);
+        self.sub_bytes(&lease.entry.body);
         self.stats.acked_total += 1;
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.acked += 1;
@@ -999,16 +1157,18 @@ impl QueueState {
     }
 
     /// The task failed; see [`NackAction`].
+    #[allow(clippy::too_many_arguments)]
     pub fn nack(
         &mut self,
         now: Millis,
         id: TaskId,
         attempt: u32,
+        claim: Claim,
         action: NackAction,
         error: &str,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        let lease = self.end_lease(id, attempt)?;
+        let lease = self.end_lease(id, attempt, claim)?;
         self.stats.nacked_total += 1;
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.nacked += 1;
@@ -1045,7 +1205,7 @@ impl QueueState {
         attempt: u32,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
-        let mut lease = self.end_lease(id, attempt)?;
+        let mut lease = self.end_lease(id, attempt, Claim::Token)?;
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.delivered = c.delivered.saturating_sub(1);
         }
@@ -1066,12 +1226,15 @@ impl QueueState {
         now: Millis,
         id: TaskId,
         attempt: u32,
+        claim: Claim,
         extend_ms: u64,
         fx: &mut Effects,
     ) -> Result<Millis, SettleError> {
-        let lease = match self.leased.get_mut(&id) {
-            Some(l) if l.entry.attempt == attempt => l,
-            _ => return Err(SettleError::StaleLease),
+        if !self.holds(id, attempt, claim) {
+            return Err(SettleError::StaleLease);
+        }
+        let Some(lease) = self.leased.get_mut(&id) else {
+            return Err(SettleError::StaleLease);
         };
         let old = lease.deadline;
         let new_deadline = now.saturating_add(extend_ms);
@@ -1130,7 +1293,7 @@ impl QueueState {
     /// Removes a (no longer leased) task as a failure.
     fn kill(&mut self, now: Millis, entry: Entry, reason: DeadReason, fx: &mut Effects) {
         self.key_done(now, entry.id, fx);
-        if let Some(job) = self.task_jobs.remove(&entry.id) {
+        if let Some(job) = self.job_unlink(entry.id) {
             fx.completed.push(Completion {
                 job,
                 id: entry.id,
@@ -1146,10 +1309,7 @@ impl QueueState {
             });
         }
         self.stats.dead_total += 1;
-        self.stats.payload_bytes = self
-            .stats
-            .payload_bytes
-            .saturating_sub(entry.body.payload.len() as u64);
+        self.sub_bytes(&entry.body);
         self.record(fx, || Change::Removed { id: entry.id });
         fx.dead.push(DeadTask {
             id: entry.id,
@@ -1190,7 +1350,7 @@ impl QueueState {
                     .get(&key)
                     .is_some_and(|k| k.id == id && k.done.is_some())
             {
-                self.keys.remove(&key);
+                self.key_remove(&key);
             }
         }
         while let Some(&(deadline, id)) = self.deadlines.first() {

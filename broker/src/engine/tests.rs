@@ -20,14 +20,20 @@ fn cfg(capacity: u64, order: Order) -> QueueConfig {
 }
 
 fn task(id: u64, priority: i32) -> NewTask {
+    // Some with headers and a job, whose bytes the memory budget counts.
+    let headers = if id.is_multiple_of(2) {
+        HashMap::from([("h".to_owned(), id.to_string())])
+    } else {
+        HashMap::new()
+    };
     NewTask {
         id: TaskId(id),
         payload: Bytes::from(id.to_string()),
-        headers: HashMap::new(),
+        headers,
         priority,
         delay_ms: 0,
         key: None,
-        job: None,
+        job: id.is_multiple_of(3).then(|| "job".into()),
     }
 }
 
@@ -83,7 +89,7 @@ fn waiting_producers_are_served_in_arrival_order() {
     );
     q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 0);
     q.grant(0, ConsumerId(1), 1, &mut fx);
-    assert_eq!(fx.admitted, vec![PutterId(1)]);
+    assert_eq!(admitted_ids(&fx), vec![PutterId(1)]);
     assert_eq!(q.stats().waiting_producers, 1);
 }
 
@@ -126,7 +132,7 @@ fn stale_token_cannot_settle_after_redelivery() {
         Err(SettleError::StaleLease)
     );
     assert_eq!(
-        q.extend(1001, TaskId(1), 1, 5000, &mut fx),
+        q.extend(1001, TaskId(1), 1, Claim::Token, 5000, &mut fx),
         Err(SettleError::StaleLease)
     );
     assert_eq!(q.ack(1001, TaskId(1), 2, &mut Effects::default()), Ok(()));
@@ -166,7 +172,10 @@ fn extend_has_no_cap_and_delays_expiry() {
     let mut now = 0;
     for _ in 0..100 {
         now += 900;
-        assert_eq!(q.extend(now, TaskId(1), 1, 1000, &mut fx), Ok(now + 1000));
+        assert_eq!(
+            q.extend(now, TaskId(1), 1, Claim::Token, 1000, &mut fx),
+            Ok(now + 1000)
+        );
         q.tick(now, &mut fx);
     }
     assert_eq!(q.stats().expired_total, 0);
@@ -205,7 +214,7 @@ fn nack_with_priority_comes_back_ahead() {
         delay_ms: Some(0),
         priority: Some(0),
     };
-    q.nack(0, TaskId(1), 1, retry, "boom", &mut fx)
+    q.nack(0, TaskId(1), 1, Claim::Token, retry, "boom", &mut fx)
         .expect("held");
     assert_eq!(drain_order(&mut q), vec![1, 2]);
 }
@@ -318,7 +327,11 @@ impl Model {
                 .insert(want, (seq, p, *a, cid.0, now + deadline_ms));
         }
         self.admit_fitting(capacity, &mut admitted);
-        assert_eq!(fx.admitted, admitted, "producers admitted in arrival order");
+        assert_eq!(
+            admitted_ids(fx),
+            admitted,
+            "producers admitted in arrival order"
+        );
         self.gone += fx.dead.len() as u64;
     }
 
@@ -437,7 +450,7 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                         priority,
                     };
                     assert_eq!(
-                        q.nack(now, TaskId(id), attempt, action, "e", &mut fx),
+                        q.nack(now, TaskId(id), attempt, Claim::Token, action, "e", &mut fx),
                         Ok(())
                     );
                     m.fail(id, priority);
@@ -505,6 +518,11 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
         } else {
             assert!(s.payload_bytes > 0);
         }
+        assert_eq!(
+            q.held_bytes(),
+            q.recount_held(),
+            "held bytes follow the tasks"
+        );
         for c in q.consumer_stats(now) {
             assert_eq!(Some(&c.credit), m.credit.get(&c.id.0), "credit");
             assert!(c.delivered <= m.granted.get(&c.id.0).copied().unwrap_or(0));
@@ -610,7 +628,8 @@ fn failures_wait_out_the_backoff_but_a_lost_consumer_does_not() {
         delay_ms: None,
         priority: None,
     };
-    q.nack(0, TaskId(1), 1, retry, "x", &mut fx).expect("held");
+    q.nack(0, TaskId(1), 1, Claim::Token, retry, "x", &mut fx)
+        .expect("held");
     assert_eq!(q.stats().delayed, 1);
     assert_eq!(q.stats().retrying, 1);
     let due = q.next_deadline().expect("a due time");
@@ -674,16 +693,35 @@ fn a_key_makes_one_task_while_unfinished_and_for_its_window() {
         .expect("fits");
     assert!(fx.duplicates.is_empty(), "window over: a new task");
     assert_eq!(q.stats().ready, 2);
+    assert_eq!(
+        q.held_bytes(),
+        q.recount_held(),
+        "keys counted as they come and go"
+    );
+}
+
+fn admitted_ids(fx: &Effects) -> Vec<PutterId> {
+    fx.admitted.iter().map(|a| a.id).collect()
+}
+
+/// Frees one slot of a full queue holding task `id` (a consumer takes
+/// it); returns the effects of that, which admit waiting producers.
+fn take_and_ack(q: &mut QueueState, consumer: u64, id: u64) -> Effects {
+    q.add_consumer(ConsumerId(consumer), "c".into(), String::new(), false, 0);
+    let mut fx = Effects::default();
+    q.grant(0, ConsumerId(consumer), 1, &mut fx);
+    assert_eq!(fx.deliveries[0].1.id, TaskId(id));
+    q.ack(0, TaskId(id), 1, &mut Effects::default())
+        .expect("ack");
+    fx
 }
 
 #[test]
-fn a_refused_enqueue_gives_its_keys_back() {
+fn a_waiting_batch_holds_no_key_so_no_answer_names_a_task_that_never_exists() {
     let mut q = QueueState::new(cfg(1, Order::Fifo));
     put(&mut q, &[(1, 0)]);
+    // A waits with key k.
     let mut fx = Effects::default();
-    let r = q.enqueue(0, vec![keyed(2, "k")], EnqueueMode::FailFast, &mut fx);
-    assert_eq!(r, Err(EnqueueError::Full));
-    // A producer that waits reserves the key; giving up releases it.
     let r = q.enqueue(
         0,
         vec![keyed(3, "k")],
@@ -691,29 +729,74 @@ fn a_refused_enqueue_gives_its_keys_back() {
         &mut fx,
     );
     assert_eq!(r, Ok(Enqueued::Waiting(PutterId(1))));
+    // B with k is not told A's id, which may never be stored.
     let mut fx = Effects::default();
-    q.enqueue(
-        0,
-        vec![keyed(4, "k")],
-        EnqueueMode::Wait(PutterId(2)),
-        &mut fx,
-    )
-    .expect("waits");
+    let r = q.enqueue(0, vec![keyed(4, "k")], EnqueueMode::FailFast, &mut fx);
     assert_eq!(
-        fx.duplicates,
-        vec![(TaskId(4), TaskId(3))],
-        "the waiting one holds it"
+        r,
+        Err(EnqueueError::Full),
+        "fail-fast B: full, not a duplicate"
     );
-    assert!(q.cancel_put(0, PutterId(1), &mut fx));
+    assert!(fx.duplicates.is_empty());
     let mut fx = Effects::default();
-    q.enqueue(
+    let r = q.enqueue(
         0,
         vec![keyed(5, "k")],
-        EnqueueMode::Wait(PutterId(3)),
+        EnqueueMode::Wait(PutterId(2)),
         &mut fx,
-    )
-    .expect("waits");
+    );
+    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(2))), "waiting B: in line");
     assert!(fx.duplicates.is_empty());
+    // A gives up; B is stored under its own id when space frees.
+    assert!(q.cancel_put(0, PutterId(1), &mut Effects::default()));
+    let fx = take_and_ack(&mut q, 1, 1);
+    assert_eq!(
+        fx.admitted,
+        vec![Admitted {
+            id: PutterId(2),
+            duplicates: vec![]
+        }]
+    );
+    assert_eq!(q.stats().ready, 1);
+    // And now k names a stored task: a third producer is told so at once,
+    // though the queue is full.
+    let mut fx = Effects::default();
+    let r = q.enqueue(0, vec![keyed(6, "k")], EnqueueMode::FailFast, &mut fx);
+    assert_eq!(r, Ok(Enqueued::Stored));
+    assert_eq!(fx.duplicates, vec![(TaskId(6), TaskId(5))]);
+}
+
+#[test]
+fn of_two_waiting_batches_with_one_key_the_second_is_answered_the_first_once_stored() {
+    let mut q = QueueState::new(cfg(1, Order::Fifo));
+    put(&mut q, &[(1, 0)]);
+    for (putter, id) in [(1, 3), (2, 4)] {
+        let r = q.enqueue(
+            0,
+            vec![keyed(id, "k")],
+            EnqueueMode::Wait(PutterId(putter)),
+            &mut Effects::default(),
+        );
+        assert_eq!(r, Ok(Enqueued::Waiting(PutterId(putter))));
+    }
+    let fx = take_and_ack(&mut q, 1, 1);
+    // A is stored; B then fits (its task is a duplicate, taking no room)
+    // and is answered A's id: a task that exists.
+    assert_eq!(
+        fx.admitted,
+        vec![
+            Admitted {
+                id: PutterId(1),
+                duplicates: vec![]
+            },
+            Admitted {
+                id: PutterId(2),
+                duplicates: vec![(TaskId(4), TaskId(3))]
+            }
+        ]
+    );
+    assert_eq!(q.stats().ready, 1);
+    assert_eq!(q.stats().waiting_producers, 0);
 }
 
 #[test]
@@ -785,7 +868,7 @@ fn waiting_enqueues_come_before_publishers() {
     for _ in 0..3 {
         q.grant(0, ConsumerId(1), 1, &mut fx);
     }
-    assert_eq!(fx.admitted, vec![PutterId(1)]);
+    assert_eq!(admitted_ids(&fx), vec![PutterId(1)]);
     assert!(fx.granted.is_empty(), "no credit while an Enqueue waited");
     let mut fx = Effects::default();
     q.grant(0, ConsumerId(1), 1, &mut fx);
@@ -816,7 +899,7 @@ fn retract_frees_room_for_waiting_producers_and_keeps_held_keys() {
     let ids = [TaskId(1), TaskId(2)].into_iter().collect();
     assert_eq!(q.retract(0, &ids, &mut fx), 1, "only the one still queued");
     assert_eq!(
-        fx.admitted,
+        admitted_ids(&fx),
         vec![PutterId(9)],
         "its room went to the waiting producer"
     );

@@ -59,6 +59,9 @@ pub enum StorageError {
     InvalidOption { key: &'static str, reason: String },
     #[error("the log is closed")]
     Closed,
+    /// A [`Slot`](super::Slot) was dropped before it was finished.
+    #[error("a place reserved in the log was given up before it was filled")]
+    Abandoned,
     /// An `fdatasync` failed, so the log stopped taking writes: on Linux a
     /// failed sync may have dropped the dirty pages, and a later sync
     /// would report success for data that never reached the disk

@@ -228,6 +228,23 @@ impl Log {
         })
     }
 
+    /// Takes the next place in the log now, for records that will be made
+    /// later (and may be many): what is appended after this call comes
+    /// after them. Lets a caller snapshot state under its lock, take the
+    /// place there, and encode after releasing the lock. The writer waits
+    /// for the slot's records (everything behind it waits too), so fill
+    /// it promptly.
+    pub fn reserve(&self) -> Result<Slot> {
+        // One chunk in flight: the filler never runs far ahead of the disk.
+        let (tx, chunks) = mpsc::sync_channel(1);
+        let reply = self.request(|reply| Request::Slot { chunks, reply })?;
+        Ok(Slot {
+            tx: Some(tx),
+            reply,
+            max_record_bytes: self.inner.max_record_bytes,
+        })
+    }
+
     /// Makes everything appended before this call durable, whatever the
     /// fsync policy; resolves to the last sequence number written.
     pub fn flush(&self) -> impl Future<Output = Result<u64>> + Send + 'static {
@@ -269,6 +286,16 @@ impl Log {
 
     pub fn stats(&self) -> LogStats {
         self.inner.shared.snapshot()
+    }
+
+    /// Free space the log may still use: the disk's (as the filesystem
+    /// reports it to us) or what is left of the quota, whichever is less;
+    /// measured after each write.
+    pub fn free_bytes(&self) -> u64 {
+        self.inner
+            .shared
+            .free_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Faults to inject into this log's writer (tests only).
@@ -316,6 +343,47 @@ impl Log {
 
     fn send(&self, req: Request) -> Result<()> {
         self.inner.tx.send(req).map_err(|_| StorageError::Closed)
+    }
+}
+
+/// A place in the log taken by [`Log::reserve`]. Send its records with
+/// [`Slot::send`] (blocking: call it off the async runtime), then
+/// [`Slot::finish`]. Dropped unfinished, it is abandoned: what was sent
+/// stays in the log, and `finish` is never answered Ok.
+#[derive(Debug)]
+pub struct Slot {
+    tx: Option<mpsc::SyncSender<Option<Vec<Bytes>>>>,
+    reply: oneshot::Receiver<Result<u64>>,
+    max_record_bytes: usize,
+}
+
+impl Slot {
+    /// Hands the writer the next records; blocks while it is behind.
+    pub fn send(&self, records: Vec<Bytes>) -> Result<()> {
+        if let Some(r) = records.iter().find(|r| r.len() > self.max_record_bytes) {
+            return Err(StorageError::RecordTooLarge {
+                len: r.len(),
+                max: self.max_record_bytes,
+            });
+        }
+        match &self.tx {
+            Some(tx) => tx.send(Some(records)).map_err(|_| StorageError::Closed),
+            None => Err(StorageError::Closed),
+        }
+    }
+
+    /// No more records: resolves, once they are durable per the fsync
+    /// policy, to the sequence number of the last record written.
+    pub fn finish(mut self) -> impl Future<Output = Result<u64>> + Send + 'static {
+        let sent = match self.tx.take() {
+            Some(tx) => tx.send(None).map_err(|_| StorageError::Closed),
+            None => Err(StorageError::Closed),
+        };
+        let reply = self.reply;
+        async move {
+            sent?;
+            reply.await.unwrap_or(Err(StorageError::Closed))
+        }
     }
 }
 

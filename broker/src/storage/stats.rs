@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub write_errors: AtomicU64,
     pub fsync_errors: AtomicU64,
     pub stopped: AtomicBool,
+    /// Free space (disk or quota) the log may use, as last measured.
+    pub free_bytes: AtomicU64,
     pub write_latency: crate::latency::Histogram,
     pub fsync_latency: crate::latency::Histogram,
     segments: Mutex<Vec<SegmentInfo>>,

@@ -752,6 +752,38 @@ async fn appends_keeping_free_space_are_refused_first_and_others_still_fit() {
 }
 
 #[tokio::test]
+async fn a_slot_keeps_its_place_while_its_records_are_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = open(dir.path(), LogOptions::default());
+    append_each(&log, &["before"]).await;
+    let slot = log.reserve().expect("reserve");
+    // Appended after the reservation: must come after the slot's records,
+    // though they are made later.
+    let after = log.append(recs(&["after"]));
+    let filler = std::thread::spawn(move || {
+        slot.send(recs(&["s1", "s2"])).expect("send");
+        slot.send(recs(&["s3"])).expect("send");
+        slot
+    });
+    let slot = filler.join().expect("filler");
+    assert_eq!(slot.finish().await.ok(), Some(4));
+    assert_eq!(after.await.ok(), Some(5));
+
+    // An abandoned slot fails, and the log goes on.
+    let slot = log.reserve().expect("reserve");
+    let next = log.append(recs(&["next"]));
+    drop(slot);
+    assert_eq!(next.await.ok(), Some(6));
+    log.close().await.expect("close");
+    let (log, replayed) = open(dir.path(), LogOptions::default());
+    assert_eq!(
+        payloads(&replayed),
+        ["before", "s1", "s2", "s3", "after", "next"]
+    );
+    log.close().await.expect("close");
+}
+
+#[tokio::test]
 async fn creating_the_data_directory_syncs_its_parent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nested = dir.path().join("a").join("b");

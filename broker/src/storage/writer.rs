@@ -51,6 +51,12 @@ pub(crate) enum Request {
         /// `None` for `append_nowait`.
         reply: Option<Reply<u64>>,
     },
+    /// A place in line whose records arrive later, in chunks, on
+    /// `chunks` (`None`: no more); see [`Slot`](super::Slot).
+    Slot {
+        chunks: std::sync::mpsc::Receiver<Option<Vec<Bytes>>>,
+        reply: Reply<u64>,
+    },
     Flush(Reply<u64>),
     Roll(Reply<u64>),
     RemoveBefore(u64, Reply<Removed>),
@@ -146,7 +152,7 @@ impl Writer {
             }
         };
         shared.publish(&segments);
-        Ok(Writer {
+        let writer = Writer {
             dir,
             opts,
             segments,
@@ -158,7 +164,16 @@ impl Writer {
             tail_dirty: false,
             buf: Vec::new(),
             failed: None,
-        })
+        };
+        writer.measure_free();
+        Ok(writer)
+    }
+
+    /// Publishes the free space for [`Log::free_bytes`](super::Log::free_bytes).
+    fn measure_free(&self) -> u64 {
+        let free = self.free_bytes();
+        self.shared.free_bytes.store(free, Relaxed);
+        free
     }
 
     /// Serves requests until `close` or until every handle is gone, then
@@ -237,6 +252,7 @@ impl Writer {
             self.commit(&mut group);
             match other {
                 Request::Append { .. } => {}
+                Request::Slot { chunks, reply } => self.fill_slot(chunks, reply),
                 Request::Flush(reply) => {
                     let _ = reply.send(self.unless_failed(Self::flush));
                 }
@@ -280,7 +296,9 @@ impl Writer {
             records += p.records.len() as u64;
         }
         let waiting = group.iter().any(|p| p.reply.is_some());
-        match self.write_group(records, waiting) {
+        let written = self.write_group(records, waiting);
+        self.measure_free();
+        match written {
             Ok(first) => {
                 let mut seq = first;
                 for p in group.drain(..) {
@@ -361,6 +379,55 @@ impl Writer {
         Ok(first)
     }
 
+    /// Writes a slot's records as they arrive, each chunk with one write;
+    /// everything queued behind the slot waits. Answers once the last
+    /// chunk is durable per the policy.
+    fn fill_slot(
+        &mut self,
+        chunks: std::sync::mpsc::Receiver<Option<Vec<Bytes>>>,
+        reply: Reply<u64>,
+    ) {
+        if let Some(e) = &self.failed {
+            let _ = reply.send(Err(e.clone()));
+            return;
+        }
+        let mut last = self.active_meta().next_seq.saturating_sub(1);
+        loop {
+            let records = match chunks.recv() {
+                Ok(Some(records)) => records,
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = reply.send(Err(StorageError::Abandoned));
+                    return;
+                }
+            };
+            if records.is_empty() {
+                continue;
+            }
+            self.buf.clear();
+            for r in &records {
+                format::encode_frame(&mut self.buf, r);
+            }
+            let n = records.len() as u64;
+            match self.write_group(n, false) {
+                Ok(first) => last = first + n - 1,
+                Err(e) => {
+                    self.shared.write_errors.fetch_add(1, Relaxed);
+                    warn!(error = %e, "writing a reserved place in the log failed");
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let synced = if self.opts.fsync == FsyncPolicy::Always && self.unsynced {
+            self.sync()
+        } else {
+            Ok(())
+        };
+        let _ = reply.send(synced.map(|()| last));
+        self.sync_if_due();
+    }
+
     /// Answers DiskFull to the appends that would leave less free space
     /// than they asked to keep (in group order: each sees the space the
     /// ones before it take), and drops them from the group.
@@ -369,7 +436,7 @@ impl Writer {
             return;
         }
         // A roll costs a header; count it always, to err on the safe side.
-        let mut free = self.free_bytes().saturating_sub(HEADER_LEN as u64);
+        let mut free = self.measure_free().saturating_sub(HEADER_LEN as u64);
         let path = self.active_meta().path.clone();
         group.retain_mut(|p| {
             let needed = p.frame_bytes();
@@ -497,6 +564,7 @@ impl Writer {
         }
         if removed.segments > 0 {
             self.shared.publish(&self.segments);
+            self.measure_free();
             let synced = segment::sync_dir(&self.dir);
             result = result.and(synced);
         }

@@ -561,6 +561,7 @@ async fn consume(
                 lease: Some(LeaseRef {
                     task_id: task.id.clone(),
                     attempt: d.attempt,
+                    lease_token: d.lease_token.clone(),
                 }),
                 result: Bytes::new(),
             });

@@ -1,0 +1,731 @@
+//! The registry against a real log in a temporary directory, with the
+//! log's faults injected where a disk fails: what is confirmed survives
+//! a restart, what is refused is not half-done, and nothing a client can
+//! make the broker keep escapes the memory budget.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use sluice_proto::v1 as pb;
+
+use super::*;
+use crate::durable::Recovery;
+use crate::engine::NackAction;
+use crate::storage::{Log, LogOptions};
+use crate::validate::Limits;
+
+/// A broker on a log in `dir`, started from what the log holds.
+fn durable_broker(dir: &std::path::Path, options: LogOptions) -> Broker {
+    let (log, recovered) = reopen(dir, options);
+    Broker::with_log(CancellationToken::new(), Some(log), recovered, 64 << 20)
+}
+
+/// Opens the log in `dir` and replays it.
+fn reopen(dir: &std::path::Path, options: LogOptions) -> (Log, Recovery) {
+    let (log, replay) = Log::open(dir, options).expect("open");
+    let mut r = Recovery::default();
+    for item in replay {
+        let (_, bytes) = item.expect("record");
+        r.apply(&bytes).expect("decodes");
+    }
+    (log, r)
+}
+
+/// What a restart would find: closes the broker's log and replays it.
+async fn restart_view(broker: Broker, dir: &std::path::Path) -> Recovery {
+    let log = broker.log().cloned().expect("a log");
+    broker.shutdown().cancel();
+    let _ = log.close().await;
+    drop(broker);
+    // The writer releases the directory once every handle is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Log::open(dir, LogOptions::default()) {
+            Ok((log, replay)) => {
+                let mut r = Recovery::default();
+                for item in replay {
+                    r.apply(&item.expect("record").1).expect("decodes");
+                }
+                let _ = log.close().await;
+                return r;
+            }
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "log still held: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn spec(name: &str, o: pb::QueueOptions) -> QueueSpec {
+    crate::validate::queue_spec(name, Some(&o)).expect("valid spec")
+}
+
+fn durable(capacity: u64) -> pb::QueueOptions {
+    pb::QueueOptions {
+        durable: true,
+        capacity,
+        ..Default::default()
+    }
+}
+
+fn tasks(broker: &Broker, payloads: &[&str]) -> Vec<NewTask> {
+    let first = broker.task_ids(payloads.len() as u64);
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| NewTask {
+            id: TaskId(first.0 + i as u64),
+            payload: Bytes::from(p.to_string()),
+            headers: Default::default(),
+            priority: 0,
+            delay_ms: 0,
+            key: None,
+            job: None,
+        })
+        .collect()
+}
+
+fn keyed(broker: &Broker, key: &str) -> Vec<NewTask> {
+    let mut t = tasks(broker, &[key]);
+    t[0].key = Some(key.into());
+    t
+}
+
+fn payloads(r: &Recovery, queue: &str) -> Vec<String> {
+    r.queues.get(queue).map_or_else(Vec::new, |q| {
+        q.tasks
+            .values()
+            .map(|t| String::from_utf8_lossy(&t.body.payload).into_owned())
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn batches_in_flight_count_against_the_memory_budget() {
+    let broker = Broker::new(CancellationToken::new());
+    broker.set_limits(Limits {
+        max_memory_bytes: 100,
+        ..Limits::default()
+    });
+    let first = broker.reserve_memory(60).expect("fits");
+    // Not yet in any queue, but a second batch must see the first one:
+    // both would pass a check of the queued bytes alone.
+    assert!(broker.reserve_memory(60).is_err());
+    let second = broker.reserve_memory(40).expect("fits beside the first");
+    drop(first);
+    drop(second);
+    let _whole = broker.reserve_memory(100).expect("all released");
+}
+
+#[tokio::test]
+async fn a_queue_whose_definition_the_log_refused_does_not_exist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let log = broker.log().cloned().expect("log");
+    log.faults().fail_writes.store(1, Relaxed);
+    let err = broker
+        .create_queue(spec("q", durable(10)))
+        .await
+        .expect_err("the disk is full");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    assert!(
+        matches!(broker.queue("q"), Err(Error::QueueNotFound(_))),
+        "no orphan queue in memory"
+    );
+    // A retry creates it for real, and what it confirms survives.
+    let (q, created) = broker
+        .create_queue(spec("q", durable(10)))
+        .await
+        .expect("created");
+    assert!(created);
+    broker
+        .enqueue(&q, tasks(&broker, &["a"]), false, None)
+        .await
+        .expect("confirmed");
+    let r = restart_view(broker, dir.path()).await;
+    assert_eq!(payloads(&r, "q"), ["a"]);
+}
+
+#[tokio::test]
+async fn a_failed_fsync_fails_the_enqueue_and_stops_every_later_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let (q, _) = broker
+        .create_queue(spec("q", durable(10)))
+        .await
+        .expect("created");
+    broker
+        .enqueue(&q, tasks(&broker, &["before"]), false, None)
+        .await
+        .expect("confirmed");
+    broker
+        .log()
+        .expect("log")
+        .faults()
+        .fail_syncs
+        .store(1, Relaxed);
+    let err = broker
+        .enqueue(&q, tasks(&broker, &["lost"]), false, None)
+        .await
+        .expect_err("the fsync failed");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert_eq!(q.snapshot().0.ready, 1, "the refused task was taken back");
+    // The next fsync would succeed; the log must not take the chance.
+    let err = broker
+        .enqueue(&q, tasks(&broker, &["after"]), false, None)
+        .await
+        .expect_err("the log stopped");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.to_string().contains("restart the broker"), "{err}");
+    let r = restart_view(broker, dir.path()).await;
+    assert_eq!(payloads(&r, "q"), ["before"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_during_a_group_commit_confirms_none_of_the_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let (q, _) = broker
+        .create_queue(spec("q", durable(1000)))
+        .await
+        .expect("created");
+    let log = broker.log().cloned().expect("log");
+    // Slow syncs make the enqueues below pile up into groups; the first
+    // group written after the fault is armed fails half-written.
+    log.faults().slow_sync_ms.store(20, Relaxed);
+    broker
+        .enqueue(&q, tasks(&broker, &["warm-up"]), false, None)
+        .await
+        .expect("confirmed");
+    log.faults().fail_writes.store(1, Relaxed);
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let (b, q) = (broker.clone(), q.clone());
+        calls.push(tokio::spawn(async move {
+            let name = format!("t{i}");
+            let r = b.enqueue(&q, tasks(&b, &[&name]), false, None).await;
+            (name, r.map(|_| ()))
+        }));
+    }
+    let mut confirmed = vec!["warm-up".to_owned()];
+    let mut refused = 0;
+    for c in calls {
+        let (name, r) = c.await.expect("joined");
+        match r {
+            Ok(()) => confirmed.push(name),
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "the fault hit a group");
+    assert_eq!(
+        q.snapshot().0.ready,
+        confirmed.len() as u64,
+        "refused tasks were taken back"
+    );
+    let r = restart_view(broker, dir.path()).await;
+    let mut found = payloads(&r, "q");
+    found.sort();
+    confirmed.sort();
+    assert_eq!(found, confirmed, "exactly the confirmed tasks survive");
+}
+
+#[tokio::test]
+async fn a_dead_letter_move_the_log_refuses_keeps_the_task_in_its_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let dlq = broker
+        .create_queue(spec("dlq", durable(10)))
+        .await
+        .expect("dlq")
+        .0;
+    let source = pb::QueueOptions {
+        dead_letter: "dlq".into(),
+        max_attempts: Some(1),
+        ..durable(10)
+    };
+    let (q, _) = broker
+        .create_queue(spec("q", source))
+        .await
+        .expect("created");
+    broker
+        .enqueue(&q, tasks(&broker, &["doomed"]), false, None)
+        .await
+        .expect("confirmed");
+    let got = broker
+        .get(&q, 1, Duration::ZERO, String::new())
+        .await
+        .expect("get");
+    let log = broker.log().cloned().expect("log");
+    // The move is one record: refusing it refuses both halves.
+    log.faults().fail_writes.store(1, Relaxed);
+    broker.apply(&q, |sh, now, fx| {
+        sh.state
+            .nack(
+                now,
+                got[0].id,
+                got[0].attempt,
+                crate::engine::Claim::Token,
+                NackAction::DeadLetter,
+                "bad",
+                fx,
+            )
+            .expect("held")
+    });
+    log.flush().await.expect("the writer is past the move");
+    assert_eq!(dlq.snapshot().0.ready, 1, "in memory it moved");
+    let r = restart_view(broker, dir.path()).await;
+    assert_eq!(payloads(&r, "q"), ["doomed"], "not lost: back in its queue");
+    assert!(payloads(&r, "dlq").is_empty());
+}
+
+#[tokio::test]
+async fn a_dead_letter_move_is_one_record_that_replays_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    broker
+        .create_queue(spec("dlq", durable(10)))
+        .await
+        .expect("dlq");
+    let source = pb::QueueOptions {
+        dead_letter: "dlq".into(),
+        max_attempts: Some(1),
+        ..durable(10)
+    };
+    let (q, _) = broker
+        .create_queue(spec("q", source))
+        .await
+        .expect("created");
+    broker
+        .enqueue(&q, tasks(&broker, &["doomed"]), false, None)
+        .await
+        .expect("confirmed");
+    let got = broker
+        .get(&q, 1, Duration::ZERO, String::new())
+        .await
+        .expect("get");
+    broker.apply(&q, |sh, now, fx| {
+        sh.state
+            .nack(
+                now,
+                got[0].id,
+                got[0].attempt,
+                crate::engine::Claim::Token,
+                NackAction::DeadLetter,
+                "bad",
+                fx,
+            )
+            .expect("held")
+    });
+    let records_before = broker.log().expect("log").stats().records_written;
+    broker.log().expect("log").flush().await.expect("flushed");
+    let r = restart_view(broker, dir.path()).await;
+    assert!(payloads(&r, "q").is_empty());
+    assert_eq!(payloads(&r, "dlq"), ["doomed"]);
+    let moved = r.queues["dlq"].tasks.values().next().expect("a task");
+    let headers = moved.body.headers.as_deref().expect("dead-letter headers");
+    assert_eq!(headers["x-sluice-dead-reason"], "rejected");
+    assert!(records_before > 0);
+}
+
+#[tokio::test]
+async fn durable_dead_letters_go_only_to_durable_queues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    broker
+        .create_queue(spec("mem", pb::QueueOptions::default()))
+        .await
+        .expect("in memory");
+    let to_mem = pb::QueueOptions {
+        dead_letter: "mem".into(),
+        ..durable(10)
+    };
+    let err = broker
+        .create_queue(spec("q", to_mem))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // The other way round: a durable queue names a dead letter queue that
+    // does not exist yet; it may then only be created durable.
+    let to_later = pb::QueueOptions {
+        dead_letter: "later".into(),
+        ..durable(10)
+    };
+    broker
+        .create_queue(spec("q", to_later))
+        .await
+        .expect("created");
+    let err = broker
+        .create_queue(spec("later", pb::QueueOptions::default()))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("must be durable"), "{err}");
+    broker
+        .create_queue(spec("later", durable(10)))
+        .await
+        .expect("durable is fine");
+}
+
+#[tokio::test]
+async fn compaction_syncs_before_it_deletes_under_every_fsync_policy() {
+    for fsync in ["never", "interval:1h"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = LogOptions {
+            fsync: fsync.parse().expect("policy"),
+            ..LogOptions::default()
+        };
+        let broker = durable_broker(dir.path(), options.clone());
+        let (q, _) = broker
+            .create_queue(spec("q", durable(100)))
+            .await
+            .expect("created");
+        for i in 0..10 {
+            broker
+                .enqueue(&q, tasks(&broker, &[&format!("t{i}")]), false, None)
+                .await
+                .expect("confirmed");
+        }
+        let log = broker.log().cloned().expect("log");
+        // Synced now, so the roll needs no sync: the next one is the sync
+        // of the rewrite.
+        log.flush().await.expect("flush");
+        let first = log.segments()[0].first_seq;
+        // The rewrite is written but its sync fails: the old segments,
+        // the only synced copy, must stay.
+        log.faults().fail_syncs.store(1, Relaxed);
+        assert!(broker.compact().await.is_err(), "{fsync}");
+        assert_eq!(
+            log.segments()[0].first_seq,
+            first,
+            "{fsync}: nothing deleted"
+        );
+        assert!(log.segments().len() > 1, "{fsync}: the rewrite was written");
+        let r = restart_view(broker, dir.path()).await;
+        assert_eq!(payloads(&r, "q").len(), 10, "{fsync}");
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_queue_gives_its_bytes_back_to_the_budget() {
+    let broker = Broker::new(CancellationToken::new());
+    broker.set_limits(Limits {
+        max_memory_bytes: 1_000_000,
+        ..Limits::default()
+    });
+    let big = "x".repeat(600_000);
+    for name in ["a", "b", "c"] {
+        let (q, _) = broker
+            .create_queue(spec(name, pb::QueueOptions::default()))
+            .await
+            .expect("created");
+        broker
+            .enqueue(&q, tasks(&broker, &[&big]), false, None)
+            .await
+            .unwrap_or_else(|e| panic!("queue {name}: {e}"));
+        broker.delete_queue(name, false).await.expect("deleted");
+        assert_eq!(broker.held_bytes(), 0, "after deleting {name}");
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_batch_and_remembered_keys_count_in_the_budget() {
+    let broker = Broker::new(CancellationToken::new());
+    broker.set_limits(Limits {
+        max_memory_bytes: 2_000,
+        ..Limits::default()
+    });
+    let (q, _) = broker
+        .create_queue(spec(
+            "q",
+            pb::QueueOptions {
+                capacity: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("created");
+    broker
+        .enqueue(&q, tasks(&broker, &["first"]), false, None)
+        .await
+        .expect("stored");
+    // A producer waits for space with 1500 bytes: they are held.
+    let waiting = {
+        let (b, q) = (broker.clone(), q.clone());
+        let payload = "w".repeat(1500);
+        tokio::spawn(async move {
+            let t = tasks(&b, &[&payload]);
+            b.enqueue(&q, t, true, None).await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while q.snapshot().0.waiting_producers == 0 {
+        assert!(std::time::Instant::now() < deadline, "never waited");
+        tokio::task::yield_now().await;
+    }
+    let err = broker
+        .enqueue(&q, tasks(&broker, &[&"x".repeat(600)]), false, None)
+        .await
+        .expect_err("over the budget with the waiting batch");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(err.to_string().contains("--max-memory-bytes"), "{err}");
+    waiting.abort();
+    let _ = waiting.await;
+    // A key outlives its task for the window, and costs while it does.
+    let before = broker.held_bytes();
+    let (k, _) = broker
+        .create_queue(spec("k", pb::QueueOptions::default()))
+        .await
+        .expect("created");
+    broker
+        .enqueue(&k, keyed(&broker, "some-key"), false, None)
+        .await
+        .expect("stored");
+    let got = broker
+        .get(&k, 1, Duration::ZERO, String::new())
+        .await
+        .expect("get");
+    broker.apply(&k, |sh, now, fx| {
+        sh.state
+            .ack(now, got[0].id, got[0].attempt, fx)
+            .expect("held")
+    });
+    assert!(
+        broker.held_bytes() >= before + "some-key".len() as u64,
+        "the remembered key is counted"
+    );
+}
+
+#[tokio::test]
+async fn a_get_answer_fits_a_default_client() {
+    let broker = Broker::new(CancellationToken::new());
+    let (q, _) = broker
+        .create_queue(spec("q", pb::QueueOptions::default()))
+        .await
+        .expect("created");
+    let big = "x".repeat(900 << 10);
+    for _ in 0..10 {
+        broker
+            .enqueue(&q, tasks(&broker, &[&big]), false, None)
+            .await
+            .expect("stored");
+    }
+    let got = broker
+        .get(&q, 10, Duration::ZERO, String::new())
+        .await
+        .expect("get");
+    assert_eq!(got.len(), 1, "one 900 KiB task per answer");
+    let s = q.snapshot().0;
+    assert_eq!((s.ready, s.leased), (9, 1), "the rest went back, unleased");
+    assert_eq!(s.delivered_total, 1, "and uncharged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subscribes_cannot_pass_the_consumer_limit_together() {
+    let broker = Broker::new(CancellationToken::new());
+    broker.set_limits(Limits {
+        max_consumers: 10,
+        ..Limits::default()
+    });
+    let (q, _) = broker
+        .create_queue(spec("q", pb::QueueOptions::default()))
+        .await
+        .expect("created");
+    let mut joins = Vec::new();
+    for i in 0..64 {
+        let (b, q) = (broker.clone(), q.clone());
+        joins.push(tokio::spawn(async move {
+            b.add_consumer(&q, format!("c{i}"), String::new())
+                .map(|(_, rx)| rx)
+        }));
+    }
+    let mut held = Vec::new();
+    for j in joins {
+        if let Ok(rx) = j.await.expect("joined") {
+            held.push(rx);
+        }
+    }
+    assert_eq!(held.len(), 10);
+    assert_eq!(q.snapshot().0.consumers, 10);
+}
+
+#[tokio::test]
+async fn a_key_waiting_in_line_is_never_answered_before_it_is_stored() {
+    let broker = Broker::new(CancellationToken::new());
+    let (q, _) = broker
+        .create_queue(spec(
+            "q",
+            pb::QueueOptions {
+                capacity: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("created");
+    broker
+        .enqueue(&q, tasks(&broker, &["full"]), false, None)
+        .await
+        .expect("stored");
+    // A waits with key k, and gives up after a moment.
+    let a = {
+        let (b, q) = (broker.clone(), q.clone());
+        let deadline = Instant::now() + Duration::from_millis(300);
+        tokio::spawn(async move { b.enqueue(&q, keyed(&b, "k"), true, Some(deadline)).await })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while q.snapshot().0.waiting_producers == 0 {
+        assert!(std::time::Instant::now() < until, "A never waited");
+        tokio::task::yield_now().await;
+    }
+    // B with k fail-fast: the queue is full; B is not told A's id.
+    let err = broker
+        .enqueue(&q, keyed(&broker, "k"), false, None)
+        .await
+        .expect_err("full");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let a = a.await.expect("joined").expect_err("A gave up");
+    assert_eq!(a.code(), tonic::Code::DeadlineExceeded);
+    // C and D with k wait; space frees; C is stored, D is told C's id,
+    // and C's id is a task the queue really holds.
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let (b, qc) = (broker.clone(), q.clone());
+        waiters.push(tokio::spawn(async move {
+            b.enqueue(&qc, keyed(&b, "k"), true, None).await
+        }));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let n = waiters.len() as u64;
+        while q.snapshot().0.waiting_producers < n {
+            assert!(std::time::Instant::now() < until, "never waited");
+            tokio::task::yield_now().await;
+        }
+    }
+    let got = broker
+        .get(&q, 1, Duration::ZERO, String::new())
+        .await
+        .expect("get");
+    broker.apply(&q, |sh, now, fx| {
+        sh.state
+            .ack(now, got[0].id, got[0].attempt, fx)
+            .expect("held")
+    });
+    let mut answers = Vec::new();
+    for w in waiters {
+        let s = w.await.expect("joined").expect("stored");
+        let id = s
+            .duplicates
+            .first()
+            .map_or(s.first_id, |(_, holder)| *holder);
+        answers.push(id);
+    }
+    assert_eq!(answers[0], answers[1], "one task for one key");
+    let held = broker
+        .get(&q, 1, Duration::ZERO, String::new())
+        .await
+        .expect("get");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].id, answers[0], "the answered id is a stored task");
+}
+
+#[tokio::test]
+async fn compaction_counts_headers_and_does_not_run_again_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        segment_bytes: 64 << 10,
+        ..LogOptions::default()
+    };
+    let (log, recovered) = reopen(dir.path(), options);
+    let broker = Broker::with_log(CancellationToken::new(), Some(log), recovered, 64 << 10);
+    let (q, _) = broker
+        .create_queue(spec("q", durable(10_000)))
+        .await
+        .expect("created");
+    // Tiny payloads, big headers: what the old trigger did not count, so
+    // it found the log always too big and rewrote it every second.
+    for i in 0..200 {
+        let mut t = tasks(&broker, &["p"]);
+        t[0].headers
+            .insert("h".into(), format!("{i}-{}", "v".repeat(2000)));
+        broker.enqueue(&q, t, false, None).await.expect("stored");
+    }
+    assert!(!broker.compaction_due(), "all of it is live");
+    let written = broker.compact().await.expect("compacted");
+    assert!(written > 200 * 2000, "headers are in the snapshot");
+    assert!(!broker.compaction_due(), "nothing to gain right after one");
+    let r = restart_view(broker, dir.path()).await;
+    assert_eq!(payloads(&r, "q").len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_while_the_queue_serves_keeps_exactly_what_is_live() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let (q, _) = broker
+        .create_queue(spec("q", durable(100_000)))
+        .await
+        .expect("created");
+    for i in 0..2000 {
+        broker
+            .enqueue(&q, tasks(&broker, &[&format!("old{i}")]), false, None)
+            .await
+            .expect("stored");
+    }
+    // Producers and consumers keep going while the log is rewritten: the
+    // snapshot is written after the queue's lock is released, and what
+    // they log must still land after it.
+    let stop = CancellationToken::new();
+    let worker = {
+        let (b, q, stop) = (broker.clone(), q.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                let t = tasks(&b, &[&format!("new{n}")]);
+                b.enqueue(&q, t, false, None).await.expect("stored");
+                let got = b
+                    .get(&q, 2, Duration::ZERO, String::new())
+                    .await
+                    .expect("get");
+                b.apply(&q, |sh, now, fx| {
+                    for d in &got {
+                        sh.state.ack(now, d.id, d.attempt, fx).expect("held");
+                    }
+                });
+                n += 1;
+            }
+        })
+    };
+    for _ in 0..3 {
+        broker.compact().await.expect("compacted");
+    }
+    stop.cancel();
+    worker.await.expect("worker");
+    let mut live: Vec<String> = Vec::new();
+    let got = broker
+        .get(&q, 1000, Duration::ZERO, String::new())
+        .await
+        .expect("get");
+    let mut rest = got.len();
+    live.extend(
+        got.iter()
+            .map(|d| String::from_utf8_lossy(&d.body.payload).into_owned()),
+    );
+    while rest > 0 {
+        let got = broker
+            .get(&q, 1000, Duration::ZERO, String::new())
+            .await
+            .expect("get");
+        rest = got.len();
+        live.extend(
+            got.iter()
+                .map(|d| String::from_utf8_lossy(&d.body.payload).into_owned()),
+        );
+    }
+    let r = restart_view(broker, dir.path()).await;
+    let mut found = payloads(&r, "q");
+    found.sort();
+    live.sort();
+    assert_eq!(found, live);
+}
