@@ -107,3 +107,229 @@ fn an_open_broker_refuses_a_non_loopback_address() {
     assert!(err.contains("--auth-file"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+const GUARDED: &str = r#"
+[tokens.ops]
+token = "ops-0123456789abcdef"
+admin = ["*"]
+
+[tokens.payroll]
+token = "payroll-0123456789abcdef"
+produce = ["secret"]
+consume = ["secret"]
+
+[tokens.public]
+token = "public-0123456789abcdef"
+consume = ["public"]
+produce = ["public"]
+
+[tokens.colleague]
+token = "colleague-0123456789abcdef"
+consume = ["secret"]
+
+[tokens.a-admin]
+token = "a-admin-0123456789abcdef"
+admin = ["a.*"]
+
+[tokens.a-admin-b]
+token = "a-admin-b-0123456789abcdef"
+admin = ["a.*"]
+produce = ["b.*"]
+"#;
+
+async fn as_client(b: &Broker, token: &str) -> sluice_client::Client {
+    let opts = sluice_client::TlsOptions {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    sluice_client::Client::connect_with(&b.url(), &opts)
+        .await
+        .expect("connect")
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Code {
+    r.expect_err("refused").code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
+    use sluice_client::proto::{
+        AckRequest, ConsumeRequest, CreateQueueRequest, EnqueueRequest, LeaseRef, NewTask,
+        QueueOptions, SealJobRequest, Subscribe, WatchJobRequest,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, GUARDED).expect("write");
+    let b = Broker::start_on("127.0.0.1:0", &["--auth-file", &auth.display().to_string()]);
+    let ops = as_client(&b, "ops-0123456789abcdef").await;
+    for q in ["secret", "public", "b.x"] {
+        ops.create_queue(q, QueueOptions::default())
+            .await
+            .expect("create");
+    }
+
+    // Jobs: the payroll producer runs job "payroll" on queue "secret".
+    let payroll = as_client(&b, "payroll-0123456789abcdef").await.raw();
+    payroll
+        .clone()
+        .enqueue(EnqueueRequest {
+            queue: "secret".into(),
+            tasks: vec![NewTask {
+                payload: "salary of alice".into(),
+                job_id: "payroll".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    let public = as_client(&b, "public-0123456789abcdef").await.raw();
+    let watch = |job: &str| WatchJobRequest { job_id: job.into() };
+    let seal = |job: &str| SealJobRequest {
+        job_id: job.into(),
+        total: 0,
+    };
+    // A token for another queue neither reads nor seals it...
+    assert_eq!(
+        code(public.clone().watch_job(watch("payroll")).await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(public.clone().seal_job(seal("payroll")).await),
+        tonic::Code::PermissionDenied
+    );
+    // ...and an unknown job is not created by asking.
+    assert_eq!(
+        code(public.clone().watch_job(watch("nobody")).await),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        code(public.clone().seal_job(seal("nobody")).await),
+        tonic::Code::NotFound
+    );
+    // The owner seals it, and may watch it.
+    let sealed = payroll
+        .clone()
+        .seal_job(seal("payroll"))
+        .await
+        .expect("seal");
+    assert_eq!(sealed.into_inner().total, 1);
+    payroll
+        .clone()
+        .watch_job(watch("payroll"))
+        .await
+        .expect("its owner may watch");
+    // A second seal with another total is refused.
+    let other = SealJobRequest {
+        job_id: "payroll".into(),
+        total: 7,
+    };
+    assert_eq!(
+        code(payroll.clone().seal_job(other).await),
+        tonic::Code::FailedPrecondition
+    );
+
+    // Dead letters go only where the creator may produce.
+    let dl = |name: &str| CreateQueueRequest {
+        name: name.into(),
+        options: Some(QueueOptions {
+            dead_letter: "b.x".into(),
+            ..Default::default()
+        }),
+    };
+    let a_admin = as_client(&b, "a-admin-0123456789abcdef").await.raw();
+    assert_eq!(
+        code(a_admin.clone().create_queue(dl("a.x")).await),
+        tonic::Code::PermissionDenied
+    );
+    let a_admin_b = as_client(&b, "a-admin-b-0123456789abcdef").await.raw();
+    a_admin_b
+        .clone()
+        .create_queue(dl("a.x"))
+        .await
+        .expect("may produce to b.x");
+
+    // Leases: the payroll worker holds "salary of alice". A colleague who
+    // may consume the queue too cannot settle it by guessing the lease.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ConsumeRequest {
+        subscribe: Some(Subscribe {
+            queue: "secret".into(),
+            consumer_name: "payroll-worker".into(),
+        }),
+        credit: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut stream = payroll
+        .clone()
+        .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("consume")
+        .into_inner();
+    let mut delivery = None;
+    while delivery.is_none() {
+        let frame = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("in time")
+            .expect("healthy")
+            .expect("open");
+        delivery = frame.deliveries.into_iter().next();
+    }
+    let d = delivery.expect("delivered");
+    assert_eq!(d.lease_token.len(), 16, "{d:?}");
+    let colleague = as_client(&b, "colleague-0123456789abcdef").await.raw();
+    let guess = |token: &str| AckRequest {
+        queue: "secret".into(),
+        acks: vec![sluice_client::proto::AckItem {
+            lease: Some(LeaseRef {
+                task_id: d.task.as_ref().expect("task").id.clone(),
+                attempt: d.attempt,
+                lease_token: token.into(),
+            }),
+            ..Default::default()
+        }],
+    };
+    use sluice_client::proto::SettleErrorCode;
+    for (token, want) in [
+        ("", SettleErrorCode::Invalid),
+        ("0123456789abcdef", SettleErrorCode::StaleLease),
+    ] {
+        let errors = colleague
+            .clone()
+            .ack(guess(token))
+            .await
+            .expect("answered")
+            .into_inner()
+            .errors;
+        assert_eq!(errors.len(), 1, "{token:?}: refused");
+        assert_eq!(errors[0].code, want as i32, "{token:?}: {errors:?}");
+    }
+    eventually(DEADLINE, "the lease is still held", || {
+        let out = as_token(&b, "ops-0123456789abcdef", &["--json", "stats", "secret"]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .map(|v| v["stats"]["leased"] == 1)
+            .unwrap_or(false)
+    });
+    // The holder settles it on its stream, as it always could.
+    tx.send(ConsumeRequest {
+        acks: vec![sluice_client::proto::AckItem {
+            lease: Some(LeaseRef {
+                task_id: d.task.as_ref().expect("task").id.clone(),
+                attempt: d.attempt,
+                lease_token: String::new(),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    eventually(DEADLINE, "the holder acked it", || {
+        let out = as_token(&b, "ops-0123456789abcdef", &["--json", "stats", "secret"]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .map(|v| v["stats"]["acked_total"] == 1)
+            .unwrap_or(false)
+    });
+}
