@@ -57,14 +57,18 @@ impl Default for Limits {
     }
 }
 
-/// Queue names: `[A-Za-z0-9._-]{1,128}`.
-pub fn queue_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+/// Whether `name` is a valid queue name: `[A-Za-z0-9._-]{1,128}`.
+pub fn is_queue_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Queue names: `[A-Za-z0-9._-]{1,128}`.
+pub fn queue_name(name: &str) -> Result<()> {
+    if is_queue_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

@@ -1,8 +1,9 @@
 //! Tokens: no or unknown token is UNAUTHENTICATED, a known one without the
-//! right is PERMISSION_DENIED, neither tells whether a queue exists, and
-//! the CLI and worker send tokens from a file or the environment.
+//! right is PERMISSION_DENIED, neither tells whether a queue exists, the
+//! CLI and worker send tokens from a file or the environment, and an auth
+//! file that would not mean what it says stops the start.
 
-use sluice_tests::{Broker, DEADLINE, bin, cli, eventually};
+use sluice_tests::{Broker, DEADLINE, bin, broker_refuses, cli, eventually};
 
 const AUTH: &str = r#"
 [tokens.ops]
@@ -106,4 +107,64 @@ fn an_open_broker_refuses_a_non_loopback_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--auth-file"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+/// Writes `text` as an auth file and starts a broker on it, expecting a
+/// refusal: exit 2 with one `sluice-broker:` line saying why.
+fn refused_auth_file(text: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, text).expect("write");
+    let out = broker_refuses(&["--auth-file", &auth.display().to_string()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("sluice-broker: "))
+        .unwrap_or_else(|| panic!("no error line: {out:?}"))
+        .to_owned();
+    assert!(line.contains(&auth.display().to_string()), "{line}");
+    line
+}
+
+#[test]
+fn an_auth_file_with_a_secret_twice_stops_the_start() {
+    // Before, the later entry silently won: an admin became a consumer.
+    let line = refused_auth_file(
+        r#"
+[tokens.ops]
+token = "same-0123456789abcdef"
+admin = ["*"]
+
+[tokens.worker]
+token = "same-0123456789abcdef"
+consume = ["billing"]
+"#,
+    );
+    assert!(
+        line.contains(
+            "line 7: tokens.worker.token is the same secret as tokens.ops.token (line 3)"
+        ),
+        "{line}"
+    );
+    assert!(
+        !line.contains("same-0123456789abcdef"),
+        "secret shown: {line}"
+    );
+}
+
+#[test]
+fn an_auth_file_with_a_star_inside_a_pattern_stops_the_start() {
+    let line = refused_auth_file(
+        r#"
+[tokens.ingest]
+token = "ingest-0123456789abcdef"
+produce = ["ord*ers"]
+"#,
+    );
+    assert!(
+        line.contains(r#"line 4: tokens.ingest.produce: pattern "ord*ers""#),
+        "{line}"
+    );
+    assert!(line.contains("a prefix ending in *"), "{line}");
 }
