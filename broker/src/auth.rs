@@ -257,6 +257,17 @@ pub fn access<T>(req: &tonic::Request<T>) -> Access {
         .unwrap_or(Access::Open)
 }
 
+/// The token of an `authorization: Bearer <token>` value. The scheme is
+/// matched in any case: HTTP auth schemes are case-insensitive (RFC 7235
+/// section 2.1), and some clients send `bearer`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Tower layer: authenticates every request before the service sees it.
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -317,8 +328,8 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().as_bytes().to_vec());
+            .and_then(bearer_token)
+            .map(|t| t.as_bytes().to_vec());
         match presented.and_then(|t| tokens.find(&t)) {
             Some(grant) => {
                 req.extensions_mut().insert(Access::Granted(grant));
@@ -438,5 +449,15 @@ produce = ["orders.*", "billing"]
         assert!(ingest.allows(Role::Produce, "orders.eu"));
         assert!(ingest.allows(Role::Produce, "billing"));
         assert!(!ingest.allows(Role::Produce, "billing.eu"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for v in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR   tok "] {
+            assert_eq!(bearer_token(v), Some("tok"), "{v:?}");
+        }
+        for v in ["Basic tok", "Bearertok", "Bearer", "Bearer ", "tok"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 }

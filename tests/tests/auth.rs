@@ -1,7 +1,8 @@
 //! Tokens: no or unknown token is UNAUTHENTICATED, a known one without the
 //! right is PERMISSION_DENIED, neither tells whether a queue exists, the
-//! CLI and worker send tokens from a file or the environment, and an auth
-//! file that would not mean what it says stops the start.
+//! CLI and worker send tokens from a file or the environment, any gRPC
+//! client may spell the scheme `bearer`, and an auth file that would not
+//! mean what it says stops the start.
 
 use sluice_tests::{Broker, DEADLINE, bin, broker_refuses, cli, eventually};
 
@@ -167,4 +168,42 @@ produce = ["ord*ers"]
         "{line}"
     );
     assert!(line.contains("a prefix ending in *"), "{line}");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_may_be_spelled_in_any_case() {
+    use sluice_client::proto::ListQueuesRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, AUTH).expect("write");
+    let b = Broker::start_on("127.0.0.1:0", &["--auth-file", &auth.display().to_string()]);
+    // A client without a token of its own: the header is set by hand, as a
+    // gRPC client in another language would.
+    let client = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect");
+    let call = |value: String| {
+        let mut raw = client.raw();
+        async move {
+            let mut req = tonic::Request::new(ListQueuesRequest {});
+            req.metadata_mut()
+                .insert("authorization", value.parse().expect("ascii"));
+            raw.list_queues(req).await.map(|_| ()).map_err(|s| s.code())
+        }
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        assert_eq!(
+            call(format!("{scheme} ops-0123456789abcdef")).await,
+            Ok(()),
+            "{scheme}"
+        );
+    }
+    assert_eq!(
+        call("bearer nope-0123456789abcdef".into()).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    assert_eq!(
+        call("Basic ops-0123456789abcdef".into()).await,
+        Err(tonic::Code::Unauthenticated)
+    );
 }
