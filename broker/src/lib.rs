@@ -27,4 +27,5 @@ pub mod server;
 pub mod service;
 pub mod signal;
 pub mod storage;
+pub mod tls;
 pub mod validate;
