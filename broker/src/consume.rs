@@ -263,7 +263,7 @@ async fn send_all(out: &Out, frames: Vec<pb::ConsumeResponse>) -> bool {
 
 /// Payload bytes per outgoing frame, well under gRPC's common 4 MiB
 /// default receive limit. A single larger task still goes out, alone.
-const FRAME_BYTES: usize = 1024 * 1024;
+pub const FRAME_BYTES: usize = 1024 * 1024;
 
 /// Deliveries cut into frames of at most [`FRAME_BYTES`] of payload.
 #[derive(Default)]

@@ -17,6 +17,7 @@ pub mod consume;
 pub mod durable;
 pub mod engine;
 pub mod error;
+pub mod info;
 pub mod jobs;
 pub mod latency;
 pub mod metrics;

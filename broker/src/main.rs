@@ -160,7 +160,7 @@ async fn main() -> ExitCode {
         broker.clone(),
         tls,
         tokens,
-        args.max_streams_per_connection,
+        sluice_broker::info::Setup::from_args(&args),
     )
     .await;
     if let Some(log) = broker.log()
