@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The project's test command: sets up what the end-to-end tests need (a
-# Python virtualenv with grpcio and stubs generated from proto/, and the
-# Node example's packages), inside the project, without touching system
-# packages; then builds the binaries the tests start and runs every test.
+# The project's test command: checks the wire contract in proto/ (buf lint
+# and buf breaking, scripts/check-proto.sh); sets up what the end-to-end
+# tests need (a Python virtualenv with grpcio and stubs generated from
+# proto/, and the Node example's packages), inside the project, without
+# touching system packages; then builds the binaries the tests start and
+# runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# First: it takes a second, and a broken contract fails fast.
+./scripts/check-proto.sh
 
 # Python: a virtualenv under target/, stubs generated from proto/ (never
 # committed). Reused when present.

@@ -76,7 +76,9 @@ pub struct Args {
     pub shutdown_grace: std::time::Duration,
 
     /// How long a job's outcomes are kept for watchers after its last
-    /// activity (in memory; jobs do not survive a restart).
+    /// activity. A job's tasks on durable queues, their outcomes and its
+    /// seal are in the write-ahead log: such a job comes back after a
+    /// restart and goes on; the rest is kept in memory only.
     #[arg(long, env = "SLUICE_JOB_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub job_ttl: std::time::Duration,
 
@@ -153,4 +155,25 @@ pub struct Args {
         default_value_t = 65_536
     )]
     pub max_streams_per_connection: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The help once said jobs never survive a restart, while those of
+    /// durable queues do (README, "Producers and jobs").
+    #[test]
+    fn job_ttl_help_says_jobs_of_durable_queues_survive_a_restart() {
+        let cmd = Args::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "job_ttl")
+            .and_then(|a| a.get_long_help().or(a.get_help()))
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(help.contains("comes back after a"), "{help}");
+        assert!(!help.contains("do not survive"), "{help}");
+    }
 }

@@ -13,6 +13,11 @@
 //! produce = ["orders.*"]   # patterns: exact names, or a prefix ending in *
 //! ```
 //!
+//! A file the broker cannot take at its word stops the start, naming the
+//! entry and line: two entries with one secret (one of them would silently
+//! get the other's rights), or a pattern that is neither a queue name nor a
+//! prefix ending in `*` (it would silently match nothing).
+//!
 //! The token travels as `authorization: Bearer <token>`. A tower layer in
 //! front of the service resolves it (compared in constant time, never
 //! logged): none or an unknown one is UNAUTHENTICATED before any handler
@@ -20,14 +25,18 @@
 //! with [`Access::require`], before it looks the queue up, so a refusal
 //! (PERMISSION_DENIED) never tells whether the queue exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use toml::Spanned;
 use tonic::Status;
+
+use crate::validate;
 
 /// What a request may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +60,14 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenEntry {
-    token: String,
+    // Spanned: errors name the line at fault.
+    token: Spanned<String>,
     #[serde(default)]
-    admin: Vec<String>,
+    admin: Vec<Spanned<String>>,
     #[serde(default)]
-    produce: Vec<String>,
+    produce: Vec<Spanned<String>>,
     #[serde(default)]
-    consume: Vec<String>,
+    consume: Vec<Spanned<String>>,
 }
 
 /// One token's rights.
@@ -69,6 +79,26 @@ pub struct Grant {
     admin: Vec<String>,
     produce: Vec<String>,
     consume: Vec<String>,
+}
+
+/// Why `pattern` is not a queue name or a prefix ending in `*`. `matches`
+/// reads a `*` only at the end, so one elsewhere would be taken literally
+/// and match no queue: the operator meant something else.
+fn check_pattern(pattern: &str) -> Result<(), &'static str> {
+    let (fixed, prefix) = match pattern.strip_suffix('*') {
+        Some(fixed) => (fixed, true),
+        None => (pattern, false),
+    };
+    if fixed.contains('*') {
+        return Err("has a * before its end");
+    }
+    if fixed.is_empty() {
+        return if prefix { Ok(()) } else { Err("is empty") };
+    }
+    if !validate::is_queue_name(fixed) {
+        return Err("has characters a queue name cannot have, or is too long");
+    }
+    Ok(())
 }
 
 fn matches(patterns: &[String], queue: &str) -> bool {
@@ -97,28 +127,74 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Reads and checks an auth file; errors name the file and what is wrong.
+    /// Reads and checks an auth file; errors name the file, the entry, the
+    /// line and what is wrong.
     pub fn load(path: &Path) -> Result<Tokens, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read auth file {}: {e}", path.display()))?;
-        let file: File =
-            toml::from_str(&text).map_err(|e| format!("auth file {}: {e}", path.display()))?;
-        let mut grants = Vec::new();
-        for (name, t) in file.tokens {
-            if t.token.len() < 16 {
+        Tokens::parse(&text).map_err(|e| format!("auth file {}: {e}", path.display()))
+    }
+
+    fn parse(text: &str) -> Result<Tokens, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+        let line = |span: Range<usize>| {
+            1 + text
+                .get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+        };
+        // Which entry holds each secret: a repeated one would let whichever
+        // entry `find` meets last decide the rights, silently.
+        let mut holders: HashMap<&str, (&str, usize)> = HashMap::new();
+        for (name, t) in &file.tokens {
+            let at = line(t.token.span());
+            if t.token.get_ref().len() < 16 {
                 return Err(format!(
-                    "auth file {}: tokens.{name}.token is shorter than 16 characters",
-                    path.display()
+                    "line {at}: tokens.{name}.token is shorter than 16 characters"
                 ));
             }
-            grants.push(Arc::new(Grant {
-                name,
-                secret: t.token.into_bytes(),
-                admin: t.admin,
-                produce: t.produce,
-                consume: t.consume,
-            }));
+            if let Some((other, other_at)) = holders.insert(t.token.get_ref(), (name, at)) {
+                let ((a, a_at), (b, b_at)) = if other_at <= at {
+                    ((other, other_at), (name.as_str(), at))
+                } else {
+                    ((name.as_str(), at), (other, other_at))
+                };
+                return Err(format!(
+                    "line {b_at}: tokens.{b}.token is the same secret as tokens.{a}.token \
+                     (line {a_at}); give each entry its own token"
+                ));
+            }
+            for (role, patterns) in [
+                ("admin", &t.admin),
+                ("produce", &t.produce),
+                ("consume", &t.consume),
+            ] {
+                for p in patterns {
+                    check_pattern(p.get_ref()).map_err(|why| {
+                        format!(
+                            "line {}: tokens.{name}.{role}: pattern {:?} {why}; a pattern \
+                             is an exact queue name (\"orders\") or a prefix ending in * \
+                             (\"orders.*\", or \"*\" for every queue), of A-Z a-z 0-9 . _ -",
+                            line(p.span()),
+                            p.get_ref()
+                        )
+                    })?;
+                }
+            }
         }
+        let plain = |v: Vec<Spanned<String>>| v.into_iter().map(Spanned::into_inner).collect();
+        let grants = file
+            .tokens
+            .into_iter()
+            .map(|(name, t)| {
+                Arc::new(Grant {
+                    name,
+                    secret: t.token.into_inner().into_bytes(),
+                    admin: plain(t.admin),
+                    produce: plain(t.produce),
+                    consume: plain(t.consume),
+                })
+            })
+            .collect();
         Ok(Tokens { grants })
     }
 
@@ -181,6 +257,17 @@ pub fn access<T>(req: &tonic::Request<T>) -> Access {
         .unwrap_or(Access::Open)
 }
 
+/// The token of an `authorization: Bearer <token>` value. The scheme is
+/// matched in any case: HTTP auth schemes are case-insensitive (RFC 7235
+/// section 2.1), and some clients send `bearer`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// Tower layer: authenticates every request before the service sees it.
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -241,8 +328,8 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().as_bytes().to_vec());
+            .and_then(bearer_token)
+            .map(|t| t.as_bytes().to_vec());
         match presented.and_then(|t| tokens.find(&t)) {
             Some(grant) => {
                 req.extensions_mut().insert(Access::Granted(grant));
@@ -294,5 +381,83 @@ mod tests {
         assert!(t.find(b"0123456789abcdef").is_some());
         assert!(t.find(b"0123456789abcde").is_none());
         assert!(t.find(b"").is_none());
+    }
+
+    #[test]
+    fn a_secret_listed_twice_is_refused_naming_both_entries_and_lines() {
+        let text = r#"
+[tokens.ops]
+token = "0123456789abcdef"
+admin = ["*"]
+
+[tokens.billing]
+token = "0123456789abcdef"
+consume = ["billing"]
+"#;
+        let e = Tokens::parse(text).expect_err("duplicate secret");
+        assert_eq!(
+            e,
+            "line 7: tokens.billing.token is the same secret as tokens.ops.token (line 3); \
+             give each entry its own token"
+        );
+        assert!(!e.contains("0123456789abcdef"), "the secret is never shown");
+    }
+
+    #[test]
+    fn patterns_are_queue_names_or_prefixes_ending_in_a_star() {
+        for good in ["*", "orders", "orders.*", "a-b_c.9*", "o*"] {
+            assert_eq!(check_pattern(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "ord*ers",
+            "*orders",
+            "**",
+            "orders.**",
+            "",
+            "orders/*",
+            "a b",
+        ] {
+            assert!(check_pattern(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_pattern(&"x".repeat(129)).is_err());
+
+        let text = "[tokens.ingest]\ntoken = \"0123456789abcdef\"\nproduce = [\n  \"orders.*\",\n  \"ord*ers\",\n]\n";
+        let e = Tokens::parse(text).expect_err("bad pattern");
+        assert!(
+            e.starts_with(
+                "line 5: tokens.ingest.produce: pattern \"ord*ers\" has a * before its end;"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("a prefix ending in *"), "{e}");
+    }
+
+    #[test]
+    fn a_good_file_loads() {
+        let text = r#"
+[tokens.ops]
+token = "0123456789abcdef"
+admin = ["*"]
+
+[tokens.ingest]
+token = "fedcba9876543210"
+produce = ["orders.*", "billing"]
+"#;
+        let t = Tokens::parse(text).expect("valid");
+        let ingest = t.find(b"fedcba9876543210").expect("found");
+        assert_eq!(ingest.name, "ingest");
+        assert!(ingest.allows(Role::Produce, "orders.eu"));
+        assert!(ingest.allows(Role::Produce, "billing"));
+        assert!(!ingest.allows(Role::Produce, "billing.eu"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for v in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR   tok "] {
+            assert_eq!(bearer_token(v), Some("tok"), "{v:?}");
+        }
+        for v in ["Basic tok", "Bearertok", "Bearer", "Bearer ", "tok"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 }

@@ -161,7 +161,7 @@ async fn main() -> ExitCode {
         broker.clone(),
         tls,
         tokens,
-        args.max_streams_per_connection,
+        sluice_broker::info::Setup::from_args(&args),
     )
     .await;
     if let Some(log) = broker.log()
@@ -183,21 +183,10 @@ async fn main() -> ExitCode {
 }
 
 /// The TLS configuration from --tls-cert/--tls-key/--tls-client-ca, read
-/// now so a bad file is a clear error at start.
+/// and checked now so a bad file is a clear error at start.
 fn tls_config(args: &Args) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
-    let read = |p: &std::path::PathBuf, what: &str| {
-        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
-    };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(cert, "--tls-cert")?,
-        read(key, "--tls-key")?,
-    ));
-    if let Some(ca) = &args.tls_client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
-    }
-    Ok(Some(config))
+    sluice_broker::tls::server_config(cert, key, args.tls_client_ca.as_deref()).map(Some)
 }

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::info::Setup;
 use crate::registry::Broker;
 use crate::service::Service;
 use crate::validate::Limits;
@@ -24,13 +25,13 @@ pub async fn run(
     broker: Broker,
     tls: Option<tonic::transport::ServerTlsConfig>,
     tokens: Option<crate::auth::Tokens>,
-    max_streams_per_connection: u32,
+    setup: Setup,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let shutdown = broker.shutdown().clone();
     let broker_grace = broker.shutdown_grace();
-    // An enqueue batch may carry several tasks of the largest size.
-    let max_message = (limits.max_payload_bytes.saturating_mul(2) + (1 << 20)).max(16 << 20);
-    let service = Service::new(broker, limits);
+    let max_message = limits.max_message_bytes();
+    let max_streams_per_connection = setup.max_streams_per_connection;
+    let service = Service::new(broker, limits, setup);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SluiceServiceServer<Service>>().await;

@@ -22,11 +22,18 @@ use crate::validate::{self, Limits};
 pub struct Service {
     broker: Broker,
     limits: Limits,
+    /// GetBrokerInfo's answer: fixed at start, so built once.
+    info: std::sync::Arc<pb::GetBrokerInfoResponse>,
 }
 
 impl Service {
-    pub fn new(broker: Broker, limits: Limits) -> Self {
-        Service { broker, limits }
+    pub fn new(broker: Broker, limits: Limits, setup: crate::info::Setup) -> Self {
+        let info = std::sync::Arc::new(crate::info::response(&setup, &limits));
+        Service {
+            broker,
+            limits,
+            info,
+        }
     }
 
     fn queue(&self, name: &str) -> Result<std::sync::Arc<QueueHandle>, Error> {
@@ -327,6 +334,15 @@ impl SluiceService for Service {
             d.await.map_err(Error::from)?;
         }
         Ok(Response::new(pb::SealJobResponse { total }))
+    }
+
+    async fn get_broker_info(
+        &self,
+        _req: Request<pb::GetBrokerInfoRequest>,
+    ) -> Result<Response<pb::GetBrokerInfoResponse>, Status> {
+        // Names no queue, so no role to check: the auth layer already
+        // turned away a missing or unknown token.
+        Ok(Response::new(pb::GetBrokerInfoResponse::clone(&self.info)))
     }
 }
 

@@ -60,14 +60,26 @@ impl Default for Limits {
     }
 }
 
-/// Queue names: `[A-Za-z0-9._-]{1,128}`.
-pub fn queue_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+impl Limits {
+    /// Largest gRPC message the service decodes or encodes, in bytes: an
+    /// enqueue batch may carry several tasks of the largest size.
+    pub fn max_message_bytes(&self) -> usize {
+        (self.max_payload_bytes.saturating_mul(2) + (1 << 20)).max(16 << 20)
+    }
+}
+
+/// Whether `name` is a valid queue name: `[A-Za-z0-9._-]{1,128}`.
+pub fn is_queue_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Queue names: `[A-Za-z0-9._-]{1,128}`.
+pub fn queue_name(name: &str) -> Result<()> {
+    if is_queue_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

@@ -11,9 +11,9 @@ use crate::Error;
 use crate::proto::sluice_service_client::SluiceServiceClient;
 use crate::proto::{
     AckItem, AckRequest, CreateQueueRequest, DeleteQueueRequest, Delivery, EnqueueMode,
-    EnqueueRequest, EnqueueResponse, ExtendItem, ExtendLeaseRequest, GetQueueRequest, GetRequest,
-    JoinRequest, ListQueuesRequest, NackItem, NackRequest, NewTask, PurgeQueueRequest, QueueInfo,
-    QueueOptions, SettleError,
+    EnqueueRequest, EnqueueResponse, ExtendItem, ExtendLeaseRequest, GetBrokerInfoRequest,
+    GetBrokerInfoResponse, GetQueueRequest, GetRequest, JoinRequest, ListQueuesRequest, NackItem,
+    NackRequest, NewTask, PurgeQueueRequest, QueueInfo, QueueOptions, SettleError,
 };
 
 /// How long [`Client::connect`] tries to open the connection.
@@ -236,6 +236,17 @@ impl Client {
             .map_err(|s| self.error(s))?
             .into_inner();
         Ok(answer.queues)
+    }
+
+    /// The broker's version, limits in force, storage, security and
+    /// features (`GetBrokerInfo`). Any valid token may ask.
+    pub async fn broker_info(&self) -> Result<GetBrokerInfoResponse, Error> {
+        Ok(self
+            .raw()
+            .get_broker_info(GetBrokerInfoRequest {})
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner())
     }
 
     /// Deletes a queue and its tasks; answers how many unfinished tasks were

@@ -152,16 +152,7 @@ impl Broker {
     /// Starts a broker on `listen` with extra arguments; in memory unless
     /// they name a `--data-dir`.
     pub fn start_on(listen: &str, extra: &[&str]) -> Broker {
-        let mut cmd = Command::new(bin("sluice-broker"));
-        cmd.args(["--listen", listen]);
-        if !extra.contains(&"--data-dir") && !extra.contains(&"--config") {
-            cmd.arg("--in-memory");
-        }
-        cmd.args(extra)
-            .env("RUST_LOG", "sluice_broker=debug,info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        let mut proc = Proc::spawn("sluice-broker", &mut cmd);
+        let mut proc = Proc::spawn("sluice-broker", &mut broker_command(listen, extra));
         let stdout = proc.child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -244,6 +235,73 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         Proc::spawn("sluice-worker", &mut c)
+    }
+}
+
+/// `sluice-broker --listen LISTEN EXTRA...`, in memory unless `extra`
+/// names a `--data-dir` or `--config`, stdout piped.
+fn broker_command(listen: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("sluice-broker"));
+    cmd.args(["--listen", listen]);
+    if !extra.contains(&"--data-dir") && !extra.contains(&"--config") {
+        cmd.arg("--in-memory");
+    }
+    cmd.args(extra)
+        .env("RUST_LOG", "sluice_broker=debug,info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    cmd
+}
+
+/// How a broker that refused to start ended.
+#[derive(Debug)]
+pub struct Refused {
+    /// Its exit code (None: killed by a signal).
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+/// Runs `sluice-broker --listen 127.0.0.1:0 EXTRA...` (in memory unless
+/// `extra` names a `--data-dir` or `--config`) expecting it to refuse to
+/// start. Fails the test as soon as it prints `listening on` (it took the
+/// configuration), or if it has not exited within the deadline.
+pub fn broker_refuses(extra: &[&str]) -> Refused {
+    let mut proc = Proc::spawn("sluice-broker", &mut broker_command("127.0.0.1:0", extra));
+    let stdout = proc.child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + DEADLINE;
+    let mut exited = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) => assert!(
+                !line.starts_with("listening on"),
+                "the broker started ({line:?}) instead of refusing {extra:?}; stderr: {}",
+                proc.stderr_log()
+            ),
+            // Every line read and the broker gone.
+            Err(mpsc::RecvTimeoutError::Disconnected) if exited.is_some() => break,
+            // Stdout closed: the exit is a moment away; poll for it.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if exited.is_none() {
+            exited = proc.child.try_wait().unwrap();
+        }
+        assert!(
+            Instant::now() < end,
+            "sluice-broker {extra:?} neither refused nor started within {DEADLINE:?}"
+        );
+    }
+    Refused {
+        code: exited.and_then(|s| s.code()),
+        stderr: proc.stderr_log(),
     }
 }
 

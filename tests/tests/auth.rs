@@ -1,8 +1,10 @@
 //! Tokens: no or unknown token is UNAUTHENTICATED, a known one without the
-//! right is PERMISSION_DENIED, neither tells whether a queue exists, and
-//! the CLI and worker send tokens from a file or the environment.
+//! right is PERMISSION_DENIED, neither tells whether a queue exists, the
+//! CLI and worker send tokens from a file or the environment, any gRPC
+//! client may spell the scheme `bearer`, and an auth file that would not
+//! mean what it says stops the start.
 
-use sluice_tests::{Broker, DEADLINE, bin, cli, eventually};
+use sluice_tests::{Broker, DEADLINE, bin, broker_refuses, cli, eventually};
 
 const AUTH: &str = r#"
 [tokens.ops]
@@ -332,4 +334,102 @@ async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
             .map(|v| v["stats"]["acked_total"] == 1)
             .unwrap_or(false)
     });
+}
+
+/// Writes `text` as an auth file and starts a broker on it, expecting a
+/// refusal: exit 2 with one `sluice-broker:` line saying why.
+fn refused_auth_file(text: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, text).expect("write");
+    let out = broker_refuses(&["--auth-file", &auth.display().to_string()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("sluice-broker: "))
+        .unwrap_or_else(|| panic!("no error line: {out:?}"))
+        .to_owned();
+    assert!(line.contains(&auth.display().to_string()), "{line}");
+    line
+}
+
+#[test]
+fn an_auth_file_with_a_secret_twice_stops_the_start() {
+    // Before, the later entry silently won: an admin became a consumer.
+    let line = refused_auth_file(
+        r#"
+[tokens.ops]
+token = "same-0123456789abcdef"
+admin = ["*"]
+
+[tokens.worker]
+token = "same-0123456789abcdef"
+consume = ["billing"]
+"#,
+    );
+    assert!(
+        line.contains(
+            "line 7: tokens.worker.token is the same secret as tokens.ops.token (line 3)"
+        ),
+        "{line}"
+    );
+    assert!(
+        !line.contains("same-0123456789abcdef"),
+        "secret shown: {line}"
+    );
+}
+
+#[test]
+fn an_auth_file_with_a_star_inside_a_pattern_stops_the_start() {
+    let line = refused_auth_file(
+        r#"
+[tokens.ingest]
+token = "ingest-0123456789abcdef"
+produce = ["ord*ers"]
+"#,
+    );
+    assert!(
+        line.contains(r#"line 4: tokens.ingest.produce: pattern "ord*ers""#),
+        "{line}"
+    );
+    assert!(line.contains("a prefix ending in *"), "{line}");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_may_be_spelled_in_any_case() {
+    use sluice_client::proto::ListQueuesRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, AUTH).expect("write");
+    let b = Broker::start_on("127.0.0.1:0", &["--auth-file", &auth.display().to_string()]);
+    // A client without a token of its own: the header is set by hand, as a
+    // gRPC client in another language would.
+    let client = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect");
+    let call = |value: String| {
+        let mut raw = client.raw();
+        async move {
+            let mut req = tonic::Request::new(ListQueuesRequest {});
+            req.metadata_mut()
+                .insert("authorization", value.parse().expect("ascii"));
+            raw.list_queues(req).await.map(|_| ()).map_err(|s| s.code())
+        }
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        assert_eq!(
+            call(format!("{scheme} ops-0123456789abcdef")).await,
+            Ok(()),
+            "{scheme}"
+        );
+    }
+    assert_eq!(
+        call("bearer nope-0123456789abcdef".into()).await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    assert_eq!(
+        call("Basic ops-0123456789abcdef".into()).await,
+        Err(tonic::Code::Unauthenticated)
+    );
 }

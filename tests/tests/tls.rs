@@ -1,13 +1,13 @@
 //! TLS: the broker serves https with its certificate, clients trust it with
-//! --ca-cert, and with --tls-client-ca only clients with a certificate from
-//! that CA get in.
+//! --ca-cert, with --tls-client-ca only clients with a certificate from
+//! that CA get in, and a key that is not the certificate's stops the start.
 
 use std::path::Path;
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
-use sluice_tests::{Broker, DEADLINE, cli, eventually, num};
+use sluice_tests::{Broker, DEADLINE, broker_refuses, cli, eventually, num};
 
 struct Pki {
     ca: Certificate,
@@ -136,4 +136,18 @@ fn mutual_tls_lets_in_only_clients_with_a_certificate_from_the_ca() {
         None,
     );
     assert_eq!(with.code, 0, "{with:?}");
+}
+
+#[test]
+fn a_key_that_is_not_the_certificates_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new();
+    let (cert, _) = pki.leaf(dir.path(), "server", ExtendedKeyUsagePurpose::ServerAuth);
+    let (_, other_key) = pki.leaf(dir.path(), "other", ExtendedKeyUsagePurpose::ServerAuth);
+    // Before, the broker printed `listening on`, then stopped with a bare
+    // "transport error" (exit 1) naming neither file.
+    let out = broker_refuses(&["--tls-cert", &cert, "--tls-key", &other_key]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let want = format!("sluice-broker: --tls-key {other_key} does not match --tls-cert {cert}");
+    assert!(out.stderr.contains(&want), "{out:?}");
 }

@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use sluice_client::proto::{ConsumerInfo, QueueInfo};
+use sluice_client::proto::{ConsumerInfo, GetBrokerInfoResponse, QueueInfo};
 
-use super::json::order_name;
+use super::json::{fsync_name, order_name};
 
 /// A table whose columns are as wide as their widest cell, two spaces
 /// apart, the last column unpadded.
@@ -116,6 +116,72 @@ pub fn queue_list(queues: &[QueueInfo]) -> String {
         ]);
     }
     table.render("")
+}
+
+/// `sluice info`: version and set-up, then the limits by the flag that
+/// sets each.
+pub fn broker_info(i: &GetBrokerInfoResponse) -> String {
+    let mut out = format!("sluice-broker {} ({})\n", i.version, i.build);
+    let storage = match fsync_name(i.fsync) {
+        _ if i.in_memory => "in memory (durable queues refused)".to_owned(),
+        Some("interval") => format!("write-ahead log, fsync every {}", ms(i.fsync_interval_ms)),
+        Some(policy) => format!("write-ahead log, fsync {policy}"),
+        None => "write-ahead log".to_owned(),
+    };
+    let tls = match (i.tls, i.tls_client_certificates) {
+        (false, _) => "off",
+        (true, false) => "on",
+        (true, true) => "on, client certificates required",
+    };
+    let lines = [
+        ("storage", storage),
+        (
+            "auth",
+            if i.auth { "tokens required" } else { "open" }.to_owned(),
+        ),
+        ("tls", tls.to_owned()),
+        ("features", i.features.join(" ")),
+    ];
+    for (label, value) in lines {
+        let _ = writeln!(out, "  {label:<10}{value}");
+    }
+    let l = i.limits.unwrap_or_default();
+    let none_if_0 = |n: u64| {
+        if n == 0 {
+            "none".to_owned()
+        } else {
+            n.to_string()
+        }
+    };
+    out.push('\n');
+    let mut table = Table::new(&["limit", "value"]);
+    for (name, value) in [
+        ("--max-payload-bytes", l.max_payload_bytes.to_string()),
+        ("--max-memory-bytes", l.max_memory_bytes.to_string()),
+        ("--max-queues", l.max_queues.to_string()),
+        (
+            "--max-consumers-per-queue",
+            l.max_consumers_per_queue.to_string(),
+        ),
+        ("--max-consumers", l.max_consumers.to_string()),
+        ("--max-credit", l.max_credit.to_string()),
+        ("--max-batch", l.max_batch.to_string()),
+        (
+            "--max-streams-per-connection",
+            l.max_streams_per_connection.to_string(),
+        ),
+        ("--max-disk-bytes", none_if_0(l.max_disk_bytes)),
+        ("request bytes", l.max_request_bytes.to_string()),
+        ("response bytes", l.max_response_bytes.to_string()),
+        (
+            "consume frame payload bytes",
+            l.consume_frame_payload_bytes.to_string(),
+        ),
+    ] {
+        table.row(vec![name.to_owned(), value]);
+    }
+    out.push_str(&table.render("  "));
+    out
 }
 
 /// `queue show`: options, then what `stats` shows.

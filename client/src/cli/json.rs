@@ -4,7 +4,8 @@
 
 use serde_json::{Map, Value, json};
 use sluice_client::proto::{
-    ConsumerInfo, Delivery, QueueInfo, QueueOptions, QueueOrder, QueueStats,
+    BrokerLimits, ConsumerInfo, Delivery, FsyncPolicy, GetBrokerInfoResponse, QueueInfo,
+    QueueOptions, QueueOrder, QueueStats,
 };
 
 /// A queue's short order name: "fifo", "lifo" or "priority".
@@ -16,6 +17,53 @@ pub fn order_name(order: i32) -> &'static str {
         // shown as FIFO rather than failing the whole listing.
         Ok(QueueOrder::Fifo | QueueOrder::Unspecified) | Err(_) => "fifo",
     }
+}
+
+/// The fsync policy's short name ("always", "interval", "never"), or
+/// None for a broker without a log (in memory).
+pub fn fsync_name(fsync: i32) -> Option<&'static str> {
+    match FsyncPolicy::try_from(fsync) {
+        Ok(FsyncPolicy::Always) => Some("always"),
+        Ok(FsyncPolicy::Interval) => Some("interval"),
+        Ok(FsyncPolicy::Never) => Some("never"),
+        // Unspecified: in memory. An unknown value from a newer broker is
+        // shown as unknown rather than failing the command.
+        Ok(FsyncPolicy::Unspecified) => None,
+        Err(_) => Some("unknown"),
+    }
+}
+
+/// `sluice info`: the broker's version, limits, set-up and features.
+pub fn broker_info(i: &GetBrokerInfoResponse) -> Value {
+    json!({
+        "version": i.version,
+        "build": i.build,
+        "limits": i.limits.as_ref().map_or(Value::Null, limits),
+        "in_memory": i.in_memory,
+        "fsync": fsync_name(i.fsync),
+        "fsync_interval_ms": i.fsync_interval_ms,
+        "auth": i.auth,
+        "tls": i.tls,
+        "tls_client_certificates": i.tls_client_certificates,
+        "features": i.features,
+    })
+}
+
+fn limits(l: &BrokerLimits) -> Value {
+    json!({
+        "max_payload_bytes": l.max_payload_bytes,
+        "max_memory_bytes": l.max_memory_bytes,
+        "max_queues": l.max_queues,
+        "max_consumers_per_queue": l.max_consumers_per_queue,
+        "max_consumers": l.max_consumers,
+        "max_credit": l.max_credit,
+        "max_batch": l.max_batch,
+        "max_request_bytes": l.max_request_bytes,
+        "max_response_bytes": l.max_response_bytes,
+        "consume_frame_payload_bytes": l.consume_frame_payload_bytes,
+        "max_streams_per_connection": l.max_streams_per_connection,
+        "max_disk_bytes": l.max_disk_bytes,
+    })
 }
 
 /// Everything known about a queue.

@@ -6,7 +6,8 @@
 //! - `batch.rs`    — cutting payloads into Enqueue batches;
 //! - `progress.rs` — the enqueue progress bar;
 //! - `json.rs`, `human.rs` — the two output formats;
-//! - `queue.rs`, `enqueue.rs`, `get.rs`, `join.rs`, `stats.rs` — commands.
+//! - `queue.rs`, `enqueue.rs`, `get.rs`, `join.rs`, `stats.rs`, `info.rs`
+//!   — commands.
 
 mod batch;
 mod bench;
@@ -15,6 +16,7 @@ mod enqueue;
 pub mod exit;
 mod get;
 mod human;
+mod info;
 mod join;
 mod json;
 mod parse;
@@ -113,6 +115,11 @@ enum Command {
     /// A watcher that connects late first gets what already happened. Exit
     /// 1 when any task of the job failed.
     Watch(watch::WatchArgs),
+    /// Show the broker's version, limits, storage, security and features.
+    ///
+    /// With --json, the limits are numbers under "limits", named as in the
+    /// proto's BrokerLimits; scripts can fit their batches to max_batch.
+    Info,
     /// Dead letter queues: move dead tasks back to work.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -180,6 +187,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Command::Stats(cmd) => stats::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Watch(cmd) => watch::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Dlq(cmd) => dlq::run(&connect(&broker, &tls).await?, cmd, json).await,
+        Command::Info => info::run(&connect(&broker, &tls).await?, json).await,
         Command::Bench(cmd) => bench::run(&broker, cmd, json).await,
         Command::BenchBaselineServer => bench::serve_baseline().await,
     }

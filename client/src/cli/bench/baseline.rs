@@ -252,4 +252,11 @@ impl SluiceService for Baseline {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+
+    async fn get_broker_info(
+        &self,
+        _: Request<sluice_client::proto::GetBrokerInfoRequest>,
+    ) -> Result<Response<sluice_client::proto::GetBrokerInfoResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }

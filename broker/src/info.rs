@@ -1,0 +1,115 @@
+//! `GetBrokerInfo`: what the broker tells tools about itself — version,
+//! limits, storage, security, features. Gathered once at start ([`Setup`]
+//! from the command line, plus the [`Limits`]); nothing here changes while
+//! it runs.
+
+use sluice_proto::v1 as pb;
+
+use crate::args::Args;
+use crate::storage::FsyncPolicy;
+use crate::validate::Limits;
+
+/// How the broker was started, beyond its [`Limits`].
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// `--in-memory`: no log, durable queues refused.
+    pub in_memory: bool,
+    pub fsync: FsyncPolicy,
+    pub max_disk_bytes: Option<u64>,
+    /// Tokens required (`--auth-file`).
+    pub auth: bool,
+    pub tls: bool,
+    /// Mutual TLS (`--tls-client-ca`).
+    pub tls_client_certificates: bool,
+    pub max_streams_per_connection: u32,
+}
+
+impl Setup {
+    pub fn from_args(args: &Args) -> Setup {
+        Setup {
+            in_memory: args.in_memory,
+            fsync: args.fsync,
+            max_disk_bytes: args.max_disk_bytes,
+            auth: args.auth_file.is_some(),
+            tls: args.tls_cert.is_some(),
+            tls_client_certificates: args.tls_cert.is_some() && args.tls_client_ca.is_some(),
+            max_streams_per_connection: args.max_streams_per_connection,
+        }
+    }
+}
+
+/// What this version serves whatever its flags; the proto lists each
+/// name's meaning. Only "durable" depends on the set-up.
+const FEATURES: &[&str] = &[
+    "enqueue",
+    "publish",
+    "consume",
+    "get",
+    "join",
+    "jobs",
+    "delay",
+    "priority",
+    "idempotency-keys",
+    "dead-letter",
+    "health",
+    "reflection",
+];
+
+/// The answer to `GetBrokerInfo`.
+pub fn response(setup: &Setup, limits: &Limits) -> pb::GetBrokerInfoResponse {
+    let (fsync, fsync_interval_ms) = match (setup.in_memory, setup.fsync) {
+        (true, _) => (pb::FsyncPolicy::Unspecified, 0),
+        (false, FsyncPolicy::Always) => (pb::FsyncPolicy::Always, 0),
+        (false, FsyncPolicy::Never) => (pb::FsyncPolicy::Never, 0),
+        (false, FsyncPolicy::Interval(d)) => (
+            pb::FsyncPolicy::Interval,
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        ),
+    };
+    let mut features: Vec<String> = FEATURES.iter().map(|f| (*f).to_owned()).collect();
+    if !setup.in_memory {
+        features.push("durable".to_owned());
+    }
+    let max_message = limits.max_message_bytes() as u64;
+    pb::GetBrokerInfoResponse {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        // No git commit: that needs a build script, and the version names
+        // the release. The profile explains a slow broker; arch and OS
+        // come free from std.
+        build: format!(
+            "{} {} {}",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        ),
+        limits: Some(pb::BrokerLimits {
+            max_payload_bytes: limits.max_payload_bytes as u64,
+            max_memory_bytes: limits.max_memory_bytes,
+            max_queues: limits.max_queues as u64,
+            max_consumers_per_queue: limits.max_consumers_per_queue,
+            max_consumers: limits.max_consumers,
+            max_credit: limits.max_credit,
+            max_batch: limits.max_batch as u64,
+            max_request_bytes: max_message,
+            max_response_bytes: max_message,
+            consume_frame_payload_bytes: crate::registry::FRAME_BYTES as u64,
+            max_streams_per_connection: setup.max_streams_per_connection,
+            max_disk_bytes: if setup.in_memory {
+                0
+            } else {
+                setup.max_disk_bytes.unwrap_or(0)
+            },
+        }),
+        in_memory: setup.in_memory,
+        fsync: fsync as i32,
+        fsync_interval_ms,
+        auth: setup.auth,
+        tls: setup.tls,
+        tls_client_certificates: setup.tls_client_certificates,
+        features,
+    }
+}
