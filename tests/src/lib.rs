@@ -49,6 +49,21 @@ pub fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) 
     panic!("timed out after {within:?} waiting for: {what}");
 }
 
+/// Whether process `pid` is alive: it exists and is not a zombie. A
+/// process whose parent died is reaped by init (or a subreaper) in its own
+/// time, so a zombie counts as dead.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ...": comm may hold spaces and parentheses, so the
+    // state is the first field after the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
 /// A child process killed (SIGKILL) and reaped on drop. Its stderr is kept
 /// in a file and printed if the test is failing, to explain the failure.
 pub struct Proc {
