@@ -7,7 +7,7 @@ use sluice_tests::{Broker, DEADLINE, eventually, num};
 
 /// Takes one task with `sluice get` and returns its payload.
 fn get(b: &Broker, q: &str) -> String {
-    b.ok(&["get", q])
+    b.ok(&["get", "--raw", q])
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn join_returns_only_after_the_last_task_is_acked() {
 
     // The lease expires, the task is back; acking it drains the queue.
     let again = b.ok(&["get", "q", "--wait", "10s"]);
-    assert_eq!(again, "b");
+    assert_eq!(again, "b\n");
     assert_eq!(join.wait_exit(DEADLINE), Some(0));
     assert_eq!(num(&b.stats("q"), &["stats", "unfinished"]), 0);
     // Join on a drained queue returns at once.
@@ -159,8 +159,29 @@ fn get_waits_for_a_task_enqueued_later() {
         .expect("piped")
         .read_to_string(&mut out)
         .expect("read");
-    assert_eq!(out, "hello");
+    assert_eq!(out, "hello\n");
     assert_eq!(num(&b.stats("q"), &["stats", "consumers"]), 0);
+}
+
+#[test]
+fn get_ends_the_payload_with_a_line_break_unless_raw() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q"]);
+    b.ok(&["enqueue", "q", "one", "two", "three\n", "", "raw"]);
+    // A shell loop of gets prints one line per task, not one glued line.
+    assert_eq!(b.ok(&["get", "q"]), "one\n");
+    assert_eq!(b.ok(&["get", "q"]), "two\n");
+    // Always one added, so stripping one gives the payload back.
+    assert_eq!(b.ok(&["get", "q"]), "three\n\n");
+    assert_eq!(b.ok(&["get", "q"]), "\n");
+    assert_eq!(b.ok(&["get", "q", "--raw"]), "raw");
+
+    // --raw is about the payload's bytes; JSON has its own framing.
+    b.ok(&["enqueue", "q", "x"]);
+    let out = b.cli(&["--json", "get", "q", "--raw"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 1, "nothing taken");
 }
 
 #[test]
@@ -185,7 +206,7 @@ fn stdin_enqueue_sends_one_task_per_line() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout.lines().count(), 120);
     let got = drain.join().expect("drain thread");
-    let want: Vec<String> = (0..120).map(|i| format!("line-{i}")).collect();
+    let want: Vec<String> = (0..120).map(|i| format!("line-{i}\n")).collect();
     assert_eq!(got, want, "FIFO across batches");
     assert_eq!(consumer.wait_exit(DEADLINE), Some(0));
 }
