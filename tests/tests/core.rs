@@ -1,9 +1,10 @@
 //! The broker core as a user drives it with the `sluice` CLI: order,
 //! capacity and waiting producers, join, errors, and Get leases.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use sluice_tests::{Broker, DEADLINE, eventually, num};
+use sluice_tests::{Broker, Collected, DEADLINE, eventually, num};
 
 /// Takes one task with `sluice get` and returns its payload.
 fn get(b: &Broker, q: &str) -> String {
@@ -71,6 +72,69 @@ fn full_queue_pauses_a_waiting_producer_until_get_frees_a_slot() {
     assert_eq!(num(&s, &["stats", "ready"]), 2);
     assert_eq!(num(&s, &["stats", "waiting_producers"]), 0);
     assert_eq!([get(&b, "q"), get(&b, "q")], ["b", "c"]);
+}
+
+#[test]
+fn a_bulk_enqueue_into_a_full_queue_says_it_waits_for_space() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "5"]);
+    let lines: String = (0..20).map(|i| format!("t{i}\n")).collect();
+    let mut enqueue = b.cli_spawn_stdin(&["enqueue", "q"], &lines);
+    let stdout = Collected::from(enqueue.child.stdout.take().expect("piped"));
+
+    // Blocked after 5: it says so on stderr, with the numbers and a hint...
+    eventually(DEADLINE, "enqueue says it waits for space", || {
+        enqueue.stderr_log().contains("waiting for space")
+    });
+    let said = enqueue.stderr_log();
+    assert!(said.contains("(5/5 tasks)"), "{said}");
+    assert!(said.contains("start a worker"), "{said}");
+    assert_eq!(said.lines().count(), 1, "one line, not a stream: {said}");
+    assert!(enqueue.running());
+    // ...and the ids of what is stored are out already, while it waits.
+    eventually(DEADLINE, "the 5 stored ids on stdout", || {
+        stdout.text().lines().count() == 5
+    });
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 5);
+
+    // A worker makes room: the rest goes in, and stdout holds only ids.
+    let _w = b.worker("q", &[], &["cat"]);
+    assert_eq!(
+        enqueue.wait_exit(DEADLINE),
+        Some(0),
+        "{}",
+        enqueue.stderr_log()
+    );
+    eventually(DEADLINE, "all 20 ids on stdout", || {
+        stdout.text().lines().count() == 20
+    });
+    let ids = stdout.text();
+    let unique: HashSet<&str> = ids.lines().collect();
+    assert_eq!(unique.len(), 20, "{ids}");
+    assert!(
+        ids.lines()
+            .all(|id| id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit())),
+        "{ids}"
+    );
+    b.wait_stat("q", "acked_total", 20);
+}
+
+#[test]
+fn a_single_enqueue_into_a_full_queue_says_it_waits_for_space() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "1"]);
+    b.ok(&["enqueue", "q", "a"]);
+    let mut waiting = b.cli_spawn(&["enqueue", "q", "b"]);
+    eventually(DEADLINE, "enqueue says it waits for space", || {
+        waiting.stderr_log().contains("waiting for space")
+    });
+    assert!(
+        waiting.stderr_log().contains("(1/1 tasks)"),
+        "{}",
+        waiting.stderr_log()
+    );
+    assert_eq!(get(&b, "q"), "a");
+    assert_eq!(waiting.wait_exit(DEADLINE), Some(0));
 }
 
 #[test]

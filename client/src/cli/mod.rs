@@ -97,7 +97,9 @@ enum Command {
     /// Add tasks to a queue and print their ids.
     ///
     /// One task per PAYLOAD argument or, with none, per line of stdin, sent
-    /// in batches. Waits while the queue is full, unless --no-wait.
+    /// in batches. Waits while the queue is full, unless --no-wait; after a
+    /// second of waiting it says so on stderr, with the queue's depth and
+    /// capacity. Ids go to stdout as tasks are stored.
     Enqueue(enqueue::EnqueueArgs),
     /// Take one task, print its payload, ack it.
     ///
