@@ -141,6 +141,20 @@ impl Publisher {
         Ok(())
     }
 
+    /// Waits up to `within` for credit: true once there is some, false if
+    /// the time passed first, so a caller can tell its user it is waiting
+    /// for space and go on waiting. The time counts in
+    /// [`Publisher::waited`].
+    pub async fn wait_credit_for(&mut self, within: Duration) -> Result<bool, Error> {
+        let started = Instant::now();
+        let got = tokio::time::timeout(within, self.wait_credit()).await;
+        self.waited += started.elapsed();
+        match got {
+            Ok(r) => r.map(|()| true),
+            Err(_elapsed) => Ok(false),
+        }
+    }
+
     /// Waits until the broker granted some credit (or ended the stream).
     async fn wait_credit(&self) -> Result<(), Error> {
         loop {

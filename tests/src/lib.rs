@@ -49,6 +49,21 @@ pub fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) 
     panic!("timed out after {within:?} waiting for: {what}");
 }
 
+/// Whether process `pid` is alive: it exists and is not a zombie. A
+/// process whose parent died is reaped by init (or a subreaper) in its own
+/// time, so a zombie counts as dead.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ...": comm may hold spaces and parentheses, so the
+    // state is the first field after the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
 /// A child process killed (SIGKILL) and reaped on drop. Its stderr is kept
 /// in a file and printed if the test is failing, to explain the failure.
 pub struct Proc {
@@ -208,6 +223,26 @@ impl Broker {
         Proc::spawn("sluice", &mut cmd)
     }
 
+    /// Starts the CLI in the background with `input` on its stdin (written
+    /// from a thread, so a CLI that stops reading does not block the test).
+    /// Its stdout is piped: read it with [`Collected`], or after it exited
+    /// when it prints little.
+    pub fn cli_spawn_stdin(&self, args: &[&str], input: &str) -> Proc {
+        let mut cmd = Command::new(bin("sluice"));
+        cmd.arg("--broker")
+            .arg(self.url())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut proc = Proc::spawn("sluice", &mut cmd);
+        let mut stdin = proc.child.stdin.take().unwrap();
+        let input = input.to_owned();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        proc
+    }
+
     /// `sluice stats QUEUE --json`.
     pub fn stats(&self, queue: &str) -> Value {
         let out = self.ok(&["--json", "stats", queue]);
@@ -302,6 +337,35 @@ pub fn broker_refuses(extra: &[&str]) -> Refused {
     Refused {
         code: exited.and_then(|s| s.code()),
         stderr: proc.stderr_log(),
+    }
+}
+
+/// What a pipe has yielded so far, read by a background thread: to poll a
+/// running process's output (a [`Proc`]'s stderr is in
+/// [`Proc::stderr_log`] already).
+#[derive(Clone, Default)]
+pub struct Collected(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Collected {
+    /// Starts reading `pipe` until its end.
+    pub fn from(mut pipe: impl Read + Send + 'static) -> Collected {
+        let collected = Collected::default();
+        let buf = collected.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.0.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        collected
+    }
+
+    /// Everything read so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 

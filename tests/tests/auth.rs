@@ -72,7 +72,7 @@ fn tokens_and_roles_decide_who_may_do_what() {
         "{list}"
     );
     let got = as_token(&b, reader, &["get", "orders.eu"]);
-    assert_eq!((got.code, got.stdout.as_str()), (0, "x"), "{got:?}");
+    assert_eq!((got.code, got.stdout.as_str()), (0, "x\n"), "{got:?}");
 
     // From a file, as scripts should.
     let token_file = dir.path().join("token");

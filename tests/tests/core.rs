@@ -1,13 +1,14 @@
 //! The broker core as a user drives it with the `sluice` CLI: order,
 //! capacity and waiting producers, join, errors, and Get leases.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use sluice_tests::{Broker, DEADLINE, eventually, num};
+use sluice_tests::{Broker, Collected, DEADLINE, eventually, num};
 
 /// Takes one task with `sluice get` and returns its payload.
 fn get(b: &Broker, q: &str) -> String {
-    b.ok(&["get", q])
+    b.ok(&["get", "--raw", q])
 }
 
 #[test]
@@ -74,6 +75,69 @@ fn full_queue_pauses_a_waiting_producer_until_get_frees_a_slot() {
 }
 
 #[test]
+fn a_bulk_enqueue_into_a_full_queue_says_it_waits_for_space() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "5"]);
+    let lines: String = (0..20).map(|i| format!("t{i}\n")).collect();
+    let mut enqueue = b.cli_spawn_stdin(&["enqueue", "q"], &lines);
+    let stdout = Collected::from(enqueue.child.stdout.take().expect("piped"));
+
+    // Blocked after 5: it says so on stderr, with the numbers and a hint...
+    eventually(DEADLINE, "enqueue says it waits for space", || {
+        enqueue.stderr_log().contains("waiting for space")
+    });
+    let said = enqueue.stderr_log();
+    assert!(said.contains("(5/5 tasks)"), "{said}");
+    assert!(said.contains("start a worker"), "{said}");
+    assert_eq!(said.lines().count(), 1, "one line, not a stream: {said}");
+    assert!(enqueue.running());
+    // ...and the ids of what is stored are out already, while it waits.
+    eventually(DEADLINE, "the 5 stored ids on stdout", || {
+        stdout.text().lines().count() == 5
+    });
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 5);
+
+    // A worker makes room: the rest goes in, and stdout holds only ids.
+    let _w = b.worker("q", &[], &["cat"]);
+    assert_eq!(
+        enqueue.wait_exit(DEADLINE),
+        Some(0),
+        "{}",
+        enqueue.stderr_log()
+    );
+    eventually(DEADLINE, "all 20 ids on stdout", || {
+        stdout.text().lines().count() == 20
+    });
+    let ids = stdout.text();
+    let unique: HashSet<&str> = ids.lines().collect();
+    assert_eq!(unique.len(), 20, "{ids}");
+    assert!(
+        ids.lines()
+            .all(|id| id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit())),
+        "{ids}"
+    );
+    b.wait_stat("q", "acked_total", 20);
+}
+
+#[test]
+fn a_single_enqueue_into_a_full_queue_says_it_waits_for_space() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "1"]);
+    b.ok(&["enqueue", "q", "a"]);
+    let mut waiting = b.cli_spawn(&["enqueue", "q", "b"]);
+    eventually(DEADLINE, "enqueue says it waits for space", || {
+        waiting.stderr_log().contains("waiting for space")
+    });
+    assert!(
+        waiting.stderr_log().contains("(1/1 tasks)"),
+        "{}",
+        waiting.stderr_log()
+    );
+    assert_eq!(get(&b, "q"), "a");
+    assert_eq!(waiting.wait_exit(DEADLINE), Some(0));
+}
+
+#[test]
 fn waiting_enqueue_gives_up_at_its_timeout_without_storing() {
     let b = Broker::start();
     b.ok(&["queue", "create", "q", "--capacity", "1"]);
@@ -102,7 +166,7 @@ fn join_returns_only_after_the_last_task_is_acked() {
 
     // The lease expires, the task is back; acking it drains the queue.
     let again = b.ok(&["get", "q", "--wait", "10s"]);
-    assert_eq!(again, "b");
+    assert_eq!(again, "b\n");
     assert_eq!(join.wait_exit(DEADLINE), Some(0));
     assert_eq!(num(&b.stats("q"), &["stats", "unfinished"]), 0);
     // Join on a drained queue returns at once.
@@ -159,8 +223,29 @@ fn get_waits_for_a_task_enqueued_later() {
         .expect("piped")
         .read_to_string(&mut out)
         .expect("read");
-    assert_eq!(out, "hello");
+    assert_eq!(out, "hello\n");
     assert_eq!(num(&b.stats("q"), &["stats", "consumers"]), 0);
+}
+
+#[test]
+fn get_ends_the_payload_with_a_line_break_unless_raw() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q"]);
+    b.ok(&["enqueue", "q", "one", "two", "three\n", "", "raw"]);
+    // A shell loop of gets prints one line per task, not one glued line.
+    assert_eq!(b.ok(&["get", "q"]), "one\n");
+    assert_eq!(b.ok(&["get", "q"]), "two\n");
+    // Always one added, so stripping one gives the payload back.
+    assert_eq!(b.ok(&["get", "q"]), "three\n\n");
+    assert_eq!(b.ok(&["get", "q"]), "\n");
+    assert_eq!(b.ok(&["get", "q", "--raw"]), "raw");
+
+    // --raw is about the payload's bytes; JSON has its own framing.
+    b.ok(&["enqueue", "q", "x"]);
+    let out = b.cli(&["--json", "get", "q", "--raw"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 1, "nothing taken");
 }
 
 #[test]
@@ -185,7 +270,7 @@ fn stdin_enqueue_sends_one_task_per_line() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout.lines().count(), 120);
     let got = drain.join().expect("drain thread");
-    let want: Vec<String> = (0..120).map(|i| format!("line-{i}")).collect();
+    let want: Vec<String> = (0..120).map(|i| format!("line-{i}\n")).collect();
     assert_eq!(got, want, "FIFO across batches");
     assert_eq!(consumer.wait_exit(DEADLINE), Some(0));
 }

@@ -6,7 +6,7 @@ use sluice_tests::{Broker, DEADLINE, num};
 fn get_all(b: &Broker, q: &str) -> Vec<String> {
     let mut out = Vec::new();
     loop {
-        let r = b.cli(&["get", q]);
+        let r = b.cli(&["get", "--raw", q]);
         if r.code == 3 {
             return out;
         }
@@ -139,7 +139,7 @@ fn a_full_disk_refuses_enqueues_but_keeps_serving() {
     // The refused task is not in the queue; consumers are still served.
     let s = b.stats("q");
     assert_eq!(num(&s, &["stats", "ready"]), 1, "{s}");
-    assert_eq!(b.ok(&["get", "q"]), "first");
+    assert_eq!(b.ok(&["get", "q"]), "first\n");
     assert_eq!(b.cli(&["get", "q"]).code, 3);
 }
 

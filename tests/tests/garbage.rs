@@ -118,7 +118,7 @@ async fn garbage_and_malformed_calls_leave_the_broker_serving() {
     tokio::task::block_in_place(|| {
         let s = b.stats("q");
         assert_eq!(num(&s, &["stats", "ready"]), 1, "{s}");
-        assert_eq!(b.ok(&["get", "q"]), "precious");
+        assert_eq!(b.ok(&["get", "q"]), "precious\n");
         b.ok(&["queue", "create", "still-works"]);
     });
 }

@@ -151,7 +151,7 @@ fn a_delayed_task_waits_for_its_time_and_join_waits_for_it() {
     assert_ne!(b.cli(&["join", "q", "--timeout", "200ms"]).code, 0);
 
     let got = b.ok(&["get", "q", "--wait", "20s"]);
-    assert_eq!(got, "later");
+    assert_eq!(got, "later\n");
     assert!(
         sent.elapsed() >= Duration::from_millis(1400),
         "{:?}",
@@ -213,8 +213,8 @@ fn a_durable_queue_keeps_delayed_and_retrying_tasks_with_their_due_times() {
     assert_eq!(num(&s, &["stats", "ready"]), 0, "{s}");
     // Both come due in their time (about 3 s after they were set), not at
     // once and not never.
-    let first = b.ok(&["get", "q", "--wait", "20s"]);
-    let second = b.ok(&["get", "q", "--wait", "20s"]);
+    let first = b.ok(&["get", "q", "--raw", "--wait", "20s"]);
+    let second = b.ok(&["get", "q", "--raw", "--wait", "20s"]);
     let mut got = [first, second];
     got.sort();
     assert_eq!(got, ["delayed", "retried"]);

@@ -68,7 +68,7 @@ fn clients_reach_a_tls_broker_when_they_trust_its_ca() {
     };
     ok(&["queue", "create", "q"]);
     ok(&["enqueue", "q", "over tls"]);
-    assert_eq!(ok(&["get", "q"]), "over tls");
+    assert_eq!(ok(&["get", "q"]), "over tls\n");
 
     // Not trusting the CA: a one-line refusal, nothing done.
     let out = cli(&url, &["queue", "list"], None);

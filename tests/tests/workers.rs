@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sluice_client::proto::{AckItem, ConsumeRequest, SettleErrorCode};
-use sluice_tests::{Broker, DEADLINE, Flag, RawConsumer, consumer_num, eventually, lease_of, num};
+use sluice_tests::{
+    Broker, DEADLINE, Flag, RawConsumer, consumer_num, eventually, lease_of, num, pid_alive,
+};
 
 fn consumer<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     stats["consumers"]
@@ -196,6 +198,51 @@ fn a_killed_workers_tasks_go_to_another_worker_at_once() {
     assert_eq!(num(consumer(&s, "b"), &["acked"]), 2);
     let log = std::fs::read_to_string(&attempts).expect("attempts");
     assert_eq!(log.lines().collect::<Vec<_>>(), ["2", "2"]);
+}
+
+#[test]
+fn a_killed_workers_commands_die_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The background child polls this flag, so even a failing run leaves
+    // nothing behind once the test ends.
+    let never = Flag(dir.path().join("never"));
+    let cmd_pid = dir.path().join("cmd.pid");
+    let child_pid = dir.path().join("child.pid");
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--ack-deadline", "10m"]);
+    // The command starts a child of its own: what a task starts must go too.
+    let script = format!(
+        "echo $$ > {}; ({}) & echo $! > {}; wait",
+        cmd_pid.display(),
+        never.wait_script(),
+        child_pid.display()
+    );
+    let mut w = b.worker("q", &["--name", "w"], &["sh", "-c", &script]);
+    b.ok(&["enqueue", "q", "x"]);
+    let read_pid = |p: &std::path::Path| -> Option<u32> {
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    };
+    let mut pids = Vec::new();
+    eventually(
+        DEADLINE,
+        "the command and its child wrote their pids",
+        || {
+            pids = [&cmd_pid, &child_pid]
+                .iter()
+                .filter_map(|p| read_pid(p))
+                .collect();
+            pids.len() == 2
+        },
+    );
+    assert!(pids.iter().all(|&p| pid_alive(p)), "{pids:?}");
+
+    w.signal("KILL");
+    w.wait_exit(DEADLINE);
+    eventually(
+        DEADLINE,
+        "the command and its child died with the worker",
+        || pids.iter().all(|&p| !pid_alive(p)),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

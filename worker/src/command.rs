@@ -6,8 +6,10 @@
 //! anything else nacks (retried by the broker). Each command runs in its
 //! own process group, so a Ctrl-C meant for the worker does not kill the
 //! tasks it is finishing, and a timeout kills everything the command
-//! started.
+//! started. With [`CommandSpec::shim`] the command runs under the task shim
+//! (see [`crate::shim`]), so it does not outlive a worker that dies.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -28,6 +30,11 @@ pub struct CommandSpec {
     pub args: Vec<String>,
     /// Kill and nack a task that runs longer.
     pub task_timeout: Option<Duration>,
+    /// The `sluice-worker` binary to run the command through as its task
+    /// shim, so it dies with this process; `None` runs it directly. Only
+    /// the binary knows the shim's flag: a library user's own executable
+    /// does not.
+    pub shim: Option<PathBuf>,
 }
 
 /// `SLUICE_HEADER_` + the header name upper-cased, with anything but
@@ -46,9 +53,8 @@ pub fn header_env_name(name: &str) -> String {
 
 /// Runs the command for one task and turns its exit into an outcome.
 pub async fn run(spec: &CommandSpec, task: Task) -> Outcome {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env("SLUICE_TASK_ID", &task.id)
+    let mut cmd = command(spec);
+    cmd.env("SLUICE_TASK_ID", &task.id)
         .env("SLUICE_QUEUE", &task.queue)
         .env("SLUICE_ATTEMPT", task.attempt.to_string())
         .stdin(Stdio::piped())
@@ -154,6 +160,26 @@ pub async fn run(spec: &CommandSpec, task: Task) -> Outcome {
     }
 }
 
+/// The command, or the shim that runs it: the process the worker spawns,
+/// waits for and whose group it kills.
+fn command(spec: &CommandSpec) -> Command {
+    #[cfg(target_os = "linux")]
+    if let Some(shim) = &spec.shim {
+        let mut cmd = Command::new(shim);
+        // `ps` shows a worker's shims as such, whatever path ran them.
+        cmd.arg0("sluice-worker")
+            .arg(crate::shim::FLAG)
+            .arg(std::process::id().to_string())
+            .arg("--")
+            .arg(&spec.program)
+            .args(&spec.args);
+        return cmd;
+    }
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args);
+    cmd
+}
+
 /// Kills the command's whole process group when dropped before it exited
 /// (timeout, or the worker abandoning the task).
 struct ProcessGroup(Option<u32>);
@@ -199,6 +225,7 @@ mod tests {
             program: "sh".into(),
             args: vec!["-c".into(), script.into()],
             task_timeout: Some(Duration::from_secs(10)),
+            shim: None,
         }
     }
 

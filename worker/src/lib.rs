@@ -1,10 +1,13 @@
 //! sluice's worker side: [`Worker`], a runtime that consumes a queue over
 //! one `Consume` stream with flow-control credits and runs a handler per
 //! task (see [`runtime`]); and [`command`], the handler behind the
-//! `sluice-worker` binary, which runs a command per task.
+//! `sluice-worker` binary, which runs a command per task, through the task
+//! [`shim`] that keeps it from outliving the worker (Linux).
 
 pub mod command;
 pub mod runtime;
+#[cfg(target_os = "linux")]
+pub mod shim;
 
 pub use runtime::{Config, Outcome, Task, Worker};
 

@@ -22,6 +22,8 @@ use sluice_worker::{Config, Worker};
 /// The worker holds at most --concurrency tasks, reconnects by itself when
 /// the broker goes away, and on SIGTERM/SIGINT stops taking tasks, lets
 /// running ones finish (up to --shutdown-grace), acks them and exits 0.
+/// A command never outlives the worker: if the worker dies (even by
+/// SIGKILL), each running command's process group is killed.
 #[derive(Debug, Parser)]
 #[command(name = "sluice-worker", version)]
 struct Args {
@@ -72,9 +74,21 @@ struct Args {
     cmd: Vec<String>,
 }
 
+fn main() -> ExitCode {
+    // The task shim (see `sluice_worker::shim`) is this binary run by
+    // itself; it needs none of the worker's set-up.
+    #[cfg(target_os = "linux")]
+    {
+        let mut argv = std::env::args_os().skip(1);
+        if argv.next().as_deref() == Some(sluice_worker::shim::FLAG.as_ref()) {
+            sluice_worker::shim::main(argv);
+        }
+    }
+    worker(Args::parse())
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
+async fn worker(args: Args) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -91,6 +105,9 @@ async fn main() -> ExitCode {
         program: program.clone(),
         args: rest.to_vec(),
         task_timeout: args.task_timeout,
+        // Itself, even if the file was replaced or removed since it started
+        // (an upgrade in place): /proc/self/exe names this process's image.
+        shim: cfg!(target_os = "linux").then(|| "/proc/self/exe".into()),
     });
     let read = |p: &std::path::PathBuf| {
         std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))

@@ -14,13 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::Args;
 use sluice_client::proto::{EnqueueMode, NewTask};
-use sluice_client::{Client, Code, duration_ms};
+use sluice_client::{Client, Code, Publisher, duration_ms};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 use super::batch::{Batcher, Limits, MAX_BATCH_TASKS};
 use super::exit::Failure;
-use super::progress::Progress;
+use super::progress::{Progress, SAY_WAITING_AFTER};
 use super::{parse, print_json};
 
 /// How long a partial batch may wait for more stdin lines before it is sent
@@ -154,6 +154,8 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
         .filter(|&c| c > 0)
         .or(info.stats.as_ref().map(|s| s.capacity).filter(|&c| c > 0))
         .unwrap_or(MAX_BATCH_TASKS as u64);
+    // What the queue holds now, until the broker's answers tell more.
+    let depth = info.stats.as_ref().map_or(0, |s| s.ready + s.delayed);
     let overhead = TASK_FRAMING
         + plan
             .template
@@ -187,6 +189,8 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
         progress: Progress::new(total),
         publisher,
         sent: 0,
+        depth,
+        capacity,
     };
     let result = if from_args {
         let payloads = std::mem::take(&mut sender.plan.payloads);
@@ -303,49 +307,110 @@ struct Sender<'a> {
     json: bool,
     ids: Vec<String>,
     progress: Progress,
-    publisher: Option<sluice_client::Publisher>,
+    publisher: Option<Publisher>,
     /// Tasks stored so far.
     sent: u64,
+    /// The queue's depth and capacity at the broker's last word, for the
+    /// line that says we wait for space.
+    depth: u64,
+    capacity: u64,
 }
 
 impl Sender<'_> {
     async fn send(&mut self, batch: Vec<Bytes>) -> Result<(), Failure> {
-        let plan = &self.plan;
         let tasks: Vec<NewTask> = batch
             .into_iter()
             .map(|payload| NewTask {
                 payload,
-                ..plan.template.clone()
+                ..self.plan.template.clone()
             })
             .collect();
-        if let Some(p) = &mut self.publisher {
-            let n = tasks.len() as u64;
-            p.send_batch(tasks).await?;
-            let (depth, capacity) = p.depth();
-            self.progress.advance(n, depth, capacity);
-            self.progress.waited(p.waited());
-            let ids = p.take_confirmed();
-            return self.report(ids);
+        if let Some(mut p) = self.publisher.take() {
+            let sent = self.publish(&mut p, tasks).await;
+            self.publisher = Some(p);
+            return sent;
         }
-        let answer = self
-            .client
-            .enqueue(&plan.queue, tasks, plan.mode, plan.timeout)
-            .await
-            .map_err(|e| match e.code() {
-                Code::ResourceExhausted if plan.mode == EnqueueMode::FailFast => {
-                    Failure::QueueFull(match e.retry_after() {
-                        Some(d) => format!("retry in ~{:.1}s", d.as_secs_f64()),
-                        None => e.to_string(),
-                    })
+        self.enqueue(tasks).await
+    }
+
+    /// Sends over the Publish stream as credit comes. While none comes the
+    /// queue is full: say so, and keep reporting what gets confirmed.
+    async fn publish(&mut self, p: &mut Publisher, mut tasks: Vec<NewTask>) -> Result<(), Failure> {
+        while !tasks.is_empty() {
+            while !p.wait_credit_for(SAY_WAITING_AFTER).await? {
+                self.confirmed(p, 0)?;
+                // With tasks unconfirmed the broker is slow to store them
+                // (a stalled disk), which is not the queue being full.
+                if p.unconfirmed() == 0 {
+                    self.progress
+                        .waiting_for_space(&self.plan.queue, self.depth, self.capacity);
                 }
-                Code::DeadlineExceeded if plan.timeout.is_some() => Failure::TimedOut(format!(
-                    "timed out waiting for space in queue {:?}",
-                    plan.queue
-                )),
-                _ => Failure::Client(e),
-            })?;
-        self.progress
-            .advance(answer.ids.len() as u64, answer.depth, answer.capacity);
+            }
+            // Only we spend credit: what there is now goes without waiting.
+            let n = usize::try_from(p.credit())
+                .unwrap_or(usize::MAX)
+                .clamp(1, tasks.len());
+            let rest = tasks.split_off(n);
+            p.send_batch(std::mem::replace(&mut tasks, rest)).await?;
+            self.confirmed(p, n as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Counts `sent` tasks more, shows the queue's fullness and reports the
+    /// ids confirmed since last time.
+    fn confirmed(&mut self, p: &mut Publisher, sent: u64) -> Result<(), Failure> {
+        let (depth, capacity) = p.depth();
+        if capacity > 0 {
+            (self.depth, self.capacity) = (depth, capacity);
+        }
+        self.progress.advance(sent, self.depth, self.capacity);
+        self.progress.waited(p.waited());
+        self.report(p.take_confirmed())
+    }
+
+    /// Sends one Enqueue call; in WAIT mode the broker holds it until the
+    /// batch fits, and after a while we say so.
+    async fn enqueue(&mut self, tasks: Vec<NewTask>) -> Result<(), Failure> {
+        let Sender {
+            client,
+            plan,
+            progress,
+            depth,
+            capacity,
+            ..
+        } = self;
+        let answer = {
+            let call = client.enqueue(&plan.queue, tasks, plan.mode, plan.timeout);
+            tokio::pin!(call);
+            let mut said = plan.mode != EnqueueMode::Wait;
+            loop {
+                tokio::select! {
+                    answer = &mut call => break answer,
+                    () = tokio::time::sleep(SAY_WAITING_AFTER), if !said => {
+                        progress.waiting_for_space(&plan.queue, *depth, *capacity);
+                        said = true;
+                    }
+                }
+            }
+        };
+        let answer = answer.map_err(|e| match e.code() {
+            Code::ResourceExhausted if plan.mode == EnqueueMode::FailFast => {
+                Failure::QueueFull(match e.retry_after() {
+                    Some(d) => format!("retry in ~{:.1}s", d.as_secs_f64()),
+                    None => e.to_string(),
+                })
+            }
+            Code::DeadlineExceeded if plan.timeout.is_some() => Failure::TimedOut(format!(
+                "timed out waiting for space in queue {:?}",
+                plan.queue
+            )),
+            _ => Failure::Client(e),
+        })?;
+        if answer.capacity > 0 {
+            (*depth, *capacity) = (answer.depth, answer.capacity);
+        }
+        progress.advance(answer.ids.len() as u64, *depth, *capacity);
         self.report(answer.ids)
     }
 

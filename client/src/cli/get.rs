@@ -21,11 +21,30 @@ pub struct GetArgs {
     /// delivered again (to test redelivery).
     #[arg(long)]
     no_ack: bool,
+    /// Write the payload's exact bytes, without the line break added after
+    /// it.
+    #[arg(long)]
+    raw: bool,
 }
 
-/// Runs the command: the payload's exact bytes (or, with `json`, the task as
-/// an object) on stdout, then the ack. The ack comes only after stdout took
-/// the output, so a failed write leaves the task to be delivered again.
+impl GetArgs {
+    /// Checks what clap could not, before any network traffic.
+    pub fn check(&self, as_json: bool) -> Result<(), Failure> {
+        if self.raw && as_json {
+            return Err(Failure::Usage(
+                "--raw writes the bare payload; it does not go with --json".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the command: the payload and a line break (or its exact bytes with
+/// `--raw`, or with `json` the task as an object) on stdout, then the ack.
+/// The line break is always added, even after a payload that ends in one,
+/// so removing one gives the payload back: what `$(sluice get q)` does.
+/// The ack comes only after stdout took the output, so a failed write
+/// leaves the task to be delivered again.
 pub async fn run(client: &Client, args: GetArgs, as_json: bool) -> Result<(), Failure> {
     let deliveries = client.get(&args.queue, args.wait, 1).await?;
     let Some(delivery) = deliveries.into_iter().next() else {
@@ -34,8 +53,21 @@ pub async fn run(client: &Client, args: GetArgs, as_json: bool) -> Result<(), Fa
     if as_json {
         print_json(&json::delivery(&delivery))?;
     } else {
-        let payload = delivery.task.as_ref().map(|t| t.payload.clone());
-        write_stdout(&payload.unwrap_or_default())?;
+        let payload = delivery
+            .task
+            .as_ref()
+            .map(|t| t.payload.as_ref())
+            .unwrap_or_default();
+        if args.raw {
+            write_stdout(payload)?;
+        } else {
+            // One write: a reader of a pipe never sees the payload without
+            // its line.
+            let mut line = Vec::with_capacity(payload.len() + 1);
+            line.extend_from_slice(payload);
+            line.push(b'\n');
+            write_stdout(&line)?;
+        }
     }
     if args.no_ack {
         return Ok(());

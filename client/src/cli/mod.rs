@@ -99,12 +99,15 @@ enum Command {
     /// Add tasks to a queue and print their ids.
     ///
     /// One task per PAYLOAD argument or, with none, per line of stdin, sent
-    /// in batches. Waits while the queue is full, unless --no-wait.
+    /// in batches. Waits while the queue is full, unless --no-wait; after a
+    /// second of waiting it says so on stderr, with the queue's depth and
+    /// capacity. Ids go to stdout as tasks are stored.
     Enqueue(enqueue::EnqueueArgs),
     /// Take one task, print its payload, ack it.
     ///
-    /// The payload is written to stdout exactly (no line break added), and
-    /// acked only once written. Exit 3 when the queue is empty.
+    /// The payload is written to stdout followed by a line break (with
+    /// --raw: its exact bytes, nothing added), and acked only once written.
+    /// Exit 3 when the queue is empty.
     Get(get::GetArgs),
     /// Wait until a queue has no unfinished task (ready, delayed or leased).
     Join(join::JoinArgs),
@@ -182,7 +185,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             let plan = cmd.plan()?;
             enqueue::run(&connect(&broker, &tls).await?, plan, json).await
         }
-        Command::Get(cmd) => get::run(&connect(&broker, &tls).await?, cmd, json).await,
+        Command::Get(cmd) => {
+            cmd.check(json)?;
+            get::run(&connect(&broker, &tls).await?, cmd, json).await
+        }
         Command::Join(cmd) => join::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Stats(cmd) => stats::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Watch(cmd) => watch::run(&connect(&broker, &tls).await?, cmd, json).await,
