@@ -104,3 +104,54 @@ async fn two_publishers_on_a_full_queue_share_the_freed_space() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_sitting_on_credit_while_others_wait_loses_it() {
+    use sluice_client::proto::PublishRequest;
+    let b = Broker::start_on("127.0.0.1:0", &["--publish-idle-timeout", "1s"]);
+    b.ok(&["queue", "create", "q", "--capacity", "10"]);
+    let client = Client::connect(&b.url()).await.expect("connect");
+    // A producer opens a stream, takes the whole queue as credit, and
+    // sends nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(PublishRequest {
+        queue: "q".into(),
+        window: 10,
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut hog = client
+        .raw()
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("publish")
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, hog.message())
+        .await
+        .expect("in time")
+        .expect("healthy")
+        .expect("a credit frame");
+    assert_eq!(first.credit, 10);
+    // Alone, it may keep it: nobody waits.
+    let s = tokio::task::block_in_place(|| b.stats("q"));
+    assert_eq!(num(&s, &["stats", "reserved"]), 10, "{s}");
+    // A plain producer waits for space; the idle publisher loses its
+    // stream and the waiting producer gets in.
+    let url = b.url();
+    let waiting = std::thread::spawn(move || sluice_tests::cli(&url, &["enqueue", "q", "x"], None));
+    let ended = tokio::time::timeout(DEADLINE, hog.message())
+        .await
+        .expect("the stream ends in time")
+        .expect_err("ended with a status");
+    assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
+    assert!(
+        ended.message().contains("--publish-idle-timeout"),
+        "{ended:?}"
+    );
+    let out = tokio::task::spawn_blocking(move || waiting.join().expect("joined"))
+        .await
+        .expect("joined");
+    assert_eq!(out.code, 0, "{out:?}");
+    drop(tx);
+}
