@@ -790,7 +790,11 @@ impl Broker {
         let mut fx = Effects::default();
         let now = now_ms();
         let mut deferred = Vec::new();
-        let keep_free = if how.grows { self.keep_free() } else { 0 };
+        let keep_free = if how.grows && q.spec.durable {
+            self.keep_free()
+        } else {
+            0
+        };
         let (r, durability) = {
             let mut sh = q.lock();
             let held_before = sh.state.held_bytes();
@@ -1357,7 +1361,10 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// Moves `counter` by `after - before`.
 fn add_diff(counter: &AtomicU64, before: u64, after: u64) {
-    if after >= before {
+    if after == before {
+        return;
+    }
+    if after > before {
         counter.fetch_add(after - before, Ordering::SeqCst);
     } else {
         counter.fetch_sub(before - after, Ordering::SeqCst);

@@ -281,7 +281,10 @@ impl Log {
 
     /// Bytes of all segments on disk.
     pub fn total_bytes(&self) -> u64 {
-        self.inner.shared.segments().iter().map(|s| s.bytes).sum()
+        self.inner
+            .shared
+            .total_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> LogStats {

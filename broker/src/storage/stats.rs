@@ -80,6 +80,9 @@ pub(crate) struct Shared {
     pub stopped: AtomicBool,
     /// Free space (disk or quota) the log may use, as last measured.
     pub free_bytes: AtomicU64,
+    /// Bytes of all segments, kept beside the list so the broker's hot
+    /// path reads it without the lock.
+    pub total_bytes: AtomicU64,
     pub write_latency: crate::latency::Histogram,
     pub fsync_latency: crate::latency::Histogram,
     segments: Mutex<Vec<SegmentInfo>>,
@@ -96,18 +99,24 @@ impl Shared {
 
     pub fn publish(&self, segments: &[SegmentMeta]) {
         let last = segments.len().saturating_sub(1);
-        *self.segments() = segments
+        let mut list = self.segments();
+        *list = segments
             .iter()
             .enumerate()
             .map(|(i, s)| SegmentInfo::of(s, i == last))
             .collect();
+        self.total_bytes
+            .store(list.iter().map(|s| s.bytes).sum(), Relaxed);
     }
 
     /// Cheaper than [`Shared::publish`] when only the active segment grew.
     pub fn publish_active(&self, active: &SegmentMeta) {
-        if let Some(last) = self.segments().last_mut() {
+        let mut list = self.segments();
+        if let Some(last) = list.last_mut() {
             *last = SegmentInfo::of(active, true);
         }
+        self.total_bytes
+            .store(list.iter().map(|s| s.bytes).sum(), Relaxed);
     }
 
     pub fn snapshot(&self) -> LogStats {
