@@ -125,7 +125,7 @@ impl Session {
                 if let Some(in_flight) = stopped {
                     // Credit is gone, so nothing new is routed to us: flush
                     // what already was, then confirm.
-                    let mut frames = Frames::new(self.broker.lease_key());
+                    let mut frames = Frames::default();
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
                     }
@@ -154,7 +154,7 @@ impl Session {
                     // tell the worker how long it has to settle what it holds.
                     let cid = self.cid;
                     self.broker.apply(&self.q, |sh, _, _| sh.state.revoke(cid));
-                    let mut frames = Frames::new(self.broker.lease_key());
+                    let mut frames = Frames::default();
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
                     }
@@ -180,7 +180,7 @@ impl Session {
                     // Coalesce whatever else is already waiting, in frames of
                     // at most FRAME_BYTES so clients with gRPC's default 4 MiB
                     // receive limit can read them.
-                    let mut frames = Frames::new(self.broker.lease_key());
+                    let mut frames = Frames::default();
                     frames.extend(self.q.name(), &batch);
                     while let Ok(more) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &more);
@@ -282,21 +282,13 @@ async fn send_all(out: &Out, frames: Vec<pb::ConsumeResponse>) -> bool {
 
 /// Deliveries cut into frames of at most [`FRAME_BYTES`] of payload (a
 /// single larger task still goes out, alone).
-struct Frames<'a> {
-    key: &'a LeaseKey,
+#[derive(Default)]
+struct Frames {
     done: Vec<pb::ConsumeResponse>,
     bytes: usize,
 }
 
-impl<'a> Frames<'a> {
-    fn new(key: &'a LeaseKey) -> Self {
-        Frames {
-            key,
-            done: Vec::new(),
-            bytes: 0,
-        }
-    }
-
+impl Frames {
     fn extend(&mut self, queue: &str, batch: &[crate::engine::Delivery]) {
         for d in batch {
             let size = d.body.payload.len();
@@ -307,7 +299,10 @@ impl<'a> Frames<'a> {
             }
             self.bytes += size;
             if let Some(last) = self.done.last_mut() {
-                last.deliveries.push(delivery(queue, d, self.key));
+                // No lease token: this stream settles them, and proves
+                // receipt by itself; a token per delivery would cost a MAC
+                // on the hottest path for nothing.
+                last.deliveries.push(delivery(queue, d, None));
             }
         }
     }
@@ -332,26 +327,35 @@ impl<'a> Settler<'a> {
         }
     }
 
-    /// What this settle may claim: a verified token settles any holder's
-    /// lease; none, only the stream's own.
-    fn claim(&self, id: crate::engine::TaskId, l: &pb::LeaseRef) -> Result<Claim, Refusal> {
-        if !l.lease_token.is_empty() {
-            return if self.key.verify(id, l.attempt, &l.lease_token) {
-                Ok(Claim::Token)
-            } else {
-                // Said as for a lease that ended: a wrong guess learns
-                // nothing.
-                Err(refused(SettleError::StaleLease))
-            };
-        }
-        match self.stream {
-            Some(cid) => Ok(Claim::Holder(cid)),
-            None => Err(invalid(
+    /// Runs `op` (an engine settle) with the claim this settle can make:
+    /// a stream's own lease needs no proof, so that is tried first and the
+    /// common case costs no hashing; anything else needs a verified token,
+    /// which settles whoever holds the lease. A refusal changes nothing,
+    /// so trying again with the token is safe.
+    fn settle<T>(
+        &self,
+        id: crate::engine::TaskId,
+        l: &pb::LeaseRef,
+        mut op: impl FnMut(Claim) -> Result<T, SettleError>,
+    ) -> Result<T, Refusal> {
+        if let Some(cid) = self.stream {
+            match op(Claim::Holder(cid)) {
+                Ok(v) => return Ok(v),
+                Err(e) if l.lease_token.is_empty() => return Err(refused(e)),
+                Err(_) => {}
+            }
+        } else if l.lease_token.is_empty() {
+            return Err(invalid(
                 "missing lease_token: quote Delivery.lease_token to settle outside the \
                  Consume stream that received the delivery"
                     .into(),
-            )),
+            ));
         }
+        if !self.key.verify(id, l.attempt, &l.lease_token) {
+            // Said as for a lease that ended: a wrong guess learns nothing.
+            return Err(refused(SettleError::StaleLease));
+        }
+        op(Claim::Token).map_err(refused)
     }
 }
 
@@ -378,10 +382,10 @@ pub fn settle(
                     by.max_result
                 )));
             }
-            let claim = by.claim(id, l)?;
-            sh.state
-                .ack_with(now, id, l.attempt, claim, a.result.clone(), fx)
-                .map_err(refused)
+            by.settle(id, l, |claim| {
+                sh.state
+                    .ack_with(now, id, l.attempt, claim, a.result.clone(), fx)
+            })
         });
         if let Err((code, message)) = r {
             errors.push(settle_error(&a.lease, code, message));
@@ -390,11 +394,10 @@ pub fn settle(
     for n in nacks {
         let r = lease(&n.lease).and_then(|(l, id)| {
             let action = validate::nack_action(n).map_err(invalid)?;
-            let claim = by.claim(id, l)?;
             let text = validate::error_text(&n.error);
-            sh.state
-                .nack(now, id, l.attempt, claim, action, text, fx)
-                .map_err(refused)
+            by.settle(id, l, |claim| {
+                sh.state.nack(now, id, l.attempt, claim, action, text, fx)
+            })
         });
         if let Err((code, message)) = r {
             errors.push(settle_error(&n.lease, code, message));
@@ -406,11 +409,11 @@ pub fn settle(
                 0 => q.spec.config.ack_deadline_ms,
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
-            let claim = by.claim(id, l)?;
-            sh.state
-                .extend(now, id, l.attempt, claim, ms, fx)
-                .map(|_| ())
-                .map_err(refused)
+            by.settle(id, l, |claim| {
+                sh.state
+                    .extend(now, id, l.attempt, claim, ms, fx)
+                    .map(|_| ())
+            })
         });
         if let Err((code, message)) = r {
             errors.push(settle_error(&e.lease, code, message));
@@ -505,13 +508,12 @@ mod tests {
 
     #[test]
     fn frames_stay_under_the_size_limit() {
-        let key = LeaseKey::random();
-        let mut f = Frames::new(&key);
+        let mut f = Frames::default();
         f.extend("q", &[d(10), d(10), d(10)]);
         assert_eq!(f.done.len(), 1);
         assert_eq!(f.done[0].deliveries.len(), 3);
 
-        let mut f = Frames::new(&key);
+        let mut f = Frames::default();
         let big = FRAME_BYTES / 2 + 1;
         f.extend("q", &[d(big), d(big)]);
         f.extend("q", &[d(big * 3), d(1)]);

@@ -210,7 +210,10 @@ impl SluiceService for Service {
         let got = self.broker.get(&q, u64::from(max), wait, peer).await?;
         let key = self.broker.lease_key();
         Ok(Response::new(pb::GetResponse {
-            deliveries: got.iter().map(|d| delivery(q.name(), d, key)).collect(),
+            deliveries: got
+                .iter()
+                .map(|d| delivery(q.name(), d, Some(key)))
+                .collect(),
         }))
     }
 
@@ -390,8 +393,14 @@ pub(crate) fn peer<T>(req: &Request<T>) -> String {
     req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// A delivery as the wire shows it, with its lease token.
-pub(crate) fn delivery(queue: &str, d: &Delivery, key: &crate::lease::LeaseKey) -> pb::Delivery {
+/// A delivery as the wire shows it; with a key, with its lease token (for
+/// Get: settled by unary calls; a Consume stream's deliveries are settled
+/// on the stream, which proves receipt without one).
+pub(crate) fn delivery(
+    queue: &str,
+    d: &Delivery,
+    key: Option<&crate::lease::LeaseKey>,
+) -> pb::Delivery {
     pb::Delivery {
         task: Some(pb::Task {
             id: validate::task_id_str(d.id),
@@ -405,7 +414,7 @@ pub(crate) fn delivery(queue: &str, d: &Delivery, key: &crate::lease::LeaseKey) 
         attempt: d.attempt,
         lease_deadline_unix_ms: d.deadline,
         queue: queue.to_owned(),
-        lease_token: key.token(d.id, d.attempt),
+        lease_token: key.map(|k| k.token(d.id, d.attempt)).unwrap_or_default(),
     }
 }
 

@@ -281,11 +281,13 @@ pub fn task_id_str(id: TaskId) -> String {
 /// 16 lowercase hex digits.
 pub fn hex64(v: u64) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(16);
-    for shift in (0..16).rev() {
-        out.push(char::from(HEX[((v >> (shift * 4)) & 0xf) as usize]));
+    let mut buf = [0u8; 16];
+    for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }
-    out
+    // Always ASCII, so never the default.
+    String::from_utf8(buf.to_vec()).unwrap_or_default()
 }
 
 /// None for anything this broker never handed out.

@@ -280,7 +280,7 @@ async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
         delivery = frame.deliveries.into_iter().next();
     }
     let d = delivery.expect("delivered");
-    assert_eq!(d.lease_token.len(), 16, "{d:?}");
+    assert!(d.lease_token.is_empty(), "settled on its stream: {d:?}");
     let colleague = as_client(&b, "colleague-0123456789abcdef").await.raw();
     let guess = |token: &str| AckRequest {
         queue: "secret".into(),
@@ -334,6 +334,67 @@ async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
             .map(|v| v["stats"]["acked_total"] == 1)
             .unwrap_or(false)
     });
+
+    // A task taken with Get carries its token: only a settle that quotes
+    // it is accepted.
+    payroll
+        .clone()
+        .enqueue(EnqueueRequest {
+            queue: "secret".into(),
+            tasks: vec![NewTask {
+                payload: "salary of bob".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("enqueue");
+    let got = colleague
+        .clone()
+        .get(sluice_client::proto::GetRequest {
+            queue: "secret".into(),
+            max_tasks: 1,
+            wait_ms: 5000,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .deliveries
+        .remove(0);
+    assert_eq!(got.lease_token.len(), 16, "{got:?}");
+    let ack_got = |token: &str| AckRequest {
+        queue: "secret".into(),
+        acks: vec![sluice_client::proto::AckItem {
+            lease: Some(LeaseRef {
+                task_id: got.task.as_ref().expect("task").id.clone(),
+                attempt: got.attempt,
+                lease_token: token.into(),
+            }),
+            ..Default::default()
+        }],
+    };
+    for (token, want) in [
+        ("", SettleErrorCode::Invalid),
+        ("fedcba9876543210", SettleErrorCode::StaleLease),
+    ] {
+        let errors = payroll
+            .clone()
+            .ack(ack_got(token))
+            .await
+            .expect("answered")
+            .into_inner()
+            .errors;
+        assert_eq!(errors.len(), 1, "{token:?}: refused");
+        assert_eq!(errors[0].code, want as i32, "{token:?}: {errors:?}");
+    }
+    let errors = colleague
+        .clone()
+        .ack(ack_got(&got.lease_token))
+        .await
+        .expect("answered")
+        .into_inner()
+        .errors;
+    assert!(errors.is_empty(), "the holder of the token: {errors:?}");
 }
 
 /// Writes `text` as an auth file and starts a broker on it, expecting a

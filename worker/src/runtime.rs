@@ -273,7 +273,9 @@ impl Worker {
                     Ok(Some(resp)) => {
                         for d in resp.deliveries {
                             let Some(task) = d.task else { continue };
-                            let lease = LeaseRef { task_id: task.id.clone(), attempt: d.attempt, lease_token: d.lease_token.clone() };
+                            // Settled on this stream, which holds the lease: no token needed
+                            // (sending it would only cost bytes on the hot path).
+                            let lease = LeaseRef { task_id: task.id.clone(), attempt: d.attempt, ..LeaseRef::default() };
                             held.insert((task.id.clone(), d.attempt), Instant::now());
                             let t = Task {
                                 id: task.id,

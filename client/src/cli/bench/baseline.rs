@@ -140,8 +140,8 @@ impl SluiceService for Baseline {
                 attempt: 1,
                 lease_deadline_unix_ms: 0,
                 queue: req.queue.clone(),
-                // As long as the broker's, so the frames weigh the same.
-                lease_token: id.clone(),
+                // None on a stream, as the broker sends.
+                lease_token: String::new(),
             });
             ids.push(id);
         }

@@ -558,10 +558,12 @@ async fn consume(
                 rec.redeliveries += 1;
             }
             acks.push(AckItem {
+                // On the stream that holds the lease, as the worker
+                // runtime settles: no token needed.
                 lease: Some(LeaseRef {
                     task_id: task.id.clone(),
                     attempt: d.attempt,
-                    lease_token: d.lease_token.clone(),
+                    ..LeaseRef::default()
                 }),
                 result: Bytes::new(),
             });
