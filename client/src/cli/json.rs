@@ -156,6 +156,8 @@ pub fn delivery(d: &Delivery) -> Value {
         "queue": d.queue,
         "enqueued_at_unix_ms": task.enqueued_at_unix_ms,
         "lease_deadline_unix_ms": d.lease_deadline_unix_ms,
+        // With --no-ack: what a later Ack/Nack/ExtendLease must quote.
+        "lease_token": d.lease_token,
     })
 }
 
@@ -184,11 +186,13 @@ mod tests {
             }),
             attempt: 2,
             queue: "q".into(),
+            lease_token: "0123456789abcdef".into(),
             ..Delivery::default()
         };
         let v = delivery(&d);
         assert_eq!(v["id"], "t1");
         assert_eq!(v["attempt"], 2);
+        assert_eq!(v["lease_token"], "0123456789abcdef");
         assert_eq!(v["payload"], "hi\u{fffd}");
         assert_eq!(v["headers"]["k"], "v");
         assert_eq!(v["priority"], -2);
