@@ -61,6 +61,13 @@ fn spec(name: &str, o: pb::QueueOptions) -> QueueSpec {
     crate::validate::queue_spec(name, Some(&o)).expect("valid spec")
 }
 
+fn capacity(capacity: u64) -> pb::QueueOptions {
+    pb::QueueOptions {
+        capacity,
+        ..Default::default()
+    }
+}
+
 fn durable(capacity: u64) -> pb::QueueOptions {
     pb::QueueOptions {
         durable: true,
@@ -101,6 +108,70 @@ fn payloads(r: &Recovery, queue: &str) -> Vec<String> {
     })
 }
 
+async fn queue(broker: &Broker, name: &str, o: pb::QueueOptions) -> Arc<QueueHandle> {
+    broker
+        .create_queue(spec(name, o))
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
+        .0
+}
+
+/// Enqueues one task per payload, expecting each to be stored.
+async fn put(broker: &Broker, q: &Arc<QueueHandle>, items: &[&str]) {
+    for p in items {
+        broker
+            .enqueue(q, tasks(broker, &[p]), false, None)
+            .await
+            .unwrap_or_else(|e| panic!("enqueue {p}: {e}"));
+    }
+}
+
+async fn take(broker: &Broker, q: &Arc<QueueHandle>, n: u64) -> Vec<Delivery> {
+    broker
+        .get(q, n, Duration::ZERO, String::new())
+        .await
+        .expect("get")
+}
+
+fn ack_all(broker: &Broker, q: &QueueHandle, got: &[Delivery]) {
+    broker.apply(q, |sh, now, fx| {
+        for d in got {
+            sh.state.ack(now, d.id, d.attempt, fx).expect("held");
+        }
+    });
+}
+
+/// A durable queue "q" whose dead letters go to durable "dlq", holding one
+/// task "doomed" taken by a consumer; returns (dlq, q, its delivery).
+async fn doomed(broker: &Broker) -> (Arc<QueueHandle>, Arc<QueueHandle>, Delivery) {
+    let dlq = queue(broker, "dlq", durable(10)).await;
+    let source = pb::QueueOptions {
+        dead_letter: "dlq".into(),
+        max_attempts: Some(1),
+        ..durable(10)
+    };
+    let q = queue(broker, "q", source).await;
+    put(broker, &q, &["doomed"]).await;
+    let got = take(broker, &q, 1).await.remove(0);
+    (dlq, q, got)
+}
+
+fn dead_letter(broker: &Broker, q: &QueueHandle, d: &Delivery) {
+    broker.apply(q, |sh, now, fx| {
+        sh.state
+            .nack(
+                now,
+                d.id,
+                d.attempt,
+                crate::engine::Claim::Token,
+                NackAction::DeadLetter,
+                "bad",
+                fx,
+            )
+            .expect("held")
+    });
+}
+
 #[tokio::test]
 async fn batches_in_flight_count_against_the_memory_budget() {
     let broker = Broker::new(CancellationToken::new());
@@ -139,10 +210,7 @@ async fn a_queue_whose_definition_the_log_refused_does_not_exist() {
         .await
         .expect("created");
     assert!(created);
-    broker
-        .enqueue(&q, tasks(&broker, &["a"]), false, None)
-        .await
-        .expect("confirmed");
+    put(&broker, &q, &["a"]).await;
     let r = restart_view(broker, dir.path()).await;
     assert_eq!(payloads(&r, "q"), ["a"]);
 }
@@ -151,14 +219,8 @@ async fn a_queue_whose_definition_the_log_refused_does_not_exist() {
 async fn a_failed_fsync_fails_the_enqueue_and_stops_every_later_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = durable_broker(dir.path(), LogOptions::default());
-    let (q, _) = broker
-        .create_queue(spec("q", durable(10)))
-        .await
-        .expect("created");
-    broker
-        .enqueue(&q, tasks(&broker, &["before"]), false, None)
-        .await
-        .expect("confirmed");
+    let q = queue(&broker, "q", durable(10)).await;
+    put(&broker, &q, &["before"]).await;
     broker
         .log()
         .expect("log")
@@ -186,18 +248,12 @@ async fn a_failed_fsync_fails_the_enqueue_and_stops_every_later_one() {
 async fn a_disk_that_fills_during_a_group_commit_confirms_none_of_the_group() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = durable_broker(dir.path(), LogOptions::default());
-    let (q, _) = broker
-        .create_queue(spec("q", durable(1000)))
-        .await
-        .expect("created");
+    let q = queue(&broker, "q", durable(1000)).await;
     let log = broker.log().cloned().expect("log");
     // Slow syncs make the enqueues below pile up into groups; the first
     // group written after the fault is armed fails half-written.
     log.faults().slow_sync_ms.store(20, Relaxed);
-    broker
-        .enqueue(&q, tasks(&broker, &["warm-up"]), false, None)
-        .await
-        .expect("confirmed");
+    put(&broker, &q, &["warm-up"]).await;
     log.faults().fail_writes.store(1, Relaxed);
     let mut calls = Vec::new();
     for i in 0..40 {
@@ -237,44 +293,11 @@ async fn a_disk_that_fills_during_a_group_commit_confirms_none_of_the_group() {
 async fn a_dead_letter_move_the_log_refuses_keeps_the_task_in_its_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = durable_broker(dir.path(), LogOptions::default());
-    let dlq = broker
-        .create_queue(spec("dlq", durable(10)))
-        .await
-        .expect("dlq")
-        .0;
-    let source = pb::QueueOptions {
-        dead_letter: "dlq".into(),
-        max_attempts: Some(1),
-        ..durable(10)
-    };
-    let (q, _) = broker
-        .create_queue(spec("q", source))
-        .await
-        .expect("created");
-    broker
-        .enqueue(&q, tasks(&broker, &["doomed"]), false, None)
-        .await
-        .expect("confirmed");
-    let got = broker
-        .get(&q, 1, Duration::ZERO, String::new())
-        .await
-        .expect("get");
+    let (dlq, q, got) = doomed(&broker).await;
     let log = broker.log().cloned().expect("log");
     // The move is one record: refusing it refuses both halves.
     log.faults().fail_writes.store(1, Relaxed);
-    broker.apply(&q, |sh, now, fx| {
-        sh.state
-            .nack(
-                now,
-                got[0].id,
-                got[0].attempt,
-                crate::engine::Claim::Token,
-                NackAction::DeadLetter,
-                "bad",
-                fx,
-            )
-            .expect("held")
-    });
+    dead_letter(&broker, &q, &got);
     log.flush().await.expect("the writer is past the move");
     assert_eq!(dlq.snapshot().0.ready, 1, "in memory it moved");
     let r = restart_view(broker, dir.path()).await;
@@ -286,41 +309,8 @@ async fn a_dead_letter_move_the_log_refuses_keeps_the_task_in_its_queue() {
 async fn a_dead_letter_move_is_one_record_that_replays_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = durable_broker(dir.path(), LogOptions::default());
-    broker
-        .create_queue(spec("dlq", durable(10)))
-        .await
-        .expect("dlq");
-    let source = pb::QueueOptions {
-        dead_letter: "dlq".into(),
-        max_attempts: Some(1),
-        ..durable(10)
-    };
-    let (q, _) = broker
-        .create_queue(spec("q", source))
-        .await
-        .expect("created");
-    broker
-        .enqueue(&q, tasks(&broker, &["doomed"]), false, None)
-        .await
-        .expect("confirmed");
-    let got = broker
-        .get(&q, 1, Duration::ZERO, String::new())
-        .await
-        .expect("get");
-    broker.apply(&q, |sh, now, fx| {
-        sh.state
-            .nack(
-                now,
-                got[0].id,
-                got[0].attempt,
-                crate::engine::Claim::Token,
-                NackAction::DeadLetter,
-                "bad",
-                fx,
-            )
-            .expect("held")
-    });
-    let records_before = broker.log().expect("log").stats().records_written;
+    let (_, q, got) = doomed(&broker).await;
+    dead_letter(&broker, &q, &got);
     broker.log().expect("log").flush().await.expect("flushed");
     let r = restart_view(broker, dir.path()).await;
     assert!(payloads(&r, "q").is_empty());
@@ -328,7 +318,6 @@ async fn a_dead_letter_move_is_one_record_that_replays_whole() {
     let moved = r.queues["dlq"].tasks.values().next().expect("a task");
     let headers = moved.body.headers.as_deref().expect("dead-letter headers");
     assert_eq!(headers["x-sluice-dead-reason"], "rejected");
-    assert!(records_before > 0);
 }
 
 #[tokio::test]
@@ -379,15 +368,9 @@ async fn compaction_syncs_before_it_deletes_under_every_fsync_policy() {
             ..LogOptions::default()
         };
         let broker = durable_broker(dir.path(), options.clone());
-        let (q, _) = broker
-            .create_queue(spec("q", durable(100)))
-            .await
-            .expect("created");
+        let q = queue(&broker, "q", durable(100)).await;
         for i in 0..10 {
-            broker
-                .enqueue(&q, tasks(&broker, &[&format!("t{i}")]), false, None)
-                .await
-                .expect("confirmed");
+            put(&broker, &q, &[&format!("t{i}")]).await;
         }
         let log = broker.log().cloned().expect("log");
         // Synced now, so the roll needs no sync: the next one is the sync
@@ -418,10 +401,7 @@ async fn deleting_a_queue_gives_its_bytes_back_to_the_budget() {
     });
     let big = "x".repeat(600_000);
     for name in ["a", "b", "c"] {
-        let (q, _) = broker
-            .create_queue(spec(name, pb::QueueOptions::default()))
-            .await
-            .expect("created");
+        let q = queue(&broker, name, pb::QueueOptions::default()).await;
         broker
             .enqueue(&q, tasks(&broker, &[&big]), false, None)
             .await
@@ -438,20 +418,8 @@ async fn a_waiting_batch_and_remembered_keys_count_in_the_budget() {
         max_memory_bytes: 2_000,
         ..Limits::default()
     });
-    let (q, _) = broker
-        .create_queue(spec(
-            "q",
-            pb::QueueOptions {
-                capacity: 1,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("created");
-    broker
-        .enqueue(&q, tasks(&broker, &["first"]), false, None)
-        .await
-        .expect("stored");
+    let q = queue(&broker, "q", capacity(1)).await;
+    put(&broker, &q, &["first"]).await;
     // A producer waits for space with 1500 bytes: they are held.
     let waiting = {
         let (b, q) = (broker.clone(), q.clone());
@@ -476,23 +444,13 @@ async fn a_waiting_batch_and_remembered_keys_count_in_the_budget() {
     let _ = waiting.await;
     // A key outlives its task for the window, and costs while it does.
     let before = broker.held_bytes();
-    let (k, _) = broker
-        .create_queue(spec("k", pb::QueueOptions::default()))
-        .await
-        .expect("created");
+    let k = queue(&broker, "k", pb::QueueOptions::default()).await;
     broker
         .enqueue(&k, keyed(&broker, "some-key"), false, None)
         .await
         .expect("stored");
-    let got = broker
-        .get(&k, 1, Duration::ZERO, String::new())
-        .await
-        .expect("get");
-    broker.apply(&k, |sh, now, fx| {
-        sh.state
-            .ack(now, got[0].id, got[0].attempt, fx)
-            .expect("held")
-    });
+    let got = take(&broker, &k, 1).await;
+    ack_all(&broker, &k, &got);
     assert!(
         broker.held_bytes() >= before + "some-key".len() as u64,
         "the remembered key is counted"
@@ -502,21 +460,12 @@ async fn a_waiting_batch_and_remembered_keys_count_in_the_budget() {
 #[tokio::test]
 async fn a_get_answer_fits_a_default_client() {
     let broker = Broker::new(CancellationToken::new());
-    let (q, _) = broker
-        .create_queue(spec("q", pb::QueueOptions::default()))
-        .await
-        .expect("created");
+    let q = queue(&broker, "q", pb::QueueOptions::default()).await;
     let big = "x".repeat(900 << 10);
     for _ in 0..10 {
-        broker
-            .enqueue(&q, tasks(&broker, &[&big]), false, None)
-            .await
-            .expect("stored");
+        put(&broker, &q, &[&big]).await;
     }
-    let got = broker
-        .get(&q, 10, Duration::ZERO, String::new())
-        .await
-        .expect("get");
+    let got = take(&broker, &q, 10).await;
     assert_eq!(got.len(), 1, "one 900 KiB task per answer");
     let s = q.snapshot().0;
     assert_eq!((s.ready, s.leased), (9, 1), "the rest went back, unleased");
@@ -530,10 +479,7 @@ async fn concurrent_subscribes_cannot_pass_the_consumer_limit_together() {
         max_consumers: 10,
         ..Limits::default()
     });
-    let (q, _) = broker
-        .create_queue(spec("q", pb::QueueOptions::default()))
-        .await
-        .expect("created");
+    let q = queue(&broker, "q", pb::QueueOptions::default()).await;
     let mut joins = Vec::new();
     for i in 0..64 {
         let (b, q) = (broker.clone(), q.clone());
@@ -555,20 +501,8 @@ async fn concurrent_subscribes_cannot_pass_the_consumer_limit_together() {
 #[tokio::test]
 async fn a_key_waiting_in_line_is_never_answered_before_it_is_stored() {
     let broker = Broker::new(CancellationToken::new());
-    let (q, _) = broker
-        .create_queue(spec(
-            "q",
-            pb::QueueOptions {
-                capacity: 1,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("created");
-    broker
-        .enqueue(&q, tasks(&broker, &["full"]), false, None)
-        .await
-        .expect("stored");
+    let q = queue(&broker, "q", capacity(1)).await;
+    put(&broker, &q, &["full"]).await;
     // A waits with key k, and gives up after a moment.
     let a = {
         let (b, q) = (broker.clone(), q.clone());
@@ -603,15 +537,8 @@ async fn a_key_waiting_in_line_is_never_answered_before_it_is_stored() {
             tokio::task::yield_now().await;
         }
     }
-    let got = broker
-        .get(&q, 1, Duration::ZERO, String::new())
-        .await
-        .expect("get");
-    broker.apply(&q, |sh, now, fx| {
-        sh.state
-            .ack(now, got[0].id, got[0].attempt, fx)
-            .expect("held")
-    });
+    let got = take(&broker, &q, 1).await;
+    ack_all(&broker, &q, &got);
     let mut answers = Vec::new();
     for w in waiters {
         let s = w.await.expect("joined").expect("stored");
@@ -639,10 +566,7 @@ async fn compaction_counts_headers_and_does_not_run_again_at_once() {
     };
     let (log, recovered) = reopen(dir.path(), options);
     let broker = Broker::with_log(CancellationToken::new(), Some(log), recovered, 64 << 10);
-    let (q, _) = broker
-        .create_queue(spec("q", durable(10_000)))
-        .await
-        .expect("created");
+    let q = queue(&broker, "q", durable(10_000)).await;
     // Tiny payloads, big headers: what the old trigger did not count, so
     // it found the log always too big and rewrote it every second.
     for i in 0..200 {
@@ -663,15 +587,9 @@ async fn compaction_counts_headers_and_does_not_run_again_at_once() {
 async fn compaction_while_the_queue_serves_keeps_exactly_what_is_live() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = durable_broker(dir.path(), LogOptions::default());
-    let (q, _) = broker
-        .create_queue(spec("q", durable(100_000)))
-        .await
-        .expect("created");
+    let q = queue(&broker, "q", durable(100_000)).await;
     for i in 0..2000 {
-        broker
-            .enqueue(&q, tasks(&broker, &[&format!("old{i}")]), false, None)
-            .await
-            .expect("stored");
+        put(&broker, &q, &[&format!("old{i}")]).await;
     }
     // Producers and consumers keep going while the log is rewritten: the
     // snapshot is written after the queue's lock is released, and what
@@ -682,17 +600,9 @@ async fn compaction_while_the_queue_serves_keeps_exactly_what_is_live() {
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.is_cancelled() {
-                let t = tasks(&b, &[&format!("new{n}")]);
-                b.enqueue(&q, t, false, None).await.expect("stored");
-                let got = b
-                    .get(&q, 2, Duration::ZERO, String::new())
-                    .await
-                    .expect("get");
-                b.apply(&q, |sh, now, fx| {
-                    for d in &got {
-                        sh.state.ack(now, d.id, d.attempt, fx).expect("held");
-                    }
-                });
+                put(&b, &q, &[&format!("new{n}")]).await;
+                let got = take(&b, &q, 2).await;
+                ack_all(&b, &q, &got);
                 n += 1;
             }
         })
@@ -703,20 +613,14 @@ async fn compaction_while_the_queue_serves_keeps_exactly_what_is_live() {
     stop.cancel();
     worker.await.expect("worker");
     let mut live: Vec<String> = Vec::new();
-    let got = broker
-        .get(&q, 1000, Duration::ZERO, String::new())
-        .await
-        .expect("get");
+    let got = take(&broker, &q, 1000).await;
     let mut rest = got.len();
     live.extend(
         got.iter()
             .map(|d| String::from_utf8_lossy(&d.body.payload).into_owned()),
     );
     while rest > 0 {
-        let got = broker
-            .get(&q, 1000, Duration::ZERO, String::new())
-            .await
-            .expect("get");
+        let got = take(&broker, &q, 1000).await;
         rest = got.len();
         live.extend(
             got.iter()

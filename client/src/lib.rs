@@ -27,7 +27,7 @@ mod job;
 mod pacer;
 mod publisher;
 
-pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, TlsOptions, duration_ms};
+pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, Raw, TlsOptions, duration_ms};
 pub use delivery::DeliveryExt;
 pub use error::{Error, code_name};
 pub use job::{JobEvent, JobWatch};

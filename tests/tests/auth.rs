@@ -153,11 +153,34 @@ fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Code {
     r.expect_err("refused").code()
 }
 
+/// Acks `d`'s lease on "secret" quoting `token`, through the unary call;
+/// returns the codes of the refused items.
+async fn ack_with_token(
+    client: &sluice_client::Raw,
+    d: &sluice_client::proto::Delivery,
+    token: &str,
+) -> Vec<i32> {
+    use sluice_client::proto::{AckItem, AckRequest, LeaseRef};
+    let req = AckRequest {
+        queue: "secret".into(),
+        acks: vec![AckItem {
+            lease: Some(LeaseRef {
+                task_id: d.task.as_ref().expect("task").id.clone(),
+                attempt: d.attempt,
+                lease_token: token.into(),
+            }),
+            ..Default::default()
+        }],
+    };
+    let answer = client.clone().ack(req).await.expect("answered");
+    answer.into_inner().errors.iter().map(|e| e.code).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
     use sluice_client::proto::{
-        AckRequest, ConsumeRequest, CreateQueueRequest, EnqueueRequest, LeaseRef, NewTask,
-        QueueOptions, SealJobRequest, Subscribe, WatchJobRequest,
+        ConsumeRequest, CreateQueueRequest, EnqueueRequest, LeaseRef, NewTask, QueueOptions,
+        SealJobRequest, Subscribe, WatchJobRequest,
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let auth = dir.path().join("auth.toml");
@@ -282,31 +305,10 @@ async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
     let d = delivery.expect("delivered");
     assert!(d.lease_token.is_empty(), "settled on its stream: {d:?}");
     let colleague = as_client(&b, "colleague-0123456789abcdef").await.raw();
-    let guess = |token: &str| AckRequest {
-        queue: "secret".into(),
-        acks: vec![sluice_client::proto::AckItem {
-            lease: Some(LeaseRef {
-                task_id: d.task.as_ref().expect("task").id.clone(),
-                attempt: d.attempt,
-                lease_token: token.into(),
-            }),
-            ..Default::default()
-        }],
-    };
-    use sluice_client::proto::SettleErrorCode;
-    for (token, want) in [
-        ("", SettleErrorCode::Invalid),
-        ("0123456789abcdef", SettleErrorCode::StaleLease),
-    ] {
-        let errors = colleague
-            .clone()
-            .ack(guess(token))
-            .await
-            .expect("answered")
-            .into_inner()
-            .errors;
-        assert_eq!(errors.len(), 1, "{token:?}: refused");
-        assert_eq!(errors[0].code, want as i32, "{token:?}: {errors:?}");
+    use sluice_client::proto::SettleErrorCode::{Invalid, StaleLease};
+    for (token, want) in [("", Invalid), ("0123456789abcdef", StaleLease)] {
+        let refused = ack_with_token(&colleague, &d, token).await;
+        assert_eq!(refused, [want as i32], "{token:?}");
     }
     eventually(DEADLINE, "the lease is still held", || {
         let out = as_token(&b, "ops-0123456789abcdef", &["--json", "stats", "secret"]);
@@ -362,39 +364,12 @@ async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
         .deliveries
         .remove(0);
     assert_eq!(got.lease_token.len(), 16, "{got:?}");
-    let ack_got = |token: &str| AckRequest {
-        queue: "secret".into(),
-        acks: vec![sluice_client::proto::AckItem {
-            lease: Some(LeaseRef {
-                task_id: got.task.as_ref().expect("task").id.clone(),
-                attempt: got.attempt,
-                lease_token: token.into(),
-            }),
-            ..Default::default()
-        }],
-    };
-    for (token, want) in [
-        ("", SettleErrorCode::Invalid),
-        ("fedcba9876543210", SettleErrorCode::StaleLease),
-    ] {
-        let errors = payroll
-            .clone()
-            .ack(ack_got(token))
-            .await
-            .expect("answered")
-            .into_inner()
-            .errors;
-        assert_eq!(errors.len(), 1, "{token:?}: refused");
-        assert_eq!(errors[0].code, want as i32, "{token:?}: {errors:?}");
+    for (token, want) in [("", Invalid), ("fedcba9876543210", StaleLease)] {
+        let refused = ack_with_token(&payroll, &got, token).await;
+        assert_eq!(refused, [want as i32], "{token:?}");
     }
-    let errors = colleague
-        .clone()
-        .ack(ack_got(&got.lease_token))
-        .await
-        .expect("answered")
-        .into_inner()
-        .errors;
-    assert!(errors.is_empty(), "the holder of the token: {errors:?}");
+    let refused = ack_with_token(&colleague, &got, &got.lease_token).await;
+    assert!(refused.is_empty(), "the holder of the token: {refused:?}");
 }
 
 /// Writes `text` as an auth file and starts a broker on it, expecting a
