@@ -82,7 +82,32 @@ struct Session {
     id: PublisherId,
 }
 
+/// What the reader hands the confirmer, in the order frames came.
+enum Step {
+    /// A frame stored in the queue, confirmed once its log write is done.
+    Stored(Staged),
+    /// The stream ends with this status, after the frames before it are
+    /// confirmed.
+    Fail(Status),
+}
+
+/// A stored frame waiting for its confirmation.
+struct Staged {
+    first: TaskId,
+    n: u64,
+    duplicates: Vec<(TaskId, TaskId)>,
+    depth: u64,
+    durability: Option<crate::registry::Durability>,
+}
+
 impl Session {
+    /// Reads frames and stores each at once, without waiting for its log
+    /// write: while earlier frames wait for theirs, later ones join them,
+    /// and everything that arrives meanwhile (from this stream and others)
+    /// shares one group commit. The confirmer answers in order as each
+    /// becomes durable. How far the reader runs ahead is bounded by the
+    /// producer's window: it cannot send more than its credit, and credit
+    /// comes back only with confirmations.
     async fn run(
         self,
         first: pb::PublishRequest,
@@ -90,6 +115,24 @@ impl Session {
         mut grants: mpsc::UnboundedReceiver<u64>,
         out: Out,
     ) {
+        let (steps, staged) = mpsc::unbounded_channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        // In memory nothing waits for a log write: confirm inline, without
+        // a hop to another task per frame.
+        let durable = self.q.spec.durable;
+        let confirmer = durable.then(|| {
+            tokio::spawn(
+                confirm(
+                    self.broker.clone(),
+                    Arc::clone(&self.q),
+                    self.id,
+                    staged,
+                    out.clone(),
+                    stop.clone(),
+                )
+                .in_current_span(),
+            )
+        });
         let mut frame = Some(first);
         let shutdown = self.broker.shutdown().clone();
         let idle = self.limits.publish_idle;
@@ -100,26 +143,34 @@ impl Session {
                 && !f.tasks.is_empty()
             {
                 quiet_since = tokio::time::Instant::now();
-                match self.store(f.tasks).await {
-                    Ok(resp) => {
-                        if out.send(Ok(resp)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(status) => {
-                        let _ = out.send(Err(status)).await;
-                        break;
-                    }
+                let step = match self.stage(f.tasks) {
+                    Ok(staged) => Step::Stored(staged),
+                    Err(status) => Step::Fail(status),
+                };
+                let failed = matches!(step, Step::Fail(_));
+                let sent = if durable {
+                    steps.send(step).is_ok()
+                } else {
+                    let answer = match step {
+                        Step::Stored(s) => Ok(confirmation(&self.broker, &self.q, self.id, s)),
+                        Step::Fail(status) => Err(status),
+                    };
+                    out.send(answer).await.is_ok()
+                };
+                if !sent || failed {
+                    break;
                 }
             }
             tokio::select! {
                 biased;
+                // The confirmer hit a failure: stop reading.
+                _ = stop.cancelled() => break,
                 _ = self.q.deleted().cancelled() => {
-                    let _ = out.send(Err(Error::QueueDeleted(self.q.name().to_owned()).into())).await;
+                    self.fail(&steps, &out, Error::QueueDeleted(self.q.name().to_owned()).into()).await;
                     break;
                 }
                 _ = shutdown.cancelled() => {
-                    let _ = out.send(Err(Error::ShuttingDown.into())).await;
+                    self.fail(&steps, &out, Error::ShuttingDown.into()).await;
                     break;
                 }
                 Some(mut credit) = grants.recv() => {
@@ -133,8 +184,8 @@ impl Session {
                 }
                 m = inbound.message() => match m {
                     Ok(Some(f)) => frame = Some(f),
-                    // The producer is done (or gone): what it sent is
-                    // stored and confirmed already.
+                    // The producer is done (or gone): the confirmer answers
+                    // what it sent, then the stream ends.
                     Ok(None) | Err(_) => break,
                 },
                 _ = tokio::time::sleep_until(quiet_since + idle) => {
@@ -151,18 +202,35 @@ impl Session {
                             humantime::format_duration(idle),
                             self.q.name()
                         );
-                        let _ = out.send(Err(Status::aborted(msg))).await;
+                        self.fail(&steps, &out, Status::aborted(msg)).await;
                         break;
                     }
                     quiet_since = tokio::time::Instant::now();
                 }
             }
         }
+        // The reservation goes now (Drop); the confirmer finishes what was
+        // sent, then the stream ends when it and `out` are dropped.
+        drop(steps);
+        drop(out);
+        drop(self);
+        if let Some(c) = confirmer {
+            let _ = c.await;
+        }
     }
 
-    /// Stores one frame's tasks against the credit, waits until they are
-    /// durable (durable queues), and returns the confirmation.
-    async fn store(&self, tasks: Vec<pb::NewTask>) -> Result<pb::PublishResponse, Status> {
+    /// Ends the stream with `status`, after the confirmations before it.
+    async fn fail(&self, steps: &mpsc::UnboundedSender<Step>, out: &Out, status: Status) {
+        if self.q.spec.durable {
+            let _ = steps.send(Step::Fail(status));
+        } else {
+            let _ = out.send(Err(status)).await;
+        }
+    }
+
+    /// Stores one frame's tasks against the credit and starts its log
+    /// write; the confirmation waits for that in [`confirm`].
+    fn stage(&self, tasks: Vec<pb::NewTask>) -> Result<Staged, Status> {
         let n = validate::batch_len(tasks.len(), &self.limits)?;
         let first = self.broker.task_ids(n);
         let tasks = validate::new_tasks(tasks, first, &self.limits)?;
@@ -183,44 +251,99 @@ impl Session {
             });
         drop(reservation);
         match stored {
-            Ok(()) => {}
-            Err(PublishError::OverCredit { sent, credit }) => {
-                return Err(Error::invalid(format!(
-                    "sent {sent} tasks with credit for {credit}: wait for credit before sending"
-                ))
-                .into());
-            }
-            Err(PublishError::Unknown) => {
-                return Err(Error::QueueDeleted(self.q.name().to_owned()).into());
-            }
+            Ok(()) => Ok(Staged {
+                first,
+                n,
+                duplicates,
+                depth,
+                durability,
+            }),
+            Err(PublishError::OverCredit { sent, credit }) => Err(Error::invalid(format!(
+                "sent {sent} tasks with credit for {credit}: wait for credit before sending"
+            ))
+            .into()),
+            Err(PublishError::Unknown) => Err(Error::QueueDeleted(self.q.name().to_owned()).into()),
         }
-        if let Some(d) = durability
-            && let Err(e) = d.await
-        {
+    }
+}
+
+/// Confirms stored frames in the order they came, each once its log write
+/// is durable, and ends the stream with the reader's failure, if any,
+/// after them. A log write that fails takes its frame's tasks back out and
+/// ends the stream (UNAVAILABLE, or RESOURCE_EXHAUSTED for a full disk);
+/// frames after it that were stored stay stored (at least once) but are
+/// not confirmed.
+async fn confirm(
+    broker: Broker,
+    q: Arc<QueueHandle>,
+    id: PublisherId,
+    mut staged: mpsc::UnboundedReceiver<Step>,
+    out: Out,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut failed: Option<Status> = None;
+    while let Some(step) = staged.recv().await {
+        let s = match step {
+            Step::Stored(s) => s,
+            Step::Fail(status) => {
+                failed.get_or_insert(status);
+                continue;
+            }
+        };
+        let mut s = s;
+        let written = match s.durability.take() {
+            Some(d) => d.await,
+            None => Ok(()),
+        };
+        if let Err(e) = written {
             // Not stored after all: take the tasks back out, as Enqueue does.
-            self.broker.retract(&self.q, first, n);
-            return Err(Error::from(e).into());
+            broker.retract(&q, s.first, s.n);
+            if failed.is_none() {
+                failed = Some(Error::from(e).into());
+                stop.cancel();
+            }
+            continue;
         }
-        // Confirmed: the window has room for more credit.
-        self.broker.apply(&self.q, |sh, now, fx| {
-            sh.state.publish_confirmed(now, id, n, fx);
-        });
-        let confirmed_ids = (0..n)
-            .map(|i| {
-                let id = TaskId(first.0 + i);
-                let id = duplicates
-                    .iter()
-                    .find(|(new, _)| *new == id)
-                    .map_or(id, |(_, holder)| *holder);
-                validate::task_id_str(id)
-            })
-            .collect();
-        Ok(pb::PublishResponse {
-            credit: 0,
-            confirmed_ids,
-            depth,
-            capacity: self.q.spec.config.capacity,
+        if failed.is_some() {
+            continue;
+        }
+        let resp = confirmation(&broker, &q, id, s);
+        if out.send(Ok(resp)).await.is_err() {
+            stop.cancel();
+        }
+    }
+    if let Some(status) = failed {
+        let _ = out.send(Err(status)).await;
+    }
+}
+
+/// A stored (and durable) frame's confirmation; its window has room for
+/// more credit now.
+fn confirmation(
+    broker: &Broker,
+    q: &QueueHandle,
+    id: PublisherId,
+    s: Staged,
+) -> pb::PublishResponse {
+    broker.apply(q, |sh, now, fx| {
+        sh.state.publish_confirmed(now, id, s.n, fx);
+    });
+    let confirmed_ids = (0..s.n)
+        .map(|i| {
+            let id = TaskId(s.first.0 + i);
+            let id = s
+                .duplicates
+                .iter()
+                .find(|(new, _)| *new == id)
+                .map_or(id, |(_, holder)| *holder);
+            validate::task_id_str(id)
         })
+        .collect();
+    pb::PublishResponse {
+        credit: 0,
+        confirmed_ids,
+        depth: s.depth,
+        capacity: q.spec.config.capacity,
     }
 }
 

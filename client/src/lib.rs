@@ -12,7 +12,9 @@
 //! - `delivery.rs` — [`DeliveryExt`]: lease tokens from deliveries;
 //! - `pacer.rs`    — [`Pacer`]: slowing a producer before the queue fills;
 //! - `publisher.rs` — [`Publisher`]: the credit-based Publish stream;
-//! - `job.rs`      — [`JobWatch`]: sealing and watching jobs.
+//! - `job.rs`      — [`JobWatch`]: sealing and watching jobs;
+//! - `coalesce.rs` — [`Coalescing`]: frames queued while the connection is
+//!   busy go out as one (the Publisher's, and the worker runtime's).
 //!
 //! The bidirectional `Consume` stream is not wrapped here: the worker runtime
 //! (crate `sluice-worker`) drives it through [`Client::raw`].
@@ -21,6 +23,7 @@
 //! (`src/main.rs`, `src/cli/`) and uses only this public API.
 
 mod client;
+mod coalesce;
 mod delivery;
 mod error;
 mod job;
@@ -28,6 +31,7 @@ mod pacer;
 mod publisher;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, Raw, TlsOptions, duration_ms};
+pub use coalesce::{Coalesce, Coalescing};
 pub use delivery::DeliveryExt;
 pub use error::{Error, code_name};
 pub use job::{JobEvent, JobWatch};

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Error;
 use crate::client::Client;
+use crate::coalesce::Coalescing;
 use crate::proto::{NewTask, PublishRequest};
 
 #[derive(Debug, Default)]
@@ -26,8 +26,14 @@ struct State {
 }
 
 /// A producer on one queue. Not `Clone`: one stream, one sender.
+///
+/// Each `send` becomes a frame at once when the connection is idle; frames
+/// queued while it is busy go out merged (see [`Coalescing`]), so sending
+/// task by task runs at the speed of batches without waiting to fill one.
 pub struct Publisher {
-    tx: mpsc::Sender<PublishRequest>,
+    /// Unbounded: what goes in is bounded by the credit, which `send`
+    /// takes before it queues a frame.
+    tx: mpsc::UnboundedSender<PublishRequest>,
     state: Arc<(Mutex<State>, Notify)>,
     sent: u64,
     /// Confirmed ids already handed out by `take_confirmed`.
@@ -41,18 +47,17 @@ impl Client {
     /// tasks in flight (credit held plus sent and unconfirmed; 0 = the
     /// broker's default, 1000).
     pub async fn publisher(&self, queue: &str, window: u32) -> Result<Publisher, Error> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::unbounded_channel();
         let first = PublishRequest {
             queue: queue.to_owned(),
             window,
             ..PublishRequest::default()
         };
         tx.send(first)
-            .await
             .map_err(|_| Error::Protocol("publish stream closed at once".into()))?;
         let mut inbound = self
             .raw()
-            .publish(ReceiverStream::new(rx))
+            .publish(Coalescing::new(rx))
             .await
             .map_err(|s| self.error(s))?
             .into_inner();
@@ -109,13 +114,8 @@ impl Publisher {
         while !tasks.is_empty() {
             let started = Instant::now();
             self.wait_credit().await?;
-            // Room in the channel first: after this nothing awaits, so the
-            // credit taken below always goes out with its frame.
-            let permit = self
-                .tx
-                .reserve()
-                .await
-                .map_err(|_| Error::Protocol("publish stream closed".into()))?;
+            // Nothing awaits from here on, so the credit taken below always
+            // goes out with its frame.
             let take = {
                 let mut st = self
                     .state
@@ -134,7 +134,9 @@ impl Publisher {
                 tasks: std::mem::replace(&mut tasks, rest),
                 ..PublishRequest::default()
             };
-            permit.send(frame);
+            self.tx
+                .send(frame)
+                .map_err(|_| Error::Protocol("publish stream closed".into()))?;
             self.sent += take;
             self.waited += started.elapsed();
         }

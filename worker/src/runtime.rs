@@ -22,7 +22,6 @@ use sluice_client::{Client, Code};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -212,7 +211,12 @@ impl Worker {
         if tx.send(first).is_err() {
             return Ok(End::Lost("request stream closed".into()));
         }
-        let mut inbound = match client.raw().consume(UnboundedReceiverStream::new(rx)).await {
+        // Settlements queued while the connection is busy go out as one frame.
+        let mut inbound = match client
+            .raw()
+            .consume(sluice_client::Coalescing::new(rx))
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(status) => return classify(status),
         };

@@ -22,11 +22,61 @@ use crate::cli::exit::Failure;
 
 type Tx = mpsc::UnboundedSender<Vec<Delivery>>;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Baseline {
+    dealer: std::sync::Arc<Dealer>,
+}
+
+#[derive(Default)]
+struct Dealer {
     subscribers: Mutex<HashMap<String, Vec<Tx>>>,
     next: AtomicUsize,
     ids: AtomicU64,
+}
+
+impl Dealer {
+    /// Hands tasks straight to the queue's subscribers; returns their ids.
+    fn deal(&self, queue: &str, tasks: Vec<NewTask>) -> Result<Vec<String>, Status> {
+        let mut ids = Vec::with_capacity(tasks.len());
+        let subs = self
+            .subscribers
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?
+            .get(queue)
+            .cloned()
+            .unwrap_or_default();
+        if subs.is_empty() {
+            return Err(Status::unavailable("no subscriber"));
+        }
+        // One batch per subscriber per request, dealt round-robin: the same
+        // shape of frames the broker sends, without any queue behind them.
+        let mut batches: Vec<Vec<Delivery>> = vec![Vec::new(); subs.len()];
+        for t in tasks {
+            let id = format!("{:016x}", self.ids.fetch_add(1, Ordering::Relaxed));
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % subs.len();
+            batches[i].push(Delivery {
+                task: Some(Task {
+                    id: id.clone(),
+                    payload: t.payload,
+                    headers: t.headers,
+                    priority: t.priority,
+                    ..Default::default()
+                }),
+                attempt: 1,
+                lease_deadline_unix_ms: 0,
+                queue: queue.to_owned(),
+                // None on a stream, as the broker sends.
+                lease_token: String::new(),
+            });
+            ids.push(id);
+        }
+        for (tx, batch) in subs.iter().zip(batches) {
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+        }
+        Ok(ids)
+    }
 }
 
 /// Serves the baseline on 127.0.0.1:0 until killed; prints
@@ -112,44 +162,7 @@ impl SluiceService for Baseline {
         req: Request<EnqueueRequest>,
     ) -> Result<Response<EnqueueResponse>, Status> {
         let req = req.into_inner();
-        let mut ids = Vec::with_capacity(req.tasks.len());
-        let subs = self
-            .subscribers
-            .lock()
-            .map_err(|_| Status::internal("poisoned"))?
-            .get(&req.queue)
-            .cloned()
-            .unwrap_or_default();
-        if subs.is_empty() {
-            return Err(Status::unavailable("no subscriber"));
-        }
-        // One batch per subscriber per request, dealt round-robin: the same
-        // shape of frames the broker sends, without any queue behind them.
-        let mut batches: Vec<Vec<Delivery>> = vec![Vec::new(); subs.len()];
-        for t in req.tasks {
-            let id = format!("{:016x}", self.ids.fetch_add(1, Ordering::Relaxed));
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % subs.len();
-            batches[i].push(Delivery {
-                task: Some(Task {
-                    id: id.clone(),
-                    payload: t.payload,
-                    headers: t.headers,
-                    priority: t.priority,
-                    ..Default::default()
-                }),
-                attempt: 1,
-                lease_deadline_unix_ms: 0,
-                queue: req.queue.clone(),
-                // None on a stream, as the broker sends.
-                lease_token: String::new(),
-            });
-            ids.push(id);
-        }
-        for (tx, batch) in subs.iter().zip(batches) {
-            if !batch.is_empty() {
-                let _ = tx.send(batch);
-            }
-        }
+        let ids = self.dealer.deal(&req.queue, req.tasks)?;
         Ok(Response::new(EnqueueResponse {
             ids,
             ..Default::default()
@@ -158,11 +171,42 @@ impl SluiceService for Baseline {
 
     type PublishStream = BoxStream<PublishResponse>;
 
+    /// The window as credit at once, then each frame dealt, confirmed and
+    /// its credit given back: the stream's shape with no queue behind it.
     async fn publish(
         &self,
-        _: Request<Streaming<PublishRequest>>,
+        req: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
-        Err(Status::unimplemented("baseline"))
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::failed_precondition("no first frame"))?;
+        let queue = first.queue;
+        let window = u64::from(first.window.max(1));
+        let dealer = self.dealer.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let grant = PublishResponse {
+                credit: window,
+                ..Default::default()
+            };
+            if tx.send(Ok(grant)).await.is_err() {
+                return;
+            }
+            while let Ok(Some(frame)) = inbound.message().await {
+                let n = frame.tasks.len() as u64;
+                let answer = dealer.deal(&queue, frame.tasks).map(|ids| PublishResponse {
+                    credit: n,
+                    confirmed_ids: ids,
+                    ..Default::default()
+                });
+                if tx.send(answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ConsumeStream = BoxStream<ConsumeResponse>;
@@ -179,7 +223,8 @@ impl SluiceService for Baseline {
             _ => return Err(Status::failed_precondition("subscribe first")),
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.subscribers
+        self.dealer
+            .subscribers
             .lock()
             .map_err(|_| Status::internal("poisoned"))?
             .entry(queue)

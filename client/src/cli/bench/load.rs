@@ -14,12 +14,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use sluice_client::Client;
 use sluice_client::proto::{
-    AckItem, ConsumeRequest, EnqueueMode, LeaseRef, NewTask, QueueOptions, Subscribe,
+    AckItem, ConsumeRequest, EnqueueMode, LeaseRef, NewTask, PublishRequest, QueueOptions,
+    Subscribe,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_util::sync::CancellationToken;
 
 use super::BenchArgs;
@@ -179,9 +180,11 @@ pub async fn run(
     for q in &queues {
         let options = QueueOptions {
             // Room for the backlog plus what producers have in flight.
-            capacity: args
-                .capacity
-                .max(backlog_per_queue + u64::from(args.batch * args.pipeline * args.producers)),
+            capacity: args.capacity.max(
+                backlog_per_queue
+                    + u64::from(args.producers)
+                        * u64::from(args.batch * args.pipeline).max(u64::from(args.window)),
+            ),
             durable: args.durable,
             ..Default::default()
         };
@@ -254,13 +257,17 @@ pub async fn run(
     let progress = tokio::spawn(progress(Arc::clone(&shared), stop.clone(), label));
     let mut producers = JoinSet::new();
     for p in 0..args.producers {
-        producers.spawn(produce(
+        let (client, queues, args, shared) = (
             client.clone(),
             queues.clone(),
-            p,
             args.clone(),
             Arc::clone(&shared),
-        ));
+        );
+        if args.mode == super::ProducerMode::Publish {
+            producers.spawn(publish(client, queues, p, args, shared));
+        } else {
+            producers.spawn(produce(client, queues, p, args, shared));
+        }
     }
     let mut first_error = None;
     while let Some(r) = producers.join_next().await {
@@ -460,6 +467,125 @@ async fn produce(
         flatten(r)?;
     }
     Ok(())
+}
+
+/// A producer on a Publish stream: frames of exactly --batch tasks (one,
+/// with --rate), sent while credit lasts, up to --window unconfirmed; a
+/// task counts as sent once its frame is confirmed. Frames are not merged
+/// (unlike the client library's Publisher): this measures the broker's
+/// cost per frame, as an outside client sending one task per message sees.
+async fn publish(
+    client: Client,
+    queues: Vec<String>,
+    producer: u32,
+    args: BenchArgs,
+    shared: Arc<Shared>,
+) -> Result<(), Failure> {
+    let share = args.tasks / u64::from(args.producers)
+        + u64::from(u64::from(producer) < args.tasks % u64::from(args.producers));
+    let deadline = args.duration.map(|d| shared.start + d);
+    let more = |seq: u64| match deadline {
+        Some(d) => Instant::now() < d,
+        None => seq < share,
+    };
+    let batch = if args.rate.is_some() {
+        1
+    } else {
+        u64::from(args.batch)
+    };
+    let per_sec = args.rate.map(|r| r as f64 / f64::from(args.producers));
+    let queue = queues[producer as usize % queues.len()].clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let first = PublishRequest {
+        queue,
+        window: args.window,
+        ..Default::default()
+    };
+    let closed = || Failure::Refused("the publish stream closed".into());
+    tx.send(first).map_err(|_| closed())?;
+    let mut inbound = client
+        .raw()
+        .publish(UnboundedReceiverStream::new(rx))
+        .await
+        .map_err(|s| Failure::Refused(format!("publish: {s}")))?
+        .into_inner();
+    let (mut credit, mut seq, mut unconfirmed) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    loop {
+        // Paced: the moment the next task is due (None: as fast as credit
+        // allows).
+        let due_at = per_sec.map(|rate| started + Duration::from_secs_f64((seq + 1) as f64 / rate));
+        let due = due_at.is_none_or(|at| Instant::now() >= at);
+        if more(seq) && due {
+            let n = match deadline {
+                Some(_) => batch,
+                None => batch.min(share - seq),
+            };
+            if credit >= n {
+                let now = shared.micros();
+                let tasks = (0..n)
+                    .map(|i| NewTask {
+                        payload: payload(args.payload, now, producer, seq + i),
+                        ..Default::default()
+                    })
+                    .collect();
+                tx.send(PublishRequest {
+                    tasks,
+                    ..Default::default()
+                })
+                .map_err(|_| closed())?;
+                credit -= n;
+                seq += n;
+                unconfirmed += n;
+                continue;
+            }
+        }
+        if !more(seq) && unconfirmed == 0 {
+            break;
+        }
+        let waited = Instant::now();
+        let frame = tokio::select! {
+            m = inbound.message() => Some(m),
+            _ = sleep_until_opt(due_at), if more(seq) && !due => None,
+        };
+        shared
+            .enqueue_wait_us
+            .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match frame {
+            Some(Ok(Some(r))) => {
+                credit += r.credit;
+                let n = r.confirmed_ids.len() as u64;
+                unconfirmed = unconfirmed.saturating_sub(n);
+                shared.sent.fetch_add(n, Ordering::SeqCst);
+            }
+            Some(Ok(None)) => {
+                return Err(Failure::Refused(
+                    "the broker ended the publish stream".into(),
+                ));
+            }
+            Some(Err(s)) => return Err(Failure::Refused(format!("publish: {s}"))),
+            None => {}
+        }
+    }
+    // Half-close; the broker ends the stream once all is confirmed.
+    drop(tx);
+    while let Some(r) = inbound
+        .message()
+        .await
+        .map_err(|s| Failure::Refused(format!("publish: {s}")))?
+    {
+        shared
+            .sent
+            .fetch_add(r.confirmed_ids.len() as u64, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn opened(r: Result<Result<Stream, Failure>, tokio::task::JoinError>) -> Result<Stream, Failure> {

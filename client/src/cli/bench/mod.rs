@@ -30,7 +30,8 @@ pub enum ProducerMode {
     Enqueue,
     /// One task per Enqueue call.
     Single,
-    /// The Publish stream (not served by this broker version yet).
+    /// The Publish stream: frames of --batch tasks (1: one task per frame,
+    /// as other brokers' benchmarks send), up to --window unconfirmed.
     Publish,
 }
 
@@ -90,9 +91,14 @@ pub struct BenchArgs {
     /// How producers send.
     #[arg(long, value_enum, default_value_t = ProducerMode::Enqueue)]
     pub mode: ProducerMode,
-    /// Tasks per Enqueue call in `enqueue` mode.
+    /// Tasks per Enqueue call in `enqueue` mode, per frame in `publish`
+    /// mode.
     #[arg(long, default_value_t = 100)]
     pub batch: u32,
+    /// Publish mode: tasks each producer may have unconfirmed (the
+    /// stream's window: credit held plus sent and not yet confirmed).
+    #[arg(long, default_value_t = 1024)]
+    pub window: u32,
     /// Enqueue calls each producer keeps in flight.
     #[arg(long, default_value_t = 2)]
     pub pipeline: u32,
@@ -151,8 +157,11 @@ pub async fn run(broker: &str, args: BenchArgs, json: bool) -> Result<(), Failur
 
 fn check(args: &BenchArgs) -> Result<(), Failure> {
     let usage = |m: &str| Err(Failure::Usage(m.to_owned()));
-    if args.mode == ProducerMode::Publish {
-        return usage("--mode publish: the Publish stream is not served by this broker version");
+    if args.window == 0 {
+        return usage("--window must be at least 1");
+    }
+    if args.mode == ProducerMode::Publish && args.batch > args.window {
+        return usage("--mode publish: --batch must not be more than --window");
     }
     if args.producers == 0 || args.consumers == 0 || args.queues == 0 || args.credit == 0 {
         return usage("--producers, --consumers, --queues and --credit must be at least 1");

@@ -58,9 +58,20 @@ fn describe(a: &BenchArgs) -> String {
         Some(r) => format!("latency mode at {r} tasks/s"),
         None => "throughput mode".into(),
     };
+    let producing = match a.mode {
+        super::ProducerMode::Publish => format!(
+            "Publish, {} per frame, window {}",
+            if a.rate.is_some() { 1 } else { a.batch },
+            a.window
+        ),
+        super::ProducerMode::Single => format!("Enqueue, 1 per call, pipeline {}", a.pipeline),
+        super::ProducerMode::Enqueue => {
+            format!("Enqueue, batch {}, pipeline {}", a.batch, a.pipeline)
+        }
+    };
     format!(
-        "{pace}: {amount} of {} B, {} producer(s) ({:?}, batch {}, pipeline {}), {} consumer(s) with credit {}, {} queue(s)",
-        a.payload, a.producers, a.mode, a.batch, a.pipeline, a.consumers, a.credit, a.queues
+        "{pace}: {amount} of {} B, {} producer(s) ({producing}), {} consumer(s) with credit {}, {} queue(s)",
+        a.payload, a.producers, a.consumers, a.credit, a.queues
     )
 }
 
@@ -76,6 +87,7 @@ fn config(a: &BenchArgs) -> Value {
         "mode": format!("{:?}", a.mode).to_lowercase(),
         "batch": a.batch,
         "pipeline": a.pipeline,
+        "window": a.window,
         "rate": a.rate,
         "spawn": a.spawn,
         "durable": a.durable,
