@@ -357,3 +357,134 @@ impl Drop for Session {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use sluice_proto::v1::sluice_service_client::SluiceServiceClient;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::durable::Recovery;
+    use crate::storage::{Log, LogOptions};
+
+    /// A broker with durable queue "q" on a log in `dir`, served on a
+    /// local port; and a Publish stream on "q" with a window of 100.
+    async fn durable_publish(
+        dir: &std::path::Path,
+    ) -> (
+        Broker,
+        Log,
+        mpsc::UnboundedSender<pb::PublishRequest>,
+        Streaming<pb::PublishResponse>,
+    ) {
+        let (log, _) = Log::open(dir, LogOptions::default()).expect("open");
+        let broker = Broker::with_log(
+            CancellationToken::new(),
+            Some(log.clone()),
+            Recovery::default(),
+            64 << 20,
+        );
+        let options = pb::QueueOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let spec = validate::queue_spec("q", Some(&options)).expect("spec");
+        broker.create_queue(spec).await.expect("create");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(crate::server::run(
+            listener,
+            Limits::default(),
+            broker.clone(),
+            None,
+            None,
+            crate::info::Setup {
+                max_streams_per_connection: 100,
+                ..Default::default()
+            },
+        ));
+        let mut client = SluiceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(pb::PublishRequest {
+            queue: "q".into(),
+            window: 100,
+            ..Default::default()
+        })
+        .expect("send");
+        let mut answers = client
+            .publish(UnboundedReceiverStream::new(rx))
+            .await
+            .expect("publish")
+            .into_inner();
+        let credit = answers.message().await.expect("healthy").expect("credit");
+        assert_eq!(credit.credit, 100);
+        (broker, log, tx, answers)
+    }
+
+    fn frame(payload: &str) -> pb::PublishRequest {
+        pb::PublishRequest {
+            tasks: vec![pb::NewTask {
+                payload: payload.to_owned().into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_the_log_refuses_is_taken_back_after_the_confirmations_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (broker, log, tx, mut answers) = durable_publish(dir.path()).await;
+        tx.send(frame("kept")).expect("send");
+        let mut confirmed = 0;
+        while confirmed < 1 {
+            let a = answers.message().await.expect("healthy").expect("open");
+            confirmed += a.confirmed_ids.len();
+        }
+        log.faults().fail_writes.store(1, Relaxed);
+        tx.send(frame("refused")).expect("send");
+        let status = loop {
+            match answers.message().await {
+                Ok(Some(a)) => assert!(a.confirmed_ids.is_empty(), "{a:?}"),
+                Ok(None) => panic!("ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        let q = broker.queue("q").expect("q");
+        assert_eq!(q.snapshot().0.ready, 1, "the refused frame was taken back");
+        broker.shutdown().cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_in_flight_share_the_log_writes_and_are_confirmed_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (broker, log, tx, mut answers) = durable_publish(dir.path()).await;
+        // Every fsync takes 20 ms: one frame at a time, 50 frames would
+        // take 50 of them.
+        log.faults().slow_sync_ms.store(20, Relaxed);
+        let before = log.stats().fsyncs;
+        for i in 0..50 {
+            tx.send(frame(&format!("t{i}"))).expect("send");
+        }
+        let mut confirmed = Vec::new();
+        while confirmed.len() < 50 {
+            let a = answers.message().await.expect("healthy").expect("open");
+            confirmed.extend(a.confirmed_ids);
+        }
+        let fsyncs = log.stats().fsyncs - before;
+        assert!(fsyncs <= 10, "50 frames took {fsyncs} fsyncs");
+        let mut sorted = confirmed.clone();
+        sorted.sort();
+        assert_eq!(confirmed, sorted, "confirmed in the order sent");
+        assert_eq!(broker.queue("q").expect("q").snapshot().0.ready, 50);
+        broker.shutdown().cancel();
+    }
+}
