@@ -98,7 +98,10 @@ impl Session {
         tracing::debug!("consumer subscribed");
         let limits = self.broker.limits();
         let mut frame = Some(first);
-        let shutdown = self.broker.shutdown().clone();
+        // Made once, not per frame: each would register with its token.
+        let deleted = self.q.deleted().clone().cancelled_owned();
+        let shutdown = self.broker.shutdown().clone().cancelled_owned();
+        tokio::pin!(deleted, shutdown);
         // Set when the broker drains: until then, held tasks may be settled.
         let mut draining_until: Option<tokio::time::Instant> = None;
         loop {
@@ -145,11 +148,11 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = self.q.deleted().cancelled() => {
+                _ = &mut deleted => {
                     let _ = out.send(Err(Error::QueueDeleted(self.q.name().to_owned()).into())).await;
                     break;
                 }
-                _ = shutdown.cancelled(), if draining_until.is_none() => {
+                _ = &mut shutdown, if draining_until.is_none() => {
                     // Stop deliveries, send what was already routed, then
                     // tell the worker how long it has to settle what it holds.
                     let cid = self.cid;

@@ -26,6 +26,8 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use prost::Message;
 
+mod encode;
+
 use crate::engine::{Backoff, Change, Millis, Order, QueueConfig, Restored, TaskBody, TaskId};
 use crate::registry::QueueSpec;
 
@@ -235,20 +237,28 @@ pub fn delete(name: &str) -> Bytes {
 
 /// The record of one engine call's changes to a queue.
 pub fn changes(queue: &str, changes: &[Change]) -> Bytes {
-    encode(record::Kind::Changes(queue_changes(queue, changes)))
+    encode::changes_record(&[(queue, changes)])
 }
 
 /// One record of changes to one or more queues; several are a `Batch`,
 /// replayed all or none.
 pub fn batch(parts: &[(&str, &[Change])]) -> Bytes {
+    encode::changes_record(parts)
+}
+
+/// [`batch`] through prost's derived messages: what the hand-written
+/// encoder must agree with.
+#[cfg(test)]
+fn prost_batch(parts: &[(&str, &[Change])]) -> Bytes {
     match parts {
-        [(queue, c)] => changes(queue, c),
+        [(queue, c)] => encode(record::Kind::Changes(queue_changes(queue, c))),
         _ => encode(record::Kind::Batch(Batch {
             queues: parts.iter().map(|(q, c)| queue_changes(q, c)).collect(),
         })),
     }
 }
 
+#[cfg(test)]
 fn queue_changes(queue: &str, changes: &[Change]) -> QueueChanges {
     QueueChanges {
         queue: queue.to_owned(),
@@ -271,30 +281,19 @@ pub fn write_snapshot(
 ) -> Result<u64, crate::storage::StorageError> {
     let mut bytes = define.len() as u64;
     slot.send(vec![define])?;
-    let mut chunk: Vec<ChangeMsg> = Vec::new();
+    let mut start = 0;
     let mut chunk_bytes = 0;
-    for c in &tasks {
+    for (i, c) in tasks.iter().enumerate() {
         if let Change::Stored { body, .. } = c {
             chunk_bytes += body.payload.len() + 64;
         }
-        chunk.push(change_msg(c));
-        if chunk_bytes >= SNAPSHOT_RECORD_BYTES {
-            let record = encode(record::Kind::Changes(QueueChanges {
-                queue: queue.to_owned(),
-                changes: std::mem::take(&mut chunk),
-            }));
+        if chunk_bytes >= SNAPSHOT_RECORD_BYTES || i + 1 == tasks.len() {
+            let record = changes(queue, &tasks[start..=i]);
             bytes += record.len() as u64;
             slot.send(vec![record])?;
+            start = i + 1;
             chunk_bytes = 0;
         }
-    }
-    if !chunk.is_empty() {
-        let record = encode(record::Kind::Changes(QueueChanges {
-            queue: queue.to_owned(),
-            changes: chunk,
-        }));
-        bytes += record.len() as u64;
-        slot.send(vec![record])?;
     }
     Ok(bytes)
 }
@@ -314,6 +313,7 @@ pub fn write_jobs(
     Ok(bytes)
 }
 
+#[cfg(test)]
 fn change_msg(c: &Change) -> ChangeMsg {
     use change_msg::Kind;
     let kind = match c {

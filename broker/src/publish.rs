@@ -134,10 +134,16 @@ impl Session {
             )
         });
         let mut frame = Some(first);
-        let shutdown = self.broker.shutdown().clone();
         let idle = self.limits.publish_idle;
         // Since when the producer has sent nothing.
         let mut quiet_since = tokio::time::Instant::now();
+        // Made once, not per frame: each would register with its token or
+        // the timer wheel. The idle timer is moved only when it fires.
+        let stopped = stop.clone().cancelled_owned();
+        let deleted = self.q.deleted().clone().cancelled_owned();
+        let shutdown = self.broker.shutdown().clone().cancelled_owned();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(stopped, deleted, shutdown, idle_timer);
         loop {
             if let Some(f) = frame.take()
                 && !f.tasks.is_empty()
@@ -164,12 +170,12 @@ impl Session {
             tokio::select! {
                 biased;
                 // The confirmer hit a failure: stop reading.
-                _ = stop.cancelled() => break,
-                _ = self.q.deleted().cancelled() => {
+                _ = &mut stopped => break,
+                _ = &mut deleted => {
                     self.fail(&steps, &out, Error::QueueDeleted(self.q.name().to_owned()).into()).await;
                     break;
                 }
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     self.fail(&steps, &out, Error::ShuttingDown.into()).await;
                     break;
                 }
@@ -188,7 +194,11 @@ impl Session {
                     // what it sent, then the stream ends.
                     Ok(None) | Err(_) => break,
                 },
-                _ = tokio::time::sleep_until(quiet_since + idle) => {
+                _ = &mut idle_timer => {
+                    if quiet_since.elapsed() < idle {
+                        idle_timer.as_mut().reset(quiet_since + idle);
+                        continue;
+                    }
                     // Space reserved and unused is space nobody else gets:
                     // a producer that sits on it while others wait loses it.
                     let id = self.id;
@@ -206,6 +216,7 @@ impl Session {
                         break;
                     }
                     quiet_since = tokio::time::Instant::now();
+                    idle_timer.as_mut().reset(quiet_since + idle);
                 }
             }
         }
@@ -325,8 +336,20 @@ fn confirmation(
     id: PublisherId,
     s: Staged,
 ) -> pb::PublishResponse {
-    broker.apply(q, |sh, now, fx| {
+    // The credit this frees for this producer rides on the confirmation,
+    // rather than in a frame of its own; other producers' grants are routed
+    // as always.
+    let credit = broker.apply(q, |sh, now, fx| {
         sh.state.publish_confirmed(now, id, s.n, fx);
+        let mut own = 0;
+        fx.granted.retain(|(p, n)| {
+            let mine = *p == id;
+            if mine {
+                own += n;
+            }
+            !mine
+        });
+        own
     });
     let confirmed_ids = (0..s.n)
         .map(|i| {
@@ -340,7 +363,7 @@ fn confirmation(
         })
         .collect();
     pb::PublishResponse {
-        credit: 0,
+        credit,
         confirmed_ids,
         depth: s.depth,
         capacity: q.spec.config.capacity,

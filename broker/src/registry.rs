@@ -58,6 +58,11 @@ struct Moved {
 /// How [`Broker::apply_with`] logs an engine call.
 #[derive(Default)]
 struct LogAs {
+    /// The caller waits for the append to be durable (it confirms
+    /// something to a client). Otherwise the append is not waited on, and
+    /// under `--fsync always` it costs no fsync of its own: it is synced
+    /// with the next append that is waited on.
+    wait: bool,
     /// The call adds tasks: its append must leave the log room to shrink
     /// (acks) and to compact; see [`Broker::keep_free`].
     grows: bool,
@@ -761,7 +766,11 @@ impl Broker {
         q: &QueueHandle,
         f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
-        self.apply_with(q, LogAs::default(), f)
+        let how = LogAs {
+            wait: true,
+            ..LogAs::default()
+        };
+        self.apply_with(q, how, f)
     }
 
     /// [`Broker::apply_logged`] for a call that adds tasks: its append is
@@ -771,14 +780,12 @@ impl Broker {
         q: &QueueHandle,
         f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
-        self.apply_with(
-            q,
-            LogAs {
-                grows: true,
-                moved: None,
-            },
-            f,
-        )
+        let how = LogAs {
+            wait: true,
+            grows: true,
+            moved: None,
+        };
+        self.apply_with(q, how, f)
     }
 
     fn apply_with<R>(
@@ -837,6 +844,13 @@ impl Broker {
                     }
                     match parts.as_slice() {
                         [] => None,
+                        _ if !how.wait && fx.admitted.is_empty() => {
+                            let record = durable::batch(&parts);
+                            if let Err(e) = log.append_nowait(vec![record]) {
+                                tracing::warn!(queue = %q.name(), error = %e, "change not logged");
+                            }
+                            None
+                        }
                         _ => {
                             let record = durable::batch(&parts);
                             let append = log.append_keeping(vec![record], keep_free);
@@ -932,8 +946,8 @@ impl Broker {
         let stored = match self.queue(dlq_name) {
             Ok(dlq) => {
                 let how = LogAs {
-                    grows: false,
                     moved,
+                    ..LogAs::default()
                 };
                 self.apply_with(&dlq, how, |sh, now, fx| {
                     if sh.deleted {

@@ -1,14 +1,19 @@
 """A sluice producer in Python, on stubs generated from proto/ by grpcio-tools.
 
-Enqueues --count tasks ("<prefix>-<n>") in batches, waiting for space when
-the queue is full (EnqueueMode WAIT: the broker holds the call), and prints
-how many it stored.
+Sends --count tasks ("<prefix>-<n>") over one Publish stream, the fast way:
+the broker grants credit (room it reserved in the queue), the producer
+sends as much as its credit allows without waiting for each frame to be
+confirmed, and confirmations come back in order as tasks are stored
+(durable: once on disk). A full queue simply grants no credit, so the
+producer waits: that is the backpressure. Prints how many tasks were
+confirmed.
 
     python producer.py --broker 127.0.0.1:50051 --queue jobs --count 100
 """
 
 import argparse
 import os
+import queue
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,23 +30,49 @@ def main():
     ap.add_argument("--queue", required=True)
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--prefix", default="task")
-    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=100, help="most tasks per frame")
+    ap.add_argument("--window", type=int, default=1000, help="most tasks unconfirmed")
     args = ap.parse_args()
 
     stub = rpc.SluiceServiceStub(grpc.insecure_channel(args.broker))
-    stored = 0
-    for start in range(0, args.count, args.batch):
-        tasks = [
-            pb.NewTask(payload=f"{args.prefix}-{n}".encode())
-            for n in range(start, min(start + args.batch, args.count))
-        ]
-        try:
-            answer = stub.Enqueue(pb.EnqueueRequest(queue=args.queue, tasks=tasks, mode=pb.ENQUEUE_MODE_WAIT))
-        except grpc.RpcError as e:
-            print(f"enqueue failed: {e.code().name}: {e.details()}", file=sys.stderr)
-            sys.exit(1)
-        stored += len(answer.ids)
-    print(f"stored {stored} tasks")
+    # grpcio sends what this generator yields; the loop below feeds it.
+    outbox = queue.Queue()
+
+    def frames():
+        yield pb.PublishRequest(queue=args.queue, window=args.window)
+        while True:
+            frame = outbox.get()
+            if frame is None:
+                return  # half-close: the broker confirms the rest, then ends
+            yield frame
+
+    credit, sent, confirmed, closed = 0, 0, 0, False
+    if args.count == 0:
+        outbox.put(None)
+        closed = True
+    try:
+        for answer in stub.Publish(frames()):
+            credit += answer.credit
+            confirmed += len(answer.confirmed_ids)
+            # Spend all the credit at once, in frames of up to --batch.
+            while credit > 0 and sent < args.count:
+                n = min(credit, args.batch, args.count - sent)
+                tasks = [pb.NewTask(payload=f"{args.prefix}-{i}".encode()) for i in range(sent, sent + n)]
+                outbox.put(pb.PublishRequest(tasks=tasks))
+                credit -= n
+                sent += n
+            if sent == args.count and not closed:
+                outbox.put(None)
+                closed = True
+    except grpc.RpcError as e:
+        print(f"publish failed: {e.code().name}: {e.details()}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        outbox.put(None)
+    if confirmed != args.count:
+        print(f"only {confirmed} of {args.count} tasks confirmed", file=sys.stderr)
+        sys.exit(1)
+    print(f"stored {confirmed} tasks")
 
 
 if __name__ == "__main__":

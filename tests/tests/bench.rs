@@ -47,6 +47,31 @@ fn bench_smoke_run_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn durable_publish_one_task_per_frame_loses_and_duplicates_nothing() {
+    let report = bench(&[
+        "--durable",
+        "--mode",
+        "publish",
+        "--batch",
+        "1",
+        "--window",
+        "256",
+        "--tasks",
+        "20000",
+        "--producers",
+        "2",
+        "--baseline",
+    ]);
+    for run in ["sluice", "baseline"] {
+        let r = &report[run];
+        assert_eq!(num(r, &["sent"]), 20_000, "{run}: {r}");
+        assert_eq!(num(r, &["acked"]), 20_000, "{run}: {r}");
+        assert_eq!(num(r, &["lost"]), 0, "{run}: {r}");
+        assert_eq!(num(r, &["duplicates"]), 0, "{run}: {r}");
+    }
+}
+
+#[test]
 fn durable_bench_smoke_run_survives_its_own_crash() {
     let report = bench(&[
         "--durable",
