@@ -249,6 +249,22 @@ impl Client {
             .into_inner())
     }
 
+    /// How big a frame this broker takes: the default merge limits, lowered
+    /// to its `--max-batch`. A broker that cannot say (an older version)
+    /// gets the defaults.
+    pub async fn frame_limit(&self) -> crate::FrameLimit {
+        let mut limit = crate::FrameLimit::default();
+        if let Ok(info) = self.broker_info().await
+            && let Some(l) = info.limits
+            && l.max_batch > 0
+        {
+            limit.items = limit
+                .items
+                .min(usize::try_from(l.max_batch).unwrap_or(usize::MAX));
+        }
+        limit
+    }
+
     /// Deletes a queue and its tasks; answers how many unfinished tasks were
     /// discarded. With `if_empty`, `FailedPrecondition` while it holds any.
     pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64, Error> {

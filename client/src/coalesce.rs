@@ -23,12 +23,29 @@ pub const MAX_ITEMS: usize = 1000;
 /// frames: well under any gRPC size limit.
 pub const MAX_BYTES: usize = 1024 * 1024;
 
+/// How big a merged frame may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimit {
+    /// Items (tasks; acks, nacks and extends) at most.
+    pub items: usize,
+    /// Payload (or result) bytes at most.
+    pub bytes: usize,
+}
+
+impl Default for FrameLimit {
+    fn default() -> Self {
+        FrameLimit {
+            items: MAX_ITEMS,
+            bytes: MAX_BYTES,
+        }
+    }
+}
+
 /// A frame that can take in the one queued after it.
 pub trait Coalesce: Sized {
     /// Merges `next` into `self` when the two mean the same as one frame
-    /// (and the result stays within [`MAX_ITEMS`] and [`MAX_BYTES`]);
-    /// otherwise gives `next` back.
-    fn absorb(&mut self, next: Self) -> Option<Self>;
+    /// and the result stays within `limit`; otherwise gives `next` back.
+    fn absorb(&mut self, next: Self, limit: FrameLimit) -> Option<Self>;
 }
 
 /// The receiving end of an unbounded channel of frames, as a stream that
@@ -37,11 +54,22 @@ pub struct Coalescing<T> {
     rx: mpsc::UnboundedReceiver<T>,
     /// A frame that could not be merged into the last one: goes next.
     held: Option<T>,
+    limit: FrameLimit,
 }
 
 impl<T> Coalescing<T> {
     pub fn new(rx: mpsc::UnboundedReceiver<T>) -> Self {
-        Coalescing { rx, held: None }
+        Self::with_limit(rx, FrameLimit::default())
+    }
+
+    /// Merged frames stay within `limit` (a broker with a lower
+    /// --max-batch, say); a single frame sent larger still goes as it is.
+    pub fn with_limit(rx: mpsc::UnboundedReceiver<T>, limit: FrameLimit) -> Self {
+        Coalescing {
+            rx,
+            held: None,
+            limit,
+        }
     }
 }
 
@@ -59,7 +87,7 @@ impl<T: Coalesce + Unpin> Stream for Coalescing<T> {
             },
         };
         while let Ok(next) = this.rx.try_recv() {
-            if let Some(back) = frame.absorb(next) {
+            if let Some(back) = frame.absorb(next, this.limit) {
                 this.held = Some(back);
                 break;
             }
@@ -69,14 +97,14 @@ impl<T: Coalesce + Unpin> Stream for Coalescing<T> {
 }
 
 impl Coalesce for PublishRequest {
-    fn absorb(&mut self, next: Self) -> Option<Self> {
+    fn absorb(&mut self, next: Self, limit: FrameLimit) -> Option<Self> {
         let bytes = |f: &PublishRequest| f.tasks.iter().map(|t| t.payload.len()).sum::<usize>();
         // The first frame names the queue and the window: it stays alone.
         let plain = |f: &PublishRequest| f.queue.is_empty() && f.window == 0;
         if !plain(self)
             || !plain(&next)
-            || self.tasks.len() + next.tasks.len() > MAX_ITEMS
-            || bytes(self) + bytes(&next) > MAX_BYTES
+            || self.tasks.len() + next.tasks.len() > limit.items
+            || bytes(self) + bytes(&next) > limit.bytes
         {
             return Some(next);
         }
@@ -86,7 +114,7 @@ impl Coalesce for PublishRequest {
 }
 
 impl Coalesce for ConsumeRequest {
-    fn absorb(&mut self, next: Self) -> Option<Self> {
+    fn absorb(&mut self, next: Self, limit: FrameLimit) -> Option<Self> {
         let items = |f: &ConsumeRequest| f.acks.len() + f.nacks.len() + f.extends.len();
         let bytes = |f: &ConsumeRequest| {
             f.acks.iter().map(|a| a.result.len()).sum::<usize>()
@@ -98,8 +126,8 @@ impl Coalesce for ConsumeRequest {
         if self.subscribe.is_some()
             || next.subscribe.is_some()
             || self.stop
-            || items(self) + items(&next) > MAX_ITEMS
-            || bytes(self) + bytes(&next) > MAX_BYTES
+            || items(self) + items(&next) > limit.items
+            || bytes(self) + bytes(&next) > limit.bytes
         {
             return Some(next);
         }
@@ -154,6 +182,22 @@ mod tests {
         drop(tx);
         let sizes: Vec<usize> = s.map(|f| f.tasks.len()).collect().await;
         assert_eq!(sizes, [MAX_ITEMS, MAX_ITEMS / 2]);
+    }
+
+    #[tokio::test]
+    async fn merged_frames_stay_within_the_limit_given() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limit = FrameLimit {
+            items: 3,
+            bytes: MAX_BYTES,
+        };
+        let s = Coalescing::with_limit(rx, limit);
+        for _ in 0..7 {
+            tx.send(tasks(1)).expect("send");
+        }
+        drop(tx);
+        let sizes: Vec<usize> = s.map(|f| f.tasks.len()).collect().await;
+        assert_eq!(sizes, [3, 3, 1]);
     }
 
     #[tokio::test]

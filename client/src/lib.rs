@@ -31,7 +31,7 @@ mod pacer;
 mod publisher;
 
 pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, Raw, TlsOptions, duration_ms};
-pub use coalesce::{Coalesce, Coalescing};
+pub use coalesce::{Coalesce, Coalescing, FrameLimit};
 pub use delivery::DeliveryExt;
 pub use error::{Error, code_name};
 pub use job::{JobEvent, JobWatch};

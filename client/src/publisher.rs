@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::Error;
 use crate::client::Client;
-use crate::coalesce::Coalescing;
+use crate::coalesce::{Coalescing, FrameLimit};
 use crate::proto::{NewTask, PublishRequest};
 
 #[derive(Debug, Default)]
@@ -46,7 +46,22 @@ impl Client {
     /// Opens a Publish stream on `queue`, asking to have up to `window`
     /// tasks in flight (credit held plus sent and unconfirmed; 0 = the
     /// broker's default, 1000).
+    /// Frames merged from queued sends stay within what the broker takes
+    /// ([`Client::frame_limit`]).
     pub async fn publisher(&self, queue: &str, window: u32) -> Result<Publisher, Error> {
+        let limit = self.frame_limit().await;
+        self.publisher_with(queue, window, limit).await
+    }
+
+    /// [`Client::publisher`] whose merged frames stay within `limit` (for a
+    /// broker started with a lower `--max-batch` than the default 10,000,
+    /// or a smaller message size).
+    pub async fn publisher_with(
+        &self,
+        queue: &str,
+        window: u32,
+        limit: FrameLimit,
+    ) -> Result<Publisher, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let first = PublishRequest {
             queue: queue.to_owned(),
@@ -57,7 +72,7 @@ impl Client {
             .map_err(|_| Error::Protocol("publish stream closed at once".into()))?;
         let mut inbound = self
             .raw()
-            .publish(Coalescing::new(rx))
+            .publish(Coalescing::with_limit(rx, limit))
             .await
             .map_err(|s| self.error(s))?
             .into_inner();

@@ -210,3 +210,30 @@ async fn credit_is_limited() {
     // Within the limit is fine.
     let _ok = RawConsumer::subscribe(&b.url(), "q", "modest", 5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_frames_fit_a_broker_with_a_low_max_batch() {
+    let b = Broker::start_on("127.0.0.1:0", &["--max-batch", "3"]);
+    b.ok(&["queue", "create", "q"]);
+    // A producer sending task by task: what queues up is merged, but
+    // never past the broker's --max-batch.
+    let client = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect");
+    let mut p = client.publisher("q", 100).await.expect("publisher");
+    for i in 0..60 {
+        p.send(sluice_client::proto::NewTask {
+            payload: format!("t{i}").into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    }
+    let ids = p.finish().await.expect("all confirmed");
+    assert_eq!(ids.len(), 60);
+    // A worker acking as tasks finish: its merged settlements fit too.
+    let _w = tokio::task::block_in_place(|| b.worker("q", &["--concurrency", "10"], &["true"]));
+    tokio::task::block_in_place(|| b.wait_stat("q", "acked_total", 60));
+    let log = b.proc.stderr_log();
+    assert!(!log.contains("refused a frame"), "{log}");
+}

@@ -211,10 +211,12 @@ impl Worker {
         if tx.send(first).is_err() {
             return Ok(End::Lost("request stream closed".into()));
         }
-        // Settlements queued while the connection is busy go out as one frame.
+        // Settlements queued while the connection is busy go out as one
+        // frame, no bigger than the broker takes.
+        let limit = client.frame_limit().await;
         let mut inbound = match client
             .raw()
-            .consume(sluice_client::Coalescing::new(rx))
+            .consume(sluice_client::Coalescing::with_limit(rx, limit))
             .await
         {
             Ok(r) => r.into_inner(),
@@ -322,40 +324,46 @@ impl Worker {
                     Err(status) => break classify(status)?,
                 },
                 Some(done) = running.join_next() => {
-                    let mut frames = Settlements::default();
-                    let mut record = |r: Result<(LeaseRef, Outcome), tokio::task::JoinError>| {
+                    // A frame per outcome, with a credit for the freed slot
+                    // (none while draining): the stream merges whatever
+                    // queues up into frames within the broker's limits.
+                    let mut sent = true;
+                    let mut settle = |r: Result<(LeaseRef, Outcome), tokio::task::JoinError>| {
                         let Ok((lease, outcome)) = r else { return };
                         held.remove(&(lease.task_id.clone(), lease.attempt));
-                        frames.push(lease, outcome, !draining);
+                        sent &= tx.send(settlement(lease, outcome, !draining)).is_ok();
                     };
-                    record(done);
-                    // Coalesce everything else that finished meanwhile.
+                    settle(done);
                     while let Some(more) = running.try_join_next() {
-                        record(more);
+                        settle(more);
                     }
-                    if frames.done.into_iter().any(|f| tx.send(f).is_err()) {
+                    if !sent {
                         break End::Lost("request stream closed".into());
                     }
                 }
                 _ = ticker.tick() => {
                     let now = Instant::now();
-                    let mut extends = Vec::new();
+                    let mut extended = 0;
+                    let mut sent = true;
                     for ((id, attempt), last) in held.iter_mut() {
                         if now.duration_since(*last) >= extend_every {
                             *last = now;
-                            extends.push(ExtendItem {
+                            extended += 1;
+                            let extend = ExtendItem {
                                 // This stream holds the lease: no token needed.
                                 lease: Some(LeaseRef { task_id: id.clone(), attempt: *attempt, ..LeaseRef::default() }),
                                 extend_ms: 0,
-                            });
+                            };
+                            // Merged by the stream, within the broker's limits.
+                            let frame = ConsumeRequest { extends: vec![extend], ..Default::default() };
+                            sent &= tx.send(frame).is_ok();
                         }
                     }
-                    if !extends.is_empty() {
-                        debug!(n = extends.len(), "extending leases");
-                        let frame = ConsumeRequest { extends, ..Default::default() };
-                        if tx.send(frame).is_err() {
-                            break End::Lost("request stream closed".into());
-                        }
+                    if extended > 0 {
+                        debug!(n = extended, "extending leases");
+                    }
+                    if !sent {
+                        break End::Lost("request stream closed".into());
                     }
                 }
             }
@@ -392,36 +400,15 @@ impl Worker {
     }
 }
 
-/// Result bytes per settlement frame, so a burst of large results never
-/// makes a frame the broker (or a proxy) refuses.
-const FRAME_BYTES: usize = 1024 * 1024;
-
-/// Acks and nacks cut into frames of at most [`FRAME_BYTES`] of results,
-/// each granting one credit per task it settles (when `refill`).
-#[derive(Default)]
-struct Settlements {
-    done: Vec<ConsumeRequest>,
-    bytes: usize,
-}
-
-impl Settlements {
-    fn push(&mut self, lease: LeaseRef, outcome: Outcome, refill: bool) {
-        let size = match &outcome {
-            Outcome::Ack { result } => result.len(),
-            Outcome::Retry { error, .. } | Outcome::DeadLetter { error } => error.len(),
-        };
-        if self.done.is_empty() || (self.bytes > 0 && self.bytes + size > FRAME_BYTES) {
-            self.done.push(ConsumeRequest::default());
-            self.bytes = 0;
-        }
-        self.bytes += size;
-        if let Some(frame) = self.done.last_mut() {
-            push_outcome(frame, lease, outcome);
-            if refill {
-                frame.credit += 1;
-            }
-        }
-    }
+/// The frame settling one task, granting a credit for its slot when
+/// `refill`.
+fn settlement(lease: LeaseRef, outcome: Outcome, refill: bool) -> ConsumeRequest {
+    let mut frame = ConsumeRequest {
+        credit: u32::from(refill),
+        ..Default::default()
+    };
+    push_outcome(&mut frame, lease, outcome);
+    frame
 }
 
 fn push_outcome(frame: &mut ConsumeRequest, lease: LeaseRef, outcome: Outcome) {
@@ -512,29 +499,14 @@ mod tests {
     }
 
     #[test]
-    fn settlements_split_large_results_and_refill_credit() {
-        let mut s = Settlements::default();
-        let big = Bytes::from(vec![0u8; FRAME_BYTES / 2 + 1]);
-        for i in 0..3 {
-            s.push(
-                lease(i),
-                Outcome::Ack {
-                    result: big.clone(),
-                },
-                true,
-            );
-        }
-        s.push(lease(9), Outcome::retry("x"), true);
-        let acks: Vec<usize> = s.done.iter().map(|f| f.acks.len()).collect();
-        assert_eq!(acks, [1, 1, 1]);
-        assert_eq!(s.done[2].nacks.len(), 1);
-        let credit: u32 = s.done.iter().map(|f| f.credit).sum();
-        assert_eq!(credit, 4, "one credit per settled task");
-
-        let mut s = Settlements::default();
-        s.push(lease(1), Outcome::ack(), false);
-        s.push(lease(2), Outcome::ack(), false);
-        assert_eq!(s.done.len(), 1);
-        assert_eq!(s.done[0].credit, 0, "no refill while draining");
+    fn a_settlement_refills_its_slot_unless_draining() {
+        let f = settlement(lease(1), Outcome::ack(), true);
+        assert_eq!((f.acks.len(), f.credit), (1, 1));
+        let f = settlement(lease(2), Outcome::retry("x"), false);
+        assert_eq!(
+            (f.nacks.len(), f.credit),
+            (1, 0),
+            "no refill while draining"
+        );
     }
 }

@@ -245,24 +245,29 @@ mod tests {
                 text(),
                 text(),
             )
-                .prop_map(|(id, payload, headers, priority, due, at, attempt, key, job)| {
-                    Change::Stored {
-                        id: TaskId(id),
-                        body: TaskBody {
-                            payload: payload.into(),
-                            headers: (!headers.is_empty())
-                                .then(|| Box::new(headers.into_iter().collect::<HashMap<_, _>>())),
-                            enqueued_at: at,
-                        },
-                        priority,
-                        due,
-                        attempt,
-                        key: key.map(Into::into),
-                        job: job.map(Into::into),
+                .prop_map(
+                    |(id, payload, headers, priority, due, at, attempt, key, job)| {
+                        Change::Stored {
+                            id: TaskId(id),
+                            body: TaskBody {
+                                payload: payload.into(),
+                                headers: (!headers.is_empty()).then(|| {
+                                    Box::new(headers.into_iter().collect::<HashMap<_, _>>())
+                                }),
+                                enqueued_at: at,
+                            },
+                            priority,
+                            due,
+                            attempt,
+                            key: key.map(Into::into),
+                            job: job.map(Into::into),
+                        }
                     }
-                }),
-            (any::<u64>(), any::<u32>())
-                .prop_map(|(id, attempt)| Change::Attempt { id: TaskId(id), attempt }),
+                ),
+            (any::<u64>(), any::<u32>()).prop_map(|(id, attempt)| Change::Attempt {
+                id: TaskId(id),
+                attempt
+            }),
             (any::<u64>(), any::<i32>(), any::<u64>()).prop_map(|(id, priority, due)| {
                 Change::Requeued {
                     id: TaskId(id),

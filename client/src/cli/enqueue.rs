@@ -176,8 +176,16 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
         // the stream full without reserving the whole queue for one producer.
         let window = u32::try_from((capacity / 4).clamp(1, 1000)).unwrap_or(1000);
         // A window wider than the batch still sends frames of at most one
-        // batch: the publisher sends what each call is given.
-        Some(client.publisher(&plan.queue, window).await?)
+        // batch, also when the publisher merges what queued up.
+        let frame = sluice_client::FrameLimit {
+            items: limits.max_tasks,
+            // The batch limit counts each task's overhead; merging counts
+            // payloads only.
+            bytes: limits
+                .max_bytes
+                .saturating_sub(limits.max_tasks.saturating_mul(limits.overhead)),
+        };
+        Some(client.publisher_with(&plan.queue, window, frame).await?)
     } else {
         None
     };
