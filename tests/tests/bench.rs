@@ -20,6 +20,18 @@ fn bench(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&stdout).expect("json report")
 }
 
+/// Both runs (sluice and the baseline) sent `n` tasks, and each was acked
+/// exactly once.
+fn every_task_acked_once(report: &serde_json::Value, n: u64) {
+    for run in ["sluice", "baseline"] {
+        let r = &report[run];
+        assert_eq!(num(r, &["sent"]), n, "{run}: {r}");
+        assert_eq!(num(r, &["acked"]), n, "{run}: {r}");
+        assert_eq!(num(r, &["lost"]), 0, "{run}: {r}");
+        assert_eq!(num(r, &["duplicates"]), 0, "{run}: {r}");
+    }
+}
+
 #[test]
 fn bench_smoke_run_loses_and_duplicates_nothing() {
     let report = bench(&[
@@ -35,13 +47,7 @@ fn bench_smoke_run_loses_and_duplicates_nothing() {
         "2",
         "--baseline",
     ]);
-    for run in ["sluice", "baseline"] {
-        let r = &report[run];
-        assert_eq!(num(r, &["sent"]), 20_000, "{run}: {r}");
-        assert_eq!(num(r, &["acked"]), 20_000, "{run}: {r}");
-        assert_eq!(num(r, &["lost"]), 0, "{run}: {r}");
-        assert_eq!(num(r, &["duplicates"]), 0, "{run}: {r}");
-    }
+    every_task_acked_once(&report, 20_000);
     assert_eq!(num(&report["sluice"], &["redeliveries"]), 0);
     assert!(report["sluice"]["broker_peak_rss_bytes"].as_u64().is_some());
 }
@@ -62,13 +68,7 @@ fn durable_publish_one_task_per_frame_loses_and_duplicates_nothing() {
         "2",
         "--baseline",
     ]);
-    for run in ["sluice", "baseline"] {
-        let r = &report[run];
-        assert_eq!(num(r, &["sent"]), 20_000, "{run}: {r}");
-        assert_eq!(num(r, &["acked"]), 20_000, "{run}: {r}");
-        assert_eq!(num(r, &["lost"]), 0, "{run}: {r}");
-        assert_eq!(num(r, &["duplicates"]), 0, "{run}: {r}");
-    }
+    every_task_acked_once(&report, 20_000);
 }
 
 #[test]

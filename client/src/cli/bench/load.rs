@@ -388,6 +388,23 @@ fn serves(c: u32, q: u32, args: &BenchArgs) -> bool {
     }
 }
 
+/// What one producer sends: its part of --tasks, or all it can until
+/// --duration passes (then `deadline` is set and `tasks` unused).
+struct Share {
+    tasks: u64,
+    deadline: Option<Instant>,
+}
+
+impl Share {
+    fn of(args: &BenchArgs, producer: u32, shared: &Shared) -> Share {
+        let n = u64::from(args.producers);
+        Share {
+            tasks: args.tasks / n + u64::from(u64::from(producer) < args.tasks % n),
+            deadline: args.duration.map(|d| shared.start + d),
+        }
+    }
+}
+
 /// Sends this producer's share: --tasks / --producers tasks, or until
 /// --duration passes.
 async fn produce(
@@ -397,9 +414,10 @@ async fn produce(
     args: BenchArgs,
     shared: Arc<Shared>,
 ) -> Result<(), Failure> {
-    let share = args.tasks / u64::from(args.producers)
-        + u64::from(u64::from(producer) < args.tasks % u64::from(args.producers));
-    let deadline = args.duration.map(|d| shared.start + d);
+    let Share {
+        tasks: share,
+        deadline,
+    } = Share::of(&args, producer, &shared);
     let more = |seq: u64| match deadline {
         Some(d) => Instant::now() < d,
         None => seq < share,
@@ -481,9 +499,10 @@ async fn publish(
     args: BenchArgs,
     shared: Arc<Shared>,
 ) -> Result<(), Failure> {
-    let share = args.tasks / u64::from(args.producers)
-        + u64::from(u64::from(producer) < args.tasks % u64::from(args.producers));
-    let deadline = args.duration.map(|d| shared.start + d);
+    let Share {
+        tasks: share,
+        deadline,
+    } = Share::of(&args, producer, &shared);
     let more = |seq: u64| match deadline {
         Some(d) => Instant::now() < d,
         None => seq < share,
