@@ -3,8 +3,9 @@
 # and buf breaking, scripts/check-proto.sh); sets up what the end-to-end
 # tests need (a Python virtualenv with grpcio and stubs generated from
 # proto/, and the Node example's packages), inside the project, without
-# touching system packages; then builds the binaries the tests start and
-# runs every test.
+# touching system packages; checks that the client and worker libraries
+# come without the CLI's dependencies (scripts/check-libs.sh); then builds
+# the binaries the tests start and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +26,6 @@ target/py/bin/python -m grpc_tools.protoc -I proto \
 # Node: the example's pinned packages, in examples/node/node_modules.
 (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
 
+./scripts/check-libs.sh
 cargo build --workspace --bins
 cargo test --workspace
