@@ -15,7 +15,9 @@ pub mod auth;
 pub mod config;
 pub mod consume;
 pub mod durable;
-pub mod engine;
+/// The queue engine, its own crate (`broker/engine`): kept here under its
+/// old name so the broker reads `crate::engine::…`.
+pub use sluice_engine as engine;
 pub mod error;
 pub mod info;
 pub mod jobs;

@@ -2,7 +2,7 @@
 //! handler task per delivery, coalesced acks, automatic lease extension,
 //! reconnection with backoff, and a graceful stop.
 //!
-//! The credit discipline (DESIGN.md §3): the worker grants `concurrency`
+//! The credit discipline (docs/protocol.md): the worker grants `concurrency`
 //! credits when it subscribes and one more each time a handler finishes,
 //! in the same frame as that task's ack. So it never holds more than
 //! `concurrency` tasks, and what it cannot take stays in the broker for

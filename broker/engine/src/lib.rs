@@ -1,7 +1,8 @@
 //! The queue engine: one deterministic state machine per queue.
 //!
-//! Sans-I/O on purpose (DESIGN.md §1): no tokio, no clock reads, no random
-//! numbers, no disk. Callers pass `now` and pre-assigned ids in, and get back
+//! Sans-I/O by construction: a crate of its own that depends on no runtime,
+//! whose clippy.toml refuses clock reads and threads; no random numbers, no
+//! disk. Callers pass `now` and pre-assigned ids in, and get back
 //! what must happen next in an [`Effects`] (deliveries to route, waiting
 //! producers to wake, dead tasks to forward). That keeps it testable against
 //! a model without a runtime, and makes its inputs a log that replays to the

@@ -1,14 +1,14 @@
 //! The engine's hot path, without gRPC: what one task costs to enqueue,
 //! deliver and ack, in a shallow and in a deep queue.
 //!
-//! `cargo bench -p sluice-broker --bench engine`
+//! `cargo bench -p sluice-engine --bench engine`
 
 use std::collections::HashMap;
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use sluice_broker::engine::{
+use sluice_engine::{
     ConsumerId, Effects, EnqueueMode, NewTask, Order, QueueConfig, QueueState, TaskId,
 };
 
@@ -20,7 +20,7 @@ fn queue(order: Order) -> QueueState {
         order,
         ack_deadline_ms: 30_000,
         max_attempts: 5,
-        retry: sluice_broker::engine::Backoff::NONE,
+        retry: sluice_engine::Backoff::NONE,
         key_window_ms: 1000,
     })
 }
