@@ -14,10 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use tracing::Instrument;
 
+use crate::broker::{Broker, DeliveryRx, FRAME_BYTES, QueueHandle, Shared};
 use crate::engine::{Claim, ConsumerId, Effects, Millis, SettleError};
 use crate::error::Error;
 use crate::lease::LeaseKey;
-use crate::registry::{Broker, DeliveryRx, FRAME_BYTES, QueueHandle, Shared};
 use crate::service::{delivery, peer};
 use crate::validate;
 

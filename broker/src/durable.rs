@@ -28,8 +28,8 @@ use prost::Message;
 
 mod encode;
 
+use crate::broker::QueueSpec;
 use crate::engine::{Backoff, Change, Millis, Order, QueueConfig, Restored, TaskBody, TaskId};
-use crate::registry::QueueSpec;
 
 /// One log record.
 #[derive(Clone, PartialEq, Message)]

@@ -96,7 +96,7 @@ pub fn response(setup: &Setup, limits: &Limits) -> pb::GetBrokerInfoResponse {
             max_batch: limits.max_batch as u64,
             max_request_bytes: max_message,
             max_response_bytes: max_message,
-            consume_frame_payload_bytes: crate::registry::FRAME_BYTES as u64,
+            consume_frame_payload_bytes: crate::broker::FRAME_BYTES as u64,
             max_streams_per_connection: setup.max_streams_per_connection,
             max_disk_bytes: if setup.in_memory {
                 0

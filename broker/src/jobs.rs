@@ -378,7 +378,7 @@ impl Jobs {
         id: &str,
         total: Option<u64>,
         now: Millis,
-    ) -> Result<(u64, Option<crate::registry::Durability>), SealError> {
+    ) -> Result<(u64, Option<crate::broker::Durability>), SealError> {
         let mut st = self.lock();
         let job = st.jobs.get_mut(id).ok_or(SealError::NotFound)?;
         if let Some(sealed) = job.total {
@@ -402,7 +402,7 @@ impl Jobs {
                 ..Default::default()
             };
             let append = log.append(vec![crate::durable::job(r)]);
-            Box::pin(async move { append.await.map(|_| ()) }) as crate::registry::Durability
+            Box::pin(async move { append.await.map(|_| ()) }) as crate::broker::Durability
         });
         Ok((total, durability))
     }

@@ -18,6 +18,7 @@ pub mod durable;
 /// The queue engine, its own crate (`broker/engine`): kept here under its
 /// old name so the broker reads `crate::engine::…`.
 pub use sluice_engine as engine;
+pub mod broker;
 pub mod error;
 pub mod info;
 pub mod jobs;
@@ -26,7 +27,6 @@ pub mod lease;
 pub mod metrics;
 pub mod publish;
 pub mod recover;
-pub mod registry;
 pub mod server;
 pub mod service;
 pub mod signal;

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use sluice_broker::args::Args;
-use sluice_broker::registry::Broker;
+use sluice_broker::broker::Broker;
 use sluice_broker::validate::Limits;
 use sluice_broker::{recover, server, signal};
 

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::Broker;
+use crate::broker::Broker;
 
 /// Serves `/metrics` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {

@@ -16,9 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use tracing::Instrument;
 
+use crate::broker::{Broker, QueueHandle};
 use crate::engine::{NewTask, PublishError, PublisherId, TaskId};
 use crate::error::Error;
-use crate::registry::{Broker, QueueHandle};
 use crate::validate::{self, Limits};
 
 /// Credit a producer holds when its first frame asks for none.
@@ -97,7 +97,7 @@ struct Staged {
     n: u64,
     duplicates: Vec<(TaskId, TaskId)>,
     depth: u64,
-    durability: Option<crate::registry::Durability>,
+    durability: Option<crate::broker::Durability>,
 }
 
 impl Session {

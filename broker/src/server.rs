@@ -8,8 +8,8 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::broker::Broker;
 use crate::info::Setup;
-use crate::registry::Broker;
 use crate::service::Service;
 use crate::validate::Limits;
 

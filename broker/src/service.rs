@@ -11,10 +11,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Role};
+use crate::broker::{Broker, QueueHandle};
 use crate::consume;
 use crate::engine::{ConsumerStats, Delivery, QueueStats};
 use crate::error::Error;
-use crate::registry::{Broker, QueueHandle};
 use crate::validate::{self, Limits};
 
 /// The `sluice.v1.SluiceService` implementation.
@@ -325,7 +325,7 @@ impl SluiceService for Service {
         }
         let total = (req.total > 0).then_some(req.total);
         let (total, durability) = jobs
-            .seal(&req.job_id, total, crate::registry::now_ms())
+            .seal(&req.job_id, total, crate::broker::now_ms())
             .map_err(|e| match e {
                 crate::jobs::SealError::NotFound => unknown_job(&req.job_id),
                 crate::jobs::SealError::Sealed { total } => Error::FailedPrecondition(format!(

@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use sluice_proto::v1 as pb;
 
+use crate::broker::QueueSpec;
 use crate::engine::{Backoff, NackAction, NewTask, Order, QueueConfig, TaskId};
 use crate::error::{Error, Result};
-use crate::registry::QueueSpec;
 
 pub const DEFAULT_CAPACITY: u64 = 10_000;
 pub const MAX_CAPACITY: u64 = 100_000_000;

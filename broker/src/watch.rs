@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::auth::{Access, Role};
+use crate::broker::{Broker, FRAME_BYTES};
 use crate::error::Error;
 use crate::jobs::{Event, Watch};
-use crate::registry::{Broker, FRAME_BYTES};
 
 type Out = mpsc::Sender<Result<pb::WatchJobResponse, Status>>;
 

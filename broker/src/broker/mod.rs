@@ -1,0 +1,245 @@
+//! The broker: the async runtime around the engine. [`Broker`] holds the
+//! queues and what they share (the log, the jobs, the limits, the id
+//! counters); its work is split by concern:
+//! - `queues`: the queue map — create, look up, delete;
+//! - `queue`: one queue's handle and its state behind a lock;
+//! - `apply`: the effect executor, where an engine call's changes become
+//!   log records and then effects (the seam replication will use);
+//! - `waiting`: enqueue, get, join and subscribe, which wait;
+//! - `budget`: the memory budget;
+//! - `compaction`: rewriting the log to what is live;
+//! - `timers`: the clock and the per-queue timers.
+//!
+//! Locking: each queue's state sits behind a std `Mutex` held only for one
+//! engine call plus routing its effects (channel sends and one-shot
+//! resolutions, which never block), never across `.await`. At most one
+//! queue lock is held at a time: dead letters are forwarded to their queue
+//! after the source queue's lock is released. Lock order: the async
+//! `defs` lock (held by queue creation, deletion and compaction, across
+//! their log writes) before the queue map's `RwLock` before a queue's
+//! `Mutex` before the jobs' `Mutex`; never the other way round.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::durable::{self, Recovery};
+use crate::engine::{
+    Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
+    EnqueueMode, Enqueued, Millis, NewTask, PublisherId, PutterId, QueueConfig, QueueState,
+    QueueStats, TaskId,
+};
+use crate::error::{Error, Result};
+use crate::lease::LeaseKey;
+use crate::storage::{Log, StorageError};
+
+/// The broker's state: every queue, id counters, and the shutdown signal.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queues: RwLock<BTreeMap<String, Arc<QueueHandle>>>,
+    /// Serialises what changes the set of durable queues in the log —
+    /// creation, deletion, compaction — across their log writes: a queue
+    /// exists for callers only once its definition is stored, and a
+    /// compaction never misses one that is being defined.
+    defs: tokio::sync::Mutex<()>,
+    lease_key: LeaseKey,
+    /// The write-ahead log; None with --in-memory.
+    log: Option<Log>,
+    segment_bytes: u64,
+    /// How long consumers get to settle what they hold when the broker
+    /// stops, in ms.
+    shutdown_grace_ms: AtomicU64,
+    next_task: AtomicU64,
+    next_consumer: AtomicU64,
+    next_putter: AtomicU64,
+    shutdown: CancellationToken,
+    jobs: crate::jobs::Jobs,
+    limits: RwLock<crate::validate::Limits>,
+    /// Bytes clients made the queues keep (payloads, headers, keys, job
+    /// ids; see `QueueState::held_bytes`): the memory budget's measure,
+    /// with the jobs' bytes and the reservations.
+    held_bytes: AtomicU64,
+    /// Estimated bytes a compacted log holds: durable queues' live tasks
+    /// and definitions.
+    durable_live: AtomicU64,
+    /// The log's size right after the last compaction: the next one is
+    /// due only once the log has grown past it, so an estimate of the
+    /// live data that is too low cannot make compactions run back to back.
+    last_compacted: AtomicU64,
+    /// Bytes of batches past the budget check and not yet in
+    /// `held_bytes` (stored, or waiting in line for space): concurrent
+    /// enqueues each see the others' batches, so together they cannot
+    /// overshoot the budget.
+    reserved_bytes: AtomicU64,
+    /// Consume streams in the broker.
+    streams: AtomicU64,
+    /// How long Enqueue calls waited for space before their tasks were
+    /// stored.
+    enqueue_wait: crate::latency::Histogram,
+}
+
+impl Broker {
+    /// A broker with no log: every queue in memory.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self::with_log(shutdown, None, Recovery::default(), 0)
+    }
+
+    /// A broker keeping durable queues in `log`, starting from what the log
+    /// held (`recovered`). Must run inside a tokio runtime (it starts the
+    /// queues' timers).
+    /// `segment_bytes` is the log's segment size, which paces compaction.
+    pub fn with_log(
+        shutdown: CancellationToken,
+        log: Option<Log>,
+        recovered: Recovery,
+        segment_bytes: u64,
+    ) -> Self {
+        // Task ids start at the boot time in ms shifted left by 20 bits: a
+        // restarted broker's ids never meet the previous run's unless that
+        // run handed out over a million ids per millisecond of uptime; and
+        // always above every id the log still holds.
+        let first = (now_ms() << 20).max(recovered.max_task_id + 1);
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), log.clone()),
+                limits: RwLock::new(crate::validate::Limits::default()),
+                defs: tokio::sync::Mutex::new(()),
+                lease_key: LeaseKey::random(),
+                held_bytes: AtomicU64::new(0),
+                durable_live: AtomicU64::new(0),
+                last_compacted: AtomicU64::new(0),
+                reserved_bytes: AtomicU64::new(0),
+                streams: AtomicU64::new(0),
+                enqueue_wait: crate::latency::Histogram::default(),
+                log,
+                segment_bytes,
+                shutdown_grace_ms: AtomicU64::new(30_000),
+                queues: RwLock::new(BTreeMap::new()),
+                next_task: AtomicU64::new(first),
+                next_consumer: AtomicU64::new(1),
+                next_putter: AtomicU64::new(1),
+                shutdown,
+            }),
+        };
+        let recovered_jobs = recovered.jobs;
+        for (_, rq) in recovered.queues {
+            let n = rq.tasks.len();
+            let handle = broker.insert_queue(rq.spec, rq.created_at);
+            broker.apply(&handle, |sh, now, fx| {
+                sh.state.restore(now, rq.tasks.into_values().collect(), fx);
+            });
+            tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
+        }
+        broker.inner.jobs.restore(recovered_jobs);
+        if broker.inner.log.is_some() {
+            tokio::spawn(broker.clone().compact_when_due());
+        }
+        tokio::spawn(broker.clone().sweep_jobs());
+        broker
+    }
+
+    /// The job registry.
+    pub fn jobs(&self) -> &crate::jobs::Jobs {
+        &self.inner.jobs
+    }
+
+    /// Sets the broker-wide limits.
+    pub fn set_limits(&self, limits: crate::validate::Limits) {
+        // Jobs may keep outcomes for late watchers in a quarter of the
+        // budget: enough for any watcher that keeps up, and never the
+        // whole of it, which would starve enqueues for a --job-ttl.
+        self.inner.jobs.set_max_kept(limits.max_memory_bytes / 4);
+        *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    pub fn limits(&self) -> crate::validate::Limits {
+        self.inner
+            .limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How long consumers get to settle what they hold at shutdown.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.inner.shutdown_grace_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_shutdown_grace(&self, grace: Duration) {
+        self.inner
+            .shutdown_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The log, when the broker has one.
+    pub fn log(&self) -> Option<&Log> {
+        self.inner.log.as_ref()
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Reserves `n` consecutive task ids.
+    pub fn task_ids(&self, n: u64) -> TaskId {
+        TaskId(self.inner.next_task.fetch_add(n, Ordering::Relaxed))
+    }
+
+    pub fn publisher_id(&self) -> PublisherId {
+        PublisherId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn consumer_id(&self) -> ConsumerId {
+        ConsumerId(self.inner.next_consumer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The key that signs lease tokens.
+    pub fn lease_key(&self) -> &LeaseKey {
+        &self.inner.lease_key
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ registry
+
+    // ------------------------------------------------------------ engine calls
+
+    // ------------------------------------------------------------ waiting operations
+}
+
+mod apply;
+mod budget;
+mod compaction;
+mod queue;
+mod queues;
+#[cfg(test)]
+mod tests;
+mod timers;
+mod waiting;
+
+pub use apply::Durability;
+use apply::{DEFINE_BYTES, Ticket, live_estimate, wait_ticket};
+pub use budget::MemoryReservation;
+pub use queue::{DeliveryRx, QueueHandle, QueueSpec, Shared};
+pub use timers::now_ms;
+use timers::run_timer;
+use waiting::Admission;
+pub use waiting::{FRAME_BYTES, Stored};

@@ -1,0 +1,225 @@
+//! The queue map: creating (a durable queue exists once its definition is
+//! in the log), looking up and deleting queues.
+
+use super::*;
+
+impl Broker {
+    /// Creates a queue, or returns the existing one when its definition is
+    /// equal. The bool says whether it was created. A durable queue exists
+    /// (for every caller) only once its definition is in the log: if the
+    /// log refuses it, nothing was created and a retry starts afresh.
+    pub async fn create_queue(&self, spec: QueueSpec) -> Result<(Arc<QueueHandle>, bool)> {
+        self.check_open()?;
+        if spec.durable && self.inner.log.is_none() {
+            return Err(Error::invalid(
+                "durable queues need the broker's data directory; this broker runs --in-memory",
+            ));
+        }
+        let _defs = self.inner.defs.lock().await;
+        {
+            let queues = self.inner.queues.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(existing) = queues.get(&spec.name) {
+                if existing.spec == spec {
+                    return Ok((Arc::clone(existing), false));
+                }
+                return Err(Error::QueueExists {
+                    name: spec.name.clone(),
+                    diff: describe_diff(&existing.spec, &spec),
+                });
+            }
+            let max = self.limits().max_queues;
+            if queues.len() >= max {
+                return Err(Error::LimitReached(format!(
+                    "the broker holds its limit of {max} queues (--max-queues)"
+                )));
+            }
+            check_dead_letters(&queues, &spec)?;
+        }
+        let created_at = now_ms();
+        if let (Some(log), true) = (&self.inner.log, spec.durable) {
+            log.append_keeping(vec![durable::define(&spec, created_at)], self.keep_free())
+                .await?;
+        }
+        let handle = self.insert_queue(spec, created_at);
+        tracing::info!(queue = %handle.name(), durable = handle.spec.durable, "queue created");
+        Ok((handle, true))
+    }
+
+    pub(super) fn insert_queue(&self, spec: QueueSpec, created_at: Millis) -> Arc<QueueHandle> {
+        let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+        self.insert_locked(&mut queues, spec, created_at)
+    }
+
+    pub(super) fn insert_locked(
+        &self,
+        queues: &mut BTreeMap<String, Arc<QueueHandle>>,
+        spec: QueueSpec,
+        created_at: Millis,
+    ) -> Arc<QueueHandle> {
+        let mut state = QueueState::new(spec.config.clone());
+        if spec.durable {
+            state.keep_journal();
+        }
+        if spec.durable {
+            self.inner
+                .durable_live
+                .fetch_add(DEFINE_BYTES, Ordering::Relaxed);
+        }
+        let handle = Arc::new(QueueHandle {
+            created_at,
+            shared: Mutex::new(Shared {
+                state,
+                deleted: false,
+                released: false,
+                senders: HashMap::new(),
+                putters: HashMap::new(),
+                publishers: HashMap::new(),
+            }),
+            idle: Notify::new(),
+            rearm: Notify::new(),
+            deleted: CancellationToken::new(),
+            spec,
+        });
+        queues.insert(handle.spec.name.clone(), Arc::clone(&handle));
+        tokio::spawn(run_timer(self.clone(), Arc::clone(&handle)));
+        handle
+    }
+
+    pub fn queue(&self, name: &str) -> Result<Arc<QueueHandle>> {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::QueueNotFound(name.to_owned()))
+    }
+
+    /// Every queue, by name.
+    pub fn queues(&self) -> Vec<Arc<QueueHandle>> {
+        self.inner
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Deletes a queue; returns how many unfinished tasks went with it.
+    /// Everyone waiting on it is woken and fails with ABORTED. A durable
+    /// queue is deleted only once its deletion is in the log: if the log
+    /// refuses it, the queue stays as it was.
+    pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
+        let _defs = self.inner.defs.lock().await;
+        let handle = self.queue(name)?;
+        let (discarded, durability) = {
+            let mut sh = handle.lock();
+            let discarded = sh.state.unfinished();
+            if if_empty && discarded > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "queue {name:?} holds {discarded} unfinished tasks"
+                )));
+            }
+            // From here no call stores into it; its log record follows
+            // every change it logged.
+            sh.deleted = true;
+            let durability = match (&self.inner.log, handle.spec.durable) {
+                (Some(log), true) => Some(log.append(vec![durable::delete(name)])),
+                _ => None,
+            };
+            (discarded, durability)
+        };
+        if let Some(d) = durability
+            && let Err(e) = d.await
+        {
+            handle.lock().deleted = false;
+            return Err(e.into());
+        }
+        {
+            let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+            let mut sh = handle.lock();
+            sh.senders.clear();
+            sh.putters.clear();
+            sh.publishers.clear();
+            sh.released = true;
+            self.inner
+                .held_bytes
+                .fetch_sub(sh.state.held_bytes(), Ordering::SeqCst);
+            if handle.spec.durable {
+                self.inner
+                    .durable_live
+                    .fetch_sub(live_estimate(&sh.state) + DEFINE_BYTES, Ordering::Relaxed);
+            }
+            queues.remove(name);
+        }
+        handle.deleted.cancel();
+        handle.idle.notify_waiters();
+        tracing::info!(queue = %name, discarded, "queue deleted");
+        Ok(discarded)
+    }
+}
+
+/// A durable queue's dead letters must survive what it survives: it may
+/// not name a non-durable dead letter queue, nor may a non-durable queue
+/// take the name a durable queue sends its dead letters to.
+fn check_dead_letters(queues: &BTreeMap<String, Arc<QueueHandle>>, spec: &QueueSpec) -> Result<()> {
+    if spec.durable
+        && let Some(dlq) = spec.dead_letter.as_ref().and_then(|d| queues.get(d))
+        && !dlq.spec.durable
+    {
+        return Err(Error::invalid(format!(
+            "durable queue {:?} cannot send its dead letters to non-durable queue {:?}: \
+             they would be lost on restart; make {:?} durable",
+            spec.name, dlq.spec.name, dlq.spec.name
+        )));
+    }
+    if !spec.durable
+        && let Some(source) = queues
+            .values()
+            .find(|q| q.spec.durable && q.spec.dead_letter.as_deref() == Some(spec.name.as_str()))
+    {
+        return Err(Error::invalid(format!(
+            "queue {:?} is the dead letter queue of durable queue {:?}, so it must be durable too",
+            spec.name, source.spec.name
+        )));
+    }
+    Ok(())
+}
+
+fn describe_diff(a: &QueueSpec, b: &QueueSpec) -> String {
+    let mut diffs = Vec::new();
+    let (x, y) = (&a.config, &b.config);
+    if x.capacity != y.capacity {
+        diffs.push(format!("capacity {} vs {}", x.capacity, y.capacity));
+    }
+    if x.order != y.order {
+        diffs.push(format!("order {:?} vs {:?}", x.order, y.order));
+    }
+    if x.ack_deadline_ms != y.ack_deadline_ms {
+        diffs.push(format!(
+            "ack_deadline_ms {} vs {}",
+            x.ack_deadline_ms, y.ack_deadline_ms
+        ));
+    }
+    if x.max_attempts != y.max_attempts {
+        diffs.push(format!(
+            "max_attempts {} vs {}",
+            x.max_attempts, y.max_attempts
+        ));
+    }
+    if x.retry != y.retry {
+        diffs.push(format!("retry backoff {:?} vs {:?}", x.retry, y.retry));
+    }
+    if a.durable != b.durable {
+        diffs.push(format!("durable {} vs {}", a.durable, b.durable));
+    }
+    if a.dead_letter != b.dead_letter {
+        diffs.push(format!(
+            "dead_letter {:?} vs {:?}",
+            a.dead_letter.as_deref().unwrap_or(""),
+            b.dead_letter.as_deref().unwrap_or("")
+        ));
+    }
+    format!("existing vs requested: {}", diffs.join(", "))
+}
