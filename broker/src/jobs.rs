@@ -28,7 +28,7 @@ use sluice_proto::v1 as pb;
 use tokio::sync::broadcast;
 
 use crate::engine::{Completion, Millis};
-use crate::validate::task_id_str;
+use crate::ids::task_id_str;
 
 /// Outcomes kept per job for late watchers.
 pub const MAX_OUTCOMES: usize = 100_000;
@@ -189,10 +189,10 @@ impl Jobs {
     }
 
     /// Appends a job record when there is a log and the event is durable.
-    fn log(&self, durable: bool, r: crate::durable::JobRecord) {
+    fn log(&self, durable: bool, r: crate::wal::JobRecord) {
         if let (true, Some(log)) = (durable, &self.log) {
             // Not awaited, as acks are not: at-least-once either way.
-            drop(log.append(vec![crate::durable::job(r)]));
+            drop(log.append(vec![crate::wal::job(r)]));
         }
     }
 
@@ -232,10 +232,7 @@ impl Jobs {
     }
 
     /// Puts jobs back as the log described them.
-    pub fn restore(
-        &self,
-        recovered: std::collections::BTreeMap<String, crate::durable::JobRecord>,
-    ) {
+    pub fn restore(&self, recovered: std::collections::BTreeMap<String, crate::wal::JobRecord>) {
         let mut st = self.lock();
         for (id, r) in recovered {
             let job = self.entry(&mut st, &id, r.started_at);
@@ -267,7 +264,7 @@ impl Jobs {
         &self,
         log: &crate::storage::Log,
     ) -> Result<
-        Option<(Vec<crate::durable::JobRecord>, crate::storage::Slot)>,
+        Option<(Vec<crate::wal::JobRecord>, crate::storage::Slot)>,
         crate::storage::StorageError,
     > {
         let st = self.lock();
@@ -277,7 +274,7 @@ impl Jobs {
         let records = st
             .jobs
             .iter()
-            .map(|(id, j)| crate::durable::JobRecord {
+            .map(|(id, j)| crate::wal::JobRecord {
                 job: id.clone(),
                 stored: j.enqueued,
                 total: j.total.unwrap_or(0),
@@ -304,7 +301,7 @@ impl Jobs {
         for (j, n) in counts {
             self.log(
                 durable,
-                crate::durable::JobRecord {
+                crate::wal::JobRecord {
                     job: j.to_owned(),
                     stored: n,
                     started_at: now,
@@ -336,7 +333,7 @@ impl Jobs {
             };
             self.log(
                 durable,
-                crate::durable::JobRecord {
+                crate::wal::JobRecord {
                     job: c.job.to_string(),
                     outcomes: vec![outcome.clone()],
                     started_at: now,
@@ -393,7 +390,7 @@ impl Jobs {
         job.last = now;
         job.check_done(id, now);
         let durability = self.log.as_ref().map(|log| {
-            let r = crate::durable::JobRecord {
+            let r = crate::wal::JobRecord {
                 job: id.to_owned(),
                 total,
                 sealed: true,
@@ -401,7 +398,7 @@ impl Jobs {
                 last: now,
                 ..Default::default()
             };
-            let append = log.append(vec![crate::durable::job(r)]);
+            let append = log.append(vec![crate::wal::job(r)]);
             Box::pin(async move { append.await.map(|_| ()) }) as crate::broker::Durability
         });
         Ok((total, durability))

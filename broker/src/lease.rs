@@ -52,7 +52,7 @@ impl LeaseKey {
         let mut msg = [0u8; 12];
         msg[..8].copy_from_slice(&id.0.to_le_bytes());
         msg[8..].copy_from_slice(&attempt.to_le_bytes());
-        crate::validate::hex64(self.mac.hash(&msg))
+        crate::ids::hex64(self.mac.hash(&msg))
     }
 
     /// Whether `token` is the token of this delivery (constant time).

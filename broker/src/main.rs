@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use sluice_broker::args::Args;
 use sluice_broker::broker::Broker;
-use sluice_broker::validate::Limits;
-use sluice_broker::{recover, server, signal};
+use sluice_broker::limits::Limits;
+use sluice_broker::{server, signal, wal};
 
 // glibc's malloc keeps per-thread arenas whose freed memory is rarely
 // returned; a broker that holds millions of small tasks and then drains them
@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
         .init();
 
     let tokens = match &args.auth_file {
-        Some(path) => match sluice_broker::auth::Tokens::load(path) {
+        Some(path) => match sluice_broker::api::auth::Tokens::load(path) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("sluice-broker: {e}");
@@ -74,7 +74,7 @@ async fn main() -> ExitCode {
         tracing::info!("--in-memory: every queue is lost when the broker stops");
         Broker::new(shutdown.clone())
     } else {
-        match recover::open(&args).await {
+        match wal::open::open(&args).await {
             Ok((log, recovered)) => {
                 Broker::with_log(shutdown.clone(), Some(log), recovered, args.segment_bytes)
             }
@@ -89,7 +89,7 @@ async fn main() -> ExitCode {
     broker.jobs().set_ttl(args.job_ttl);
     for q in &declared {
         let created = match sluice_broker::config::queue_options(q) {
-            Ok(options) => sluice_broker::validate::queue_spec(&q.name, Some(&options))
+            Ok(options) => sluice_broker::api::validate::queue_spec(&q.name, Some(&options))
                 .map_err(|e| format!("queues.{}: {e}", q.name)),
             Err(e) => Err(e),
         };
@@ -161,7 +161,7 @@ async fn main() -> ExitCode {
         broker.clone(),
         tls,
         tokens,
-        sluice_broker::info::Setup::from_args(&args),
+        sluice_broker::api::info::Setup::from_args(&args),
     )
     .await;
     if let Some(log) = broker.log()

@@ -8,10 +8,10 @@ use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::info::Setup;
+use crate::api::service::Service;
 use crate::broker::Broker;
-use crate::info::Setup;
-use crate::service::Service;
-use crate::validate::Limits;
+use crate::limits::Limits;
 
 /// Beyond the consumers' grace period, how long other open calls get to
 /// finish before the broker exits anyway.
@@ -24,7 +24,7 @@ pub async fn run(
     limits: Limits,
     broker: Broker,
     tls: Option<tonic::transport::ServerTlsConfig>,
-    tokens: Option<crate::auth::Tokens>,
+    tokens: Option<crate::api::auth::Tokens>,
     setup: Setup,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let shutdown = broker.shutdown().clone();
@@ -61,7 +61,7 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
     let server = builder
-        .layer(crate::auth::AuthLayer::new(tokens))
+        .layer(crate::api::auth::AuthLayer::new(tokens))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)

@@ -5,11 +5,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_broker::api::validate;
 use sluice_broker::broker::Broker;
-use sluice_broker::durable::Recovery;
 use sluice_broker::engine::{NewTask, TaskId};
 use sluice_broker::storage::{Log, LogOptions};
-use sluice_broker::validate;
+use sluice_broker::wal::Recovery;
 use sluice_proto::v1::QueueOptions;
 use tokio_util::sync::CancellationToken;
 

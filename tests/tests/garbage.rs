@@ -135,9 +135,9 @@ proptest! {
         let _ = ConsumeRequest::decode(&data[..]);
         let _ = PublishRequest::decode(&data[..]);
         if let Ok(req) = EnqueueRequest::decode(&data[..]) {
-            let limits = sluice_broker::validate::Limits::default();
-            let _ = sluice_broker::validate::queue_name(&req.queue);
-            let _ = sluice_broker::validate::new_tasks(
+            let limits = sluice_broker::limits::Limits::default();
+            let _ = sluice_broker::api::validate::queue_name(&req.queue);
+            let _ = sluice_broker::api::validate::new_tasks(
                 req.tasks,
                 sluice_broker::engine::TaskId(1),
                 &limits,

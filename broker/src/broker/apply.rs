@@ -106,14 +106,14 @@ impl Broker {
                     match parts.as_slice() {
                         [] => None,
                         _ if !how.wait && fx.admitted.is_empty() => {
-                            let record = durable::batch(&parts);
+                            let record = wal::batch(&parts);
                             if let Err(e) = log.append_nowait(vec![record]) {
                                 tracing::warn!(queue = %q.name(), error = %e, "change not logged");
                             }
                             None
                         }
                         _ => {
-                            let record = durable::batch(&parts);
+                            let record = wal::batch(&parts);
                             let append = log.append_keeping(vec![record], keep_free);
                             if fx.admitted.is_empty() {
                                 Some((
@@ -228,7 +228,7 @@ impl Broker {
                 if let (Some(log), Some(m)) = (&self.inner.log, moved) {
                     // Failure is logged by the writer; the task then comes
                     // back from the log after a restart (at least once).
-                    drop(log.append(vec![durable::changes(&m.from, &m.changes)]));
+                    drop(log.append(vec![wal::changes(&m.from, &m.changes)]));
                 }
                 false
             }
@@ -347,10 +347,7 @@ pub(super) fn live_estimate(state: &QueueState) -> u64 {
 fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
     let mut headers = d.body.headers.map(|h| *h).unwrap_or_default();
     headers.insert("x-sluice-dead-from".into(), from.to_owned());
-    headers.insert(
-        "x-sluice-dead-id".into(),
-        crate::validate::task_id_str(d.id),
-    );
+    headers.insert("x-sluice-dead-id".into(), crate::ids::task_id_str(d.id));
     headers.insert("x-sluice-dead-attempts".into(), d.attempts.to_string());
     let reason = match d.reason {
         DeadReason::MaxAttempts => "max-attempts",

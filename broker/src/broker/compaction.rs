@@ -91,17 +91,17 @@ impl Broker {
                 (sh.state.snapshot(), log.reserve()?)
             };
             let (snapshot, slot) = taken;
-            let define = durable::define(&q.spec, q.created_at);
+            let define = wal::define(&q.spec, q.created_at);
             let name = q.name().to_owned();
             writers.push(tokio::task::spawn_blocking(move || {
-                durable::write_snapshot(&slot, define, &name, snapshot).map(|bytes| (slot, bytes))
+                wal::write_snapshot(&slot, define, &name, snapshot).map(|bytes| (slot, bytes))
             }));
         }
         // Jobs after the queues: their state now includes every event
         // appended before this point.
         if let Some((jobs, slot)) = self.inner.jobs.snapshot(log)? {
             writers.push(tokio::task::spawn_blocking(move || {
-                durable::write_jobs(&slot, jobs).map(|bytes| (slot, bytes))
+                wal::write_jobs(&slot, jobs).map(|bytes| (slot, bytes))
             }));
         }
         let mut bytes = 0;

@@ -31,7 +31,6 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::durable::{self, Recovery};
 use crate::engine::{
     Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
     EnqueueMode, Enqueued, Millis, NewTask, PublisherId, PutterId, QueueConfig, QueueState,
@@ -40,6 +39,7 @@ use crate::engine::{
 use crate::error::{Error, Result};
 use crate::lease::LeaseKey;
 use crate::storage::{Log, StorageError};
+use crate::wal::{self, Recovery};
 
 /// The broker's state: every queue, id counters, and the shutdown signal.
 /// Cheap to clone.
@@ -67,7 +67,7 @@ struct Inner {
     next_putter: AtomicU64,
     shutdown: CancellationToken,
     jobs: crate::jobs::Jobs,
-    limits: RwLock<crate::validate::Limits>,
+    limits: RwLock<crate::limits::Limits>,
     /// Bytes clients made the queues keep (payloads, headers, keys, job
     /// ids; see `QueueState::held_bytes`): the memory budget's measure,
     /// with the jobs' bytes and the reservations.
@@ -115,7 +115,7 @@ impl Broker {
         let broker = Broker {
             inner: Arc::new(Inner {
                 jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), log.clone()),
-                limits: RwLock::new(crate::validate::Limits::default()),
+                limits: RwLock::new(crate::limits::Limits::default()),
                 defs: tokio::sync::Mutex::new(()),
                 lease_key: LeaseKey::random(),
                 held_bytes: AtomicU64::new(0),
@@ -157,7 +157,7 @@ impl Broker {
     }
 
     /// Sets the broker-wide limits.
-    pub fn set_limits(&self, limits: crate::validate::Limits) {
+    pub fn set_limits(&self, limits: crate::limits::Limits) {
         // Jobs may keep outcomes for late watchers in a quarter of the
         // budget: enough for any watcher that keeps up, and never the
         // whole of it, which would starve enqueues for a --job-ttl.
@@ -165,7 +165,7 @@ impl Broker {
         *self.inner.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
-    pub fn limits(&self) -> crate::validate::Limits {
+    pub fn limits(&self) -> crate::limits::Limits {
         self.inner
             .limits
             .read()

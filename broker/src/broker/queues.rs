@@ -37,7 +37,7 @@ impl Broker {
         }
         let created_at = now_ms();
         if let (Some(log), true) = (&self.inner.log, spec.durable) {
-            log.append_keeping(vec![durable::define(&spec, created_at)], self.keep_free())
+            log.append_keeping(vec![wal::define(&spec, created_at)], self.keep_free())
                 .await?;
         }
         let handle = self.insert_queue(spec, created_at);
@@ -125,7 +125,7 @@ impl Broker {
             // every change it logged.
             sh.deleted = true;
             let durability = match (&self.inner.log, handle.spec.durable) {
-                (Some(log), true) => Some(log.append(vec![durable::delete(name)])),
+                (Some(log), true) => Some(log.append(vec![wal::delete(name)])),
                 _ => None,
             };
             (discarded, durability)

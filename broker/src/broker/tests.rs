@@ -9,10 +9,10 @@ use bytes::Bytes;
 use sluice_proto::v1 as pb;
 
 use super::*;
-use crate::durable::Recovery;
 use crate::engine::NackAction;
+use crate::limits::Limits;
 use crate::storage::{Log, LogOptions};
-use crate::validate::Limits;
+use crate::wal::Recovery;
 
 /// A broker on a log in `dir`, started from what the log holds.
 fn durable_broker(dir: &std::path::Path, options: LogOptions) -> Broker {
@@ -58,7 +58,7 @@ async fn restart_view(broker: Broker, dir: &std::path::Path) -> Recovery {
 }
 
 fn spec(name: &str, o: pb::QueueOptions) -> QueueSpec {
-    crate::validate::queue_spec(name, Some(&o)).expect("valid spec")
+    crate::api::validate::queue_spec(name, Some(&o)).expect("valid spec")
 }
 
 fn capacity(capacity: u64) -> pb::QueueOptions {

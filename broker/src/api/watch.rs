@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::auth::{Access, Role};
+use crate::api::auth::{Access, Role};
 use crate::broker::{Broker, FRAME_BYTES};
 use crate::error::Error;
 use crate::jobs::{Event, Watch};

@@ -10,12 +10,13 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{self, Role};
+use crate::api::auth::{self, Role};
+use crate::api::consume;
+use crate::api::validate;
 use crate::broker::{Broker, QueueHandle};
-use crate::consume;
 use crate::engine::{ConsumerStats, Delivery, QueueStats};
 use crate::error::Error;
-use crate::validate::{self, Limits};
+use crate::limits::Limits;
 
 /// The `sluice.v1.SluiceService` implementation.
 #[derive(Clone)]
@@ -27,8 +28,8 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(broker: Broker, limits: Limits, setup: crate::info::Setup) -> Self {
-        let info = std::sync::Arc::new(crate::info::response(&setup, &limits));
+    pub fn new(broker: Broker, limits: Limits, setup: crate::api::info::Setup) -> Self {
+        let info = std::sync::Arc::new(crate::api::info::response(&setup, &limits));
         Service {
             broker,
             limits,
@@ -142,7 +143,7 @@ impl SluiceService for Service {
                     .iter()
                     .find(|(new, _)| *new == id)
                     .map_or(id, |(_, holder)| *holder);
-                validate::task_id_str(id)
+                crate::ids::task_id_str(id)
             })
             .collect();
         Ok(Response::new(pb::EnqueueResponse {
@@ -161,7 +162,8 @@ impl SluiceService for Service {
     ) -> Result<Response<Self::PublishStream>, Status> {
         let access = auth::access(&req);
         let stream =
-            crate::publish::start(self.broker.clone(), self.limits.clone(), access, req).await?;
+            crate::api::publish::start(self.broker.clone(), self.limits.clone(), access, req)
+                .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -294,7 +296,7 @@ impl SluiceService for Service {
             access.require(Role::Admin, "*")?;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(crate::watch::run(
+        tokio::spawn(crate::api::watch::run(
             self.broker.clone(),
             access,
             job,
@@ -403,7 +405,7 @@ pub(crate) fn delivery(
 ) -> pb::Delivery {
     pb::Delivery {
         task: Some(pb::Task {
-            id: validate::task_id_str(d.id),
+            id: crate::ids::task_id_str(d.id),
             payload: d.body.payload.clone(),
             headers: d.body.headers.as_deref().cloned().unwrap_or_default(),
             priority: d.priority,

@@ -14,12 +14,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use tracing::Instrument;
 
+use crate::api::service::{delivery, peer};
+use crate::api::validate;
 use crate::broker::{Broker, DeliveryRx, FRAME_BYTES, QueueHandle, Shared};
 use crate::engine::{Claim, ConsumerId, Effects, Millis, SettleError};
 use crate::error::Error;
 use crate::lease::LeaseKey;
-use crate::service::{delivery, peer};
-use crate::validate;
 
 type Out = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
 
@@ -27,7 +27,7 @@ type Out = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
 /// session. Errors before the subscription end the call with a status.
 pub async fn start(
     broker: Broker,
-    access: crate::auth::Access,
+    access: crate::api::auth::Access,
     req: Request<Streaming<pb::ConsumeRequest>>,
 ) -> Result<ReceiverStream<Result<pb::ConsumeResponse, Status>>, Status> {
     let peer = peer(&req);
@@ -47,7 +47,7 @@ pub async fn start(
         )
         .into());
     };
-    access.require(crate::auth::Role::Consume, &sub.queue)?;
+    access.require(crate::api::auth::Role::Consume, &sub.queue)?;
     validate::queue_name(&sub.queue)?;
     if sub.consumer_name.len() > validate::MAX_NAME_LEN {
         return Err(Error::invalid(format!(
@@ -222,7 +222,7 @@ impl Session {
     fn handle(
         &self,
         f: pb::ConsumeRequest,
-        limits: &validate::Limits,
+        limits: &crate::limits::Limits,
     ) -> Result<(Vec<pb::SettleError>, Option<u64>), Status> {
         if f.subscribe.is_some() {
             return Err(Error::FailedPrecondition(
@@ -322,7 +322,7 @@ pub struct Settler<'a> {
 
 impl<'a> Settler<'a> {
     /// For the unary Ack, Nack and ExtendLease calls.
-    pub fn unary(broker: &'a Broker, limits: &validate::Limits) -> Self {
+    pub fn unary(broker: &'a Broker, limits: &crate::limits::Limits) -> Self {
         Settler {
             stream: None,
             key: broker.lease_key(),
@@ -429,7 +429,7 @@ type Refusal = (pb::SettleErrorCode, String);
 
 fn lease(l: &Option<pb::LeaseRef>) -> Result<(&pb::LeaseRef, crate::engine::TaskId), Refusal> {
     let l = l.as_ref().ok_or_else(|| invalid("missing lease".into()))?;
-    let id = validate::parse_task_id(&l.task_id).ok_or_else(|| {
+    let id = crate::ids::parse_task_id(&l.task_id).ok_or_else(|| {
         (
             pb::SettleErrorCode::UnknownTask,
             format!("{:?} is not a task id this broker issues", l.task_id),

@@ -36,7 +36,7 @@ use subtle::ConstantTimeEq;
 use toml::Spanned;
 use tonic::Status;
 
-use crate::validate;
+use crate::api::validate;
 
 /// What a request may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -289,9 +289,9 @@ mod tests {
         ) {
             let borrowed: Vec<(&str, &[Change])> =
                 parts.iter().map(|(q, c)| (q.as_str(), c.as_slice())).collect();
-            let ours = super::super::Record::decode(changes_record(&borrowed))
+            let ours = crate::wal::codec::Record::decode(changes_record(&borrowed))
                 .expect("decodes");
-            let theirs = super::super::Record::decode(super::super::prost_batch(&borrowed))
+            let theirs = crate::wal::codec::Record::decode(crate::wal::codec::prost_batch(&borrowed))
                 .expect("decodes");
             prop_assert_eq!(ours, theirs);
         }

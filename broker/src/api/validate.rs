@@ -7,6 +7,7 @@ use sluice_proto::v1 as pb;
 use crate::broker::QueueSpec;
 use crate::engine::{Backoff, NackAction, NewTask, Order, QueueConfig, TaskId};
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 
 pub const DEFAULT_CAPACITY: u64 = 10_000;
 pub const MAX_CAPACITY: u64 = 100_000_000;
@@ -21,52 +22,6 @@ pub const MAX_GET_TASKS: u32 = 1000;
 pub const MAX_UNSPENT_CREDIT: u64 = 100_000;
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ERROR_TEXT: usize = 4096;
-
-/// Limits set by the operator on the command line.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Payload plus header names and values, per task.
-    pub max_payload_bytes: usize,
-    /// Payload bytes of all queued tasks together: beyond, enqueues are
-    /// refused (RESOURCE_EXHAUSTED) instead of the broker running out of
-    /// memory.
-    pub max_memory_bytes: u64,
-    /// Queues in the broker.
-    pub max_queues: usize,
-    /// Consume streams per queue.
-    pub max_consumers_per_queue: u64,
-    /// Consume streams in the broker.
-    pub max_consumers: u64,
-    /// Unspent credit per consumer.
-    pub max_credit: u64,
-    /// Tasks per enqueue or publish frame, items per ack/nack/extend call.
-    pub max_batch: usize,
-    /// How long a publisher may sit on unused credit while others wait.
-    pub publish_idle: std::time::Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_payload_bytes: 1024 * 1024,
-            max_memory_bytes: 2 << 30,
-            max_queues: 100_000,
-            max_consumers_per_queue: 10_000,
-            max_consumers: 100_000,
-            max_credit: MAX_UNSPENT_CREDIT,
-            max_batch: MAX_BATCH,
-            publish_idle: std::time::Duration::from_secs(30),
-        }
-    }
-}
-
-impl Limits {
-    /// Largest gRPC message the service decodes or encodes, in bytes: an
-    /// enqueue batch may carry several tasks of the largest size.
-    pub fn max_message_bytes(&self) -> usize {
-        (self.max_payload_bytes.saturating_mul(2) + (1 << 20)).max(16 << 20)
-    }
-}
 
 /// Whether `name` is a valid queue name: `[A-Za-z0-9._-]{1,128}`.
 pub fn is_queue_name(name: &str) -> bool {
@@ -272,41 +227,6 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
     })
 }
 
-/// Task ids on the wire: 16 lowercase hex digits. Written by hand: this
-/// runs for every delivery, and `format!` was a few percent of the broker.
-pub fn task_id_str(id: TaskId) -> String {
-    hex64(id.0)
-}
-
-/// 16 lowercase hex digits.
-pub fn hex64(v: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 16];
-    for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
-        buf[2 * i] = HEX[usize::from(byte >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
-    }
-    // Always ASCII, so never the default.
-    String::from_utf8(buf.to_vec()).unwrap_or_default()
-}
-
-/// None for anything this broker never handed out.
-pub fn parse_task_id(s: &str) -> Option<TaskId> {
-    if s.len() != 16 {
-        return None;
-    }
-    let mut v = 0u64;
-    for b in s.bytes() {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u64::from(d);
-    }
-    Some(TaskId(v))
-}
-
 /// What a NackItem asks for.
 pub fn nack_action(n: &pb::NackItem) -> std::result::Result<NackAction, String> {
     match pb::NackAction::try_from(n.action) {
@@ -351,17 +271,6 @@ mod tests {
         assert!(queue_name("é").is_err());
         assert!(queue_name(&"a".repeat(129)).is_err());
         assert!(queue_name(&"a".repeat(128)).is_ok());
-    }
-
-    #[test]
-    fn task_ids_round_trip() {
-        let id = TaskId(0x0123_4567_89ab_cdef);
-        assert_eq!(parse_task_id(&task_id_str(id)), Some(id));
-        assert_eq!(parse_task_id("xyz"), None);
-        assert_eq!(parse_task_id("zzzzzzzzzzzzzzzz"), None);
-        assert_eq!(task_id_str(TaskId(0x1a)), "000000000000001a");
-        assert_eq!(parse_task_id("000000000000001A"), None, "lowercase only");
-        assert_eq!(parse_task_id("ffffffffffffffff"), Some(TaskId(u64::MAX)));
     }
 
     #[test]

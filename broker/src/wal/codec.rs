@@ -26,8 +26,6 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use prost::Message;
 
-mod encode;
-
 use crate::broker::QueueSpec;
 use crate::engine::{Backoff, Change, Millis, Order, QueueConfig, Restored, TaskBody, TaskId};
 
@@ -237,19 +235,19 @@ pub fn delete(name: &str) -> Bytes {
 
 /// The record of one engine call's changes to a queue.
 pub fn changes(queue: &str, changes: &[Change]) -> Bytes {
-    encode::changes_record(&[(queue, changes)])
+    super::encode::changes_record(&[(queue, changes)])
 }
 
 /// One record of changes to one or more queues; several are a `Batch`,
 /// replayed all or none.
 pub fn batch(parts: &[(&str, &[Change])]) -> Bytes {
-    encode::changes_record(parts)
+    super::encode::changes_record(parts)
 }
 
 /// [`batch`] through prost's derived messages: what the hand-written
 /// encoder must agree with.
 #[cfg(test)]
-fn prost_batch(parts: &[(&str, &[Change])]) -> Bytes {
+pub(super) fn prost_batch(parts: &[(&str, &[Change])]) -> Bytes {
     match parts {
         [(queue, c)] => encode(record::Kind::Changes(queue_changes(queue, c))),
         _ => encode(record::Kind::Batch(Batch {

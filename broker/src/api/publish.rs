@@ -16,10 +16,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use tracing::Instrument;
 
+use crate::api::validate;
 use crate::broker::{Broker, QueueHandle};
 use crate::engine::{NewTask, PublishError, PublisherId, TaskId};
 use crate::error::Error;
-use crate::validate::{self, Limits};
+use crate::limits::Limits;
 
 /// Credit a producer holds when its first frame asks for none.
 pub const DEFAULT_WINDOW: u64 = 1000;
@@ -31,7 +32,7 @@ type Out = mpsc::Sender<Result<pb::PublishResponse, Status>>;
 pub async fn start(
     broker: Broker,
     limits: Limits,
-    access: crate::auth::Access,
+    access: crate::api::auth::Access,
     req: Request<Streaming<pb::PublishRequest>>,
 ) -> Result<ReceiverStream<Result<pb::PublishResponse, Status>>, Status> {
     let mut inbound = req.into_inner();
@@ -41,7 +42,7 @@ pub async fn start(
         )
         .into());
     };
-    access.require(crate::auth::Role::Produce, &first.queue)?;
+    access.require(crate::api::auth::Role::Produce, &first.queue)?;
     validate::queue_name(&first.queue)?;
     let q = broker.queue(&first.queue)?;
     if broker.shutdown().is_cancelled() {
@@ -359,7 +360,7 @@ fn confirmation(
                 .iter()
                 .find(|(new, _)| *new == id)
                 .map_or(id, |(_, holder)| *holder);
-            validate::task_id_str(id)
+            crate::ids::task_id_str(id)
         })
         .collect();
     pb::PublishResponse {
@@ -390,8 +391,8 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::durable::Recovery;
     use crate::storage::{Log, LogOptions};
+    use crate::wal::Recovery;
 
     /// A broker with durable queue "q" on a log in `dir`, served on a
     /// local port; and a Publish stream on "q" with a window of 100.
@@ -426,7 +427,7 @@ mod tests {
             broker.clone(),
             None,
             None,
-            crate::info::Setup {
+            crate::api::info::Setup {
                 max_streams_per_connection: 100,
                 ..Default::default()
             },

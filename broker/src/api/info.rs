@@ -6,8 +6,8 @@
 use sluice_proto::v1 as pb;
 
 use crate::args::Args;
+use crate::limits::Limits;
 use crate::storage::FsyncPolicy;
-use crate::validate::Limits;
 
 /// How the broker was started, beyond its [`Limits`].
 #[derive(Debug, Clone, Default)]

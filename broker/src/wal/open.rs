@@ -2,8 +2,8 @@
 //! the broker starts from.
 
 use crate::args::Args;
-use crate::durable::Recovery;
 use crate::storage::{Log, LogOptions};
+use crate::wal::Recovery;
 
 /// Opens the log in `args.data_dir` and replays it. Errors are one
 /// readable line: the directory is locked by another broker, a record is
