@@ -157,6 +157,21 @@ pub struct Args {
     pub max_streams_per_connection: u32,
 }
 
+impl Args {
+    /// How the broker was started, as GetBrokerInfo tells it.
+    pub fn setup(&self) -> crate::api::info::Setup {
+        crate::api::info::Setup {
+            in_memory: self.in_memory,
+            fsync: self.fsync,
+            max_disk_bytes: self.max_disk_bytes,
+            auth: self.auth_file.is_some(),
+            tls: self.tls_cert.is_some(),
+            tls_client_certificates: self.tls_cert.is_some() && self.tls_client_ca.is_some(),
+            max_streams_per_connection: self.max_streams_per_connection,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,24 +232,51 @@ impl Jobs {
     }
 
     /// Puts jobs back as the log described them.
-    pub fn restore(&self, recovered: std::collections::BTreeMap<String, crate::wal::JobRecord>) {
+    /// Puts jobs back as the log described them: each from its last
+    /// snapshot, with the events after it counted as they were live.
+    pub fn restore(&self, recovered: std::collections::BTreeMap<String, crate::wal::JobHistory>) {
         let mut st = self.lock();
-        for (id, r) in recovered {
-            let job = self.entry(&mut st, &id, r.started_at);
-            job.enqueued = r.stored;
-            job.total = r.sealed.then_some(r.total);
-            job.succeeded = r.succeeded;
-            job.failed = r.failed;
-            job.last = r.last.max(r.started_at);
-            for q in &r.queues {
-                self.add_queue(job, q);
+        for (id, history) in recovered {
+            if let Some(r) = history.snapshot {
+                let job = self.entry(&mut st, &id, r.started_at);
+                job.enqueued = r.stored;
+                job.total = r.sealed.then_some(r.total);
+                job.succeeded = r.succeeded;
+                job.failed = r.failed;
+                job.last = r.last.max(r.started_at);
+                for q in &r.queues {
+                    self.add_queue(job, q);
+                }
+                let recorded = r.succeeded + r.failed;
+                for o in &r.outcomes {
+                    self.keep(&mut st, &id, o);
+                }
+                if let Some(job) = st.jobs.get_mut(&id) {
+                    job.unkept = recorded.saturating_sub(job.outcomes.len() as u64);
+                }
             }
-            let recorded = r.succeeded + r.failed;
-            for o in &r.outcomes {
-                self.keep(&mut st, &id, o);
+            for r in history.events {
+                let job = self.entry(&mut st, &id, r.started_at);
+                job.enqueued += r.stored;
+                for q in &r.queues {
+                    self.add_queue(job, q);
+                }
+                if r.sealed {
+                    job.total = Some(r.total);
+                }
+                job.last = job.last.max(r.last);
+                for o in &r.outcomes {
+                    if let Some(job) = st.jobs.get_mut(&id) {
+                        if o.succeeded {
+                            job.succeeded += 1;
+                        } else {
+                            job.failed += 1;
+                        }
+                    }
+                    self.keep(&mut st, &id, o);
+                }
             }
             if let Some(job) = st.jobs.get_mut(&id) {
-                job.unkept = recorded.saturating_sub(job.outcomes.len() as u64);
                 let last = job.last;
                 job.check_done(&id, last);
             }
@@ -375,7 +402,7 @@ impl Jobs {
         id: &str,
         total: Option<u64>,
         now: Millis,
-    ) -> Result<(u64, Option<crate::broker::Durability>), SealError> {
+    ) -> Result<(u64, Option<crate::storage::Durability>), SealError> {
         let mut st = self.lock();
         let job = st.jobs.get_mut(id).ok_or(SealError::NotFound)?;
         if let Some(sealed) = job.total {
@@ -399,7 +426,7 @@ impl Jobs {
                 ..Default::default()
             };
             let append = log.append(vec![crate::wal::job(r)]);
-            Box::pin(async move { append.await.map(|_| ()) }) as crate::broker::Durability
+            Box::pin(async move { append.await.map(|_| ()) }) as crate::storage::Durability
         });
         Ok((total, durability))
     }
@@ -493,6 +520,47 @@ mod tests {
         let w2 = jobs.watch("j").expect("known job");
         assert_eq!(w2.history.len(), 3);
         assert!(w2.summary.is_some());
+    }
+
+    #[test]
+    fn a_job_comes_back_from_its_snapshot_and_the_events_after_it() {
+        use crate::wal::{JobHistory, JobRecord};
+        let outcome = |id: u64| pb::TaskOutcome {
+            task_id: task_id_str(TaskId(id)),
+            succeeded: true,
+            ..Default::default()
+        };
+        let history = JobHistory {
+            snapshot: Some(JobRecord {
+                job: "j".into(),
+                stored: 2,
+                succeeded: 1,
+                outcomes: vec![outcome(1)],
+                snapshot: true,
+                queues: vec!["q".into()],
+                ..Default::default()
+            }),
+            events: vec![
+                JobRecord {
+                    job: "j".into(),
+                    outcomes: vec![outcome(2)],
+                    ..Default::default()
+                },
+                JobRecord {
+                    job: "j".into(),
+                    sealed: true,
+                    total: 2,
+                    ..Default::default()
+                },
+            ],
+        };
+        let jobs = Jobs::new(Duration::from_secs(60), None);
+        jobs.restore([("j".to_owned(), history)].into());
+        let w = jobs.watch("j").expect("restored");
+        assert_eq!(w.history.len(), 2);
+        assert_eq!(w.queues, ["q"]);
+        let summary = w.summary.expect("sealed and whole");
+        assert_eq!((summary.succeeded, summary.failed), (2, 0));
     }
 
     #[test]

@@ -36,3 +36,107 @@ pub mod signal;
 pub mod storage;
 pub mod tls;
 pub mod wal;
+
+/// The layering, checked: every top-level module may use only modules of
+/// a lower layer (`crate::x` paths, tests excepted), so there are no import
+/// cycles and nothing reaches up. A new module must be given its layer
+/// here; a use that breaks the order fails this test with the file at
+/// fault.
+#[cfg(test)]
+mod layers {
+    use std::path::Path;
+
+    /// (module, layer): lower layers know nothing of higher ones.
+    const LAYERS: &[(&str, u8)] = &[
+        ("engine", 0),
+        ("ids", 1),
+        ("latency", 1),
+        ("limits", 1),
+        ("signal", 1),
+        ("tls", 1),
+        ("lease", 2),
+        ("storage", 2),
+        ("error", 3),
+        ("wal", 3),
+        ("jobs", 4),
+        ("broker", 5),
+        ("api", 6),
+        ("metrics", 6),
+        ("server", 7),
+        ("args", 7),
+        ("config", 8),
+    ];
+
+    fn layer(module: &str) -> Option<u8> {
+        LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
+    }
+
+    /// The non-test source of a file: up to its first `#[cfg(test)]`.
+    fn code(path: &Path) -> String {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        match text.find("#[cfg(test)]") {
+            Some(i) => text[..i].to_owned(),
+            None => text,
+        }
+    }
+
+    fn files(path: &Path, out: &mut Vec<std::path::PathBuf>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                files(&entry.path(), out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && path.file_name().is_some_and(|n| n != "tests.rs")
+        {
+            out.push(path.to_path_buf());
+        }
+    }
+
+    #[test]
+    fn no_module_uses_one_above_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut problems = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&src) else {
+            panic!("cannot read {}", src.display());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if matches!(name.as_str(), "lib" | "main") {
+                continue;
+            }
+            let Some(own) = layer(&name) else {
+                problems.push(format!("module {name} has no layer in LAYERS"));
+                continue;
+            };
+            let mut sources = Vec::new();
+            files(&path, &mut sources);
+            for file in sources {
+                let text = code(&file);
+                for (i, _) in text.match_indices("crate::") {
+                    let used: String = text[i + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if used == name || used.is_empty() {
+                        continue;
+                    }
+                    match layer(&used) {
+                        Some(l) if l < own => {}
+                        _ => problems.push(format!(
+                            "{} uses crate::{used}, which is not below {name}",
+                            file.display()
+                        )),
+                    }
+                }
+            }
+        }
+        problems.sort();
+        problems.dedup();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}

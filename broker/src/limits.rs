@@ -1,6 +1,11 @@
 //! The limits the operator sets on the command line, that the broker
 //! enforces (the API's own fixed limits live with its validation).
 
+/// Tasks per enqueue or publish frame (items per settle call), by default.
+pub const MAX_BATCH: usize = 10_000;
+/// Unspent credit per consumer, by default.
+pub const MAX_UNSPENT_CREDIT: u64 = 100_000;
+
 /// Limits set by the operator on the command line.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -32,8 +37,8 @@ impl Default for Limits {
             max_queues: 100_000,
             max_consumers_per_queue: 10_000,
             max_consumers: 100_000,
-            max_credit: crate::api::validate::MAX_UNSPENT_CREDIT,
-            max_batch: crate::api::validate::MAX_BATCH,
+            max_credit: MAX_UNSPENT_CREDIT,
+            max_batch: MAX_BATCH,
             publish_idle: std::time::Duration::from_secs(30),
         }
     }

@@ -74,7 +74,18 @@ async fn main() -> ExitCode {
         tracing::info!("--in-memory: every queue is lost when the broker stops");
         Broker::new(shutdown.clone())
     } else {
-        match wal::open::open(&args).await {
+        match wal::open::open(
+            args.data_dir.clone(),
+            sluice_broker::storage::LogOptions {
+                fsync: args.fsync,
+                max_bytes: args.max_disk_bytes,
+                repair: args.repair,
+                segment_bytes: args.segment_bytes,
+                ..Default::default()
+            },
+        )
+        .await
+        {
             Ok((log, recovered)) => {
                 Broker::with_log(shutdown.clone(), Some(log), recovered, args.segment_bytes)
             }
@@ -155,15 +166,7 @@ async fn main() -> ExitCode {
         publish_idle: args.publish_idle_timeout,
     };
     broker.set_limits(limits.clone());
-    let served = server::run(
-        listener,
-        limits,
-        broker.clone(),
-        tls,
-        tokens,
-        sluice_broker::api::info::Setup::from_args(&args),
-    )
-    .await;
+    let served = server::run(listener, limits, broker.clone(), tls, tokens, args.setup()).await;
     if let Some(log) = broker.log()
         && let Err(e) = log.close().await
     {

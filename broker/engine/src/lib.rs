@@ -63,6 +63,19 @@ pub struct QueueConfig {
     pub key_window_ms: u64,
 }
 
+/// A queue's whole definition: its name, the engine's options, and what
+/// the broker does around the engine (where dead tasks go, whether the
+/// queue is logged). Validated before it gets here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub config: QueueConfig,
+    /// The queue its dead tasks move to, if any.
+    pub dead_letter: Option<String>,
+    /// Kept in the write-ahead log: survives a restart.
+    pub durable: bool,
+}
+
 /// Retry backoff: `initial * multiplier^(attempt-1)`, capped at `max`, with
 /// "equal jitter" (half the delay fixed, half spread), so tasks that failed
 /// together do not all come back in the same instant.

@@ -5,7 +5,6 @@
 
 use sluice_proto::v1 as pb;
 
-use crate::args::Args;
 use crate::limits::Limits;
 use crate::storage::FsyncPolicy;
 
@@ -22,20 +21,6 @@ pub struct Setup {
     /// Mutual TLS (`--tls-client-ca`).
     pub tls_client_certificates: bool,
     pub max_streams_per_connection: u32,
-}
-
-impl Setup {
-    pub fn from_args(args: &Args) -> Setup {
-        Setup {
-            in_memory: args.in_memory,
-            fsync: args.fsync,
-            max_disk_bytes: args.max_disk_bytes,
-            auth: args.auth_file.is_some(),
-            tls: args.tls_cert.is_some(),
-            tls_client_certificates: args.tls_cert.is_some() && args.tls_client_ca.is_some(),
-            max_streams_per_connection: args.max_streams_per_connection,
-        }
-    }
 }
 
 /// What this version serves whatever its flags; the proto lists each

@@ -4,8 +4,7 @@
 use bytes::Bytes;
 use sluice_proto::v1 as pb;
 
-use crate::broker::QueueSpec;
-use crate::engine::{Backoff, NackAction, NewTask, Order, QueueConfig, TaskId};
+use crate::engine::{Backoff, NackAction, NewTask, Order, QueueConfig, QueueSpec, TaskId};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 
@@ -15,11 +14,9 @@ pub const DEFAULT_ACK_DEADLINE_MS: u64 = 30_000;
 pub const MIN_LEASE_MS: u64 = 100;
 pub const MAX_LEASE_MS: u64 = 86_400_000;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-pub const MAX_BATCH: usize = 10_000;
 pub const MAX_DELAY_MS: u64 = 30 * 86_400_000;
 pub const MAX_GET_WAIT_MS: u64 = 20 * 60_000;
 pub const MAX_GET_TASKS: u32 = 1000;
-pub const MAX_UNSPENT_CREDIT: u64 = 100_000;
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_ERROR_TEXT: usize = 4096;
 

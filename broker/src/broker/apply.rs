@@ -242,9 +242,6 @@ impl Broker {
     }
 }
 
-/// Resolves once a log append is durable (per the fsync policy).
-pub type Durability = Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>>;
-
 /// Lets producers admitted by another call wait for that call's append.
 pub(super) type Ticket = watch::Receiver<Option<Result<(), StorageError>>>;
 

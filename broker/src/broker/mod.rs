@@ -24,17 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::future::Future;
-use std::pin::Pin;
-
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
     Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
-    EnqueueMode, Enqueued, Millis, NewTask, PublisherId, PutterId, QueueConfig, QueueState,
-    QueueStats, TaskId,
+    EnqueueMode, Enqueued, Millis, NewTask, PublisherId, PutterId, QueueState, QueueStats, TaskId,
 };
 use crate::error::{Error, Result};
 use crate::lease::LeaseKey;
@@ -235,10 +231,11 @@ mod tests;
 mod timers;
 mod waiting;
 
-pub use apply::Durability;
+pub use crate::engine::QueueSpec;
+pub use crate::storage::Durability;
 use apply::{DEFINE_BYTES, Ticket, live_estimate, wait_ticket};
 pub use budget::MemoryReservation;
-pub use queue::{DeliveryRx, QueueHandle, QueueSpec, Shared};
+pub use queue::{DeliveryRx, QueueHandle, Shared};
 pub use timers::now_ms;
 use timers::run_timer;
 use waiting::Admission;

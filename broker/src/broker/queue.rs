@@ -4,16 +4,6 @@
 
 use super::*;
 
-/// A validated queue definition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSpec {
-    pub name: String,
-    pub config: QueueConfig,
-    pub dead_letter: Option<String>,
-    /// Kept in the write-ahead log: survives a restart.
-    pub durable: bool,
-}
-
 /// Batches of deliveries for one consumer. Unbounded on purpose: what is in
 /// it was paid for with the consumer's credit, so credit is the bound.
 pub type DeliveryRx = mpsc::UnboundedReceiver<Vec<Delivery>>;

@@ -390,6 +390,9 @@ impl Slot {
     }
 }
 
+/// Resolves once a log append is durable (per the fsync policy).
+pub type Durability = std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
 /// Waits for the writer's answer; a writer gone before answering means
 /// the log was closed.
 async fn answer<T>(sent: Result<oneshot::Receiver<Result<T>>>) -> Result<T> {

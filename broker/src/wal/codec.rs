@@ -26,8 +26,9 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::broker::QueueSpec;
-use crate::engine::{Backoff, Change, Millis, Order, QueueConfig, Restored, TaskBody, TaskId};
+use crate::engine::{
+    Backoff, Change, Millis, Order, QueueConfig, QueueSpec, Restored, TaskBody, TaskId,
+};
 
 /// One log record.
 #[derive(Clone, PartialEq, Message)]
@@ -352,6 +353,14 @@ fn encode(kind: record::Kind) -> Bytes {
     Bytes::from(Record { kind: Some(kind) }.encode_to_vec())
 }
 
+/// What the log holds of one job: its last whole state (written by a
+/// compaction), and the events after it.
+#[derive(Debug, Default, Clone)]
+pub struct JobHistory {
+    pub snapshot: Option<JobRecord>,
+    pub events: Vec<JobRecord>,
+}
+
 /// A durable queue as the log describes it.
 #[derive(Debug)]
 pub struct RecoveredQueue {
@@ -364,9 +373,8 @@ pub struct RecoveredQueue {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub queues: BTreeMap<String, RecoveredQueue>,
-    /// Jobs as the log describes them (snapshot records with events
-    /// folded in).
-    pub jobs: BTreeMap<String, JobRecord>,
+    /// Each job's records since its last snapshot, in log order.
+    pub jobs: BTreeMap<String, JobHistory>,
     /// The highest task id seen: new ids start above it.
     pub max_task_id: u64,
     pub records: u64,
@@ -415,35 +423,14 @@ impl Recovery {
                 self.queues.remove(&name);
             }
             Some(record::Kind::Job(r)) => {
+                // Grouped per job, not counted: what the records mean is
+                // the job registry's business (`Jobs::restore`).
+                let history = self.jobs.entry(r.job.clone()).or_default();
                 if r.snapshot {
-                    self.jobs.insert(r.job.clone(), r);
+                    history.snapshot = Some(r);
+                    history.events.clear();
                 } else {
-                    let j = self.jobs.entry(r.job.clone()).or_insert_with(|| JobRecord {
-                        job: r.job.clone(),
-                        started_at: r.started_at,
-                        ..Default::default()
-                    });
-                    j.stored += r.stored;
-                    for q in r.queues {
-                        if !j.queues.contains(&q) {
-                            j.queues.push(q);
-                        }
-                    }
-                    if r.sealed {
-                        j.sealed = true;
-                        j.total = r.total;
-                    }
-                    for o in r.outcomes {
-                        if o.succeeded {
-                            j.succeeded += 1;
-                        } else {
-                            j.failed += 1;
-                        }
-                        if j.outcomes.len() < crate::jobs::MAX_OUTCOMES {
-                            j.outcomes.push(o);
-                        }
-                    }
-                    j.last = j.last.max(r.last);
+                    history.events.push(r);
                 }
             }
             Some(record::Kind::Changes(c)) => self.apply_changes(c),

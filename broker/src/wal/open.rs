@@ -1,23 +1,18 @@
 //! Start-up: open the data directory's log and replay it into the state
 //! the broker starts from.
 
-use crate::args::Args;
+use std::path::PathBuf;
+
 use crate::storage::{Log, LogOptions};
 use crate::wal::Recovery;
 
 /// Opens the log in `args.data_dir` and replays it. Errors are one
 /// readable line: the directory is locked by another broker, a record is
 /// damaged (file and offset), or a record does not decode.
-pub async fn open(args: &Args) -> Result<(Log, Recovery), String> {
-    let dir = args.data_dir.clone();
-    let options = LogOptions {
-        fsync: args.fsync,
-        max_bytes: args.max_disk_bytes,
-        repair: args.repair,
-        segment_bytes: args.segment_bytes,
-        ..LogOptions::default()
-    };
-    let repair = args.repair;
+pub async fn open(dir: PathBuf, options: LogOptions) -> Result<(Log, Recovery), String> {
+    let repair = options.repair;
+    let fsync = options.fsync;
+    let shown = dir.clone();
     let started = std::time::Instant::now();
     // Reading the whole log is blocking work; nothing else runs yet, but
     // keep the runtime's threads free anyway.
@@ -45,12 +40,12 @@ pub async fn open(args: &Args) -> Result<(Log, Recovery), String> {
     let (log, recovery) = res;
     let tasks: usize = recovery.queues.values().map(|q| q.tasks.len()).sum();
     tracing::info!(
-        dir = %args.data_dir.display(),
+        dir = %shown.display(),
         records = recovery.records,
         queues = recovery.queues.len(),
         tasks,
         elapsed = ?started.elapsed(),
-        fsync = %args.fsync,
+        fsync = %fsync,
         "log recovered"
     );
     Ok((log, recovery))
