@@ -149,7 +149,7 @@ struct State {
 /// Every job the broker knows.
 pub struct Jobs {
     state: Mutex<State>,
-    log: Option<crate::storage::Log>,
+    journal: crate::journal::Journal,
     ttl_ms: AtomicU64,
     /// What all jobs cost, readable without the lock (the budget check of
     /// every enqueue reads it).
@@ -159,10 +159,10 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(ttl: Duration, log: Option<crate::storage::Log>) -> Self {
+    pub fn new(ttl: Duration, journal: crate::journal::Journal) -> Self {
         Jobs {
             state: Mutex::new(State::default()),
-            log,
+            journal,
             ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
             bytes: AtomicU64::new(0),
             max_kept: AtomicU64::new(u64::MAX),
@@ -188,11 +188,11 @@ impl Jobs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a job record when there is a log and the event is durable.
+    /// Journals a job event that happened on a durable queue. Not waited
+    /// for, as acks are not: at-least-once either way.
     fn log(&self, durable: bool, r: crate::wal::JobRecord) {
-        if let (true, Some(log)) = (durable, &self.log) {
-            // Not awaited, as acks are not: at-least-once either way.
-            drop(log.append(vec![crate::wal::job(r)]));
+        if durable && self.journal.is_durable() {
+            self.journal.note(crate::wal::job(r));
         }
     }
 
@@ -416,18 +416,15 @@ impl Jobs {
         job.total = Some(total);
         job.last = now;
         job.check_done(id, now);
-        let durability = self.log.as_ref().map(|log| {
-            let r = crate::wal::JobRecord {
-                job: id.to_owned(),
-                total,
-                sealed: true,
-                started_at: now,
-                last: now,
-                ..Default::default()
-            };
-            let append = log.append(vec![crate::wal::job(r)]);
-            Box::pin(async move { append.await.map(|_| ()) }) as crate::storage::Durability
-        });
+        let r = crate::wal::JobRecord {
+            job: id.to_owned(),
+            total,
+            sealed: true,
+            started_at: now,
+            last: now,
+            ..Default::default()
+        };
+        let durability = self.journal.commit(crate::wal::job(r), 0);
         Ok((total, durability))
     }
 
@@ -498,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_late_watcher_gets_history_then_live_then_the_summary() {
-        let jobs = Jobs::new(Duration::from_secs(60), None);
+        let jobs = Jobs::new(Duration::from_secs(60), Default::default());
         let j: Box<str> = "j".into();
         jobs.stored("q", &[j.clone(), j.clone(), j.clone()], 0, false);
         jobs.completed("q", vec![done("j", 1, true)], 1, false);
@@ -554,7 +551,7 @@ mod tests {
                 },
             ],
         };
-        let jobs = Jobs::new(Duration::from_secs(60), None);
+        let jobs = Jobs::new(Duration::from_secs(60), Default::default());
         jobs.restore([("j".to_owned(), history)].into());
         let w = jobs.watch("j").expect("restored");
         assert_eq!(w.history.len(), 2);
@@ -565,7 +562,7 @@ mod tests {
 
     #[test]
     fn unknown_jobs_are_neither_watched_nor_sealed_and_a_seal_is_final() {
-        let jobs = Jobs::new(Duration::from_secs(60), None);
+        let jobs = Jobs::new(Duration::from_secs(60), Default::default());
         assert!(jobs.watch("nobody").is_none(), "watching creates nothing");
         assert_eq!(jobs.bytes(), 0);
         assert_eq!(
@@ -588,7 +585,7 @@ mod tests {
 
     #[test]
     fn a_job_costs_what_it_holds_and_outcomes_stop_at_their_share() {
-        let jobs = Jobs::new(Duration::from_millis(10), None);
+        let jobs = Jobs::new(Duration::from_millis(10), Default::default());
         // 200 jobs of one task each: about half a kilobyte apiece, not the
         // half megabyte a preallocated broadcast buffer cost.
         for i in 0..200 {

@@ -27,6 +27,7 @@ pub use sluice_engine as engine;
 pub mod error;
 pub mod ids;
 pub mod jobs;
+pub mod journal;
 pub mod latency;
 pub mod lease;
 pub mod limits;
@@ -58,6 +59,7 @@ mod layers {
         ("storage", 2),
         ("error", 3),
         ("wal", 3),
+        ("journal", 3),
         ("jobs", 4),
         ("broker", 5),
         ("api", 6),

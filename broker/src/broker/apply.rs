@@ -75,8 +75,9 @@ impl Broker {
                     add_diff(&self.inner.durable_live, live_before, live_after);
                 }
             }
-            let durability = match &self.inner.log {
-                Some(log) if !fx.changes.is_empty() || how.moved.is_some() => {
+            let journal = &self.inner.journal;
+            let durability = match journal.is_durable() {
+                true if !fx.changes.is_empty() || how.moved.is_some() => {
                     // A task moving to a dead letter queue leaves this one
                     // in the log in the same record that stores it there
                     // (see `forward_dead`): one atomic record, so neither
@@ -106,30 +107,22 @@ impl Broker {
                     match parts.as_slice() {
                         [] => None,
                         _ if !how.wait && fx.admitted.is_empty() => {
-                            let record = wal::batch(&parts);
-                            if let Err(e) = log.append_nowait(vec![record]) {
-                                tracing::warn!(queue = %q.name(), error = %e, "change not logged");
-                            }
+                            journal.note(wal::batch(&parts));
                             None
                         }
-                        _ => {
-                            let record = wal::batch(&parts);
-                            let append = log.append_keeping(vec![record], keep_free);
-                            if fx.admitted.is_empty() {
-                                Some((
-                                    Box::pin(async move { append.await.map(|_| ()) }) as Durability,
-                                    None,
-                                ))
-                            } else {
+                        _ => match journal.commit(wal::batch(&parts), keep_free) {
+                            None => None,
+                            Some(committed) if fx.admitted.is_empty() => Some((committed, None)),
+                            Some(committed) => {
                                 // Producers admitted by this call wait for
-                                // this call's append too: share its outcome.
+                                // this call's record too: share its outcome.
                                 let (tx, rx) = watch::channel(None);
                                 tokio::spawn(async move {
-                                    let _ = tx.send(Some(append.await.map(|_| ())));
+                                    let _ = tx.send(Some(committed.await));
                                 });
                                 Some((Box::pin(wait_ticket(rx.clone())) as Durability, Some(rx)))
                             }
-                        }
+                        },
                     }
                 }
                 _ => None,
@@ -225,10 +218,10 @@ impl Broker {
                 .0
             }
             Err(_) => {
-                if let (Some(log), Some(m)) = (&self.inner.log, moved) {
-                    // Failure is logged by the writer; the task then comes
-                    // back from the log after a restart (at least once).
-                    drop(log.append(vec![wal::changes(&m.from, &m.changes)]));
+                if let Some(m) = moved {
+                    // Should it fail, the task comes back from the log
+                    // after a restart (at least once).
+                    self.inner.journal.note(wal::changes(&m.from, &m.changes));
                 }
                 false
             }

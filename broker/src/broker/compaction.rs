@@ -31,7 +31,7 @@ impl Broker {
     /// log may use, whichever is less: on a small disk the log must
     /// compact long before a segment fills.
     pub fn compaction_due(&self) -> bool {
-        let Some(log) = &self.inner.log else {
+        let Some(log) = self.inner.journal.log() else {
             return false;
         };
         let total = log.total_bytes();
@@ -55,7 +55,7 @@ impl Broker {
     /// it deletes), plus a margin for the settlements that free it (a
     /// sixteenth of the space the log may use, at most [`LOG_MARGIN`]).
     pub fn keep_free(&self) -> u64 {
-        let margin = self.inner.log.as_ref().map_or(LOG_MARGIN, |log| {
+        let margin = self.inner.journal.log().map_or(LOG_MARGIN, |log| {
             let room = log.total_bytes().saturating_add(log.free_bytes());
             LOG_MARGIN.min(room / 16)
         });
@@ -70,7 +70,7 @@ impl Broker {
     /// but encoded and written after the lock is released: the queue goes
     /// on serving meanwhile. Returns the bytes written.
     pub async fn compact(&self) -> Result<u64> {
-        let Some(log) = &self.inner.log else {
+        let Some(log) = self.inner.journal.log() else {
             return Ok(0);
         };
         // No queue is defined or deleted while its snapshot is in flight.

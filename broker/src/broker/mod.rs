@@ -33,6 +33,7 @@ use crate::engine::{
     EnqueueMode, Enqueued, Millis, NewTask, PublisherId, PutterId, QueueState, QueueStats, TaskId,
 };
 use crate::error::{Error, Result};
+use crate::journal::Journal;
 use crate::lease::LeaseKey;
 use crate::storage::{Log, StorageError};
 use crate::wal::{self, Recovery};
@@ -52,8 +53,8 @@ struct Inner {
     /// compaction never misses one that is being defined.
     defs: tokio::sync::Mutex<()>,
     lease_key: LeaseKey,
-    /// The write-ahead log; None with --in-memory.
-    log: Option<Log>,
+    /// Where durable changes are recorded; no log with --in-memory.
+    journal: Journal,
     segment_bytes: u64,
     /// How long consumers get to settle what they hold when the broker
     /// stops, in ms.
@@ -108,9 +109,10 @@ impl Broker {
         // run handed out over a million ids per millisecond of uptime; and
         // always above every id the log still holds.
         let first = (now_ms() << 20).max(recovered.max_task_id + 1);
+        let journal = Journal::new(log);
         let broker = Broker {
             inner: Arc::new(Inner {
-                jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), log.clone()),
+                jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), journal.clone()),
                 limits: RwLock::new(crate::limits::Limits::default()),
                 defs: tokio::sync::Mutex::new(()),
                 lease_key: LeaseKey::random(),
@@ -120,7 +122,7 @@ impl Broker {
                 reserved_bytes: AtomicU64::new(0),
                 streams: AtomicU64::new(0),
                 enqueue_wait: crate::latency::Histogram::default(),
-                log,
+                journal,
                 segment_bytes,
                 shutdown_grace_ms: AtomicU64::new(30_000),
                 queues: RwLock::new(BTreeMap::new()),
@@ -140,7 +142,7 @@ impl Broker {
             tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }
         broker.inner.jobs.restore(recovered_jobs);
-        if broker.inner.log.is_some() {
+        if broker.inner.journal.is_durable() {
             tokio::spawn(broker.clone().compact_when_due());
         }
         tokio::spawn(broker.clone().sweep_jobs());
@@ -182,7 +184,7 @@ impl Broker {
 
     /// The log, when the broker has one.
     pub fn log(&self) -> Option<&Log> {
-        self.inner.log.as_ref()
+        self.inner.journal.log()
     }
 
     pub fn shutdown(&self) -> &CancellationToken {

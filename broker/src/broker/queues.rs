@@ -10,7 +10,7 @@ impl Broker {
     /// log refuses it, nothing was created and a retry starts afresh.
     pub async fn create_queue(&self, spec: QueueSpec) -> Result<(Arc<QueueHandle>, bool)> {
         self.check_open()?;
-        if spec.durable && self.inner.log.is_none() {
+        if spec.durable && !self.inner.journal.is_durable() {
             return Err(Error::invalid(
                 "durable queues need the broker's data directory; this broker runs --in-memory",
             ));
@@ -36,9 +36,13 @@ impl Broker {
             check_dead_letters(&queues, &spec)?;
         }
         let created_at = now_ms();
-        if let (Some(log), true) = (&self.inner.log, spec.durable) {
-            log.append_keeping(vec![wal::define(&spec, created_at)], self.keep_free())
-                .await?;
+        if spec.durable
+            && let Some(stored) = self
+                .inner
+                .journal
+                .commit(wal::define(&spec, created_at), self.keep_free())
+        {
+            stored.await?;
         }
         let handle = self.insert_queue(spec, created_at);
         tracing::info!(queue = %handle.name(), durable = handle.spec.durable, "queue created");
@@ -124,9 +128,9 @@ impl Broker {
             // From here no call stores into it; its log record follows
             // every change it logged.
             sh.deleted = true;
-            let durability = match (&self.inner.log, handle.spec.durable) {
-                (Some(log), true) => Some(log.append(vec![wal::delete(name)])),
-                _ => None,
+            let durability = match handle.spec.durable {
+                true => self.inner.journal.commit(wal::delete(name), 0),
+                false => None,
             };
             (discarded, durability)
         };
