@@ -36,7 +36,7 @@ pub struct PublisherId(pub u64);
 
 /// One Enqueue call waiting for space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PutterId(pub u64);
+pub struct WaitingId(pub u64);
 
 /// Delivery order of ready tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +263,7 @@ pub struct Restored {
 /// A waiting producer whose batch is now stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
-    pub id: PutterId,
+    pub id: WaitingId,
     /// Its tasks that were not stored because, by the time the batch was,
     /// their key was taken: (the id given to the new task, the holder's).
     pub duplicates: Vec<(TaskId, TaskId)>,
@@ -344,7 +344,7 @@ pub enum EnqueueError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnqueueMode {
     /// Join the line of waiting producers under this id.
-    Wait(PutterId),
+    Wait(WaitingId),
     FailFast,
 }
 
@@ -354,7 +354,7 @@ pub enum Enqueued {
     /// Stored now.
     Stored,
     /// In line; an [`Effects::admitted`] with this id says when it is stored.
-    Waiting(PutterId),
+    Waiting(WaitingId),
 }
 
 /// Depths and totals of a queue.

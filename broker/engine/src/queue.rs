@@ -5,6 +5,17 @@
 //! Capacity counts ready + delayed (what has not been taken, as asyncio's
 //! `maxsize`); a task coming back from a lease is always taken back, even
 //! above capacity, since it already had its place.
+//!
+//! The parts with invariants of their own live beside it: the key index
+//! (`keys`), publishers' reservations (`publishers`), the drain meter
+//! (`drain`); and the transitions by who makes them: consumers and
+//! delivery (`consumers`), settling leases (`settle`).
+
+mod consumers;
+mod drain;
+mod keys;
+mod publishers;
+mod settle;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -12,12 +23,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 // non-keyed hash is safe here (SipHash was ~9% of the broker's work).
 use rustc_hash::FxHashMap as HashMap;
 
-use super::ready::{Entry, ReadySet};
-use super::{
-    Change, Claim, Completion, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects,
-    EnqueueError, EnqueueMode, Enqueued, Millis, NackAction, NewTask, PublisherId, PutterId,
-    QueueConfig, QueueStats, Restored, SettleError, TaskBody, TaskId,
+use crate::ready::{Entry, ReadySet};
+use crate::{
+    Change, Completion, ConsumerId, DeadReason, Effects, EnqueueError, EnqueueMode, Enqueued,
+    Millis, NewTask, PublisherId, QueueConfig, QueueStats, Restored, TaskBody, TaskId, WaitingId,
 };
+use drain::DrainMeter;
+pub use keys::KEY_OVERHEAD;
+use keys::KeyIndex;
+pub use publishers::PublishError;
+use publishers::Publishers;
 
 /// A task out with a consumer.
 #[derive(Debug)]
@@ -37,8 +52,8 @@ fn owner_of(owner: ConsumerId) -> Option<ConsumerId> {
 }
 
 #[derive(Debug)]
-struct Putter {
-    id: PutterId,
+struct WaitingBatch {
+    id: WaitingId,
     tasks: Vec<NewTask>,
     at: Millis,
     /// Some task has a key: checked again before the batch is stored.
@@ -78,7 +93,7 @@ pub struct QueueState {
     leased: HashMap<TaskId, Lease>,
     /// Lease deadlines, for expiry in order.
     deadlines: BTreeSet<(Millis, TaskId)>,
-    putters: VecDeque<Putter>,
+    waiting: VecDeque<WaitingBatch>,
     waiting_tasks: u64,
     consumers: HashMap<ConsumerId, Consumer>,
     /// Consumers with credit, in round-robin order; each at most once.
@@ -94,70 +109,25 @@ pub struct QueueState {
     errors: HashMap<TaskId, Box<str>>,
     /// Delayed tasks that wait out a retry (for stats).
     retrying: rustc_hash::FxHashSet<TaskId>,
-    /// Idempotency keys in use: by unfinished tasks (`done` None), or by
-    /// tasks done less than the key window ago.
-    keys: HashMap<Box<str>, KeyUse>,
-    /// The key of each unfinished keyed task (beside the tasks: most have
-    /// none).
-    task_keys: HashMap<TaskId, Box<str>>,
-    /// Keys of done tasks, in the order their windows end.
-    key_expiry: VecDeque<(Millis, Box<str>, TaskId)>,
-    /// Deliveries per second over the last seconds: (second, count).
-    drained: VecDeque<(Millis, u64)>,
-    publishers: HashMap<PublisherId, Publisher>,
+    /// Idempotency keys in use, by unfinished tasks and by done ones still
+    /// in their window.
+    keys: KeyIndex,
+    drained: DrainMeter,
+    publishers: Publishers,
     /// The job of each unfinished task that has one (beside the tasks).
     task_jobs: HashMap<TaskId, Box<str>>,
-    /// Publishers in the order they are next served when space frees.
-    pub_ring: VecDeque<PublisherId>,
-    /// Capacity reserved for publishers: counts as taken.
-    reserved: u64,
-    /// Bytes held beside the payloads (counted in `stats.payload_bytes`):
-    /// headers of unfinished tasks, their job ids, and idempotency keys
-    /// (of unfinished tasks and of done ones still in their window), each
-    /// key with [`KEY_OVERHEAD`]. With the payloads: what a client made
-    /// this queue keep, for the broker's memory budget.
+    /// Bytes held beside the payloads (counted in `stats.payload_bytes`)
+    /// and the keys (counted by `keys`): headers of unfinished tasks and
+    /// their job ids. With those: what a client made this queue keep, for
+    /// the broker's memory budget.
     extra_bytes: u64,
 }
-
-/// What remembering one idempotency key costs beyond its own bytes (its
-/// map entries), counted against the memory budget.
-pub const KEY_OVERHEAD: u64 = 64;
 
 /// Header names and values of a task: bytes a client made the broker keep.
 fn header_bytes(h: &super::Headers) -> u64 {
     h.as_ref().map_or(0, |m| {
         m.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
     })
-}
-
-/// A producer on a Publish stream. It holds `reserved` slots of capacity
-/// (its credit) and `pending` tasks sent but not yet confirmed; the broker
-/// tops `reserved + pending` up to `window` as space frees, so a producer
-/// never has more than `window` tasks unconfirmed.
-#[derive(Debug)]
-struct Publisher {
-    window: u64,
-    reserved: u64,
-    pending: u64,
-}
-
-/// Why a publish was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishError {
-    /// The producer sent more than the credit it holds.
-    OverCredit { sent: u64, credit: u64 },
-    /// No such publisher.
-    Unknown,
-}
-
-/// Seconds of deliveries the drain rate is measured over.
-const DRAIN_WINDOW_S: u64 = 10;
-
-#[derive(Debug, Clone, Copy)]
-struct KeyUse {
-    id: TaskId,
-    /// When its task was done; None while unfinished.
-    done: Option<Millis>,
 }
 
 impl QueueState {
@@ -182,14 +152,7 @@ impl QueueState {
             self.next_seq += 1;
             self.add_bytes(&entry.body);
             if let Some(key) = t.key {
-                self.key_insert(
-                    key.clone(),
-                    KeyUse {
-                        id: t.id,
-                        done: None,
-                    },
-                );
-                self.task_keys.insert(t.id, key);
+                self.keys.restore(t.id, key);
             }
             if let Some(job) = t.job {
                 self.job_link(t.id, job);
@@ -223,21 +186,6 @@ impl QueueState {
         self.extra_bytes = self.extra_bytes.saturating_sub(header_bytes(&body.headers));
     }
 
-    fn key_insert(&mut self, key: Box<str>, usage: KeyUse) {
-        let bytes = key.len() as u64 + KEY_OVERHEAD;
-        if self.keys.insert(key, usage).is_none() {
-            self.extra_bytes += bytes;
-        }
-    }
-
-    fn key_remove(&mut self, key: &str) {
-        if self.keys.remove(key).is_some() {
-            self.extra_bytes = self
-                .extra_bytes
-                .saturating_sub(key.len() as u64 + KEY_OVERHEAD);
-        }
-    }
-
     fn job_link(&mut self, id: TaskId, job: Box<str>) {
         self.extra_bytes += job.len() as u64;
         self.task_jobs.insert(id, job);
@@ -252,7 +200,7 @@ impl QueueState {
     /// Every byte a client made this queue keep: payloads, headers, keys
     /// and job ids; see `extra_bytes`.
     pub fn held_bytes(&self) -> u64 {
-        self.stats.payload_bytes + self.extra_bytes
+        self.stats.payload_bytes + self.extra_bytes + self.keys.bytes()
     }
 
     /// [`QueueState::held_bytes`] counted from scratch, for tests that
@@ -267,22 +215,18 @@ impl QueueState {
             .map(|e| e.body.payload.len() as u64 + header_bytes(&e.body.headers))
             .sum();
         let jobs: u64 = self.task_jobs.values().map(|j| j.len() as u64).sum();
-        let keys: u64 = self
-            .keys
-            .keys()
-            .map(|k| k.len() as u64 + KEY_OVERHEAD)
-            .sum();
-        tasks + jobs + keys
+        tasks + jobs + self.keys.recount()
     }
 
     pub fn new(config: QueueConfig) -> Self {
         QueueState {
             ready: ReadySet::new(config.order),
+            keys: KeyIndex::new(config.key_window_ms),
             config,
             delayed: BTreeMap::new(),
             leased: HashMap::default(),
             deadlines: BTreeSet::new(),
-            putters: VecDeque::new(),
+            waiting: VecDeque::new(),
             waiting_tasks: 0,
             consumers: HashMap::default(),
             ring: VecDeque::new(),
@@ -291,14 +235,9 @@ impl QueueState {
             journal: false,
             errors: HashMap::default(),
             retrying: Default::default(),
-            keys: HashMap::default(),
-            task_keys: HashMap::default(),
-            key_expiry: VecDeque::new(),
-            drained: VecDeque::new(),
-            publishers: HashMap::default(),
+            drained: DrainMeter::default(),
+            publishers: Publishers::default(),
             task_jobs: HashMap::default(),
-            pub_ring: VecDeque::new(),
-            reserved: 0,
             extra_bytes: 0,
         }
     }
@@ -307,30 +246,22 @@ impl QueueState {
     fn room(&self) -> u64 {
         self.config
             .capacity
-            .saturating_sub(self.depth() + self.reserved)
+            .saturating_sub(self.depth() + self.publishers.reserved())
     }
+
+    // ----------------------------------------------------------- publishers
 
     /// A producer opens a Publish stream wanting to hold up to `window`
     /// tasks (capped at the capacity); it is granted what is free.
     pub fn add_publisher(&mut self, now: Millis, id: PublisherId, window: u64, fx: &mut Effects) {
-        let window = window.clamp(1, self.config.capacity);
-        self.publishers.insert(
-            id,
-            Publisher {
-                window,
-                reserved: 0,
-                pending: 0,
-            },
-        );
-        self.pub_ring.push_back(id);
+        self.publishers
+            .add(id, window.clamp(1, self.config.capacity));
         self.dispatch(now, fx);
     }
 
     /// The stream ended: its reserved space is free again.
     pub fn remove_publisher(&mut self, now: Millis, id: PublisherId, fx: &mut Effects) {
-        if let Some(p) = self.publishers.remove(&id) {
-            self.reserved -= p.reserved;
-            self.pub_ring.retain(|x| *x != id);
+        if self.publishers.remove(id) {
             self.dispatch(now, fx);
         }
     }
@@ -344,18 +275,8 @@ impl QueueState {
         tasks: Vec<NewTask>,
         fx: &mut Effects,
     ) -> Result<(), PublishError> {
-        let n = tasks.len() as u64;
-        let p = self.publishers.get_mut(&id).ok_or(PublishError::Unknown)?;
-        if n > p.reserved {
-            return Err(PublishError::OverCredit {
-                sent: n,
-                credit: p.reserved,
-            });
-        }
-        p.reserved -= n;
-        p.pending += n;
-        self.reserved -= n;
-        let tasks = self.take_keys(now, tasks, &mut fx.duplicates);
+        self.publishers.spend(id, tasks.len() as u64)?;
+        let tasks = self.keys.take(now, tasks, &mut fx.duplicates);
         self.store(now, tasks, fx);
         self.dispatch(now, fx);
         Ok(())
@@ -365,100 +286,27 @@ impl QueueState {
     /// (waiting Enqueue calls, or publishers that get no credit for want
     /// of room); None when it holds none or nobody waits.
     pub fn publisher_blocking(&self, id: PublisherId) -> Option<u64> {
-        let p = self.publishers.get(&id)?;
-        if p.reserved == 0 {
-            return None;
-        }
-        let starved = self.room() == 0
-            && self
-                .publishers
-                .iter()
-                .any(|(o, q)| *o != id && q.reserved == 0 && q.pending < q.window);
-        (!self.putters.is_empty() || starved).then_some(p.reserved)
+        self.publishers
+            .blocking(id, self.room(), !self.waiting.is_empty())
     }
 
     /// The publisher's tasks up to `n` are confirmed to it: its window
     /// has room for more credit.
     pub fn publish_confirmed(&mut self, now: Millis, id: PublisherId, n: u64, fx: &mut Effects) {
-        if let Some(p) = self.publishers.get_mut(&id) {
-            p.pending = p.pending.saturating_sub(n);
+        if self.publishers.confirmed(id, n) {
             self.dispatch(now, fx);
-        }
-    }
-
-    /// Shares free space among publishers below their window, a slot at a
-    /// time in turn, so producers on a full queue each get a share as it
-    /// drains. Waiting Enqueue calls were served first (they queued before).
-    fn grant_publishers(&mut self, fx: &mut Effects) {
-        let mut room = self.room();
-        if room == 0 || self.publishers.is_empty() {
-            return;
-        }
-        let mut grants: Vec<(PublisherId, u64)> = Vec::new();
-        let mut idle_rounds = 0;
-        while room > 0 && idle_rounds < self.pub_ring.len() {
-            let Some(id) = self.pub_ring.pop_front() else {
-                break;
-            };
-            self.pub_ring.push_back(id);
-            let Some(p) = self.publishers.get_mut(&id) else {
-                idle_rounds += 1;
-                continue;
-            };
-            if p.reserved + p.pending >= p.window {
-                idle_rounds += 1;
-                continue;
-            }
-            idle_rounds = 0;
-            p.reserved += 1;
-            self.reserved += 1;
-            room -= 1;
-            match grants.iter_mut().find(|(g, _)| *g == id) {
-                Some((_, n)) => *n += 1,
-                None => grants.push((id, 1)),
-            }
-        }
-        fx.granted.extend(grants);
-    }
-
-    fn note_drained(&mut self, now: Millis) {
-        let second = now / 1000;
-        match self.drained.back_mut() {
-            Some((s, n)) if *s == second => *n += 1,
-            _ => {
-                self.drained.push_back((second, 1));
-                while self
-                    .drained
-                    .front()
-                    .is_some_and(|(s, _)| *s + DRAIN_WINDOW_S < second)
-                {
-                    self.drained.pop_front();
-                }
-            }
         }
     }
 
     /// Tasks taken per second, over the last few seconds.
     pub fn drain_rate(&self, now: Millis) -> f64 {
-        let second = now / 1000;
-        let mut recent = 0;
-        let mut oldest = second;
-        for (s, n) in &self.drained {
-            if *s + DRAIN_WINDOW_S >= second {
-                recent += n;
-                oldest = oldest.min(*s);
-            }
-        }
-        // Over the seconds actually seen, so a queue that started draining
-        // a moment ago is not taken for a slow one.
-        let span = (second - oldest + 1).clamp(1, DRAIN_WINDOW_S);
-        recent as f64 / span as f64
+        self.drained.rate(now)
     }
 
     /// How long until a batch of `n` would likely fit, at the observed
     /// drain rate (a second when nothing drains: a guess, said as one).
     pub fn retry_after_ms(&self, now: Millis, n: u64) -> u64 {
-        let needed = (self.depth() + self.reserved + self.waiting_tasks + n)
+        let needed = (self.depth() + self.publishers.reserved() + self.waiting_tasks + n)
             .saturating_sub(self.config.capacity);
         let rate = self.drain_rate(now);
         if rate <= 0.0 {
@@ -469,92 +317,17 @@ impl QueueState {
             .clamp(1.0, 3_600_000.0) as u64
     }
 
-    /// The task holding `key` now, if any (a done task's key counts until
-    /// its window ends).
-    fn key_holder(&self, now: Millis, key: &str) -> Option<TaskId> {
-        let k = self.keys.get(key)?;
-        match k.done {
-            Some(done) if done.saturating_add(self.config.key_window_ms) <= now => None,
-            _ => Some(k.id),
-        }
-    }
-
-    /// Drops tasks whose key is taken (noting `(new id, holder)` in
-    /// `dups`) and takes the keys of the others for them: within the
-    /// batch, a second task with one key is a duplicate of the first.
-    fn take_keys(
-        &mut self,
-        now: Millis,
-        tasks: Vec<NewTask>,
-        dups: &mut Vec<(TaskId, TaskId)>,
-    ) -> Vec<NewTask> {
-        if tasks.iter().all(|t| t.key.is_none()) {
-            return tasks;
-        }
-        let mut kept = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            if let Some(key) = &t.key {
-                if let Some(holder) = self.key_holder(now, key) {
-                    dups.push((t.id, holder));
-                    continue;
-                }
-                self.key_insert(
-                    key.clone(),
-                    KeyUse {
-                        id: t.id,
-                        done: None,
-                    },
-                );
-                self.task_keys.insert(t.id, key.clone());
-            }
-            kept.push(t);
-        }
-        kept
-    }
-
-    /// Drops tasks whose key a stored task holds (noting them in `dups`),
-    /// taking no key: for a batch about to wait in line, which must not
-    /// hold keys, or a producer behind it would be answered an id that
-    /// never exists if the waiting batch gives up.
-    fn drop_held_keys(
-        &self,
-        now: Millis,
-        tasks: Vec<NewTask>,
-        dups: &mut Vec<(TaskId, TaskId)>,
-    ) -> Vec<NewTask> {
-        if tasks.iter().all(|t| t.key.is_none()) {
-            return tasks;
-        }
-        tasks
-            .into_iter()
-            .filter(
-                |t| match t.key.as_deref().and_then(|k| self.key_holder(now, k)) {
-                    Some(holder) => {
-                        dups.push((t.id, holder));
-                        false
-                    }
-                    None => true,
-                },
-            )
-            .collect()
-    }
-
-    /// A task is done: its key (if any) stays taken for the key window.
+    /// A task is done: its key (if any) stays taken for the key window,
+    /// and the timer must wake to forget it, even on an idle queue.
     fn key_done(&mut self, now: Millis, id: TaskId, fx: &mut Effects) {
-        if self.task_keys.is_empty() {
+        if self.keys.no_task_keyed() {
             return;
         }
-        if let Some(key) = self.task_keys.remove(&id)
-            && let Some(k) = self.keys.get_mut(&key)
-            && k.id == id
+        let next = self.next_deadline();
+        if let Some(until) = self.keys.done(now, id)
+            && next.is_none_or(|d| until < d)
         {
-            k.done = Some(now);
-            let until = now.saturating_add(self.config.key_window_ms);
-            // The timer must wake to forget it, even on an idle queue.
-            if self.next_deadline().is_none_or(|d| until < d) {
-                fx.rearm = true;
-            }
-            self.key_expiry.push_back((until, key, id));
+            fx.rearm = true;
         }
     }
 
@@ -587,7 +360,7 @@ impl QueueState {
     pub fn next_deadline(&self) -> Option<Millis> {
         let d = self.delayed.keys().next().map(|(t, _)| *t);
         let l = self.deadlines.first().map(|(t, _)| *t);
-        let k = self.key_expiry.front().map(|(t, _, _)| *t);
+        let k = self.keys.next_expiry();
         [d, l, k].into_iter().flatten().min()
     }
 
@@ -610,14 +383,14 @@ impl QueueState {
             });
         }
         let mut dups = Vec::new();
-        let tasks = self.drop_held_keys(now, tasks, &mut dups);
+        let tasks = self.keys.drop_held(now, tasks, &mut dups);
         let batch = tasks.len() as u64;
         if batch == 0 {
             fx.duplicates.extend(dups);
             return Ok(Enqueued::Stored);
         }
-        if self.putters.is_empty() && batch <= self.room() {
-            let tasks = self.take_keys(now, tasks, &mut dups);
+        if self.waiting.is_empty() && batch <= self.room() {
+            let tasks = self.keys.take(now, tasks, &mut dups);
             fx.duplicates.extend(dups);
             self.store(now, tasks, fx);
             self.dispatch(now, fx);
@@ -630,7 +403,7 @@ impl QueueState {
                 fx.duplicates.extend(dups);
                 self.waiting_tasks += batch;
                 let keyed = tasks.iter().any(|t| t.key.is_some());
-                self.putters.push_back(Putter {
+                self.waiting.push_back(WaitingBatch {
                     id,
                     tasks,
                     at: now,
@@ -644,11 +417,11 @@ impl QueueState {
 
     /// A waiting producer gave up (deadline, cancel). Returns false when it
     /// was not waiting (already admitted, or unknown).
-    pub fn cancel_put(&mut self, now: Millis, id: PutterId, fx: &mut Effects) -> bool {
-        let Some(pos) = self.putters.iter().position(|p| p.id == id) else {
+    pub fn cancel_put(&mut self, now: Millis, id: WaitingId, fx: &mut Effects) -> bool {
+        let Some(pos) = self.waiting.iter().position(|p| p.id == id) else {
             return false;
         };
-        if let Some(p) = self.putters.remove(pos) {
+        if let Some(p) = self.waiting.remove(pos) {
             self.waiting_tasks -= p.tasks.len() as u64;
         }
         // A large batch at the head may have been holding smaller ones back.
@@ -674,7 +447,7 @@ impl QueueState {
             priority: e.priority,
             due,
             attempt: e.attempt,
-            key: self.task_keys.get(&e.id).cloned(),
+            key: self.keys.of(e.id).map(Box::from),
             job: self.task_jobs.get(&e.id).cloned(),
         };
         let mut out: Vec<Change> = Vec::with_capacity(self.unfinished() as usize);
@@ -721,11 +494,7 @@ impl QueueState {
         // already holds keeps them.
         for id in &removed {
             self.job_unlink(*id);
-            if let Some(key) = self.task_keys.remove(id)
-                && self.keys.get(&key).is_some_and(|k| k.id == *id)
-            {
-                self.key_remove(&key);
-            }
+            self.keys.retract(*id);
         }
         let n = before - self.depth();
         self.stats.enqueued_total -= n;
@@ -735,8 +504,8 @@ impl QueueState {
     }
 
     /// When the oldest waiting producer started waiting.
-    pub fn oldest_putter_since(&self) -> Option<Millis> {
-        self.putters.front().map(|p| p.at)
+    pub fn oldest_waiting_since(&self) -> Option<Millis> {
+        self.waiting.front().map(|p| p.at)
     }
 
     fn store(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
@@ -797,24 +566,26 @@ impl QueueState {
 
     /// Stores waiting batches, oldest first, while the oldest fits. Returns
     /// whether any was stored.
-    fn admit_putters(&mut self, now: Millis, fx: &mut Effects) -> bool {
+    fn admit_waiting(&mut self, now: Millis, fx: &mut Effects) -> bool {
         let mut admitted_any = false;
-        while let Some(mut p) = self.putters.pop_front() {
+        while let Some(mut p) = self.waiting.pop_front() {
             if p.keyed {
                 // Tasks whose key a stored task took meanwhile need no
                 // room: they are answered that task's id.
                 let before = p.tasks.len();
-                p.tasks = self.drop_held_keys(now, std::mem::take(&mut p.tasks), &mut p.dups);
+                p.tasks = self
+                    .keys
+                    .drop_held(now, std::mem::take(&mut p.tasks), &mut p.dups);
                 self.waiting_tasks -= (before - p.tasks.len()) as u64;
             }
             let n = p.tasks.len() as u64;
             if n > self.room() {
-                self.putters.push_front(p);
+                self.waiting.push_front(p);
                 break;
             }
             self.waiting_tasks -= n;
             let mut duplicates = p.dups;
-            let tasks = self.take_keys(now, p.tasks, &mut duplicates);
+            let tasks = self.keys.take(now, p.tasks, &mut duplicates);
             self.store(now, tasks, fx);
             fx.admitted.push(super::Admitted {
                 id: p.id,
@@ -866,12 +637,12 @@ impl QueueState {
                 }
             }
         }
-        if !self.task_keys.is_empty() {
+        if !self.keys.no_task_keyed() {
             let keyed: Vec<TaskId> = self
                 .ready
                 .ids()
                 .chain(self.delayed.keys().map(|(_, id)| *id))
-                .filter(|id| self.task_keys.contains_key(id))
+                .filter(|id| self.keys.of(*id).is_some())
                 .collect();
             for id in keyed {
                 self.key_done(now, id, fx);
@@ -888,99 +659,6 @@ impl QueueState {
     }
 
     // ------------------------------------------------------------ consuming
-
-    /// Registers a consumer with no credit. `detached`: its leases survive
-    /// it (Get calls); otherwise they return to ready when it leaves.
-    pub fn add_consumer(
-        &mut self,
-        id: ConsumerId,
-        name: String,
-        peer: String,
-        detached: bool,
-        now: Millis,
-    ) {
-        self.consumers.insert(
-            id,
-            Consumer {
-                name,
-                peer,
-                connected_at: now,
-                credit: 0,
-                detached,
-                in_flight: HashMap::default(),
-                delivered: 0,
-                acked: 0,
-                nacked: 0,
-                processing_ms_total: 0,
-                in_ring: false,
-            },
-        );
-    }
-
-    /// Adds credit and delivers what it allows. Returns the consumer's
-    /// unspent credit afterwards, or None for an unknown consumer.
-    pub fn grant(
-        &mut self,
-        now: Millis,
-        id: ConsumerId,
-        credit: u64,
-        fx: &mut Effects,
-    ) -> Option<u64> {
-        let c = self.consumers.get_mut(&id)?;
-        c.credit = c.credit.saturating_add(credit);
-        if c.credit > 0 && !c.in_ring {
-            c.in_ring = true;
-            self.ring.push_back(id);
-        }
-        self.dispatch(now, fx);
-        self.consumers.get(&id).map(|c| c.credit)
-    }
-
-    /// Drops a consumer's unspent credit: nothing more is delivered to it
-    /// until it grants again. Returns the leases it still holds.
-    pub fn revoke(&mut self, id: ConsumerId) -> Option<u64> {
-        let c = self.consumers.get_mut(&id)?;
-        // Its ring entry, if any, is skipped and dropped by `deliver`.
-        c.credit = 0;
-        Some(c.in_flight.len() as u64)
-    }
-
-    /// Leases a consumer holds.
-    pub fn in_flight(&self, id: ConsumerId) -> u64 {
-        self.consumers
-            .get(&id)
-            .map_or(0, |c| c.in_flight.len() as u64)
-    }
-
-    /// Unspent credit of a consumer.
-    pub fn credit(&self, id: ConsumerId) -> Option<u64> {
-        self.consumers.get(&id).map(|c| c.credit)
-    }
-
-    /// The consumer left. Tasks it held return to ready at once (unless it
-    /// was detached); its unspent credit disappears with it.
-    pub fn remove_consumer(&mut self, now: Millis, id: ConsumerId, fx: &mut Effects) {
-        let Some(c) = self.consumers.remove(&id) else {
-            return;
-        };
-        if c.in_ring {
-            self.ring.retain(|x| *x != id);
-        }
-        let mut held: Vec<TaskId> = c.in_flight.into_keys().collect();
-        // Keep the outcome independent of hash order.
-        held.sort_unstable();
-        for task in held {
-            if self.leased.get(&task).is_some_and(|l| l.owner == id)
-                && let Some(lease) = self.take_lease(task)
-            {
-                // A lost consumer is not the task's failure to wait out:
-                // ready again at once, no backoff.
-                self.retry_or_dead(now, lease.entry, Some(0), None, DeadReason::MaxAttempts, fx);
-            }
-        }
-        self.dispatch(now, fx);
-    }
-
     /// Brings the queue to rest after a change: delivers what credit allows,
     /// which frees capacity, which admits waiting producers, whose tasks may
     /// be delivered in turn. A loop, not recursion, so a long line of small
@@ -988,341 +666,19 @@ impl QueueState {
     fn dispatch(&mut self, now: Millis, fx: &mut Effects) {
         loop {
             self.deliver(now, fx);
-            if self.putters.is_empty() || !self.admit_putters(now, fx) {
+            if self.waiting.is_empty() || !self.admit_waiting(now, fx) {
                 break;
             }
         }
         // Waiting Enqueue calls queued before: publishers get room only
         // when none is waiting, or a one-slot-at-a-time grant would keep a
         // waiting batch out for ever.
-        if !self.publishers.is_empty() && self.putters.is_empty() {
-            self.grant_publishers(fx);
-        }
-    }
-
-    /// Hands ready tasks to consumers with credit, one at a time in
-    /// round-robin order, until either runs out.
-    fn deliver(&mut self, now: Millis, fx: &mut Effects) {
-        while !self.ready.is_empty() {
-            let Some(cid) = self.ring.pop_front() else {
-                break;
-            };
-            let Some(c) = self.consumers.get_mut(&cid) else {
-                continue;
-            };
-            if c.credit == 0 {
-                c.in_ring = false;
-                continue;
+        if !self.publishers.is_empty() && self.waiting.is_empty() {
+            let room = self.room();
+            if room > 0 {
+                fx.granted.extend(self.publishers.grant(room));
             }
-            let Some(mut entry) = self.ready.pop() else {
-                self.ring.push_front(cid);
-                break;
-            };
-            let deadline = now.saturating_add(self.config.ack_deadline_ms);
-            // Saturating: with unlimited attempts a wrap would reissue an
-            // old lease token.
-            entry.attempt = entry.attempt.saturating_add(1);
-            c.credit -= 1;
-            c.delivered += 1;
-            if !c.detached {
-                c.in_flight.insert(entry.id, now);
-            }
-            if c.credit > 0 {
-                self.ring.push_back(cid);
-            } else {
-                c.in_ring = false;
-            }
-            let owner = if c.detached { NO_OWNER } else { cid };
-            fx.deliveries.push((
-                cid,
-                Delivery {
-                    id: entry.id,
-                    body: entry.body.clone(),
-                    attempt: entry.attempt,
-                    deadline,
-                    priority: entry.priority,
-                    key: if self.task_keys.is_empty() {
-                        None
-                    } else {
-                        self.task_keys.get(&entry.id).cloned()
-                    },
-                    job: if self.task_jobs.is_empty() {
-                        None
-                    } else {
-                        self.task_jobs.get(&entry.id).cloned()
-                    },
-                },
-            ));
-            self.stats.delivered_total += 1;
-            self.note_drained(now);
-            let id = entry.id;
-            if self.journal {
-                fx.changes.push(Change::Attempt {
-                    id,
-                    attempt: entry.attempt,
-                });
-            }
-            self.leased.insert(
-                id,
-                Lease {
-                    entry,
-                    owner,
-                    deadline,
-                    since: now,
-                },
-            );
-            self.schedule_lease(deadline, id, fx);
         }
-    }
-
-    // ------------------------------------------------------------ settling
-
-    /// Removes a lease and its indexes (deadline, owner's in-flight set).
-    fn take_lease(&mut self, id: TaskId) -> Option<Lease> {
-        let lease = self.leased.remove(&id)?;
-        self.deadlines.remove(&(lease.deadline, id));
-        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
-            c.in_flight.remove(&id);
-        }
-        Some(lease)
-    }
-
-    /// Checks a lease token and ends the lease. A token that matches no
-    /// current lease — expired, redelivered, settled, never issued, or
-    /// claimed by a stream that does not hold it — is refused and changes
-    /// nothing.
-    fn end_lease(&mut self, id: TaskId, attempt: u32, claim: Claim) -> Result<Lease, SettleError> {
-        if !self.holds(id, attempt, claim) {
-            return Err(SettleError::StaleLease);
-        }
-        self.take_lease(id).ok_or(SettleError::StaleLease)
-    }
-
-    /// Whether `claim` may settle the lease `(id, attempt)` now.
-    fn holds(&self, id: TaskId, attempt: u32, claim: Claim) -> bool {
-        match self.leased.get(&id) {
-            Some(l) if l.entry.attempt == attempt => match claim {
-                Claim::Token => true,
-                Claim::Holder(c) => l.owner == c,
-            },
-            _ => false,
-        }
-    }
-
-    /// The task is done: it leaves the queue.
-    pub fn ack(
-        &mut self,
-        now: Millis,
-        id: TaskId,
-        attempt: u32,
-        fx: &mut Effects,
-    ) -> Result<(), SettleError> {
-        self.ack_with(now, id, attempt, Claim::Token, bytes::Bytes::new(), fx)
-    }
-
-    /// [`QueueState::ack`] with the task's result, reported to its job.
-    pub fn ack_with(
-        &mut self,
-        now: Millis,
-        id: TaskId,
-        attempt: u32,
-        claim: Claim,
-        result: bytes::Bytes,
-        fx: &mut Effects,
-    ) -> Result<(), SettleError> {
-        let lease = self.end_lease(id, attempt, claim)?;
-        if let Some(job) = self.job_unlink(id) {
-            fx.completed.push(Completion {
-                job,
-                id,
-                payload: lease.entry.body.payload.clone(),
-                succeeded: true,
-                result,
-                error: String::new(),
-                attempts: lease.entry.attempt,
-            });
-        }
-        self.record(fx, || Change::Removed { id });
-        self.key_done(now, id, fx);
-        if !self.errors.is_empty() {
-            self.errors.remove(&id);
-        }
-        self.sub_bytes(&lease.entry.body);
-        self.stats.acked_total += 1;
-        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
-            c.acked += 1;
-            c.processing_ms_total += now.saturating_sub(lease.since);
-        }
-        Ok(())
-    }
-
-    /// The task failed; see [`NackAction`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn nack(
-        &mut self,
-        now: Millis,
-        id: TaskId,
-        attempt: u32,
-        claim: Claim,
-        action: NackAction,
-        error: &str,
-        fx: &mut Effects,
-    ) -> Result<(), SettleError> {
-        let lease = self.end_lease(id, attempt, claim)?;
-        self.stats.nacked_total += 1;
-        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
-            c.nacked += 1;
-        }
-        if error.is_empty() {
-            self.errors.remove(&id);
-        } else {
-            self.errors.insert(id, error.into());
-        }
-        match action {
-            NackAction::Retry { delay_ms, priority } => self.retry_or_dead(
-                now,
-                lease.entry,
-                delay_ms,
-                priority,
-                DeadReason::MaxAttempts,
-                fx,
-            ),
-            NackAction::Drop => self.kill(now, lease.entry, DeadReason::Dropped, fx),
-            NackAction::DeadLetter => self.kill(now, lease.entry, DeadReason::Rejected, fx),
-        }
-        self.dispatch(now, fx);
-        Ok(())
-    }
-
-    /// Takes back a delivery its consumer never received (it was still in
-    /// the broker's buffers when the consumer left): the lease ends and the
-    /// delivery is undone — attempt and delivery counts included — so a
-    /// task is not charged an attempt nobody made.
-    pub fn unsend(
-        &mut self,
-        now: Millis,
-        id: TaskId,
-        attempt: u32,
-        fx: &mut Effects,
-    ) -> Result<(), SettleError> {
-        let mut lease = self.end_lease(id, attempt, Claim::Token)?;
-        if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
-            c.delivered = c.delivered.saturating_sub(1);
-        }
-        self.stats.delivered_total = self.stats.delivered_total.saturating_sub(1);
-        lease.entry.attempt = lease.entry.attempt.saturating_sub(1);
-        self.record(fx, || Change::Attempt {
-            id,
-            attempt: lease.entry.attempt,
-        });
-        self.ready.push_returned(lease.entry);
-        self.dispatch(now, fx);
-        Ok(())
-    }
-
-    /// Pushes a lease's deadline to `now + extend_ms`.
-    pub fn extend(
-        &mut self,
-        now: Millis,
-        id: TaskId,
-        attempt: u32,
-        claim: Claim,
-        extend_ms: u64,
-        fx: &mut Effects,
-    ) -> Result<Millis, SettleError> {
-        if !self.holds(id, attempt, claim) {
-            return Err(SettleError::StaleLease);
-        }
-        let Some(lease) = self.leased.get_mut(&id) else {
-            return Err(SettleError::StaleLease);
-        };
-        let old = lease.deadline;
-        let new_deadline = now.saturating_add(extend_ms);
-        lease.deadline = new_deadline;
-        self.deadlines.remove(&(old, id));
-        self.schedule_lease(new_deadline, id, fx);
-        Ok(new_deadline)
-    }
-
-    /// A leased task failed (nack, expiry, lost consumer): back to ready
-    /// after `delay_ms` (None: the queue's backoff) unless it used up its
-    /// attempts.
-    fn retry_or_dead(
-        &mut self,
-        now: Millis,
-        mut entry: Entry,
-        delay_ms: Option<u64>,
-        priority: Option<i32>,
-        reason: DeadReason,
-        fx: &mut Effects,
-    ) {
-        let max = self.config.max_attempts;
-        if max > 0 && entry.attempt >= max {
-            self.kill(now, entry, reason, fx);
-            return;
-        }
-        if let Some(p) = priority {
-            entry.priority = p;
-        }
-        let backoff = delay_ms.is_none();
-        let delay_ms = delay_ms.unwrap_or_else(|| self.config.retry.delay(entry.id, entry.attempt));
-        // A plain return needs no record: every recovered task is ready.
-        // A new priority or a delay must survive a restart.
-        let due = if delay_ms > 0 {
-            now.saturating_add(delay_ms)
-        } else {
-            0
-        };
-        if priority.is_some() || due > 0 {
-            self.record(fx, || Change::Requeued {
-                id: entry.id,
-                priority: entry.priority,
-                due,
-            });
-        }
-        if due > 0 {
-            if backoff {
-                self.retrying.insert(entry.id);
-            }
-            self.delay(due, entry, fx);
-        } else {
-            self.ready.push_returned(entry);
-        }
-    }
-
-    /// Removes a (no longer leased) task as a failure.
-    fn kill(&mut self, now: Millis, entry: Entry, reason: DeadReason, fx: &mut Effects) {
-        self.key_done(now, entry.id, fx);
-        if let Some(job) = self.job_unlink(entry.id) {
-            fx.completed.push(Completion {
-                job,
-                id: entry.id,
-                payload: entry.body.payload.clone(),
-                succeeded: false,
-                result: bytes::Bytes::new(),
-                error: self
-                    .errors
-                    .get(&entry.id)
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| format!("{reason:?}")),
-                attempts: entry.attempt,
-            });
-        }
-        self.stats.dead_total += 1;
-        self.sub_bytes(&entry.body);
-        self.record(fx, || Change::Removed { id: entry.id });
-        fx.dead.push(DeadTask {
-            id: entry.id,
-            body: entry.body,
-            priority: entry.priority,
-            attempts: entry.attempt,
-            reason,
-            error: self
-                .errors
-                .remove(&entry.id)
-                .map(String::from)
-                .unwrap_or_default(),
-        });
     }
 
     // ------------------------------------------------------------ time
@@ -1340,19 +696,7 @@ impl QueueState {
             }
             self.ready.push_returned(e);
         }
-        while let Some((until, _, _)) = self.key_expiry.front() {
-            if *until > now {
-                break;
-            }
-            if let Some((_, key, id)) = self.key_expiry.pop_front()
-                && self
-                    .keys
-                    .get(&key)
-                    .is_some_and(|k| k.id == id && k.done.is_some())
-            {
-                self.key_remove(&key);
-            }
-        }
+        self.keys.expire(now);
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -1374,41 +718,14 @@ impl QueueState {
             ready: self.ready.len() as u64,
             delayed: self.delayed.len() as u64,
             leased: self.leased.len() as u64,
-            waiting_producers: self.putters.len() as u64,
+            waiting_producers: self.waiting.len() as u64,
             waiting_tasks: self.waiting_tasks,
             consumers: self.consumers.len() as u64,
             credit: self.consumers.values().map(|c| c.credit).sum(),
             retrying: self.retrying.len() as u64,
-            publishers: self.publishers.len() as u64,
-            reserved: self.reserved,
+            publishers: self.publishers.len(),
+            reserved: self.publishers.reserved(),
             ..self.stats.clone()
         }
-    }
-
-    /// Every consumer's numbers, oldest first.
-    pub fn consumer_stats(&self, now: Millis) -> Vec<ConsumerStats> {
-        let mut out: Vec<ConsumerStats> = self
-            .consumers
-            .iter()
-            .map(|(id, c)| ConsumerStats {
-                id: *id,
-                name: c.name.clone(),
-                peer: c.peer.clone(),
-                connected_at: c.connected_at,
-                credit: c.credit,
-                in_flight: c.in_flight.len() as u64,
-                delivered: c.delivered,
-                acked: c.acked,
-                nacked: c.nacked,
-                mean_processing_ms: c.processing_ms_total.checked_div(c.acked).unwrap_or(0),
-                oldest_lease_age_ms: c
-                    .in_flight
-                    .values()
-                    .min()
-                    .map_or(0, |since| now.saturating_sub(*since)),
-            })
-            .collect();
-        out.sort_by_key(|c| (c.connected_at, c.id));
-        out
     }
 }

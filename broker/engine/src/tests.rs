@@ -78,10 +78,20 @@ fn waiting_producers_are_served_in_arrival_order() {
     let mut q = QueueState::new(cfg(2, Order::Fifo));
     put(&mut q, &[(1, 0), (2, 0)]);
     let mut fx = Effects::default();
-    let r = q.enqueue(0, vec![task(3, 0)], EnqueueMode::Wait(PutterId(1)), &mut fx);
-    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(1))));
-    let r = q.enqueue(0, vec![task(4, 0)], EnqueueMode::Wait(PutterId(2)), &mut fx);
-    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(2))));
+    let r = q.enqueue(
+        0,
+        vec![task(3, 0)],
+        EnqueueMode::Wait(WaitingId(1)),
+        &mut fx,
+    );
+    assert_eq!(r, Ok(Enqueued::Waiting(WaitingId(1))));
+    let r = q.enqueue(
+        0,
+        vec![task(4, 0)],
+        EnqueueMode::Wait(WaitingId(2)),
+        &mut fx,
+    );
+    assert_eq!(r, Ok(Enqueued::Waiting(WaitingId(2))));
     // FAIL_FAST never jumps the line, even though nothing would fit anyway.
     assert_eq!(
         q.enqueue(0, vec![task(5, 0)], EnqueueMode::FailFast, &mut fx),
@@ -89,7 +99,7 @@ fn waiting_producers_are_served_in_arrival_order() {
     );
     q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 0);
     q.grant(0, ConsumerId(1), 1, &mut fx);
-    assert_eq!(admitted_ids(&fx), vec![PutterId(1)]);
+    assert_eq!(admitted_ids(&fx), vec![WaitingId(1)]);
     assert_eq!(q.stats().waiting_producers, 1);
 }
 
@@ -100,7 +110,7 @@ fn batch_larger_than_capacity_is_refused() {
     let r = q.enqueue(
         0,
         vec![task(1, 0), task(2, 0), task(3, 0)],
-        EnqueueMode::Wait(PutterId(1)),
+        EnqueueMode::Wait(WaitingId(1)),
         &mut fx,
     );
     assert_eq!(
@@ -273,7 +283,7 @@ struct Model {
     ready: BTreeMap<u64, (u64, i32)>,
     /// id -> (seq, priority, attempt, consumer, deadline)
     leased: BTreeMap<u64, (u64, i32, u32, u64, u64)>,
-    putters: VecDeque<(u64, Vec<(u64, i32)>)>,
+    waiting: VecDeque<(u64, Vec<(u64, i32)>)>,
     attempts: HashMap<u64, u32>,
     seq: u64,
     credit: HashMap<u64, u64>,
@@ -335,14 +345,14 @@ impl Model {
         self.gone += fx.dead.len() as u64;
     }
 
-    fn admit_fitting(&mut self, capacity: u64, admitted: &mut Vec<PutterId>) {
-        while let Some((_, front)) = self.putters.front() {
+    fn admit_fitting(&mut self, capacity: u64, admitted: &mut Vec<WaitingId>) {
+        while let Some((_, front)) = self.waiting.front() {
             if (self.ready.len() + front.len()) as u64 > capacity {
                 break;
             }
-            let (id, tasks) = self.putters.pop_front().expect("front exists");
+            let (id, tasks) = self.waiting.pop_front().expect("front exists");
             self.store(&tasks);
-            admitted.push(PutterId(id));
+            admitted.push(WaitingId(id));
         }
     }
 
@@ -379,13 +389,13 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                     })
                     .collect();
                 let new = tasks.iter().map(|&(i, p)| task(i, p)).collect();
-                let putter = next_id;
+                let wait_id = next_id;
                 let mode = if wait {
-                    EnqueueMode::Wait(PutterId(putter))
+                    EnqueueMode::Wait(WaitingId(wait_id))
                 } else {
                     EnqueueMode::FailFast
                 };
-                let fits = m.putters.is_empty() && (m.ready.len() + tasks.len()) as u64 <= capacity;
+                let fits = m.waiting.is_empty() && (m.ready.len() + tasks.len()) as u64 <= capacity;
                 match q.enqueue(now, new, mode, &mut fx) {
                     Ok(Enqueued::Stored) => {
                         assert!(fits);
@@ -393,7 +403,7 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                     }
                     Ok(Enqueued::Waiting(_)) => {
                         assert!(wait && !fits && tasks.len() as u64 <= capacity);
-                        m.putters.push_back((putter, tasks));
+                        m.waiting.push_back((wait_id, tasks));
                     }
                     Err(EnqueueError::Full) => assert!(!wait && !fits),
                     Err(EnqueueError::BatchTooLarge { .. }) => {
@@ -492,10 +502,10 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                 m.ready.clear();
             }
             Op::CancelPut { pick } => {
-                if !m.putters.is_empty() {
-                    let i = pick % m.putters.len();
-                    let (id, _) = m.putters.remove(i).expect("in range");
-                    assert!(q.cancel_put(now, PutterId(id), &mut fx));
+                if !m.waiting.is_empty() {
+                    let i = pick % m.waiting.len();
+                    let (id, _) = m.waiting.remove(i).expect("in range");
+                    assert!(q.cancel_put(now, WaitingId(id), &mut fx));
                 }
             }
         }
@@ -505,7 +515,7 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
         assert_eq!(s.ready, m.ready.len() as u64, "ready");
         assert_eq!(s.leased, m.leased.len() as u64, "leased");
         assert_eq!(s.unfinished(), q.unfinished(), "unfinished");
-        assert_eq!(s.waiting_producers, m.putters.len() as u64);
+        assert_eq!(s.waiting_producers, m.waiting.len() as u64);
         assert_eq!(s.enqueued_total, m.enqueued, "enqueued");
         assert_eq!(
             s.enqueued_total,
@@ -528,7 +538,7 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
             assert!(c.delivered <= m.granted.get(&c.id.0).copied().unwrap_or(0));
         }
         // A producer waits only while its batch does not fit.
-        if let Some((_, front)) = m.putters.front() {
+        if let Some((_, front)) = m.waiting.front() {
             assert!(s.ready + s.delayed + front.len() as u64 > capacity);
         }
     }
@@ -700,7 +710,7 @@ fn a_key_makes_one_task_while_unfinished_and_for_its_window() {
     );
 }
 
-fn admitted_ids(fx: &Effects) -> Vec<PutterId> {
+fn admitted_ids(fx: &Effects) -> Vec<WaitingId> {
     fx.admitted.iter().map(|a| a.id).collect()
 }
 
@@ -725,10 +735,10 @@ fn a_waiting_batch_holds_no_key_so_no_answer_names_a_task_that_never_exists() {
     let r = q.enqueue(
         0,
         vec![keyed(3, "k")],
-        EnqueueMode::Wait(PutterId(1)),
+        EnqueueMode::Wait(WaitingId(1)),
         &mut fx,
     );
-    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(1))));
+    assert_eq!(r, Ok(Enqueued::Waiting(WaitingId(1))));
     // B with k is not told A's id, which may never be stored.
     let mut fx = Effects::default();
     let r = q.enqueue(0, vec![keyed(4, "k")], EnqueueMode::FailFast, &mut fx);
@@ -742,18 +752,18 @@ fn a_waiting_batch_holds_no_key_so_no_answer_names_a_task_that_never_exists() {
     let r = q.enqueue(
         0,
         vec![keyed(5, "k")],
-        EnqueueMode::Wait(PutterId(2)),
+        EnqueueMode::Wait(WaitingId(2)),
         &mut fx,
     );
-    assert_eq!(r, Ok(Enqueued::Waiting(PutterId(2))), "waiting B: in line");
+    assert_eq!(r, Ok(Enqueued::Waiting(WaitingId(2))), "waiting B: in line");
     assert!(fx.duplicates.is_empty());
     // A gives up; B is stored under its own id when space frees.
-    assert!(q.cancel_put(0, PutterId(1), &mut Effects::default()));
+    assert!(q.cancel_put(0, WaitingId(1), &mut Effects::default()));
     let fx = take_and_ack(&mut q, 1, 1);
     assert_eq!(
         fx.admitted,
         vec![Admitted {
-            id: PutterId(2),
+            id: WaitingId(2),
             duplicates: vec![]
         }]
     );
@@ -770,14 +780,14 @@ fn a_waiting_batch_holds_no_key_so_no_answer_names_a_task_that_never_exists() {
 fn of_two_waiting_batches_with_one_key_the_second_is_answered_the_first_once_stored() {
     let mut q = QueueState::new(cfg(1, Order::Fifo));
     put(&mut q, &[(1, 0)]);
-    for (putter, id) in [(1, 3), (2, 4)] {
+    for (wait_id, id) in [(1, 3), (2, 4)] {
         let r = q.enqueue(
             0,
             vec![keyed(id, "k")],
-            EnqueueMode::Wait(PutterId(putter)),
+            EnqueueMode::Wait(WaitingId(wait_id)),
             &mut Effects::default(),
         );
-        assert_eq!(r, Ok(Enqueued::Waiting(PutterId(putter))));
+        assert_eq!(r, Ok(Enqueued::Waiting(WaitingId(wait_id))));
     }
     let fx = take_and_ack(&mut q, 1, 1);
     // A is stored; B then fits (its task is a duplicate, taking no room)
@@ -786,11 +796,11 @@ fn of_two_waiting_batches_with_one_key_the_second_is_answered_the_first_once_sto
         fx.admitted,
         vec![
             Admitted {
-                id: PutterId(1),
+                id: WaitingId(1),
                 duplicates: vec![]
             },
             Admitted {
-                id: PutterId(2),
+                id: WaitingId(2),
                 duplicates: vec![(TaskId(4), TaskId(3))]
             }
         ]
@@ -859,8 +869,8 @@ fn waiting_enqueues_come_before_publishers() {
     assert!(fx.granted.is_empty(), "the queue is full");
     let batch: Vec<NewTask> = (10..13).map(|i| task(i, 0)).collect();
     assert_eq!(
-        q.enqueue(0, batch, EnqueueMode::Wait(PutterId(1)), &mut fx),
-        Ok(Enqueued::Waiting(PutterId(1)))
+        q.enqueue(0, batch, EnqueueMode::Wait(WaitingId(1)), &mut fx),
+        Ok(Enqueued::Waiting(WaitingId(1)))
     );
     // Space frees one slot at a time: the waiting batch of 3 gets it.
     q.add_consumer(ConsumerId(1), "c".into(), String::new(), false, 0);
@@ -868,7 +878,7 @@ fn waiting_enqueues_come_before_publishers() {
     for _ in 0..3 {
         q.grant(0, ConsumerId(1), 1, &mut fx);
     }
-    assert_eq!(admitted_ids(&fx), vec![PutterId(1)]);
+    assert_eq!(admitted_ids(&fx), vec![WaitingId(1)]);
     assert!(fx.granted.is_empty(), "no credit while an Enqueue waited");
     let mut fx = Effects::default();
     q.grant(0, ConsumerId(1), 1, &mut fx);
@@ -891,7 +901,7 @@ fn retract_frees_room_for_waiting_producers_and_keeps_held_keys() {
     q.enqueue(
         0,
         vec![task(3, 0), task(4, 0)],
-        EnqueueMode::Wait(PutterId(9)),
+        EnqueueMode::Wait(WaitingId(9)),
         &mut fx,
     )
     .expect("waits");
@@ -900,7 +910,7 @@ fn retract_frees_room_for_waiting_producers_and_keeps_held_keys() {
     assert_eq!(q.retract(0, &ids, &mut fx), 1, "only the one still queued");
     assert_eq!(
         admitted_ids(&fx),
-        vec![PutterId(9)],
+        vec![WaitingId(9)],
         "its room went to the waiting producer"
     );
     // Key "a" still belongs to the held task; "b" is free again.

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::api::service::{delivery, peer};
 use crate::api::validate;
-use crate::broker::{Broker, DeliveryRx, FRAME_BYTES, QueueHandle, Shared};
+use crate::broker::{Broker, DeliveryRx, FRAME_BYTES, QueueCore, QueueHandle};
 use crate::engine::{Claim, ConsumerId, Effects, Millis, SettleError};
 use crate::error::Error;
 use crate::lease::LeaseKey;
@@ -156,7 +156,7 @@ impl Session {
                     // Stop deliveries, send what was already routed, then
                     // tell the worker how long it has to settle what it holds.
                     let cid = self.cid;
-                    self.broker.apply(&self.q, |sh, _, _| sh.state.revoke(cid));
+                    self.broker.apply(&self.q, |core, _, _| core.state.revoke(cid));
                     let mut frames = Frames::default();
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
@@ -213,7 +213,7 @@ impl Session {
     fn in_flight(&self) -> u64 {
         let cid = self.cid;
         self.broker
-            .apply(&self.q, |sh, _, _| sh.state.in_flight(cid))
+            .apply(&self.q, |core, _, _| core.state.in_flight(cid))
     }
 
     /// Applies one client frame in one engine call: acks, nacks, extends,
@@ -247,10 +247,10 @@ impl Session {
             key: self.broker.lease_key(),
             max_result: limits.max_payload_bytes,
         };
-        self.broker.apply(q, |sh, now, fx| {
-            let errors = settle(sh, now, fx, q, &by, &f.acks, &f.nacks, &f.extends);
+        self.broker.apply(q, |core, now, fx| {
+            let errors = settle(core, now, fx, q, &by, &f.acks, &f.nacks, &f.extends);
             if f.credit > 0 {
-                let unspent = sh.state.credit(cid).unwrap_or(0);
+                let unspent = core.state.credit(cid).unwrap_or(0);
                 let total = unspent + u64::from(f.credit);
                 if total > max_credit {
                     return Err(Error::invalid(format!(
@@ -258,9 +258,9 @@ impl Session {
                     ))
                     .into());
                 }
-                sh.state.grant(now, cid, u64::from(f.credit), fx);
+                core.state.grant(now, cid, u64::from(f.credit), fx);
             }
-            let stopped = if f.stop { sh.state.revoke(cid) } else { None };
+            let stopped = if f.stop { core.state.revoke(cid) } else { None };
             Ok((errors, stopped))
         })
     }
@@ -366,7 +366,7 @@ impl<'a> Settler<'a> {
 /// Shared by the stream and the unary Ack/Nack/ExtendLease calls.
 #[allow(clippy::too_many_arguments)]
 pub fn settle(
-    sh: &mut Shared,
+    core: &mut QueueCore,
     now: Millis,
     fx: &mut Effects,
     q: &QueueHandle,
@@ -386,7 +386,7 @@ pub fn settle(
                 )));
             }
             by.settle(id, l, |claim| {
-                sh.state
+                core.state
                     .ack_with(now, id, l.attempt, claim, a.result.clone(), fx)
             })
         });
@@ -399,7 +399,7 @@ pub fn settle(
             let action = validate::nack_action(n).map_err(invalid)?;
             let text = validate::error_text(&n.error);
             by.settle(id, l, |claim| {
-                sh.state.nack(now, id, l.attempt, claim, action, text, fx)
+                core.state.nack(now, id, l.attempt, claim, action, text, fx)
             })
         });
         if let Err((code, message)) = r {
@@ -413,7 +413,7 @@ pub fn settle(
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
             by.settle(id, l, |claim| {
-                sh.state
+                core.state
                     .extend(now, id, l.attempt, claim, ms, fx)
                     .map(|_| ())
             })
@@ -469,17 +469,17 @@ impl Drop for Session {
     fn drop(&mut self) {
         let cid = self.cid;
         let rx = &mut self.deliveries;
-        self.broker.apply(&self.q, |sh, now, fx| {
-            sh.remove_sender(cid);
+        self.broker.apply(&self.q, |core, now, fx| {
+            core.remove_sender(cid);
             // No credit first, or undoing a delivery would hand the task
             // straight back to this consumer on its way out.
-            sh.state.revoke(cid);
+            core.state.revoke(cid);
             while let Ok(batch) = rx.try_recv() {
                 for d in batch {
-                    let _ = sh.state.unsend(now, d.id, d.attempt, fx);
+                    let _ = core.state.unsend(now, d.id, d.attempt, fx);
                 }
             }
-            sh.state.remove_consumer(now, cid, fx);
+            core.state.remove_consumer(now, cid, fx);
         });
         self.broker.stream_closed();
     }

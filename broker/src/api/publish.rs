@@ -53,12 +53,12 @@ pub async fn start(
         w => u64::from(w),
     };
     let id = broker.publisher_id();
-    let grants = broker.apply(&q, |sh, now, fx| {
-        if sh.is_deleted() {
+    let grants = broker.apply(&q, |core, now, fx| {
+        if core.is_deleted() {
             return None;
         }
-        let rx = sh.add_publisher(id);
-        sh.state.add_publisher(now, id, window, fx);
+        let rx = core.add_publisher(id);
+        core.state.add_publisher(now, id, window, fx);
         Some(rx)
     });
     let Some(grants) = grants else {
@@ -203,7 +203,7 @@ impl Session {
                     // Space reserved and unused is space nobody else gets:
                     // a producer that sits on it while others wait loses it.
                     let id = self.id;
-                    let held = self.broker.apply(&self.q, |sh, _, _| sh.state.publisher_blocking(id));
+                    let held = self.broker.apply(&self.q, |core, _, _| core.state.publisher_blocking(id));
                     if let Some(held) = held {
                         tracing::info!(held, "publisher idle on credit while others wait; ending its stream");
                         let msg = format!(
@@ -251,15 +251,15 @@ impl Session {
             .reserve_memory(tasks.iter().map(NewTask::held_bytes).sum())?;
         let id = self.id;
         let ((stored, duplicates, depth), durability) =
-            self.broker.apply_growing(&self.q, |sh, now, fx| {
+            self.broker.apply_growing(&self.q, |core, now, fx| {
                 // A frame read just before the queue was deleted must not
                 // land in it (nor in the log after its Delete).
-                if sh.is_deleted() {
+                if core.is_deleted() {
                     return (Err(PublishError::Unknown), Vec::new(), 0);
                 }
-                let r = sh.state.publish(now, id, tasks, fx);
+                let r = core.state.publish(now, id, tasks, fx);
                 let dups = std::mem::take(&mut fx.duplicates);
-                (r, dups, sh.state.depth())
+                (r, dups, core.state.depth())
             });
         drop(reservation);
         match stored {
@@ -340,8 +340,8 @@ fn confirmation(
     // The credit this frees for this producer rides on the confirmation,
     // rather than in a frame of its own; other producers' grants are routed
     // as always.
-    let credit = broker.apply(q, |sh, now, fx| {
-        sh.state.publish_confirmed(now, id, s.n, fx);
+    let credit = broker.apply(q, |core, now, fx| {
+        core.state.publish_confirmed(now, id, s.n, fx);
         let mut own = 0;
         fx.granted.retain(|(p, n)| {
             let mine = *p == id;
@@ -375,9 +375,9 @@ impl Drop for Session {
     /// The stream ended however it ended: its reserved space is free.
     fn drop(&mut self) {
         let id = self.id;
-        self.broker.apply(&self.q, |sh, now, fx| {
-            sh.remove_publisher_sender(id);
-            sh.state.remove_publisher(now, id, fx);
+        self.broker.apply(&self.q, |core, now, fx| {
+            core.remove_publisher_sender(id);
+            core.state.remove_publisher(now, id, fx);
         });
     }
 }

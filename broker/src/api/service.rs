@@ -111,7 +111,9 @@ impl SluiceService for Service {
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
         auth::access(&req).require(Role::Admin, &req.get_ref().name)?;
         let q = self.queue(&req.get_ref().name)?;
-        let purged = self.broker.apply(&q, |sh, now, fx| sh.state.purge(now, fx));
+        let purged = self
+            .broker
+            .apply(&q, |core, now, fx| core.state.purge(now, fx));
         Ok(Response::new(pb::PurgeQueueResponse { purged }))
     }
 
@@ -225,8 +227,8 @@ impl SluiceService for Service {
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.acks.len(), &self.limits)?;
         let by = consume::Settler::unary(&self.broker, &self.limits);
-        let errors = self.broker.apply(&q, |sh, now, fx| {
-            consume::settle(sh, now, fx, &q, &by, &req.acks, &[], &[])
+        let errors = self.broker.apply(&q, |core, now, fx| {
+            consume::settle(core, now, fx, &q, &by, &req.acks, &[], &[])
         });
         Ok(Response::new(pb::AckResponse { errors }))
     }
@@ -240,8 +242,8 @@ impl SluiceService for Service {
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.nacks.len(), &self.limits)?;
         let by = consume::Settler::unary(&self.broker, &self.limits);
-        let errors = self.broker.apply(&q, |sh, now, fx| {
-            consume::settle(sh, now, fx, &q, &by, &[], &req.nacks, &[])
+        let errors = self.broker.apply(&q, |core, now, fx| {
+            consume::settle(core, now, fx, &q, &by, &[], &req.nacks, &[])
         });
         Ok(Response::new(pb::NackResponse { errors }))
     }
@@ -255,8 +257,8 @@ impl SluiceService for Service {
         let q = self.queue(&req.queue)?;
         validate::batch_len(req.extends.len(), &self.limits)?;
         let by = consume::Settler::unary(&self.broker, &self.limits);
-        let errors = self.broker.apply(&q, |sh, now, fx| {
-            consume::settle(sh, now, fx, &q, &by, &[], &[], &req.extends)
+        let errors = self.broker.apply(&q, |core, now, fx| {
+            consume::settle(core, now, fx, &q, &by, &[], &[], &req.extends)
         });
         Ok(Response::new(pb::ExtendLeaseResponse { errors }))
     }

@@ -14,7 +14,7 @@ impl Broker {
     pub fn apply<R>(
         &self,
         q: &QueueHandle,
-        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+        f: impl FnOnce(&mut QueueCore, Millis, &mut Effects) -> R,
     ) -> R {
         self.apply_with(q, LogAs::default(), f).0
     }
@@ -25,7 +25,7 @@ impl Broker {
     pub fn apply_logged<R>(
         &self,
         q: &QueueHandle,
-        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+        f: impl FnOnce(&mut QueueCore, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
         let how = LogAs {
             wait: true,
@@ -39,7 +39,7 @@ impl Broker {
     pub fn apply_growing<R>(
         &self,
         q: &QueueHandle,
-        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+        f: impl FnOnce(&mut QueueCore, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
         let how = LogAs {
             wait: true,
@@ -53,7 +53,7 @@ impl Broker {
         &self,
         q: &QueueHandle,
         how: LogAs,
-        f: impl FnOnce(&mut Shared, Millis, &mut Effects) -> R,
+        f: impl FnOnce(&mut QueueCore, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
         let mut fx = Effects::default();
         let now = now_ms();
@@ -64,14 +64,14 @@ impl Broker {
             0
         };
         let (r, durability) = {
-            let mut sh = q.lock();
-            let held_before = sh.state.held_bytes();
-            let live_before = live_estimate(&sh.state);
-            let r = f(&mut sh, now, &mut fx);
-            if !sh.released {
-                add_diff(&self.inner.held_bytes, held_before, sh.state.held_bytes());
+            let mut core = q.lock();
+            let held_before = core.state.held_bytes();
+            let live_before = live_estimate(&core.state);
+            let r = f(&mut core, now, &mut fx);
+            if !core.released {
+                add_diff(&self.inner.held_bytes, held_before, core.state.held_bytes());
                 if q.spec.durable {
-                    let live_after = live_estimate(&sh.state);
+                    let live_after = live_estimate(&core.state);
                     add_diff(&self.inner.durable_live, live_before, live_after);
                 }
             }
@@ -131,7 +131,7 @@ impl Broker {
                 Some((d, t)) => (Some(d), t),
                 None => (None, None),
             };
-            route(&mut sh, &mut fx, ticket);
+            route(&mut core, &mut fx, ticket);
             // Job events are logged under this queue's lock, right after
             // the queue's own changes (lock order: queue, then jobs).
             let durable = q.spec.durable;
@@ -151,7 +151,7 @@ impl Broker {
             if fx.rearm {
                 q.rearm.notify_one();
             }
-            if sh.state.unfinished() == 0 {
+            if core.state.unfinished() == 0 {
                 q.idle.notify_waiters();
             }
             (r, durability)
@@ -208,11 +208,11 @@ impl Broker {
                     moved,
                     ..LogAs::default()
                 };
-                self.apply_with(&dlq, how, |sh, now, fx| {
-                    if sh.deleted {
+                self.apply_with(&dlq, how, |core, now, fx| {
+                    if core.deleted {
                         return false;
                     }
-                    sh.state.enqueue_forced(now, tasks, fx);
+                    core.state.enqueue_forced(now, tasks, fx);
                     true
                 })
                 .0
@@ -282,7 +282,7 @@ pub(super) async fn wait_ticket(mut rx: Ticket) -> Result<(), StorageError> {
 /// Sends each consumer its deliveries as one batch, and wakes admitted
 /// producers (handing them the append of their batch, if logged). Runs
 /// under the queue lock; nothing here blocks.
-fn route(sh: &mut Shared, fx: &mut Effects, ticket: Option<Ticket>) {
+fn route(core: &mut QueueCore, fx: &mut Effects, ticket: Option<Ticket>) {
     if !fx.deliveries.is_empty() {
         // Few consumers per call: a linear scan beats a map here.
         let mut batches: Vec<(ConsumerId, Vec<Delivery>)> = Vec::new();
@@ -295,18 +295,18 @@ fn route(sh: &mut Shared, fx: &mut Effects, ticket: Option<Ticket>) {
         for (cid, batch) in batches {
             // A closed receiver means the consumer is on its way out; its
             // removal returns these tasks to ready.
-            if let Some(tx) = sh.senders.get(&cid) {
+            if let Some(tx) = core.senders.get(&cid) {
                 let _ = tx.send(batch);
             }
         }
     }
     for (id, n) in fx.granted.drain(..) {
-        if let Some(tx) = sh.publishers.get(&id) {
+        if let Some(tx) = core.publishers.get(&id) {
             let _ = tx.send(n);
         }
     }
     for a in fx.admitted.drain(..) {
-        if let Some(tx) = sh.putters.remove(&a.id) {
+        if let Some(tx) = core.waiting.remove(&a.id) {
             // A dropped receiver is a producer that gave up in the same
             // instant; its enqueue path sees the batch stored.
             let _ = tx.send(Admission {

@@ -83,12 +83,12 @@ impl Broker {
                 continue;
             }
             let taken = {
-                let sh = q.lock();
-                if sh.deleted {
+                let core = q.lock();
+                if core.deleted {
                     continue;
                 }
                 // Cheap under the lock: payloads are shared, not copied.
-                (sh.state.snapshot(), log.reserve()?)
+                (core.state.snapshot(), log.reserve()?)
             };
             let (snapshot, slot) = taken;
             let define = wal::define(&q.spec, q.created_at);

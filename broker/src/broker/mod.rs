@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
     Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
-    EnqueueMode, Enqueued, Millis, NewTask, PublisherId, PutterId, QueueState, QueueStats, TaskId,
+    EnqueueMode, Enqueued, Millis, NewTask, PublisherId, QueueState, QueueStats, TaskId, WaitingId,
 };
 use crate::error::{Error, Result};
 use crate::journal::Journal;
@@ -61,7 +61,9 @@ struct Inner {
     shutdown_grace_ms: AtomicU64,
     next_task: AtomicU64,
     next_consumer: AtomicU64,
-    next_putter: AtomicU64,
+    /// Ids of waiting Enqueue calls and of Publish streams, from one
+    /// counter: neither is ever taken for the other in logs.
+    next_producer: AtomicU64,
     shutdown: CancellationToken,
     jobs: crate::jobs::Jobs,
     limits: RwLock<crate::limits::Limits>,
@@ -128,7 +130,7 @@ impl Broker {
                 queues: RwLock::new(BTreeMap::new()),
                 next_task: AtomicU64::new(first),
                 next_consumer: AtomicU64::new(1),
-                next_putter: AtomicU64::new(1),
+                next_producer: AtomicU64::new(1),
                 shutdown,
             }),
         };
@@ -136,8 +138,9 @@ impl Broker {
         for (_, rq) in recovered.queues {
             let n = rq.tasks.len();
             let handle = broker.insert_queue(rq.spec, rq.created_at);
-            broker.apply(&handle, |sh, now, fx| {
-                sh.state.restore(now, rq.tasks.into_values().collect(), fx);
+            broker.apply(&handle, |core, now, fx| {
+                core.state
+                    .restore(now, rq.tasks.into_values().collect(), fx);
             });
             tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }
@@ -197,7 +200,7 @@ impl Broker {
     }
 
     pub fn publisher_id(&self) -> PublisherId {
-        PublisherId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed))
+        PublisherId(self.inner.next_producer.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn consumer_id(&self) -> ConsumerId {
@@ -237,8 +240,8 @@ pub use crate::engine::QueueSpec;
 pub use crate::storage::Durability;
 use apply::{DEFINE_BYTES, Ticket, live_estimate, wait_ticket};
 pub use budget::MemoryReservation;
-pub use queue::{DeliveryRx, QueueHandle, Shared};
+pub use queue::{DeliveryRx, QueueCore, QueueHandle};
 pub use timers::now_ms;
 use timers::run_timer;
 use waiting::Admission;
-pub use waiting::{FRAME_BYTES, Stored};
+pub use waiting::{EnqueueReceipt, FRAME_BYTES};

@@ -1,5 +1,5 @@
 //! One queue: its definition ([`QueueSpec`]), the engine state behind its
-//! lock with who to tell about its effects ([`Shared`]), and the handle
+//! lock with who to tell about its effects ([`QueueCore`]), and the handle
 //! callers hold ([`QueueHandle`]).
 
 use super::*;
@@ -10,8 +10,12 @@ pub type DeliveryRx = mpsc::UnboundedReceiver<Vec<Delivery>>;
 
 type DeliveryTx = mpsc::UnboundedSender<Vec<Delivery>>;
 
-/// The state of a queue plus who to tell about its effects.
-pub struct Shared {
+/// One queue's engine state, and where its effects go: consumers'
+/// delivery channels, waiting producers' wake-ups, publishers' grants.
+/// Always behind its handle's lock; every engine call and the routing of
+/// its effects happen under that one lock, so effects leave in the order
+/// the engine made them.
+pub struct QueueCore {
     pub state: QueueState,
     /// Set, under this lock, when the queue is deleted: a call that looked
     /// the queue up just before must not store into it and answer OK.
@@ -22,12 +26,12 @@ pub struct Shared {
     pub(super) released: bool,
     pub(super) senders: HashMap<ConsumerId, DeliveryTx>,
     /// Each waiting producer's wake-up.
-    pub(super) putters: HashMap<PutterId, oneshot::Sender<Admission>>,
+    pub(super) waiting: HashMap<WaitingId, oneshot::Sender<Admission>>,
     /// Each Publish stream's credit grants.
     pub(super) publishers: HashMap<PublisherId, mpsc::UnboundedSender<u64>>,
 }
 
-impl Shared {
+impl QueueCore {
     /// Stops routing deliveries to a consumer that is leaving.
     pub fn remove_sender(&mut self, cid: ConsumerId) {
         self.senders.remove(&cid);
@@ -53,7 +57,7 @@ impl Shared {
 pub struct QueueHandle {
     pub spec: QueueSpec,
     pub created_at: Millis,
-    pub(super) shared: Mutex<Shared>,
+    pub(super) core: Mutex<QueueCore>,
     /// Woken whenever the queue has no unfinished task (Join).
     pub(super) idle: Notify,
     /// Woken when the earliest deadline moved earlier (the timer task).
@@ -78,15 +82,15 @@ impl QueueHandle {
     /// A poisoned lock means an engine call panicked mid-change; the state
     /// may be inconsistent, but refusing every later call would lose every
     /// task in the queue, so keep serving.
-    pub(super) fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn lock(&self) -> MutexGuard<'_, QueueCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Depths, totals and consumers, read in one critical section.
     pub fn snapshot(&self) -> (QueueStats, Vec<ConsumerStats>) {
         let now = now_ms();
-        let sh = self.lock();
-        (sh.state.stats(), sh.state.consumer_stats(now))
+        let core = self.lock();
+        (core.state.stats(), core.state.consumer_stats(now))
     }
 
     pub fn deleted(&self) -> &CancellationToken {

@@ -71,12 +71,12 @@ impl Broker {
         }
         let handle = Arc::new(QueueHandle {
             created_at,
-            shared: Mutex::new(Shared {
+            core: Mutex::new(QueueCore {
                 state,
                 deleted: false,
                 released: false,
                 senders: HashMap::new(),
-                putters: HashMap::new(),
+                waiting: HashMap::new(),
                 publishers: HashMap::new(),
             }),
             idle: Notify::new(),
@@ -118,8 +118,8 @@ impl Broker {
         let _defs = self.inner.defs.lock().await;
         let handle = self.queue(name)?;
         let (discarded, durability) = {
-            let mut sh = handle.lock();
-            let discarded = sh.state.unfinished();
+            let mut core = handle.lock();
+            let discarded = core.state.unfinished();
             if if_empty && discarded > 0 {
                 return Err(Error::FailedPrecondition(format!(
                     "queue {name:?} holds {discarded} unfinished tasks"
@@ -127,7 +127,7 @@ impl Broker {
             }
             // From here no call stores into it; its log record follows
             // every change it logged.
-            sh.deleted = true;
+            core.deleted = true;
             let durability = match handle.spec.durable {
                 true => self.inner.journal.commit(wal::delete(name), 0),
                 false => None,
@@ -142,18 +142,18 @@ impl Broker {
         }
         {
             let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
-            let mut sh = handle.lock();
-            sh.senders.clear();
-            sh.putters.clear();
-            sh.publishers.clear();
-            sh.released = true;
+            let mut core = handle.lock();
+            core.senders.clear();
+            core.waiting.clear();
+            core.publishers.clear();
+            core.released = true;
             self.inner
                 .held_bytes
-                .fetch_sub(sh.state.held_bytes(), Ordering::SeqCst);
+                .fetch_sub(core.state.held_bytes(), Ordering::SeqCst);
             if handle.spec.durable {
                 self.inner
                     .durable_live
-                    .fetch_sub(live_estimate(&sh.state) + DEFINE_BYTES, Ordering::Relaxed);
+                    .fetch_sub(live_estimate(&core.state) + DEFINE_BYTES, Ordering::Relaxed);
             }
             queues.remove(name);
         }

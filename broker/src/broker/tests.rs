@@ -134,9 +134,9 @@ async fn take(broker: &Broker, q: &Arc<QueueHandle>, n: u64) -> Vec<Delivery> {
 }
 
 fn ack_all(broker: &Broker, q: &QueueHandle, got: &[Delivery]) {
-    broker.apply(q, |sh, now, fx| {
+    broker.apply(q, |core, now, fx| {
         for d in got {
-            sh.state.ack(now, d.id, d.attempt, fx).expect("held");
+            core.state.ack(now, d.id, d.attempt, fx).expect("held");
         }
     });
 }
@@ -157,8 +157,8 @@ async fn doomed(broker: &Broker) -> (Arc<QueueHandle>, Arc<QueueHandle>, Deliver
 }
 
 fn dead_letter(broker: &Broker, q: &QueueHandle, d: &Delivery) {
-    broker.apply(q, |sh, now, fx| {
-        sh.state
+    broker.apply(q, |core, now, fx| {
+        core.state
             .nack(
                 now,
                 d.id,

@@ -15,35 +15,35 @@ impl Broker {
         tasks: Vec<NewTask>,
         wait: bool,
         deadline: Option<Instant>,
-    ) -> Result<Stored> {
+    ) -> Result<EnqueueReceipt> {
         self.check_open()?;
         let reservation = self.reserve_memory(tasks.iter().map(NewTask::held_bytes).sum())?;
         let first_id = tasks.first().map_or(TaskId(0), |t| t.id);
         let n = tasks.len() as u64;
-        let putter = PutterId(self.inner.next_putter.fetch_add(1, Ordering::Relaxed));
+        let wait_id = WaitingId(self.inner.next_producer.fetch_add(1, Ordering::Relaxed));
         let (tx, mut rx) = oneshot::channel();
         let mode = if wait {
-            EnqueueMode::Wait(putter)
+            EnqueueMode::Wait(wait_id)
         } else {
             EnqueueMode::FailFast
         };
         let started = Instant::now();
         let ((res, depth, mut duplicates, retry_after_ms), durability) =
-            self.apply_growing(q, |sh, now, fx| {
-                if sh.deleted {
+            self.apply_growing(q, |core, now, fx| {
+                if core.deleted {
                     return (Err(None), 0, Vec::new(), 0);
                 }
-                let r = sh.state.enqueue(now, tasks, mode, fx);
+                let r = core.state.enqueue(now, tasks, mode, fx);
                 if let Ok(Enqueued::Waiting(p)) = r {
-                    sh.putters.insert(p, tx);
+                    core.waiting.insert(p, tx);
                 }
                 let retry = match r {
-                    Err(EnqueueError::Full) => sh.state.retry_after_ms(now, n),
+                    Err(EnqueueError::Full) => core.state.retry_after_ms(now, n),
                     _ => 0,
                 };
                 (
                     r.map_err(Some),
-                    sh.state.depth(),
+                    core.state.depth(),
                     std::mem::take(&mut fx.duplicates),
                     retry,
                 )
@@ -51,7 +51,7 @@ impl Broker {
         let capacity = q.spec.config.capacity;
         let stored = |depth, duplicates| {
             self.inner.enqueue_wait.observe(started.elapsed());
-            Stored {
+            EnqueueReceipt {
                 first_id,
                 duplicates,
                 depth,
@@ -87,10 +87,10 @@ impl Broker {
         }
 
         // Leave the line if this future is dropped (client gone).
-        let mut guard = PutterGuard {
+        let mut guard = WaitingGuard {
             broker: self,
             q,
-            putter,
+            wait_id,
             armed: true,
         };
         let outcome = tokio::select! {
@@ -112,9 +112,9 @@ impl Broker {
             Err(e) => {
                 // The batch may have been admitted in the instant between
                 // the wake-up and here: then it is stored and we say so.
-                let left = self.apply(q, |sh, now, fx| {
-                    sh.putters.remove(&putter);
-                    sh.state.cancel_put(now, putter, fx)
+                let left = self.apply(q, |core, now, fx| {
+                    core.waiting.remove(&wait_id);
+                    core.state.cancel_put(now, wait_id, fx)
                 });
                 if left || q.deleted.is_cancelled() {
                     return Err(e);
@@ -135,7 +135,7 @@ impl Broker {
             return Err(e.into());
         }
         Ok(stored(
-            self.apply(q, |sh, _, _| sh.state.depth()),
+            self.apply(q, |core, _, _| core.state.depth()),
             duplicates,
         ))
     }
@@ -144,7 +144,7 @@ impl Broker {
     /// leave the queue unless a consumer already has them.
     pub(crate) fn retract(&self, q: &QueueHandle, first: TaskId, n: u64) {
         let ids: std::collections::HashSet<TaskId> = (0..n).map(|i| TaskId(first.0 + i)).collect();
-        let removed = self.apply(q, |sh, now, fx| sh.state.retract(now, &ids, fx));
+        let removed = self.apply(q, |core, now, fx| core.state.retract(now, &ids, fx));
         if removed < n {
             tracing::warn!(
                 queue = %q.name(), refused = n, delivered = n - removed,
@@ -165,13 +165,13 @@ impl Broker {
         self.check_open()?;
         let cid = self.consumer_id();
         let (tx, rx) = mpsc::unbounded_channel();
-        let open = self.apply(q, |sh, now, fx| {
-            if sh.deleted {
+        let open = self.apply(q, |core, now, fx| {
+            if core.deleted {
                 return false;
             }
-            sh.state.add_consumer(cid, "get".into(), peer, true, now);
-            sh.senders.insert(cid, tx);
-            sh.state.grant(now, cid, max, fx);
+            core.state.add_consumer(cid, "get".into(), peer, true, now);
+            core.senders.insert(cid, tx);
+            core.state.grant(now, cid, max, fx);
             true
         });
         if !open {
@@ -199,9 +199,9 @@ impl Broker {
         // Leave first, then take whatever arrived meanwhile: nothing
         // delivered to this call is dropped.
         guard.armed = false;
-        self.apply(q, |sh, now, fx| {
-            sh.senders.remove(&cid);
-            sh.state.remove_consumer(now, cid, fx);
+        self.apply(q, |core, now, fx| {
+            core.senders.remove(&cid);
+            core.state.remove_consumer(now, cid, fx);
         });
         while let Ok(batch) = guard.rx.try_recv() {
             out.extend(batch);
@@ -221,9 +221,9 @@ impl Broker {
             .map_or(out.len(), |i| i.max(1));
         if keep < out.len() {
             let back = out.split_off(keep);
-            self.apply(q, |sh, now, fx| {
+            self.apply(q, |core, now, fx| {
                 for d in back {
-                    let _ = sh.state.unsend(now, d.id, d.attempt, fx);
+                    let _ = core.state.unsend(now, d.id, d.attempt, fx);
                 }
             });
         }
@@ -239,8 +239,8 @@ impl Broker {
             // Register before checking, so a wake-up in between is not lost.
             notified.as_mut().enable();
             let (unfinished, acked) = {
-                let sh = q.lock();
-                (sh.state.unfinished(), sh.state.stats().acked_total)
+                let core = q.lock();
+                (core.state.unfinished(), core.state.stats().acked_total)
             };
             if unfinished == 0 && !q.deleted.is_cancelled() {
                 return Ok(acked);
@@ -293,15 +293,15 @@ impl Broker {
         }
         let cid = self.consumer_id();
         let (tx, rx) = mpsc::unbounded_channel();
-        let open = self.apply(q, |sh, now, _| {
-            if sh.deleted {
+        let open = self.apply(q, |core, now, _| {
+            if core.deleted {
                 return Some(false);
             }
-            if sh.state.consumer_count() >= limits.max_consumers_per_queue {
+            if core.state.consumer_count() >= limits.max_consumers_per_queue {
                 return None;
             }
-            sh.state.add_consumer(cid, name, peer, false, now);
-            sh.senders.insert(cid, tx);
+            core.state.add_consumer(cid, name, peer, false, now);
+            core.senders.insert(cid, tx);
             Some(true)
         });
         match open {
@@ -342,7 +342,7 @@ pub struct Admission {
 
 /// What a stored enqueue reports back.
 #[derive(Debug, Clone)]
-pub struct Stored {
+pub struct EnqueueReceipt {
     pub first_id: TaskId,
     /// Tasks not stored because their key was taken: (new id, holder).
     pub duplicates: Vec<(TaskId, TaskId)>,
@@ -363,20 +363,20 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 pub const FRAME_BYTES: usize = 1024 * 1024;
 
 /// Takes a waiting producer out of line when its call is dropped.
-struct PutterGuard<'a> {
+struct WaitingGuard<'a> {
     pub(super) broker: &'a Broker,
     pub(super) q: &'a QueueHandle,
-    pub(super) putter: PutterId,
+    pub(super) wait_id: WaitingId,
     pub(super) armed: bool,
 }
 
-impl Drop for PutterGuard<'_> {
+impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let p = self.putter;
-            self.broker.apply(self.q, |sh, now, fx| {
-                sh.putters.remove(&p);
-                sh.state.cancel_put(now, p, fx);
+            let p = self.wait_id;
+            self.broker.apply(self.q, |core, now, fx| {
+                core.waiting.remove(&p);
+                core.state.cancel_put(now, p, fx);
             });
         }
     }
@@ -399,12 +399,12 @@ impl Drop for GetGuard<'_> {
         }
         let cid = self.cid;
         let rx = &mut self.rx;
-        self.broker.apply(self.q, |sh, now, fx| {
-            sh.senders.remove(&cid);
-            sh.state.remove_consumer(now, cid, fx);
+        self.broker.apply(self.q, |core, now, fx| {
+            core.senders.remove(&cid);
+            core.state.remove_consumer(now, cid, fx);
             while let Ok(batch) = rx.try_recv() {
                 for d in batch {
-                    let _ = sh.state.unsend(now, d.id, d.attempt, fx);
+                    let _ = core.state.unsend(now, d.id, d.attempt, fx);
                 }
             }
         });

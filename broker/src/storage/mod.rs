@@ -117,7 +117,7 @@ pub use stats::{LogStats, SegmentInfo};
 pub use writer::Removed;
 
 use error::Result;
-use stats::Shared;
+use stats::LogState;
 use writer::{Reply, Request, Writer};
 
 /// A handle on an open log. Cheap to clone; every clone feeds the same
@@ -132,7 +132,7 @@ pub struct Log {
 #[derive(Debug)]
 struct Inner {
     tx: mpsc::Sender<Request>,
-    shared: Arc<Shared>,
+    state: Arc<LogState>,
     dir: PathBuf,
     max_record_bytes: usize,
 }
@@ -152,9 +152,9 @@ impl Log {
         let lock = lock::lock_dir(&dir)?;
         let recovered = recovery::recover(&dir, &options)?;
         let replay = Replay::new(&recovered.segments);
-        let shared = Arc::new(Shared::default());
+        let state = Arc::new(LogState::default());
         let max_record_bytes = options.max_record_bytes;
-        let writer = Writer::start(dir.clone(), options, recovered, lock, shared.clone())?;
+        let writer = Writer::start(dir.clone(), options, recovered, lock, state.clone())?;
 
         let (tx, rx) = mpsc::channel();
         let span = info_span!("wal", dir = %dir.display());
@@ -164,7 +164,7 @@ impl Log {
             .map_err(|e| StorageError::io("start writer thread for", &dir, e))?;
         let inner = Inner {
             tx,
-            shared,
+            state,
             dir,
             max_record_bytes,
         };
@@ -276,19 +276,19 @@ impl Log {
 
     /// The segments, oldest first; the last is the active one.
     pub fn segments(&self) -> Vec<SegmentInfo> {
-        self.inner.shared.segments().clone()
+        self.inner.state.segments().clone()
     }
 
     /// Bytes of all segments on disk.
     pub fn total_bytes(&self) -> u64 {
         self.inner
-            .shared
+            .state
             .total_bytes
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> LogStats {
-        self.inner.shared.snapshot()
+        self.inner.state.snapshot()
     }
 
     /// Free space the log may still use: the disk's (as the filesystem
@@ -296,7 +296,7 @@ impl Log {
     /// measured after each write.
     pub fn free_bytes(&self) -> u64 {
         self.inner
-            .shared
+            .state
             .free_bytes
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -304,7 +304,7 @@ impl Log {
     /// Faults to inject into this log's writer (tests only).
     #[cfg(any(test, feature = "testing"))]
     pub fn faults(&self) -> &Faults {
-        &self.inner.shared.faults
+        &self.inner.state.faults
     }
 
     pub fn dir(&self) -> &Path {

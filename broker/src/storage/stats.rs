@@ -69,7 +69,7 @@ pub struct LogStats {
 /// State the writer thread updates and the handles read. The mutex is
 /// held only to copy or replace the segment list, never during I/O.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct LogState {
     pub records_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub batches: AtomicU64,
@@ -90,7 +90,7 @@ pub(crate) struct Shared {
     pub faults: Faults,
 }
 
-impl Shared {
+impl LogState {
     pub fn segments(&self) -> MutexGuard<'_, Vec<SegmentInfo>> {
         // A panic elsewhere while holding this lock cannot leave the list
         // half-updated in a way worse than stale numbers.
@@ -109,7 +109,7 @@ impl Shared {
             .store(list.iter().map(|s| s.bytes).sum(), Relaxed);
     }
 
-    /// Cheaper than [`Shared::publish`] when only the active segment grew.
+    /// Cheaper than [`LogState::publish`] when only the active segment grew.
     pub fn publish_active(&self, active: &SegmentMeta) {
         let mut list = self.segments();
         if let Some(last) = list.last_mut() {

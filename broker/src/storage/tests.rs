@@ -510,7 +510,7 @@ async fn concurrent_appenders_share_fsyncs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = open(dir.path(), LogOptions::default());
     // A slow disk: appenders pile up behind each fdatasync.
-    log.inner.shared.faults.slow_sync_ms.store(20, Relaxed);
+    log.inner.state.faults.slow_sync_ms.store(20, Relaxed);
 
     const N: usize = 200;
     let tasks: Vec<_> = (0..N)
@@ -580,7 +580,7 @@ async fn a_failed_write_leaves_nothing_behind_and_the_log_goes_on() {
     let path = seg(dir.path(), 1);
     let good_len = file_len(&path);
 
-    log.inner.shared.faults.fail_writes.store(1, Relaxed);
+    log.inner.state.faults.fail_writes.store(1, Relaxed);
     let err = log
         .append(recs(&["b", "c"]))
         .await

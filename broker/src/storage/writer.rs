@@ -31,7 +31,7 @@ use super::recovery::Recovered;
 use super::segment::{self, SegmentMeta};
 #[cfg(any(test, feature = "testing"))]
 use super::stats::Faults;
-use super::stats::Shared;
+use super::stats::LogState;
 
 /// A group is cut once it holds this much (or the segment size, if
 /// smaller), so one slow write does not grow without bound.
@@ -102,7 +102,7 @@ pub(crate) struct Writer {
     /// Never empty; the last one is the active segment.
     segments: Vec<SegmentMeta>,
     active: File,
-    shared: Arc<Shared>,
+    state: Arc<LogState>,
     /// Released when the writer is dropped, i.e. after the last write.
     _lock: DirLock,
     /// Bytes written to the active segment since its last `fdatasync`.
@@ -126,7 +126,7 @@ impl Writer {
         opts: LogOptions,
         recovered: Recovered,
         lock: DirLock,
-        shared: Arc<Shared>,
+        state: Arc<LogState>,
     ) -> Result<Writer> {
         let mut segments = recovered.segments;
         let active = match segments.last() {
@@ -151,13 +151,13 @@ impl Writer {
                 file
             }
         };
-        shared.publish(&segments);
+        state.publish(&segments);
         let writer = Writer {
             dir,
             opts,
             segments,
             active,
-            shared,
+            state,
             _lock: lock,
             unsynced: false,
             last_sync: Instant::now(),
@@ -172,7 +172,7 @@ impl Writer {
     /// Publishes the free space for [`Log::free_bytes`](super::Log::free_bytes).
     fn measure_free(&self) -> u64 {
         let free = self.free_bytes();
-        self.shared.free_bytes.store(free, Relaxed);
+        self.state.free_bytes.store(free, Relaxed);
         free
     }
 
@@ -310,7 +310,7 @@ impl Writer {
                 self.sync_if_due();
             }
             Err(e) => {
-                self.shared.write_errors.fetch_add(1, Relaxed);
+                self.state.write_errors.fetch_add(1, Relaxed);
                 let unconfirmed: usize = group
                     .iter()
                     .filter(|p| p.reply.is_none())
@@ -342,7 +342,7 @@ impl Writer {
         if needed > 0 {
             let started = Instant::now();
             let written = self.pwrite(offset);
-            self.shared.write_latency.observe(started.elapsed());
+            self.state.write_latency.observe(started.elapsed());
             if let Err(e) = written {
                 self.truncate_back(offset);
                 let path = &self.active_meta().path;
@@ -352,10 +352,10 @@ impl Writer {
             a.len += needed;
             a.next_seq += records;
             self.unsynced = true;
-            self.shared.records_written.fetch_add(records, Relaxed);
-            self.shared.bytes_written.fetch_add(needed, Relaxed);
-            self.shared.batches.fetch_add(1, Relaxed);
-            self.shared.publish_active(self.active_meta());
+            self.state.records_written.fetch_add(records, Relaxed);
+            self.state.bytes_written.fetch_add(needed, Relaxed);
+            self.state.batches.fetch_add(1, Relaxed);
+            self.state.publish_active(self.active_meta());
         }
         // Under `Always`, nobody waits on `append_nowait` records: leave
         // them to the next sync rather than pay one for them. The other
@@ -373,7 +373,7 @@ impl Writer {
             let a = self.active_meta_mut();
             a.len = offset;
             a.next_seq = first;
-            self.shared.publish_active(self.active_meta());
+            self.state.publish_active(self.active_meta());
             return Err(e);
         }
         Ok(first)
@@ -412,7 +412,7 @@ impl Writer {
             match self.write_group(n, false) {
                 Ok(first) => last = first + n - 1,
                 Err(e) => {
-                    self.shared.write_errors.fetch_add(1, Relaxed);
+                    self.state.write_errors.fetch_add(1, Relaxed);
                     warn!(error = %e, "writing a reserved place in the log failed");
                     let _ = reply.send(Err(e));
                     return;
@@ -522,7 +522,7 @@ impl Writer {
             len: HEADER_LEN as u64,
             path,
         });
-        self.shared.publish(&self.segments);
+        self.state.publish(&self.segments);
         Ok(())
     }
 
@@ -563,7 +563,7 @@ impl Writer {
             self.segments.remove(0);
         }
         if removed.segments > 0 {
-            self.shared.publish(&self.segments);
+            self.state.publish(&self.segments);
             self.measure_free();
             let synced = segment::sync_dir(&self.dir);
             result = result.and(synced);
@@ -612,9 +612,9 @@ impl Writer {
         match self.fdatasync() {
             Ok(()) => {
                 let took = started.elapsed();
-                self.shared.fsync_latency.observe(took);
-                self.shared.fsyncs.fetch_add(1, Relaxed);
-                self.shared
+                self.state.fsync_latency.observe(took);
+                self.state.fsyncs.fetch_add(1, Relaxed);
+                self.state
                     .last_fsync_nanos
                     .store(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
                 self.unsynced = false;
@@ -622,13 +622,13 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                self.shared.fsync_errors.fetch_add(1, Relaxed);
+                self.state.fsync_errors.fetch_add(1, Relaxed);
                 let err = StorageError::io("fdatasync", &self.active_meta().path, e);
                 error!(error = %err, "fdatasync failed: the log stops taking writes until a restart");
                 self.failed = Some(StorageError::Stopped {
                     cause: err.to_string(),
                 });
-                self.shared.stopped.store(true, Relaxed);
+                self.state.stopped.store(true, Relaxed);
                 Err(err)
             }
         }
@@ -637,11 +637,11 @@ impl Writer {
     fn fdatasync(&self) -> io::Result<()> {
         #[cfg(any(test, feature = "testing"))]
         {
-            let ms = self.shared.faults.slow_sync_ms.load(Relaxed);
+            let ms = self.state.faults.slow_sync_ms.load(Relaxed);
             if ms > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
-            if Faults::take(&self.shared.faults.fail_syncs) {
+            if Faults::take(&self.state.faults.fail_syncs) {
                 return Err(io::Error::other("injected fdatasync failure"));
             }
         }
@@ -651,7 +651,7 @@ impl Writer {
     /// One positioned write of the whole group.
     fn pwrite(&self, offset: u64) -> io::Result<()> {
         #[cfg(any(test, feature = "testing"))]
-        if Faults::take(&self.shared.faults.fail_writes) {
+        if Faults::take(&self.state.faults.fail_writes) {
             // A disk that fills up part-way through the group.
             let half = &self.buf[..self.buf.len() / 2];
             let _ = self.active.write_all_at(half, offset);
