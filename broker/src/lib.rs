@@ -94,6 +94,67 @@ mod layers {
         }
     }
 
+    /// Inside a folder, the same rule between its files: (folder, its
+    /// files' layers). `broker/` is not here: its files are `impl Broker`
+    /// blocks of one type, split by concern, not layers.
+    const INNER: &[(&str, &[(&str, u8)])] = &[
+        (
+            "api",
+            &[
+                ("validate", 0),
+                ("auth", 1),
+                ("info", 1),
+                ("reply", 1),
+                ("watch", 2),
+                ("consume", 2),
+                ("publish", 2),
+                ("service", 3),
+            ],
+        ),
+        (
+            "storage",
+            &[
+                ("error", 0),
+                ("format", 0),
+                ("lock", 1),
+                ("options", 1),
+                ("segment", 2),
+                ("stats", 3),
+                ("recovery", 3),
+                ("writer", 4),
+            ],
+        ),
+        ("wal", &[("encode", 0), ("codec", 1), ("open", 2)]),
+    ];
+
+    /// The first path segment of every item `text` names after `prefix`
+    /// (`prefix::a::b` gives `a`; `prefix::{a, b::c}` gives `a` and `b`).
+    fn used_after(text: &str, prefix: &str) -> Vec<String> {
+        let ident = |s: &str| -> String {
+            s.trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (i, _) in text.match_indices(prefix) {
+            // `super::` inside `crate::x::super::`-like text is not ours.
+            if text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let rest = &text[i + prefix.len()..];
+            match rest.strip_prefix('{') {
+                Some(group) => {
+                    let group = &group[..group.find('}').unwrap_or(group.len())];
+                    out.extend(group.split(',').map(ident));
+                }
+                None => out.push(ident(rest)),
+            }
+        }
+        out.retain(|u| !u.is_empty() && u != "self");
+        out
+    }
+
     #[test]
     fn no_module_uses_one_above_it() {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -140,5 +201,54 @@ mod layers {
         problems.sort();
         problems.dedup();
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn no_file_in_a_folder_uses_one_above_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut problems = Vec::new();
+        for (folder, table) in INNER {
+            let layer = |m: &str| table.iter().find(|(n, _)| *n == m).map(|(_, l)| *l);
+            let Ok(entries) = std::fs::read_dir(src.join(folder)) else {
+                panic!("cannot read src/{folder}");
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
+                // mod.rs is the folder's face, above all of it.
+                if matches!(name, "mod" | "tests") {
+                    continue;
+                }
+                let Some(own) = layer(name) else {
+                    problems.push(format!("src/{folder}/{name}.rs has no layer in INNER"));
+                    continue;
+                };
+                let text = code(&path);
+                let mut used = used_after(&text, "super::");
+                used.extend(used_after(&text, &format!("crate::{folder}::")));
+                for u in used {
+                    // Items of the folder's face (mod.rs), not a file.
+                    let Some(l) = layer(&u) else { continue };
+                    if u != name && l >= own {
+                        problems.push(format!(
+                            "src/{folder}/{name}.rs uses {u}, which is not below it"
+                        ));
+                    }
+                }
+            }
+        }
+        problems.sort();
+        problems.dedup();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn used_paths_are_read_through_groups() {
+        let text = "use super::{a::X, b}; use crate::api::c::Y; x::super::d";
+        assert_eq!(used_after(text, "super::"), ["a", "b"]);
+        assert_eq!(used_after(text, "crate::api::"), ["c"]);
     }
 }

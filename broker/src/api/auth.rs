@@ -345,6 +345,12 @@ where
     }
 }
 
+/// Who is calling, as far as the network says: for consumer lists and
+/// logs, never for rights.
+pub fn peer<T>(req: &tonic::Request<T>) -> String {
+    req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use tracing::Instrument;
 
-use crate::api::service::{delivery, peer};
+use crate::api::reply::delivery;
 use crate::api::validate;
 use crate::broker::{Broker, DeliveryRx, FRAME_BYTES, QueueCore, QueueHandle};
 use crate::engine::{Claim, ConsumerId, Effects, Millis, SettleError};
@@ -30,7 +30,7 @@ pub async fn start(
     access: crate::api::auth::Access,
     req: Request<Streaming<pb::ConsumeRequest>>,
 ) -> Result<ReceiverStream<Result<pb::ConsumeResponse, Status>>, Status> {
-    let peer = peer(&req);
+    let peer = crate::api::auth::peer(&req);
     let mut inbound = req.into_inner();
     let mut first = match inbound.message().await? {
         Some(f) => f,

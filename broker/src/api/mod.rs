@@ -5,12 +5,14 @@
 //! - [`consume`] and [`publish`]: the worker's and the producer's stream
 //!   sessions;
 //! - [`watch`]: a job's outcomes to a watcher;
-//! - [`info`] answers GetBrokerInfo.
+//! - [`info`] answers GetBrokerInfo; [`reply`] turns domain values into
+//!   the messages the broker sends.
 
 pub mod auth;
 pub mod consume;
 pub mod info;
 pub mod publish;
+pub mod reply;
 pub mod service;
 pub mod validate;
 pub mod watch;

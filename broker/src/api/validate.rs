@@ -1,5 +1,5 @@
 //! Turning wire requests into engine inputs: every limit and default of the
-//! API lives here, so handlers only call these and the registry.
+//! API lives here, so handlers only call these and the broker.
 
 use bytes::Bytes;
 use sluice_proto::v1 as pb;

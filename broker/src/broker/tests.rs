@@ -1,4 +1,4 @@
-//! The registry against a real log in a temporary directory, with the
+//! The broker against a real log in a temporary directory, with the
 //! log's faults injected where a disk fails: what is confirmed survives
 //! a restart, what is refused is not half-done, and nothing a client can
 //! make the broker keep escapes the memory budget.

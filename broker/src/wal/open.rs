@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::storage::{Log, LogOptions};
-use crate::wal::Recovery;
+use crate::wal::codec::Recovery;
 
 /// Opens the log in `args.data_dir` and replays it. Errors are one
 /// readable line: the directory is locked by another broker, a record is
