@@ -14,13 +14,7 @@ use sluice_proto::v1::QueueOptions;
 use tokio_util::sync::CancellationToken;
 
 fn replay(dir: &std::path::Path, options: LogOptions) -> (Log, Recovery) {
-    let (log, replay) = Log::open(dir, options).expect("open");
-    let mut r = Recovery::default();
-    for item in replay {
-        let (_, bytes) = item.expect("record");
-        r.apply(&bytes).expect("decodes");
-    }
-    (log, r)
+    sluice_broker::wal::open::replay(dir, options).expect("the log replays")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -352,17 +352,7 @@ fn confirmation(
         });
         own
     });
-    let confirmed_ids = (0..s.n)
-        .map(|i| {
-            let id = TaskId(s.first.0 + i);
-            let id = s
-                .duplicates
-                .iter()
-                .find(|(new, _)| *new == id)
-                .map_or(id, |(_, holder)| *holder);
-            crate::ids::task_id_str(id)
-        })
-        .collect();
+    let confirmed_ids = crate::api::reply::answered_ids(s.first, s.n, &s.duplicates);
     pb::PublishResponse {
         credit,
         confirmed_ids,

@@ -4,7 +4,23 @@
 use sluice_proto::v1 as pb;
 
 use crate::broker::QueueHandle;
-use crate::engine::{ConsumerStats, Delivery, QueueStats};
+use crate::engine::{ConsumerStats, Delivery, QueueStats, TaskId};
+
+/// The ids a producer is answered for `n` tasks given ids from `first` on:
+/// a task whose key was taken answers the holder's id instead (`duplicates`
+/// holds (new id, holder) pairs).
+pub fn answered_ids(first: TaskId, n: u64, duplicates: &[(TaskId, TaskId)]) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let id = TaskId(first.0 + i);
+            let id = duplicates
+                .iter()
+                .find(|(new, _)| *new == id)
+                .map_or(id, |(_, holder)| *holder);
+            crate::ids::task_id_str(id)
+        })
+        .collect()
+}
 
 /// A delivery as the wire shows it; with a key, with its lease token (for
 /// Get: settled by unary calls; a Consume stream's deliveries are settled

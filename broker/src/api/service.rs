@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::auth::{self, Role};
 use crate::api::consume;
-use crate::api::reply::{delivery, queue_info};
+use crate::api::reply::{answered_ids, delivery, queue_info};
 use crate::api::validate;
 use crate::broker::{Broker, QueueHandle};
 use crate::error::Error;
@@ -136,18 +136,7 @@ impl SluiceService for Service {
         let first = self.broker.task_ids(n);
         let tasks = validate::new_tasks(req.tasks, first, &self.limits)?;
         let stored = self.broker.enqueue(&q, tasks, wait, deadline).await?;
-        let ids = (0..n)
-            .map(|i| {
-                let id = crate::engine::TaskId(stored.first_id.0 + i);
-                // A task whose key was taken answers the holder's id.
-                let id = stored
-                    .duplicates
-                    .iter()
-                    .find(|(new, _)| *new == id)
-                    .map_or(id, |(_, holder)| *holder);
-                crate::ids::task_id_str(id)
-            })
-            .collect();
+        let ids = answered_ids(stored.first_id, n, &stored.duplicates);
         Ok(Response::new(pb::EnqueueResponse {
             ids,
             depth: stored.depth,

@@ -22,13 +22,7 @@ fn durable_broker(dir: &std::path::Path, options: LogOptions) -> Broker {
 
 /// Opens the log in `dir` and replays it.
 fn reopen(dir: &std::path::Path, options: LogOptions) -> (Log, Recovery) {
-    let (log, replay) = Log::open(dir, options).expect("open");
-    let mut r = Recovery::default();
-    for item in replay {
-        let (_, bytes) = item.expect("record");
-        r.apply(&bytes).expect("decodes");
-    }
-    (log, r)
+    crate::wal::open::replay(dir, options).expect("the log replays")
 }
 
 /// What a restart would find: closes the broker's log and replays it.
