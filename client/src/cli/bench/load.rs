@@ -5,23 +5,26 @@
 //! A task's payload starts with a 20-byte header: enqueue time (µs since the
 //! run began, u64 LE), producer (u32 LE), sequence (u64 LE). Producer and
 //! consumer share one process and one clock, so latencies need no clock sync.
+//!
+//! This file runs the load and gathers what it measured; `produce` and
+//! `consume` are the two sides.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use sluice_client::Client;
-use sluice_client::proto::{
-    AckItem, ConsumeRequest, EnqueueMode, LeaseRef, NewTask, PublishRequest, QueueOptions,
-    Subscribe,
-};
-use tokio::sync::mpsc;
+use sluice_client::proto::QueueOptions;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_util::sync::CancellationToken;
+
+mod consume;
+mod produce;
+
+use consume::{consume, opened, serves, subscribe};
+use produce::{fill, produce, publish};
 
 use super::BenchArgs;
 use super::spawn::Usage;
@@ -335,404 +338,8 @@ pub async fn run(
     })
 }
 
-/// The producer number the backlog's tasks carry.
-fn backlog_producer(args: &BenchArgs) -> u32 {
-    args.producers
-}
-
-/// Queues --backlog tasks before anyone consumes, round-robin over the
-/// queues, in large batches.
-async fn fill(client: &Client, queues: &[String], args: &BenchArgs) -> Result<(), Failure> {
-    const BATCH: u64 = 1000;
-    let producer = backlog_producer(args);
-    let mut calls = JoinSet::new();
-    let mut seq = 0u64;
-    let mut call = 0usize;
-    while seq < args.backlog {
-        while calls.len() >= 4 {
-            if let Some(r) = calls.join_next().await {
-                flatten(r)?;
-            }
-        }
-        let n = BATCH.min(args.backlog - seq);
-        let tasks = (seq..seq + n)
-            .map(|i| NewTask {
-                payload: payload(args.payload, 0, producer, i),
-                ..Default::default()
-            })
-            .collect();
-        seq += n;
-        let queue = queues[call % queues.len()].clone();
-        call += 1;
-        let client = client.clone();
-        calls.spawn(async move {
-            client
-                .enqueue(&queue, tasks, EnqueueMode::Wait, None)
-                .await?;
-            Ok(())
-        });
-    }
-    while let Some(r) = calls.join_next().await {
-        flatten(r)?;
-    }
-    Ok(())
-}
-
-/// Which queues consumer `c` serves: its share when there are more queues
-/// than consumers, otherwise one queue each, several consumers per queue.
-fn serves(c: u32, q: u32, args: &BenchArgs) -> bool {
-    if args.queues >= args.consumers {
-        q % args.consumers == c
-    } else {
-        q == c % args.queues
-    }
-}
-
-/// What one producer sends: its part of --tasks, or all it can until
-/// --duration passes (then `deadline` is set and `tasks` unused).
-struct Share {
-    tasks: u64,
-    deadline: Option<Instant>,
-}
-
-impl Share {
-    fn of(args: &BenchArgs, producer: u32, shared: &Shared) -> Share {
-        let n = u64::from(args.producers);
-        Share {
-            tasks: args.tasks / n + u64::from(u64::from(producer) < args.tasks % n),
-            deadline: args.duration.map(|d| shared.start + d),
-        }
-    }
-}
-
-/// Sends this producer's share: --tasks / --producers tasks, or until
-/// --duration passes.
-async fn produce(
-    client: Client,
-    queues: Vec<String>,
-    producer: u32,
-    args: BenchArgs,
-    shared: Arc<Shared>,
-) -> Result<(), Failure> {
-    let Share {
-        tasks: share,
-        deadline,
-    } = Share::of(&args, producer, &shared);
-    let more = |seq: u64| match deadline {
-        Some(d) => Instant::now() < d,
-        None => seq < share,
-    };
-    let batch = match (args.rate, args.mode) {
-        (Some(_), _) | (None, super::ProducerMode::Single) => 1,
-        _ => u64::from(args.batch),
-    };
-    // Latency mode: each producer sends its part of --rate, paced per tick.
-    let per_sec = args.rate.map(|r| r as f64 / f64::from(args.producers));
-    let mut in_flight: JoinSet<Result<(), Failure>> = JoinSet::new();
-    let limit = if per_sec.is_some() {
-        1024
-    } else {
-        args.pipeline as usize
-    };
-    let mut seq = 0u64;
-    let mut call = 0u64;
-    let started = Instant::now();
-    while more(seq) {
-        if let Some(rate) = per_sec {
-            // Send what is due by now; sleep until the next one is.
-            let due = (started.elapsed().as_secs_f64() * rate) as u64;
-            if seq >= due {
-                let next = Duration::from_secs_f64((seq + 1) as f64 / rate);
-                tokio::time::sleep_until(started + next).await;
-                continue;
-            }
-        }
-        while in_flight.len() >= limit {
-            if let Some(r) = in_flight.join_next().await {
-                flatten(r)?;
-            }
-        }
-        let n = match deadline {
-            Some(_) => batch,
-            None => batch.min(share - seq),
-        };
-        let mut tasks = Vec::with_capacity(n as usize);
-        let now = shared.micros();
-        for i in 0..n {
-            tasks.push(NewTask {
-                payload: payload(args.payload, now, producer, seq + i),
-                ..Default::default()
-            });
-        }
-        seq += n;
-        let queue = queues[((u64::from(producer) + call) % queues.len() as u64) as usize].clone();
-        call += 1;
-        let client = client.clone();
-        let shared = Arc::clone(&shared);
-        in_flight.spawn(async move {
-            let t = Instant::now();
-            client
-                .enqueue(&queue, tasks, EnqueueMode::Wait, None)
-                .await?;
-            shared
-                .enqueue_wait_us
-                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-            shared.sent.fetch_add(n, Ordering::SeqCst);
-            Ok(())
-        });
-    }
-    while let Some(r) = in_flight.join_next().await {
-        flatten(r)?;
-    }
-    Ok(())
-}
-
-/// A producer on a Publish stream: frames of exactly --batch tasks (one,
-/// with --rate), sent while credit lasts, up to --window unconfirmed; a
-/// task counts as sent once its frame is confirmed. Frames are not merged
-/// (unlike the client library's Publisher): this measures the broker's
-/// cost per frame, as an outside client sending one task per message sees.
-async fn publish(
-    client: Client,
-    queues: Vec<String>,
-    producer: u32,
-    args: BenchArgs,
-    shared: Arc<Shared>,
-) -> Result<(), Failure> {
-    let Share {
-        tasks: share,
-        deadline,
-    } = Share::of(&args, producer, &shared);
-    let more = |seq: u64| match deadline {
-        Some(d) => Instant::now() < d,
-        None => seq < share,
-    };
-    let batch = if args.rate.is_some() {
-        1
-    } else {
-        u64::from(args.batch)
-    };
-    let per_sec = args.rate.map(|r| r as f64 / f64::from(args.producers));
-    let queue = queues[producer as usize % queues.len()].clone();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let first = PublishRequest {
-        queue,
-        window: args.window,
-        ..Default::default()
-    };
-    let closed = || Failure::Refused("the publish stream closed".into());
-    tx.send(first).map_err(|_| closed())?;
-    let mut inbound = client
-        .raw()
-        .publish(UnboundedReceiverStream::new(rx))
-        .await
-        .map_err(|s| Failure::Refused(format!("publish: {s}")))?
-        .into_inner();
-    let (mut credit, mut seq, mut unconfirmed) = (0u64, 0u64, 0u64);
-    let started = Instant::now();
-    loop {
-        // Paced: the moment the next task is due (None: as fast as credit
-        // allows).
-        let due_at = per_sec.map(|rate| started + Duration::from_secs_f64((seq + 1) as f64 / rate));
-        let due = due_at.is_none_or(|at| Instant::now() >= at);
-        if more(seq) && due {
-            let n = match deadline {
-                Some(_) => batch,
-                None => batch.min(share - seq),
-            };
-            if credit >= n {
-                let now = shared.micros();
-                let tasks = (0..n)
-                    .map(|i| NewTask {
-                        payload: payload(args.payload, now, producer, seq + i),
-                        ..Default::default()
-                    })
-                    .collect();
-                tx.send(PublishRequest {
-                    tasks,
-                    ..Default::default()
-                })
-                .map_err(|_| closed())?;
-                credit -= n;
-                seq += n;
-                unconfirmed += n;
-                continue;
-            }
-        }
-        if !more(seq) && unconfirmed == 0 {
-            break;
-        }
-        let waited = Instant::now();
-        let frame = tokio::select! {
-            m = inbound.message() => Some(m),
-            _ = sleep_until_opt(due_at), if more(seq) && !due => None,
-        };
-        shared
-            .enqueue_wait_us
-            .fetch_add(waited.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match frame {
-            Some(Ok(Some(r))) => {
-                credit += r.credit;
-                let n = r.confirmed_ids.len() as u64;
-                unconfirmed = unconfirmed.saturating_sub(n);
-                shared.sent.fetch_add(n, Ordering::SeqCst);
-            }
-            Some(Ok(None)) => {
-                return Err(Failure::Refused(
-                    "the broker ended the publish stream".into(),
-                ));
-            }
-            Some(Err(s)) => return Err(Failure::Refused(format!("publish: {s}"))),
-            None => {}
-        }
-    }
-    // Half-close; the broker ends the stream once all is confirmed.
-    drop(tx);
-    while let Some(r) = inbound
-        .message()
-        .await
-        .map_err(|s| Failure::Refused(format!("publish: {s}")))?
-    {
-        shared
-            .sent
-            .fetch_add(r.confirmed_ids.len() as u64, Ordering::SeqCst);
-    }
-    Ok(())
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn opened(r: Result<Result<Stream, Failure>, tokio::task::JoinError>) -> Result<Stream, Failure> {
-    r.map_err(|e| Failure::Refused(format!("subscribe task failed: {e}")))?
-}
-
 fn flatten(r: Result<Result<(), Failure>, tokio::task::JoinError>) -> Result<(), Failure> {
     r.map_err(|e| Failure::Refused(format!("enqueue task failed: {e}")))?
-}
-
-fn payload(size: usize, now_us: u64, producer: u32, seq: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(size);
-    b.put_u64_le(now_us);
-    b.put_u32_le(producer);
-    b.put_u64_le(seq);
-    b.resize(size.max(HEADER), 0);
-    b.freeze()
-}
-
-fn header(p: &[u8]) -> Option<(u64, u32, u64)> {
-    let t = u64::from_le_bytes(p.get(0..8)?.try_into().ok()?);
-    let producer = u32::from_le_bytes(p.get(8..12)?.try_into().ok()?);
-    let seq = u64::from_le_bytes(p.get(12..20)?.try_into().ok()?);
-    Some((t, producer, seq))
-}
-
-struct Stream {
-    tx: mpsc::Sender<ConsumeRequest>,
-    rx: tonic::Streaming<sluice_client::proto::ConsumeResponse>,
-}
-
-async fn subscribe(client: &Client, queue: &str, c: u32, credit: u32) -> Result<Stream, Failure> {
-    let (tx, rx) = mpsc::channel(64);
-    let first = ConsumeRequest {
-        subscribe: Some(Subscribe {
-            queue: queue.to_owned(),
-            consumer_name: format!("bench-{c}"),
-        }),
-        credit,
-        ..Default::default()
-    };
-    let refused = |m: String| Failure::Refused(format!("subscribing to {queue}: {m}"));
-    tx.send(first)
-        .await
-        .map_err(|_| refused("stream closed".into()))?;
-    let mut rx = client
-        .raw()
-        .consume(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| refused(s.message().to_owned()))?
-        .into_inner();
-    match rx.message().await {
-        Ok(Some(r)) if r.subscribed.is_some() => Ok(Stream { tx, rx }),
-        Ok(_) => Err(refused("no confirmation".into())),
-        Err(s) => Err(refused(s.message().to_owned())),
-    }
-}
-
-/// Takes deliveries, acks each one, and grants one credit per task acked,
-/// in one frame per frame received.
-async fn consume(
-    mut s: Stream,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) -> Result<Record, String> {
-    let mut rec = Record::new();
-    loop {
-        let frame = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = s.rx.message() => match m {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    if stop.is_cancelled() || shared.producers_done.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    return Err(e.message().to_owned());
-                }
-            },
-        };
-        if frame.deliveries.is_empty() {
-            continue;
-        }
-        let now = shared.micros();
-        let mut acks = Vec::with_capacity(frame.deliveries.len());
-        for d in &frame.deliveries {
-            let Some(task) = &d.task else { continue };
-            if let Some((t, producer, seq)) = header(&task.payload) {
-                // Backlog tasks (t = 0) were queued before the clock started.
-                if t > 0 {
-                    let _ = rec.delivery.record(now.saturating_sub(t).max(1));
-                }
-                rec.seen.insert(producer, seq);
-            }
-            if d.attempt > 1 {
-                rec.redeliveries += 1;
-            }
-            acks.push(AckItem {
-                // On the stream that holds the lease, as the worker
-                // runtime settles: no token needed.
-                lease: Some(LeaseRef {
-                    task_id: task.id.clone(),
-                    attempt: d.attempt,
-                    ..LeaseRef::default()
-                }),
-                result: Bytes::new(),
-            });
-        }
-        let n = acks.len() as u32;
-        let ack_time = shared.micros();
-        for d in &frame.deliveries {
-            if let Some((t, _, _)) = d.task.as_ref().and_then(|t| header(&t.payload))
-                && t > 0
-            {
-                let _ = rec.ack.record(ack_time.saturating_sub(t).max(1));
-            }
-        }
-        let reply = ConsumeRequest {
-            acks,
-            credit: n,
-            ..Default::default()
-        };
-        if s.tx.send(reply).await.is_err() {
-            break;
-        }
-        shared.acked.fetch_add(u64::from(n), Ordering::SeqCst);
-    }
-    Ok(rec)
 }
 
 /// One line a second on stderr when it is a terminal.
@@ -763,6 +370,8 @@ async fn progress(shared: Arc<Shared>, stop: CancellationToken, label: &str) {
 
 #[cfg(test)]
 mod tests {
+    use super::consume::header;
+    use super::produce::payload;
     use super::*;
 
     #[test]
