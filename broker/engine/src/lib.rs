@@ -8,6 +8,7 @@
 //! a model without a runtime, and makes its inputs a log that replays to the
 //! same state (durability now, replication later).
 
+mod command;
 mod queue;
 mod ready;
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod tests;
 use bytes::Bytes;
 use std::collections::HashMap;
 
+pub use command::{Command, Outcome, SettleKind, SettleOp};
 pub use queue::{KEY_OVERHEAD, PublishError, QueueState};
 
 /// Milliseconds since the Unix epoch. The engine never reads a clock.
@@ -103,9 +105,21 @@ impl Backoff {
         if self.initial_ms == 0 {
             return 0;
         }
-        let factor = (f64::from(self.multiplier_milli) / 1000.0)
-            .powi(attempt.saturating_sub(1).min(1000) as i32);
-        let full = (self.initial_ms as f64 * factor).min(self.max_ms as f64) as u64;
+        // In integers, not floats: every member of a cluster must compute
+        // the same delay, whatever its CPU or compiler did with a `powi`.
+        // Microseconds, so that a small delay still grows by a multiplier
+        // like 1.5.
+        let cap = u128::from(self.max_ms) * 1000;
+        let mut full = u128::from(self.initial_ms) * 1000;
+        if self.multiplier_milli != 1000 {
+            for _ in 1..attempt.min(1000) {
+                if full >= cap || full == 0 {
+                    break;
+                }
+                full = full * u128::from(self.multiplier_milli) / 1000;
+            }
+        }
+        let full = (full.min(cap) / 1000) as u64;
         let spread = mix(id.0 ^ (u64::from(attempt) << 48)) % 1001;
         full / 2 + (full / 2) * spread / 1000
     }
@@ -121,7 +135,7 @@ fn mix(mut x: u64) -> u64 {
 
 /// What a producer submits; the id is assigned by the caller so the engine
 /// stays deterministic.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewTask {
     pub id: TaskId,
     pub payload: Bytes,

@@ -12,6 +12,7 @@
 //! delivery (`consumers`), settling leases (`settle`).
 
 mod consumers;
+mod digest;
 mod drain;
 mod keys;
 mod publishers;

@@ -193,6 +193,19 @@ impl ReadySet {
         }
     }
 
+    /// Every task in the set in the order it would be served: a layout-
+    /// free view, for comparing two sets (`QueueState::digest`).
+    pub fn in_serve_order(&self) -> Vec<&Entry> {
+        let order = match self {
+            ReadySet::Fifo { .. } => Order::Fifo,
+            ReadySet::Lifo { .. } => Order::Lifo,
+            ReadySet::Priority { .. } => Order::Priority,
+        };
+        let mut all: Vec<&Entry> = self.iter().collect();
+        all.sort_by_key(|e| key(order, e));
+        all
+    }
+
     /// Keeps only the tasks `keep` says yes to.
     pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
         match self {

@@ -619,6 +619,21 @@ fn backoff_grows_is_capped_and_jittered_within_bounds() {
     let spread: std::collections::HashSet<u64> = (0..50).map(|id| b.delay(TaskId(id), 3)).collect();
     assert!(spread.len() > 10);
     assert_eq!(Backoff::NONE.delay(TaskId(1), 5), 0);
+    // Small delays grow too (1 ms, times 1.5 per attempt: 3 ms by the
+    // fourth), and a multiplier of 1 keeps the delay flat.
+    let slow = Backoff {
+        initial_ms: 1,
+        max_ms: 100,
+        multiplier_milli: 1500,
+    };
+    assert!((1..=3).contains(&slow.delay(TaskId(7), 4)));
+    assert!(slow.delay(TaskId(7), 12) >= 43, "1.5^11 = 86 ms, half of it at least");
+    let flat = Backoff {
+        initial_ms: 40,
+        max_ms: 100,
+        multiplier_milli: 1000,
+    };
+    assert!((20..=40).contains(&flat.delay(TaskId(7), 500)));
 }
 
 #[test]

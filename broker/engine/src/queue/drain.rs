@@ -35,6 +35,17 @@ impl DrainMeter {
         }
     }
 
+    /// A digest of the seconds kept (see `QueueState::digest`).
+    pub(super) fn digest(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hasher};
+        let mut h = DefaultHasher::new();
+        for (s, n) in &self.seconds {
+            h.write_u64(*s);
+            h.write_u64(*n);
+        }
+        h.finish()
+    }
+
     /// Tasks taken per second, over the last few seconds.
     pub(super) fn rate(&self, now: Millis) -> f64 {
         let second = now / 1000;

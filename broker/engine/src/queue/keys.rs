@@ -197,6 +197,35 @@ impl KeyIndex {
         }
     }
 
+    /// A digest of the index in key order (see `QueueState::digest`).
+    pub(super) fn digest(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hasher};
+        let mut h = DefaultHasher::new();
+        let mut keys: Vec<_> = self.keys.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, u) in keys {
+            h.write_usize(k.len());
+            h.write(k.as_bytes());
+            h.write_u64(u.id.0);
+            h.write_u64(u.done.map_or(0, |d| d.saturating_add(1)));
+        }
+        let mut tasks: Vec<_> = self.by_task.iter().collect();
+        tasks.sort();
+        for (id, k) in tasks {
+            h.write_u64(id.0);
+            h.write_usize(k.len());
+            h.write(k.as_bytes());
+        }
+        for (until, k, id) in &self.expiry {
+            h.write_u64(*until);
+            h.write_usize(k.len());
+            h.write(k.as_bytes());
+            h.write_u64(id.0);
+        }
+        h.write_u64(self.bytes);
+        h.finish()
+    }
+
     /// [`KeyIndex::bytes`] counted from scratch, for tests.
     #[cfg(test)]
     pub(super) fn recount(&self) -> u64 {

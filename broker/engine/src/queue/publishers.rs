@@ -119,6 +119,24 @@ impl Publishers {
         (others_waiting || starved).then_some(p.reserved)
     }
 
+    /// A digest of the reservations (see `QueueState::digest`).
+    pub(super) fn digest(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hasher};
+        let mut h = DefaultHasher::new();
+        let mut all: Vec<_> = self.by_id.iter().collect();
+        all.sort_by_key(|(id, _)| **id);
+        for (id, p) in all {
+            for v in [id.0, p.window, p.reserved, p.pending] {
+                h.write_u64(v);
+            }
+        }
+        for id in &self.ring {
+            h.write_u64(id.0);
+        }
+        h.write_u64(self.reserved);
+        h.finish()
+    }
+
     /// Shares `room` among publishers below their window, a slot at a
     /// time in turn, so producers on a full queue each get a share as it
     /// drains. Returns the grants, one entry per publisher.
