@@ -18,7 +18,10 @@ use bytes::Bytes;
 use std::collections::HashMap;
 
 pub use command::{Command, Outcome, SettleKind, SettleOp};
-pub use queue::{KEY_OVERHEAD, PublishError, QueueState};
+pub use queue::{
+    ImageConsumer, ImageKey, ImageLease, ImagePublisher, ImageTask, ImageWaiting, KEY_OVERHEAD,
+    PublishError, QueueImage, QueueState,
+};
 
 /// Milliseconds since the Unix epoch. The engine never reads a clock.
 pub type Millis = u64;

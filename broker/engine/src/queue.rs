@@ -14,6 +14,7 @@
 mod consumers;
 mod digest;
 mod drain;
+mod image;
 mod keys;
 mod publishers;
 mod settle;
@@ -30,6 +31,9 @@ use crate::{
     Millis, NewTask, PublisherId, QueueConfig, QueueStats, Restored, TaskBody, TaskId, WaitingId,
 };
 use drain::DrainMeter;
+pub use image::{
+    ImageConsumer, ImageKey, ImageLease, ImagePublisher, ImageTask, ImageWaiting, QueueImage,
+};
 pub use keys::KEY_OVERHEAD;
 use keys::KeyIndex;
 pub use publishers::PublishError;
@@ -600,54 +604,37 @@ impl QueueState {
     /// Removes every ready and delayed task. Leased tasks stay with their
     /// consumers.
     pub fn purge(&mut self, now: Millis, fx: &mut Effects) -> u64 {
-        if self.journal {
-            let ids = self
-                .ready
-                .ids()
-                .chain(self.delayed.keys().map(|(_, id)| *id));
-            fx.changes.extend(ids.map(|id| Change::Removed { id }));
-        }
-        let bodies: Vec<TaskBody> = self
+        // In id order, not in the ready set's layout: what it reports
+        // (changes, job outcomes) and the order keys expire in must be the
+        // same on every replica, and a replica that installed a snapshot
+        // lays its ready set out differently.
+        let mut purged: Vec<(TaskId, TaskBody, u32)> = self
             .ready
             .iter()
             .chain(self.delayed.values())
-            .map(|e| e.body.clone())
+            .map(|e| (e.id, e.body.clone(), e.attempt))
             .collect();
-        for body in &bodies {
+        purged.sort_unstable_by_key(|(id, _, _)| *id);
+        if self.journal {
+            fx.changes
+                .extend(purged.iter().map(|(id, _, _)| Change::Removed { id: *id }));
+        }
+        for (id, body, attempts) in &purged {
             self.sub_bytes(body);
-        }
-        if !self.task_jobs.is_empty() {
-            let purged: Vec<(TaskId, bytes::Bytes, u32)> = self
-                .ready
-                .iter()
-                .chain(self.delayed.values())
-                .filter(|e| self.task_jobs.contains_key(&e.id))
-                .map(|e| (e.id, e.body.payload.clone(), e.attempt))
-                .collect();
-            for (id, payload, attempts) in purged {
-                if let Some(job) = self.job_unlink(id) {
-                    fx.completed.push(Completion {
-                        job,
-                        id,
-                        payload,
-                        succeeded: false,
-                        result: bytes::Bytes::new(),
-                        error: "purged".into(),
-                        attempts,
-                    });
-                }
+            if !self.task_jobs.is_empty()
+                && let Some(job) = self.job_unlink(*id)
+            {
+                fx.completed.push(Completion {
+                    job,
+                    id: *id,
+                    payload: body.payload.clone(),
+                    succeeded: false,
+                    result: bytes::Bytes::new(),
+                    error: "purged".into(),
+                    attempts: *attempts,
+                });
             }
-        }
-        if !self.keys.no_task_keyed() {
-            let keyed: Vec<TaskId> = self
-                .ready
-                .ids()
-                .chain(self.delayed.keys().map(|(_, id)| *id))
-                .filter(|id| self.keys.of(*id).is_some())
-                .collect();
-            for id in keyed {
-                self.key_done(now, id, fx);
-            }
+            self.key_done(now, *id, fx);
         }
         let n = self.ready.clear() + self.delayed.len() as u64;
         self.delayed.clear();

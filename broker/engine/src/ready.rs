@@ -161,25 +161,6 @@ impl ReadySet {
         self.len() == 0
     }
 
-    /// The ids of every task in the set, in no particular order.
-    pub fn ids(&self) -> Box<dyn Iterator<Item = TaskId> + '_> {
-        match self {
-            ReadySet::Fifo { fresh, back } => Box::new(
-                fresh
-                    .iter()
-                    .map(|e| e.id)
-                    .chain(back.iter().map(|b| b.0.0.id)),
-            ),
-            ReadySet::Lifo { fresh, back } => Box::new(
-                fresh
-                    .iter()
-                    .map(|e| e.id)
-                    .chain(back.iter().map(|b| b.0.0.id)),
-            ),
-            ReadySet::Priority { heap } => Box::new(heap.iter().map(|b| b.0.0.id)),
-        }
-    }
-
     /// Every task in the set, in no particular order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
         match self {

@@ -627,7 +627,10 @@ fn backoff_grows_is_capped_and_jittered_within_bounds() {
         multiplier_milli: 1500,
     };
     assert!((1..=3).contains(&slow.delay(TaskId(7), 4)));
-    assert!(slow.delay(TaskId(7), 12) >= 43, "1.5^11 = 86 ms, half of it at least");
+    assert!(
+        slow.delay(TaskId(7), 12) >= 43,
+        "1.5^11 = 86 ms, half of it at least"
+    );
     let flat = Backoff {
         initial_ms: 40,
         max_ms: 100,

@@ -22,6 +22,11 @@ impl QueueState {
         detached: bool,
         now: Millis,
     ) {
+        // Ids are never reused; one seen again changes nothing (replacing
+        // it would orphan its leases and its place in the ring).
+        if self.consumers.contains_key(&id) {
+            return;
+        }
         self.consumers.insert(
             id,
             Consumer {

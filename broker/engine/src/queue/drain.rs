@@ -35,6 +35,18 @@ impl DrainMeter {
         }
     }
 
+    /// The seconds kept, oldest first (see `queue::image`).
+    pub(super) fn image(&self) -> Vec<(u64, u64)> {
+        self.seconds.iter().copied().collect()
+    }
+
+    /// The meter [`DrainMeter::image`] was taken of.
+    pub(super) fn from_image(seconds: Vec<(u64, u64)>) -> Self {
+        DrainMeter {
+            seconds: seconds.into_iter().collect(),
+        }
+    }
+
     /// A digest of the seconds kept (see `QueueState::digest`).
     pub(super) fn digest(&self) -> u64 {
         use std::hash::{DefaultHasher, Hasher};

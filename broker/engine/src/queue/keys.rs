@@ -197,6 +197,55 @@ impl KeyIndex {
         }
     }
 
+    /// The index as plain data (see `queue::image`): keys in key order,
+    /// task keys in task order, expiries in their order.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn image(
+        &self,
+    ) -> (
+        Vec<super::image::ImageKey>,
+        Vec<(TaskId, Box<str>)>,
+        Vec<(Millis, Box<str>, TaskId)>,
+    ) {
+        let mut keys: Vec<super::image::ImageKey> = self
+            .keys
+            .iter()
+            .map(|(k, u)| super::image::ImageKey {
+                key: k.clone(),
+                id: u.id,
+                done: u.done,
+            })
+            .collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut by_task: Vec<(TaskId, Box<str>)> =
+            self.by_task.iter().map(|(t, k)| (*t, k.clone())).collect();
+        by_task.sort();
+        (keys, by_task, self.expiry.iter().cloned().collect())
+    }
+
+    /// The index [`KeyIndex::image`] was taken of.
+    pub(super) fn from_image(
+        window_ms: u64,
+        keys: Vec<super::image::ImageKey>,
+        by_task: Vec<(TaskId, Box<str>)>,
+        expiry: Vec<(Millis, Box<str>, TaskId)>,
+    ) -> Self {
+        let mut index = KeyIndex::new(window_ms);
+        for k in keys {
+            index.bytes += k.key.len() as u64 + KEY_OVERHEAD;
+            index.keys.insert(
+                k.key,
+                KeyUse {
+                    id: k.id,
+                    done: k.done,
+                },
+            );
+        }
+        index.by_task = by_task.into_iter().collect();
+        index.expiry = expiry.into_iter().collect();
+        index
+    }
+
     /// A digest of the index in key order (see `QueueState::digest`).
     pub(super) fn digest(&self) -> u64 {
         use std::hash::{DefaultHasher, Hasher};

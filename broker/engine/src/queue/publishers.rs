@@ -55,14 +55,17 @@ impl Publishers {
     /// A new publisher, wanting up to `window` tasks unconfirmed; it is
     /// last in line for space.
     pub(super) fn add(&mut self, id: PublisherId, window: u64) {
+        // Ids are never reused; one seen again keeps what it holds.
+        if self.by_id.contains_key(&id) {
+            return;
+        }
         let p = Publisher {
             window,
             reserved: 0,
             pending: 0,
         };
-        if self.by_id.insert(id, p).is_none() {
-            self.ring.push_back(id);
-        }
+        self.by_id.insert(id, p);
+        self.ring.push_back(id);
     }
 
     /// The publisher is gone, and the space it reserved is free. Returns
@@ -117,6 +120,47 @@ impl Publishers {
                 .iter()
                 .any(|(o, q)| *o != id && q.reserved == 0 && q.pending < q.window);
         (others_waiting || starved).then_some(p.reserved)
+    }
+
+    /// The reservations as plain data (see `queue::image`), in id order,
+    /// and the serving order.
+    pub(super) fn image(&self) -> (Vec<super::image::ImagePublisher>, Vec<PublisherId>) {
+        let mut all: Vec<super::image::ImagePublisher> = self
+            .by_id
+            .iter()
+            .map(|(id, p)| super::image::ImagePublisher {
+                id: *id,
+                window: p.window,
+                reserved: p.reserved,
+                pending: p.pending,
+            })
+            .collect();
+        all.sort_by_key(|p| p.id);
+        (all, self.ring.iter().copied().collect())
+    }
+
+    /// The reservations [`Publishers::image`] was taken of.
+    pub(super) fn from_image(
+        all: Vec<super::image::ImagePublisher>,
+        ring: Vec<PublisherId>,
+    ) -> Self {
+        let mut p = Publishers::default();
+        for i in all {
+            p.reserved += i.reserved;
+            p.by_id.insert(
+                i.id,
+                Publisher {
+                    window: i.window,
+                    reserved: i.reserved,
+                    pending: i.pending,
+                },
+            );
+        }
+        p.ring = ring
+            .into_iter()
+            .filter(|id| p.by_id.contains_key(id))
+            .collect();
+        p
     }
 
     /// A digest of the reservations (see `QueueState::digest`).
