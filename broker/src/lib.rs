@@ -20,6 +20,7 @@
 pub mod api;
 pub mod args;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 /// The queue engine, its own crate (`broker/engine`), read here as
 /// `crate::engine`.
@@ -60,6 +61,7 @@ mod layers {
         ("error", 3),
         ("wal", 3),
         ("journal", 3),
+        ("cluster", 3),
         ("jobs", 4),
         ("broker", 5),
         ("api", 6),

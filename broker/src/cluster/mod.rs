@@ -1,0 +1,78 @@
+//! Replication: the members of a cluster keep one Raft log (openraft 0.9)
+//! and apply its committed commands to the same state machine.
+//!
+//! - [`log_store`]: the Raft log on the member's own write-ahead log
+//!   (`storage/`), so there is one group-committed, checksummed log per
+//!   member, not a second one beside it;
+//! - [`machine`]: openraft's state machine over a [`Machine`] — what the
+//!   broker implements with its queues;
+//! - [`network`] and [`service`]: Raft's RPCs over gRPC
+//!   (`proto/sluice/cluster/v1/cluster.proto`), on the member's API port;
+//! - [`convert`]: openraft's types to and from those messages.
+//!
+//! Commands are opaque bytes here: what they mean is the [`Machine`]'s
+//! business. Every member applies the same committed commands in the same
+//! order; a machine that is deterministic (the engine is) ends in the same
+//! state on every member.
+
+pub mod convert;
+pub mod log_store;
+pub mod machine;
+pub mod network;
+pub mod service;
+#[cfg(test)]
+mod tests;
+
+use std::any::Any;
+use std::fmt;
+
+use bytes::Bytes;
+
+openraft::declare_raft_types!(
+    /// The types sluice's Raft is built from: commands are encoded bytes,
+    /// nodes are gRPC addresses.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// A command a member proposes: encoded by the broker, opaque to Raft.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proposal(pub Bytes);
+
+impl fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Proposal({} bytes)", self.0.len())
+    }
+}
+
+/// What applying a command answered, for the member that proposed it
+/// (only ever read on that member: it never crosses the network).
+pub struct Applied(pub Box<dyn Any + Send + Sync>);
+
+impl fmt::Debug for Applied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Applied")
+    }
+}
+
+impl Applied {
+    /// An answer that says nothing.
+    pub fn none() -> Self {
+        Applied(Box::new(()))
+    }
+}
+
+/// The state a cluster replicates. Every member applies the same commands
+/// in the same order, so an implementation must give the same state for
+/// the same commands: no clock, no randomness, no iteration order that
+/// depends on more than its inputs.
+pub trait Machine: Send + Sync + 'static {
+    /// Applies one committed command.
+    fn apply(&self, index: u64, command: &[u8]) -> Applied;
+    /// The whole state, encoded, for a snapshot.
+    fn snapshot(&self) -> Bytes;
+    /// Replaces the whole state with a snapshot's.
+    fn restore(&self, snapshot: &[u8]) -> Result<(), String>;
+}
