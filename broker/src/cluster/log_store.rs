@@ -13,6 +13,11 @@
 //! `save_vote` returns, as Raft requires. Truncations are waited for too:
 //! a truncated entry must never come back after a crash. Purges need not
 //! be: replaying a purged entry again only keeps it a little longer.
+//!
+//! Purged entries stay in the log's old segments until a compaction
+//! rewrites what is left (the vote, the purge point, the entries) into a
+//! new segment and deletes the old ones: after a purge, once the log is
+//! more than twice what it must keep (and more than [`COMPACT_FLOOR`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -32,14 +37,59 @@ use super::convert::{
 };
 use crate::storage::{Log, LogOptions};
 
+/// A log smaller than this is never compacted: not worth the rewrite.
+pub const COMPACT_FLOOR: u64 = 4 * 1024 * 1024;
+
 /// What the log holds, as replayed and kept up to date.
 #[derive(Debug, Default)]
 struct Held {
     vote: Option<Vote<u64>>,
-    /// Entries after `purged`, by index.
-    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// Entries after `purged`, by index, each with its record's size.
+    entries: BTreeMap<u64, (Entry<TypeConfig>, u64)>,
     /// The last entry dropped behind a snapshot.
     purged: Option<LogId<u64>>,
+    /// The records' bytes of `entries`.
+    bytes: u64,
+}
+
+impl Held {
+    fn insert(&mut self, e: Entry<TypeConfig>, size: u64) {
+        self.bytes += size;
+        if let Some((_, old)) = self.entries.insert(e.log_id.index, (e, size)) {
+            self.bytes -= old;
+        }
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        let cut = self.entries.split_off(&index);
+        self.bytes -= cut.values().map(|(_, n)| n).sum::<u64>();
+    }
+
+    /// Drops the entries up to `id` and remembers it as the purge point.
+    fn purge(&mut self, id: LogId<u64>) {
+        let kept = self.entries.split_off(&(id.index + 1));
+        let dropped = std::mem::replace(&mut self.entries, kept);
+        self.bytes -= dropped.values().map(|(_, n)| n).sum::<u64>();
+        self.purged = Some(id);
+    }
+
+    /// Records that say all of this, for a compaction.
+    fn records(&self) -> Vec<Bytes> {
+        let mut out = Vec::with_capacity(self.entries.len() + 2);
+        if let Some(v) = &self.vote {
+            out.push(record(pb::log_record::Kind::Vote(vote_to_pb(v))));
+        }
+        if let Some(p) = &self.purged {
+            out.push(record(pb::log_record::Kind::Purged(log_id_to_pb(p))));
+        }
+        out.extend(
+            self.entries
+                .values()
+                .map(|(e, _)| record(pb::log_record::Kind::Entry(entry_to_pb(e)))),
+        );
+        out
+    }
 }
 
 /// The Raft log of one member. Cheap to clone: clones share the log.
@@ -47,6 +97,7 @@ struct Held {
 pub struct LogStore {
     log: Log,
     held: Arc<Mutex<Held>>,
+    compacting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn record(kind: pb::log_record::Kind) -> Bytes {
@@ -69,24 +120,59 @@ impl LogStore {
             match rec.kind {
                 Some(pb::log_record::Kind::Entry(e)) => {
                     let e = entry_from_pb(e).map_err(|e| format!("record {seq}: {e}"))?;
-                    held.entries.insert(e.log_id.index, e);
+                    held.insert(e, bytes.len() as u64);
                 }
                 Some(pb::log_record::Kind::Vote(v)) => held.vote = Some(vote_from_pb(&v)),
-                Some(pb::log_record::Kind::TruncateFrom(i)) => {
-                    held.entries.split_off(&i);
-                }
-                Some(pb::log_record::Kind::Purged(id)) => {
-                    let id = log_id_from_pb(&id);
-                    held.entries = held.entries.split_off(&(id.index + 1));
-                    held.purged = Some(id);
-                }
+                Some(pb::log_record::Kind::TruncateFrom(i)) => held.truncate(i),
+                Some(pb::log_record::Kind::Purged(id)) => held.purge(log_id_from_pb(&id)),
                 None => return Err(format!("Raft log record {seq} is empty")),
             }
         }
         Ok(LogStore {
             log,
             held: Arc::new(Mutex::new(held)),
+            compacting: Arc::default(),
         })
+    }
+
+    /// Whether purged entries make up enough of the log to rewrite it.
+    fn compaction_due(&self) -> bool {
+        let total = self.log.total_bytes();
+        total > COMPACT_FLOOR && total > 2 * self.held().bytes
+    }
+
+    /// Rewrites what the log must keep into a new segment, then deletes
+    /// the segments before it. Appends go on meanwhile: they land after
+    /// the rewrite, in the log and in replay.
+    pub async fn compact(&self) -> Result<(), crate::storage::StorageError> {
+        let cut = self.log.roll().await?;
+        let (records, slot) = {
+            let held = self.held();
+            // Taken under the lock that orders appends: what the slot says
+            // is the state just before whatever comes after it.
+            (held.records(), self.log.reserve()?)
+        };
+        let slot = tokio::task::spawn_blocking(move || slot.send(records).map(|()| slot))
+            .await
+            .map_err(|_| crate::storage::StorageError::Abandoned)??;
+        slot.finish().await?;
+        self.log.remove_segments_before(cut).await?;
+        Ok(())
+    }
+
+    /// Compacts in the background when due, one compaction at a time.
+    fn compact_if_due(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.compaction_due() || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.compact().await {
+                tracing::warn!(error = %e, "Raft log compaction failed; will retry after the next purge");
+            }
+            store.compacting.store(false, Ordering::Release);
+        });
     }
 
     fn held(&self) -> MutexGuard<'_, Held> {
@@ -113,7 +199,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .held()
             .entries
             .range(range)
-            .map(|(_, e)| e.clone())
+            .map(|(_, (e, _))| e.clone())
             .collect())
     }
 }
@@ -123,7 +209,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
         let held = self.held();
-        let last = held.entries.values().next_back().map(|e| e.log_id);
+        let last = held.entries.values().next_back().map(|(e, _)| e.log_id);
         Ok(LogState {
             last_purged_log_id: held.purged,
             last_log_id: last.or(held.purged),
@@ -163,8 +249,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut held = self.held();
             let mut records = Vec::new();
             for e in entries {
-                records.push(record(pb::log_record::Kind::Entry(entry_to_pb(&e))));
-                held.entries.insert(e.log_id.index, e);
+                let r = record(pb::log_record::Kind::Entry(entry_to_pb(&e)));
+                held.insert(e, r.len() as u64);
+                records.push(r);
             }
             self.log.append(records)
         };
@@ -194,14 +281,95 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         let written = {
             let mut held = self.held();
-            held.entries = held.entries.split_off(&(log_id.index + 1));
-            held.purged = Some(log_id);
+            held.purge(log_id);
             self.log
                 .append(vec![record(pb::log_record::Kind::Purged(log_id_to_pb(
                     &log_id,
                 )))])
         };
         written.await.map_err(write_err)?;
+        self.compact_if_due();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::cluster::Proposal;
+
+    fn entry(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Normal(Proposal(Bytes::from(vec![index as u8; 100]))),
+        }
+    }
+
+    fn options() -> LogOptions {
+        LogOptions {
+            segment_bytes: 16 * 1024,
+            ..LogOptions::default()
+        }
+    }
+
+    async fn state(store: &mut LogStore) -> (LogState<TypeConfig>, Option<Vote<u64>>, Vec<u64>) {
+        let st = store.get_log_state().await.expect("state");
+        let vote = store.read_vote().await.expect("vote");
+        let ids = store
+            .try_get_log_entries(..)
+            .await
+            .expect("entries")
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        (st, vote, ids)
+    }
+
+    #[tokio::test]
+    async fn what_a_compaction_keeps_replays_as_before_and_the_rest_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = LogStore::open(dir.path(), options()).expect("opens");
+        for chunk in (1..=1000u64).collect::<Vec<_>>().chunks(50) {
+            store
+                .blocking_append(chunk.iter().map(|i| entry(*i)))
+                .await
+                .expect("appended");
+        }
+        store
+            .save_vote(&Vote::new_committed(2, 1))
+            .await
+            .expect("vote saved");
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(2, 1), 990))
+            .await
+            .expect("truncated");
+        store
+            .purge(LogId::new(CommittedLeaderId::new(2, 1), 900))
+            .await
+            .expect("purged");
+        let before = state(&mut store).await;
+        assert_eq!(before.2, (901..990).collect::<Vec<_>>());
+        let size = store.log().total_bytes();
+        store.compact().await.expect("compacted");
+        assert!(
+            store.log().total_bytes() * 5 < size,
+            "{} bytes left of {size}",
+            store.log().total_bytes()
+        );
+        // Appends after a compaction come after what it rewrote.
+        store.blocking_append([entry(990)]).await.expect("appended");
+        store.log().close().await.expect("closed");
+        drop(store);
+
+        let mut again = LogStore::open(dir.path(), options()).expect("reopens");
+        let after = state(&mut again).await;
+        assert_eq!(after.0.last_purged_log_id, before.0.last_purged_log_id);
+        assert_eq!(after.1, before.1);
+        assert_eq!(after.2, (901..=990).collect::<Vec<_>>());
+        let e = again.try_get_log_entries(950..951).await.expect("read");
+        assert_eq!(format!("{:?}", e[0]), format!("{:?}", entry(950)));
     }
 }

@@ -63,6 +63,7 @@ impl Machine for Recorder {
 
 struct Member {
     raft: Raft<TypeConfig>,
+    store: LogStore,
     machine: Arc<Recorder>,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<()>,
@@ -86,7 +87,7 @@ async fn start(id: u64, dir: &Path, listener: TcpListener) -> Member {
     let store = LogStore::open(&dir.join("raft"), LogOptions::default()).expect("log opens");
     let machine = Arc::new(Recorder::default());
     let sm = StateMachine::open(machine.clone(), dir).expect("state machine opens");
-    let raft = Raft::new(id, config(), Network, store, sm)
+    let raft = Raft::new(id, config(), Network, store.clone(), sm)
         .await
         .expect("raft starts");
     let stop = CancellationToken::new();
@@ -103,6 +104,7 @@ async fn start(id: u64, dir: &Path, listener: TcpListener) -> Member {
     };
     Member {
         raft,
+        store,
         machine,
         stop,
         served,
@@ -322,5 +324,65 @@ async fn a_member_wiped_clean_rejoins_from_a_snapshot() {
     );
     for m in members.into_iter().flatten() {
         m.shut().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_disk_fails_stops_and_the_others_go_on() {
+    for fault in ["write", "fsync"] {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dirs = dirs(base.path());
+        let (ls, nodes) = listeners(3).await;
+        let mut members = Vec::new();
+        for ((id, l), dir) in (1..).zip(ls).zip(&dirs) {
+            members.push(Some(start(id, dir, l).await));
+        }
+        for m in members.iter().flatten() {
+            let _ = m.raft.initialize(nodes.clone()).await;
+        }
+        for i in 0..20 {
+            write(&members, cmd(i)).await;
+        }
+        let all: Vec<&Member> = members.iter().flatten().collect();
+        let leader = leader_of(&all).await;
+        let broken = if leader == 1 { 2 } else { 1 };
+        let faults = members[(broken - 1) as usize]
+            .as_ref()
+            .map(|m| m.store.log().faults())
+            .expect("up");
+        match fault {
+            "write" => faults
+                .fail_writes
+                .store(1, std::sync::atomic::Ordering::Relaxed),
+            _ => faults
+                .fail_syncs
+                .store(1, std::sync::atomic::Ordering::Relaxed),
+        }
+        // The failed append stops that member's Raft (it cannot know what
+        // its disk kept); the two others are a majority and go on.
+        for i in 20..40 {
+            write(&members, cmd(i)).await;
+        }
+        let b = members[(broken - 1) as usize].take().expect("up");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while b.raft.metrics().borrow().running_state.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a failed {fault} left the member running"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            b.machine.commands().len() < 40,
+            "it applied nothing after the failure"
+        );
+        for m in members.iter().flatten() {
+            applied(m, 40).await;
+        }
+        check_same(&members, 40);
+        b.shut().await;
+        for m in members.into_iter().flatten() {
+            m.shut().await;
+        }
     }
 }
