@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_broker::api::validate;
 use sluice_broker::broker::Broker;
-use sluice_broker::engine::{NewTask, TaskId};
+use sluice_broker::engine::{Claim, NewTask, SettleKind, SettleOp, TaskId};
 use sluice_broker::storage::{Log, LogOptions};
 use sluice_broker::wal::Recovery;
 use sluice_proto::v1::QueueOptions;
@@ -68,7 +68,15 @@ async fn compaction_keeps_exactly_the_live_tasks() {
     assert_eq!(taken.len(), 150);
     broker.apply(&q, |sh, now, fx| {
         for d in &taken {
-            sh.state.ack(now, d.id, d.attempt, fx).expect("ack");
+            let ack = SettleOp {
+                id: d.id,
+                attempt: d.attempt,
+                claim: Claim::Token,
+                kind: SettleKind::Ack {
+                    result: Default::default(),
+                },
+            };
+            sh.settle(now, ack, fx).expect("ack");
         }
     });
     let leased = broker

@@ -9,7 +9,8 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_engine::{
-    ConsumerId, Effects, EnqueueMode, NewTask, Order, QueueConfig, QueueState, TaskId,
+    Claim, Command, ConsumerId, Effects, EnqueueMode, NewTask, Order, Outcome, QueueConfig,
+    QueueState, SettleKind, SettleOp, TaskId,
 };
 
 const BATCH: u64 = 100;
@@ -39,21 +40,44 @@ fn tasks(first: u64, n: u64, payload: &Bytes) -> Vec<NewTask> {
         .collect()
 }
 
-/// Enqueue a batch, deliver it to a consumer with credit, ack each task.
+fn put(q: &mut QueueState, tasks: Vec<NewTask>, fx: &mut Effects) {
+    let put = Command::Enqueue {
+        tasks,
+        mode: EnqueueMode::FailFast,
+    };
+    let stored = q.execute(0, put, fx);
+    assert!(
+        matches!(stored, Outcome::Enqueue { result: Ok(_), .. }),
+        "fits"
+    );
+}
+
+/// Enqueue a batch, deliver it to a consumer with credit, ack each task
+/// (one command per ack, as a stream's frames of one ack would be).
 fn round_trip(q: &mut QueueState, next: &mut u64, payload: &Bytes) {
     let mut fx = Effects::default();
-    q.enqueue(
-        0,
-        tasks(*next, BATCH, payload),
-        EnqueueMode::FailFast,
-        &mut fx,
-    )
-    .expect("fits");
+    put(q, tasks(*next, BATCH, payload), &mut fx);
     *next += BATCH;
-    q.grant(0, ConsumerId(1), BATCH, &mut fx);
+    let grant = Command::Grant {
+        id: ConsumerId(1),
+        credit: BATCH,
+    };
+    q.execute(0, grant, &mut fx);
     let mut fx2 = Effects::default();
     for (_, d) in fx.deliveries.drain(..) {
-        q.ack(1, d.id, d.attempt, &mut fx2).expect("leased");
+        let ack = SettleOp {
+            id: d.id,
+            attempt: d.attempt,
+            claim: Claim::Holder(ConsumerId(1)),
+            kind: SettleKind::Ack {
+                result: Bytes::new(),
+            },
+        };
+        let acked = q.execute(1, Command::Settle { ops: vec![ack] }, &mut fx2);
+        assert!(
+            matches!(acked, Outcome::Settled(ref r) if r[0].is_ok()),
+            "leased"
+        );
     }
     black_box(fx);
 }
@@ -76,15 +100,15 @@ fn bench(c: &mut Criterion) {
                     if backlog > 0 {
                         // Deep queue: lower priority than the measured tasks
                         // would be unfair to FIFO, so they just sit behind.
-                        q.enqueue(
-                            0,
-                            tasks(1 << 40, backlog, &payload),
-                            EnqueueMode::FailFast,
-                            &mut fx,
-                        )
-                        .expect("fits");
+                        put(&mut q, tasks(1 << 40, backlog, &payload), &mut fx);
                     }
-                    q.add_consumer(ConsumerId(1), "bench".into(), String::new(), false, 0);
+                    let add = Command::AddConsumer {
+                        id: ConsumerId(1),
+                        name: "bench".into(),
+                        peer: String::new(),
+                        detached: false,
+                    };
+                    q.execute(0, add, &mut fx);
                     (q, 0u64)
                 },
                 |(q, next)| {

@@ -258,14 +258,20 @@ impl QueueState {
 
     /// A producer opens a Publish stream wanting to hold up to `window`
     /// tasks (capped at the capacity); it is granted what is free.
-    pub fn add_publisher(&mut self, now: Millis, id: PublisherId, window: u64, fx: &mut Effects) {
+    pub(crate) fn add_publisher(
+        &mut self,
+        now: Millis,
+        id: PublisherId,
+        window: u64,
+        fx: &mut Effects,
+    ) {
         self.publishers
             .add(id, window.clamp(1, self.config.capacity));
         self.dispatch(now, fx);
     }
 
     /// The stream ended: its reserved space is free again.
-    pub fn remove_publisher(&mut self, now: Millis, id: PublisherId, fx: &mut Effects) {
+    pub(crate) fn remove_publisher(&mut self, now: Millis, id: PublisherId, fx: &mut Effects) {
         if self.publishers.remove(id) {
             self.dispatch(now, fx);
         }
@@ -273,7 +279,7 @@ impl QueueState {
 
     /// Stores tasks a publisher sends against its credit: never refused
     /// for space, since the space was reserved.
-    pub fn publish(
+    pub(crate) fn publish(
         &mut self,
         now: Millis,
         id: PublisherId,
@@ -297,7 +303,13 @@ impl QueueState {
 
     /// The publisher's tasks up to `n` are confirmed to it: its window
     /// has room for more credit.
-    pub fn publish_confirmed(&mut self, now: Millis, id: PublisherId, n: u64, fx: &mut Effects) {
+    pub(crate) fn publish_confirmed(
+        &mut self,
+        now: Millis,
+        id: PublisherId,
+        n: u64,
+        fx: &mut Effects,
+    ) {
         if self.publishers.confirmed(id, n) {
             self.dispatch(now, fx);
         }
@@ -373,7 +385,7 @@ impl QueueState {
 
     /// Adds a batch, all or none. Waiting producers are served in arrival
     /// order: a new batch queues behind them even if it would fit now.
-    pub fn enqueue(
+    pub(crate) fn enqueue(
         &mut self,
         now: Millis,
         tasks: Vec<NewTask>,
@@ -422,7 +434,7 @@ impl QueueState {
 
     /// A waiting producer gave up (deadline, cancel). Returns false when it
     /// was not waiting (already admitted, or unknown).
-    pub fn cancel_put(&mut self, now: Millis, id: WaitingId, fx: &mut Effects) -> bool {
+    pub(crate) fn cancel_put(&mut self, now: Millis, id: WaitingId, fx: &mut Effects) -> bool {
         let Some(pos) = self.waiting.iter().position(|p| p.id == id) else {
             return false;
         };
@@ -437,7 +449,7 @@ impl QueueState {
     /// Stores tasks regardless of capacity and of waiting producers: for
     /// dead letters, which were already accepted once and must not be lost
     /// because their new queue is full.
-    pub fn enqueue_forced(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
+    pub(crate) fn enqueue_forced(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
         self.store(now, tasks, fx);
         self.dispatch(now, fx);
     }
@@ -467,7 +479,7 @@ impl QueueState {
     /// failed): those still waiting are removed as if never stored. One a
     /// consumer already took stays with it. Returns how many were removed.
     /// Slow (a scan of the queue), and only for that failure.
-    pub fn retract(
+    pub(crate) fn retract(
         &mut self,
         now: Millis,
         ids: &std::collections::HashSet<TaskId>,
@@ -603,7 +615,7 @@ impl QueueState {
 
     /// Removes every ready and delayed task. Leased tasks stay with their
     /// consumers.
-    pub fn purge(&mut self, now: Millis, fx: &mut Effects) -> u64 {
+    pub(crate) fn purge(&mut self, now: Millis, fx: &mut Effects) -> u64 {
         // In id order, not in the ready set's layout: what it reports
         // (changes, job outcomes) and the order keys expire in must be the
         // same on every replica, and a replica that installed a snapshot
@@ -673,7 +685,7 @@ impl QueueState {
 
     /// Releases delayed tasks that are due and expires leases past their
     /// deadline, then dispatches.
-    pub fn tick(&mut self, now: Millis, fx: &mut Effects) {
+    pub(crate) fn tick(&mut self, now: Millis, fx: &mut Effects) {
         while let Some(entry) = self.delayed.first_entry() {
             if entry.key().0 > now {
                 break;

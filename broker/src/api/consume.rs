@@ -17,7 +17,9 @@ use tracing::Instrument;
 use crate::api::reply::delivery;
 use crate::api::validate;
 use crate::broker::{Broker, DeliveryRx, FRAME_BYTES, QueueCore, QueueHandle};
-use crate::engine::{Claim, ConsumerId, Effects, Millis, SettleError};
+use crate::engine::{
+    Claim, Command, ConsumerId, Effects, Millis, SettleError, SettleKind, SettleOp,
+};
 use crate::error::Error;
 use crate::lease::LeaseKey;
 
@@ -156,7 +158,9 @@ impl Session {
                     // Stop deliveries, send what was already routed, then
                     // tell the worker how long it has to settle what it holds.
                     let cid = self.cid;
-                    self.broker.apply(&self.q, |core, _, _| core.state.revoke(cid));
+                    self.broker.apply(&self.q, |core, now, fx| {
+                        core.credit(now, Command::Revoke { id: cid }, fx)
+                    });
                     let mut frames = Frames::default();
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
@@ -213,7 +217,7 @@ impl Session {
     fn in_flight(&self) -> u64 {
         let cid = self.cid;
         self.broker
-            .apply(&self.q, |core, _, _| core.state.in_flight(cid))
+            .apply(&self.q, |core, _, _| core.state().in_flight(cid))
     }
 
     /// Applies one client frame in one engine call: acks, nacks, extends,
@@ -250,7 +254,7 @@ impl Session {
         self.broker.apply(q, |core, now, fx| {
             let errors = settle(core, now, fx, q, &by, &f.acks, &f.nacks, &f.extends);
             if f.credit > 0 {
-                let unspent = core.state.credit(cid).unwrap_or(0);
+                let unspent = core.state().credit(cid).unwrap_or(0);
                 let total = unspent + u64::from(f.credit);
                 if total > max_credit {
                     return Err(Error::invalid(format!(
@@ -258,9 +262,17 @@ impl Session {
                     ))
                     .into());
                 }
-                core.state.grant(now, cid, u64::from(f.credit), fx);
+                let grant = Command::Grant {
+                    id: cid,
+                    credit: u64::from(f.credit),
+                };
+                core.credit(now, grant, fx);
             }
-            let stopped = if f.stop { core.state.revoke(cid) } else { None };
+            let stopped = if f.stop {
+                core.credit(now, Command::Revoke { id: cid }, fx)
+            } else {
+                None
+            };
             Ok((errors, stopped))
         })
     }
@@ -386,8 +398,11 @@ pub fn settle(
                 )));
             }
             by.settle(id, l, |claim| {
-                core.state
-                    .ack_with(now, id, l.attempt, claim, a.result.clone(), fx)
+                let kind = SettleKind::Ack {
+                    result: a.result.clone(),
+                };
+                core.settle(now, op(id, l.attempt, claim, kind), fx)
+                    .map(|_| ())
             })
         });
         if let Err((code, message)) = r {
@@ -399,7 +414,12 @@ pub fn settle(
             let action = validate::nack_action(n).map_err(invalid)?;
             let text = validate::error_text(&n.error);
             by.settle(id, l, |claim| {
-                core.state.nack(now, id, l.attempt, claim, action, text, fx)
+                let kind = SettleKind::Nack {
+                    action,
+                    error: text.to_owned(),
+                };
+                core.settle(now, op(id, l.attempt, claim, kind), fx)
+                    .map(|_| ())
             })
         });
         if let Err((code, message)) = r {
@@ -413,8 +433,7 @@ pub fn settle(
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
             by.settle(id, l, |claim| {
-                core.state
-                    .extend(now, id, l.attempt, claim, ms, fx)
+                core.settle(now, op(id, l.attempt, claim, SettleKind::Extend { ms }), fx)
                     .map(|_| ())
             })
         });
@@ -426,6 +445,15 @@ pub fn settle(
 }
 
 type Refusal = (pb::SettleErrorCode, String);
+
+fn op(id: crate::engine::TaskId, attempt: u32, claim: Claim, kind: SettleKind) -> SettleOp {
+    SettleOp {
+        id,
+        attempt,
+        claim,
+        kind,
+    }
+}
 
 fn lease(l: &Option<pb::LeaseRef>) -> Result<(&pb::LeaseRef, crate::engine::TaskId), Refusal> {
     let l = l.as_ref().ok_or_else(|| invalid("missing lease".into()))?;
@@ -473,13 +501,13 @@ impl Drop for Session {
             core.remove_sender(cid);
             // No credit first, or undoing a delivery would hand the task
             // straight back to this consumer on its way out.
-            core.state.revoke(cid);
+            core.credit(now, Command::Revoke { id: cid }, fx);
+            let mut unsent = Vec::new();
             while let Ok(batch) = rx.try_recv() {
-                for d in batch {
-                    let _ = core.state.unsend(now, d.id, d.attempt, fx);
-                }
+                unsent.extend(batch.iter().map(|d| (d.id, d.attempt)));
             }
-            core.state.remove_consumer(now, cid, fx);
+            core.unsend(now, unsent, fx);
+            core.remove_consumer(now, cid, fx);
         });
         self.broker.stream_closed();
     }

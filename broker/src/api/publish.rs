@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::api::validate;
 use crate::broker::{Broker, QueueHandle};
-use crate::engine::{NewTask, PublishError, PublisherId, TaskId};
+use crate::engine::{Command, NewTask, PublishError, PublisherId, TaskId};
 use crate::error::Error;
 use crate::limits::Limits;
 
@@ -58,7 +58,7 @@ pub async fn start(
             return None;
         }
         let rx = core.add_publisher(id);
-        core.state.add_publisher(now, id, window, fx);
+        core.run(now, Command::AddPublisher { id, window }, fx);
         Some(rx)
     });
     let Some(grants) = grants else {
@@ -203,7 +203,7 @@ impl Session {
                     // Space reserved and unused is space nobody else gets:
                     // a producer that sits on it while others wait loses it.
                     let id = self.id;
-                    let held = self.broker.apply(&self.q, |core, _, _| core.state.publisher_blocking(id));
+                    let held = self.broker.apply(&self.q, |core, _, _| core.state().publisher_blocking(id));
                     if let Some(held) = held {
                         tracing::info!(held, "publisher idle on credit while others wait; ending its stream");
                         let msg = format!(
@@ -257,9 +257,9 @@ impl Session {
                 if core.is_deleted() {
                     return (Err(PublishError::Unknown), Vec::new(), 0);
                 }
-                let r = core.state.publish(now, id, tasks, fx);
+                let r = core.publish(now, id, tasks, fx);
                 let dups = std::mem::take(&mut fx.duplicates);
-                (r, dups, core.state.depth())
+                (r, dups, core.state().depth())
             });
         drop(reservation);
         match stored {
@@ -341,7 +341,7 @@ fn confirmation(
     // rather than in a frame of its own; other producers' grants are routed
     // as always.
     let credit = broker.apply(q, |core, now, fx| {
-        core.state.publish_confirmed(now, id, s.n, fx);
+        core.run(now, Command::PublishConfirmed { id, n: s.n }, fx);
         let mut own = 0;
         fx.granted.retain(|(p, n)| {
             let mine = *p == id;
@@ -367,7 +367,7 @@ impl Drop for Session {
         let id = self.id;
         self.broker.apply(&self.q, |core, now, fx| {
             core.remove_publisher_sender(id);
-            core.state.remove_publisher(now, id, fx);
+            core.run(now, Command::RemovePublisher { id }, fx);
         });
     }
 }

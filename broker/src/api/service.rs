@@ -111,9 +111,9 @@ impl SluiceService for Service {
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
         auth::access(&req).require(Role::Admin, &req.get_ref().name)?;
         let q = self.queue(&req.get_ref().name)?;
-        let purged = self
-            .broker
-            .apply(&q, |core, now, fx| core.state.purge(now, fx));
+        let purged = self.broker.apply(&q, |core, now, fx| {
+            core.remove(now, crate::engine::Command::Purge, fx)
+        });
         Ok(Response::new(pb::PurgeQueueResponse { purged }))
     }
 

@@ -212,7 +212,7 @@ impl Broker {
                     if core.deleted {
                         return false;
                     }
-                    core.state.enqueue_forced(now, tasks, fx);
+                    core.store(now, tasks, fx);
                     true
                 })
                 .0

@@ -29,8 +29,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
-    Change, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects, EnqueueError,
-    EnqueueMode, Enqueued, Millis, NewTask, PublisherId, QueueState, QueueStats, TaskId, WaitingId,
+    Change, Command, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects,
+    EnqueueError, EnqueueMode, Enqueued, Millis, NewTask, Outcome, PublisherId, QueueState,
+    QueueStats, SettleOp, TaskId, WaitingId,
 };
 use crate::error::{Error, Result};
 use crate::journal::Journal;

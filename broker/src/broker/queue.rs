@@ -16,7 +16,13 @@ type DeliveryTx = mpsc::UnboundedSender<Vec<Delivery>>;
 /// its effects happen under that one lock, so effects leave in the order
 /// the engine made them.
 pub struct QueueCore {
-    pub state: QueueState,
+    /// Changed only through [`QueueCore::run`] (the engine's mutating
+    /// calls are not public): every change is a command that can be
+    /// recorded.
+    pub(super) state: QueueState,
+    /// The commands run since recording began (see
+    /// [`QueueCore::run`]); None while nothing records them.
+    pub(super) recorded: Option<Vec<Command>>,
     /// Set, under this lock, when the queue is deleted: a call that looked
     /// the queue up just before must not store into it and answer OK.
     pub(super) deleted: bool,
@@ -32,6 +38,130 @@ pub struct QueueCore {
 }
 
 impl QueueCore {
+    /// The engine state, to read.
+    pub fn state(&self) -> &QueueState {
+        &self.state
+    }
+
+    /// Runs one engine command, recording it when a replicated journal
+    /// will need it.
+    pub fn run(&mut self, now: Millis, command: Command, fx: &mut Effects) -> Outcome {
+        match &mut self.recorded {
+            Some(log) => {
+                log.push(command.clone());
+                self.state.execute(now, command, fx)
+            }
+            None => self.state.execute(now, command, fx),
+        }
+    }
+
+    /// [`Command::Enqueue`]: the result, the depth after it, and for a
+    /// full queue a retry hint in ms.
+    pub fn enqueue(
+        &mut self,
+        now: Millis,
+        tasks: Vec<NewTask>,
+        mode: EnqueueMode,
+        fx: &mut Effects,
+    ) -> (std::result::Result<Enqueued, EnqueueError>, u64, u64) {
+        match self.run(now, Command::Enqueue { tasks, mode }, fx) {
+            Outcome::Enqueue {
+                result,
+                depth,
+                retry_after_ms,
+            } => (result, depth, retry_after_ms),
+            _ => (Err(EnqueueError::Full), self.state.depth(), 0),
+        }
+    }
+
+    /// [`Command::CancelWait`]: whether the batch was still waiting.
+    pub fn cancel_wait(&mut self, now: Millis, id: WaitingId, fx: &mut Effects) -> bool {
+        matches!(
+            self.run(now, Command::CancelWait { id }, fx),
+            Outcome::Cancelled(true)
+        )
+    }
+
+    /// [`Command::Store`].
+    pub fn store(&mut self, now: Millis, tasks: Vec<NewTask>, fx: &mut Effects) {
+        self.run(now, Command::Store { tasks }, fx);
+    }
+
+    /// [`Command::Retract`] and [`Command::Purge`]: how many went.
+    pub fn remove(&mut self, now: Millis, command: Command, fx: &mut Effects) -> u64 {
+        match self.run(now, command, fx) {
+            Outcome::Removed(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// [`Command::AddConsumer`].
+    pub fn add_consumer(
+        &mut self,
+        now: Millis,
+        id: ConsumerId,
+        name: String,
+        peer: String,
+        detached: bool,
+        fx: &mut Effects,
+    ) {
+        let add = Command::AddConsumer {
+            id,
+            name,
+            peer,
+            detached,
+        };
+        self.run(now, add, fx);
+    }
+
+    /// [`Command::Grant`] and [`Command::Revoke`]: the consumer's unspent
+    /// credit, or its leases; None for one not there.
+    pub fn credit(&mut self, now: Millis, command: Command, fx: &mut Effects) -> Option<u64> {
+        match self.run(now, command, fx) {
+            Outcome::Consumer(n) => n,
+            _ => None,
+        }
+    }
+
+    /// [`Command::RemoveConsumer`].
+    pub fn remove_consumer(&mut self, now: Millis, id: ConsumerId, fx: &mut Effects) {
+        self.run(now, Command::RemoveConsumer { id }, fx);
+    }
+
+    /// [`Command::Settle`] of one op.
+    pub fn settle(
+        &mut self,
+        now: Millis,
+        op: SettleOp,
+        fx: &mut Effects,
+    ) -> std::result::Result<Option<Millis>, crate::engine::SettleError> {
+        match self.run(now, Command::Settle { ops: vec![op] }, fx) {
+            Outcome::Settled(mut r) if r.len() == 1 => r.remove(0),
+            _ => Err(crate::engine::SettleError::StaleLease),
+        }
+    }
+
+    /// [`Command::Unsend`]: deliveries that never left, undone.
+    pub fn unsend(&mut self, now: Millis, leases: Vec<(TaskId, u32)>, fx: &mut Effects) {
+        if !leases.is_empty() {
+            self.run(now, Command::Unsend { leases }, fx);
+        }
+    }
+
+    /// [`Command::Publish`].
+    pub fn publish(
+        &mut self,
+        now: Millis,
+        id: PublisherId,
+        tasks: Vec<NewTask>,
+        fx: &mut Effects,
+    ) -> std::result::Result<(), crate::engine::PublishError> {
+        match self.run(now, Command::Publish { id, tasks }, fx) {
+            Outcome::Published(r) => r,
+            _ => Err(crate::engine::PublishError::Unknown),
+        }
+    }
+
     /// Stops routing deliveries to a consumer that is leaving.
     pub fn remove_sender(&mut self, cid: ConsumerId) {
         self.senders.remove(&cid);

@@ -73,6 +73,7 @@ impl Broker {
             created_at,
             core: Mutex::new(QueueCore {
                 state,
+                recorded: None,
                 deleted: false,
                 released: false,
                 senders: HashMap::new(),

@@ -127,10 +127,22 @@ async fn take(broker: &Broker, q: &Arc<QueueHandle>, n: u64) -> Vec<Delivery> {
         .expect("get")
 }
 
+/// An ack of `d` that quotes its token.
+fn ack(d: &Delivery) -> crate::engine::SettleOp {
+    crate::engine::SettleOp {
+        id: d.id,
+        attempt: d.attempt,
+        claim: crate::engine::Claim::Token,
+        kind: crate::engine::SettleKind::Ack {
+            result: bytes::Bytes::new(),
+        },
+    }
+}
+
 fn ack_all(broker: &Broker, q: &QueueHandle, got: &[Delivery]) {
     broker.apply(q, |core, now, fx| {
         for d in got {
-            core.state.ack(now, d.id, d.attempt, fx).expect("held");
+            core.settle(now, ack(d), fx).expect("held");
         }
     });
 }
@@ -152,17 +164,16 @@ async fn doomed(broker: &Broker) -> (Arc<QueueHandle>, Arc<QueueHandle>, Deliver
 
 fn dead_letter(broker: &Broker, q: &QueueHandle, d: &Delivery) {
     broker.apply(q, |core, now, fx| {
-        core.state
-            .nack(
-                now,
-                d.id,
-                d.attempt,
-                crate::engine::Claim::Token,
-                NackAction::DeadLetter,
-                "bad",
-                fx,
-            )
-            .expect("held")
+        let nack = crate::engine::SettleOp {
+            id: d.id,
+            attempt: d.attempt,
+            claim: crate::engine::Claim::Token,
+            kind: crate::engine::SettleKind::Nack {
+                action: NackAction::DeadLetter,
+                error: "bad".into(),
+            },
+        };
+        core.settle(now, nack, fx).expect("held")
     });
 }
 

@@ -48,7 +48,9 @@ pub(super) async fn run_timer(broker: Broker, q: Arc<QueueHandle>) {
         tokio::select! {
             _ = q.deleted.cancelled() => return,
             _ = q.rearm.notified() => {}
-            _ = sleep => broker.apply(&q, |core, now, fx| core.state.tick(now, fx)),
+            _ = sleep => {
+                broker.apply(&q, |core, now, fx| core.run(now, Command::Tick, fx));
+            }
         }
     }
 }

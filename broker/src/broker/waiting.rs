@@ -33,17 +33,13 @@ impl Broker {
                 if core.deleted {
                     return (Err(None), 0, Vec::new(), 0);
                 }
-                let r = core.state.enqueue(now, tasks, mode, fx);
+                let (r, depth, retry) = core.enqueue(now, tasks, mode, fx);
                 if let Ok(Enqueued::Waiting(p)) = r {
                     core.waiting.insert(p, tx);
                 }
-                let retry = match r {
-                    Err(EnqueueError::Full) => core.state.retry_after_ms(now, n),
-                    _ => 0,
-                };
                 (
                     r.map_err(Some),
-                    core.state.depth(),
+                    depth,
                     std::mem::take(&mut fx.duplicates),
                     retry,
                 )
@@ -114,7 +110,7 @@ impl Broker {
                 // the wake-up and here: then it is stored and we say so.
                 let left = self.apply(q, |core, now, fx| {
                     core.waiting.remove(&wait_id);
-                    core.state.cancel_put(now, wait_id, fx)
+                    core.cancel_wait(now, wait_id, fx)
                 });
                 if left || q.deleted.is_cancelled() {
                     return Err(e);
@@ -143,8 +139,10 @@ impl Broker {
     /// Undoes an enqueue the log refused: its tasks (ids `first..first+n`)
     /// leave the queue unless a consumer already has them.
     pub(crate) fn retract(&self, q: &QueueHandle, first: TaskId, n: u64) {
-        let ids: std::collections::HashSet<TaskId> = (0..n).map(|i| TaskId(first.0 + i)).collect();
-        let removed = self.apply(q, |core, now, fx| core.state.retract(now, &ids, fx));
+        let ids: Vec<TaskId> = (0..n).map(|i| TaskId(first.0 + i)).collect();
+        let removed = self.apply(q, |core, now, fx| {
+            core.remove(now, Command::Retract { ids }, fx)
+        });
         if removed < n {
             tracing::warn!(
                 queue = %q.name(), refused = n, delivered = n - removed,
@@ -169,9 +167,16 @@ impl Broker {
             if core.deleted {
                 return false;
             }
-            core.state.add_consumer(cid, "get".into(), peer, true, now);
+            core.add_consumer(now, cid, "get".into(), peer, true, fx);
             core.senders.insert(cid, tx);
-            core.state.grant(now, cid, max, fx);
+            core.credit(
+                now,
+                Command::Grant {
+                    id: cid,
+                    credit: max,
+                },
+                fx,
+            );
             true
         });
         if !open {
@@ -201,7 +206,7 @@ impl Broker {
         guard.armed = false;
         self.apply(q, |core, now, fx| {
             core.senders.remove(&cid);
-            core.state.remove_consumer(now, cid, fx);
+            core.remove_consumer(now, cid, fx);
         });
         while let Ok(batch) = guard.rx.try_recv() {
             out.extend(batch);
@@ -222,9 +227,7 @@ impl Broker {
         if keep < out.len() {
             let back = out.split_off(keep);
             self.apply(q, |core, now, fx| {
-                for d in back {
-                    let _ = core.state.unsend(now, d.id, d.attempt, fx);
-                }
+                core.unsend(now, back.iter().map(|d| (d.id, d.attempt)).collect(), fx)
             });
         }
         Ok(out)
@@ -293,14 +296,14 @@ impl Broker {
         }
         let cid = self.consumer_id();
         let (tx, rx) = mpsc::unbounded_channel();
-        let open = self.apply(q, |core, now, _| {
+        let open = self.apply(q, |core, now, fx| {
             if core.deleted {
                 return Some(false);
             }
             if core.state.consumer_count() >= limits.max_consumers_per_queue {
                 return None;
             }
-            core.state.add_consumer(cid, name, peer, false, now);
+            core.add_consumer(now, cid, name, peer, false, fx);
             core.senders.insert(cid, tx);
             Some(true)
         });
@@ -376,7 +379,7 @@ impl Drop for WaitingGuard<'_> {
             let p = self.wait_id;
             self.broker.apply(self.q, |core, now, fx| {
                 core.waiting.remove(&p);
-                core.state.cancel_put(now, p, fx);
+                core.cancel_wait(now, p, fx);
             });
         }
     }
@@ -401,12 +404,12 @@ impl Drop for GetGuard<'_> {
         let rx = &mut self.rx;
         self.broker.apply(self.q, |core, now, fx| {
             core.senders.remove(&cid);
-            core.state.remove_consumer(now, cid, fx);
+            core.remove_consumer(now, cid, fx);
+            let mut unsent = Vec::new();
             while let Ok(batch) = rx.try_recv() {
-                for d in batch {
-                    let _ = core.state.unsend(now, d.id, d.attempt, fx);
-                }
+                unsent.extend(batch.iter().map(|d| (d.id, d.attempt)));
             }
+            core.unsend(now, unsent, fx);
         });
     }
 }

@@ -14,7 +14,7 @@ use crate::{Change, ConsumerId, ConsumerStats, DeadReason, Delivery, Effects, Mi
 impl QueueState {
     /// Registers a consumer with no credit. `detached`: its leases survive
     /// it (Get calls); otherwise they return to ready when it leaves.
-    pub fn add_consumer(
+    pub(crate) fn add_consumer(
         &mut self,
         id: ConsumerId,
         name: String,
@@ -47,7 +47,7 @@ impl QueueState {
 
     /// Adds credit and delivers what it allows. Returns the consumer's
     /// unspent credit afterwards, or None for an unknown consumer.
-    pub fn grant(
+    pub(crate) fn grant(
         &mut self,
         now: Millis,
         id: ConsumerId,
@@ -66,7 +66,7 @@ impl QueueState {
 
     /// Drops a consumer's unspent credit: nothing more is delivered to it
     /// until it grants again. Returns the leases it still holds.
-    pub fn revoke(&mut self, id: ConsumerId) -> Option<u64> {
+    pub(crate) fn revoke(&mut self, id: ConsumerId) -> Option<u64> {
         let c = self.consumers.get_mut(&id)?;
         // Its ring entry, if any, is skipped and dropped by `deliver`.
         c.credit = 0;
@@ -87,7 +87,7 @@ impl QueueState {
 
     /// The consumer left. Tasks it held return to ready at once (unless it
     /// was detached); its unspent credit disappears with it.
-    pub fn remove_consumer(&mut self, now: Millis, id: ConsumerId, fx: &mut Effects) {
+    pub(crate) fn remove_consumer(&mut self, now: Millis, id: ConsumerId, fx: &mut Effects) {
         let Some(c) = self.consumers.remove(&id) else {
             return;
         };

@@ -45,7 +45,8 @@ impl QueueState {
     }
 
     /// The task is done: it leaves the queue.
-    pub fn ack(
+    #[cfg(test)]
+    pub(crate) fn ack(
         &mut self,
         now: Millis,
         id: TaskId,
@@ -56,7 +57,7 @@ impl QueueState {
     }
 
     /// [`QueueState::ack`] with the task's result, reported to its job.
-    pub fn ack_with(
+    pub(crate) fn ack_with(
         &mut self,
         now: Millis,
         id: TaskId,
@@ -93,7 +94,7 @@ impl QueueState {
 
     /// The task failed; see [`NackAction`].
     #[allow(clippy::too_many_arguments)]
-    pub fn nack(
+    pub(crate) fn nack(
         &mut self,
         now: Millis,
         id: TaskId,
@@ -133,7 +134,7 @@ impl QueueState {
     /// the broker's buffers when the consumer left): the lease ends and the
     /// delivery is undone — attempt and delivery counts included — so a
     /// task is not charged an attempt nobody made.
-    pub fn unsend(
+    pub(crate) fn unsend(
         &mut self,
         now: Millis,
         id: TaskId,
@@ -156,7 +157,7 @@ impl QueueState {
     }
 
     /// Pushes a lease's deadline to `now + extend_ms`.
-    pub fn extend(
+    pub(crate) fn extend(
         &mut self,
         now: Millis,
         id: TaskId,
