@@ -18,7 +18,7 @@ use crate::api::reply::delivery;
 use crate::api::validate;
 use crate::broker::{Broker, DeliveryRx, FRAME_BYTES, QueueCore, QueueHandle};
 use crate::engine::{
-    Claim, Command, ConsumerId, Effects, Millis, SettleError, SettleKind, SettleOp,
+    Claim, Command, ConsumerId, Effects, Millis, Outcome, SettleError, SettleKind, SettleOp,
 };
 use crate::error::Error;
 use crate::lease::LeaseKey;
@@ -342,35 +342,24 @@ impl<'a> Settler<'a> {
         }
     }
 
-    /// Runs `op` (an engine settle) with the claim this settle can make:
-    /// a stream's own lease needs no proof, so that is tried first and the
-    /// common case costs no hashing; anything else needs a verified token,
-    /// which settles whoever holds the lease. A refusal changes nothing,
-    /// so trying again with the token is safe.
-    fn settle<T>(
-        &self,
-        id: crate::engine::TaskId,
-        l: &pb::LeaseRef,
-        mut op: impl FnMut(Claim) -> Result<T, SettleError>,
-    ) -> Result<T, Refusal> {
-        if let Some(cid) = self.stream {
-            match op(Claim::Holder(cid)) {
-                Ok(v) => return Ok(v),
-                Err(e) if l.lease_token.is_empty() => return Err(refused(e)),
-                Err(_) => {}
-            }
-        } else if l.lease_token.is_empty() {
-            return Err(invalid(
+    /// The claim this settler can make on lease `l` of task `id`: a
+    /// stream's own lease needs no proof, so a stream quoting no token
+    /// claims as its holder (and the common case costs no hashing); a
+    /// verified token settles whoever holds the lease. A stream's token
+    /// that does not verify still leaves it its own leases.
+    fn claim(&self, id: crate::engine::TaskId, l: &pb::LeaseRef) -> Result<Claim, Refusal> {
+        let token = !l.lease_token.is_empty() && self.key.verify(id, l.attempt, &l.lease_token);
+        match (self.stream, token) {
+            (_, true) => Ok(Claim::Token),
+            (Some(cid), false) => Ok(Claim::Holder(cid)),
+            (None, false) if l.lease_token.is_empty() => Err(invalid(
                 "missing lease_token: quote Delivery.lease_token to settle outside the \
                  Consume stream that received the delivery"
                     .into(),
-            ));
-        }
-        if !self.key.verify(id, l.attempt, &l.lease_token) {
+            )),
             // Said as for a lease that ended: a wrong guess learns nothing.
-            return Err(refused(SettleError::StaleLease));
+            (None, false) => Err(refused(SettleError::StaleLease)),
         }
-        op(Claim::Token).map_err(refused)
     }
 }
 
@@ -387,7 +376,15 @@ pub fn settle(
     nacks: &[pb::NackItem],
     extends: &[pb::ExtendItem],
 ) -> Vec<pb::SettleError> {
-    let mut errors = Vec::new();
+    // One command for the whole frame; what fails validation never
+    // reaches the engine, and the errors keep the items' order.
+    let mut ops = Vec::new();
+    let mut slots: Vec<(&Option<pb::LeaseRef>, Result<usize, Refusal>)> = Vec::new();
+    let push = |ops: &mut Vec<SettleOp>, l: &pb::LeaseRef, id, kind| {
+        let claim = by.claim(id, l)?;
+        ops.push(op(id, l.attempt, claim, kind));
+        Ok(ops.len() - 1)
+    };
     for a in acks {
         let r = lease(&a.lease).and_then(|(l, id)| {
             if a.result.len() > by.max_result {
@@ -397,34 +394,20 @@ pub fn settle(
                     by.max_result
                 )));
             }
-            by.settle(id, l, |claim| {
-                let kind = SettleKind::Ack {
-                    result: a.result.clone(),
-                };
-                core.settle(now, op(id, l.attempt, claim, kind), fx)
-                    .map(|_| ())
-            })
+            let kind = SettleKind::Ack {
+                result: a.result.clone(),
+            };
+            push(&mut ops, l, id, kind)
         });
-        if let Err((code, message)) = r {
-            errors.push(settle_error(&a.lease, code, message));
-        }
+        slots.push((&a.lease, r));
     }
     for n in nacks {
         let r = lease(&n.lease).and_then(|(l, id)| {
             let action = validate::nack_action(n).map_err(invalid)?;
-            let text = validate::error_text(&n.error);
-            by.settle(id, l, |claim| {
-                let kind = SettleKind::Nack {
-                    action,
-                    error: text.to_owned(),
-                };
-                core.settle(now, op(id, l.attempt, claim, kind), fx)
-                    .map(|_| ())
-            })
+            let error = validate::error_text(&n.error).to_owned();
+            push(&mut ops, l, id, SettleKind::Nack { action, error })
         });
-        if let Err((code, message)) = r {
-            errors.push(settle_error(&n.lease, code, message));
-        }
+        slots.push((&n.lease, r));
     }
     for e in extends {
         let r = lease(&e.lease).and_then(|(l, id)| {
@@ -432,14 +415,28 @@ pub fn settle(
                 0 => q.spec.config.ack_deadline_ms,
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
-            by.settle(id, l, |claim| {
-                core.settle(now, op(id, l.attempt, claim, SettleKind::Extend { ms }), fx)
-                    .map(|_| ())
-            })
+            push(&mut ops, l, id, SettleKind::Extend { ms })
         });
-        if let Err((code, message)) = r {
-            errors.push(settle_error(&e.lease, code, message));
-        }
+        slots.push((&e.lease, r));
+    }
+    let results = match ops.is_empty() {
+        true => Vec::new(),
+        false => match core.run(now, Command::Settle { ops }, fx) {
+            Outcome::Settled(r) => r,
+            _ => Vec::new(),
+        },
+    };
+    let mut errors = Vec::new();
+    for (lease, slot) in slots {
+        let refusal = match slot {
+            Err(r) => r,
+            Ok(i) => match results.get(i) {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => refused(*e),
+                None => refused(SettleError::StaleLease),
+            },
+        };
+        errors.push(settle_error(lease, refusal.0, refusal.1));
     }
     errors
 }
