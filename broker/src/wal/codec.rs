@@ -211,10 +211,10 @@ fn order_code(o: Order) -> u32 {
     }
 }
 
-/// The record defining a queue.
-pub fn define(spec: &QueueSpec, created_at: Millis) -> Bytes {
+/// A durable queue's definition as the log keeps it.
+pub fn queue_def(spec: &QueueSpec, created_at: Millis) -> QueueDef {
     let c = &spec.config;
-    encode(record::Kind::Define(QueueDef {
+    QueueDef {
         name: spec.name.clone(),
         capacity: c.capacity,
         order: order_code(c.order),
@@ -226,7 +226,39 @@ pub fn define(spec: &QueueSpec, created_at: Millis) -> Bytes {
         retry_max_ms: c.retry.max_ms,
         retry_multiplier_milli: c.retry.multiplier_milli,
         key_window_ms: c.key_window_ms,
-    }))
+    }
+}
+
+/// The queue a definition describes.
+pub fn queue_spec(d: &QueueDef) -> Result<QueueSpec, String> {
+    let order = match d.order {
+        0 => Order::Fifo,
+        1 => Order::Lifo,
+        2 => Order::Priority,
+        o => return Err(format!("queue {:?}: unknown order {o}", d.name)),
+    };
+    Ok(QueueSpec {
+        name: d.name.clone(),
+        config: QueueConfig {
+            capacity: d.capacity,
+            order,
+            ack_deadline_ms: d.ack_deadline_ms,
+            max_attempts: d.max_attempts,
+            retry: Backoff {
+                initial_ms: d.retry_initial_ms,
+                max_ms: d.retry_max_ms,
+                multiplier_milli: d.retry_multiplier_milli.max(1000),
+            },
+            key_window_ms: d.key_window_ms,
+        },
+        dead_letter: (!d.dead_letter.is_empty()).then(|| d.dead_letter.clone()),
+        durable: true,
+    })
+}
+
+/// The record defining a queue.
+pub fn define(spec: &QueueSpec, created_at: Millis) -> Bytes {
+    encode(record::Kind::Define(queue_def(spec, created_at)))
 }
 
 /// The record deleting a queue.
@@ -388,29 +420,7 @@ impl Recovery {
         self.records += 1;
         match record.kind {
             Some(record::Kind::Define(d)) => {
-                let order = match d.order {
-                    0 => Order::Fifo,
-                    1 => Order::Lifo,
-                    2 => Order::Priority,
-                    o => return Err(format!("queue {:?}: unknown order {o}", d.name)),
-                };
-                let spec = QueueSpec {
-                    name: d.name.clone(),
-                    config: QueueConfig {
-                        capacity: d.capacity,
-                        order,
-                        ack_deadline_ms: d.ack_deadline_ms,
-                        max_attempts: d.max_attempts,
-                        retry: Backoff {
-                            initial_ms: d.retry_initial_ms,
-                            max_ms: d.retry_max_ms,
-                            multiplier_milli: d.retry_multiplier_milli.max(1000),
-                        },
-                        key_window_ms: d.key_window_ms,
-                    },
-                    dead_letter: (!d.dead_letter.is_empty()).then_some(d.dead_letter),
-                    durable: true,
-                };
+                let spec = queue_spec(&d)?;
                 // A definition written again (compaction) keeps the tasks.
                 let q = self.queues.entry(d.name).or_insert_with(|| RecoveredQueue {
                     spec: spec.clone(),
