@@ -1081,7 +1081,7 @@ mod image_tests {
             priority: (id % 3) as i32,
             delay_ms: if id == 4 { 300 } else { 0 },
             key: key.map(Into::into),
-            job: (id % 2 == 0).then(|| "job".into()),
+            job: id.is_multiple_of(2).then(|| "job".into()),
         }
     }
 
