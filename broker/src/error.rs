@@ -35,8 +35,16 @@ pub enum Error {
     ShuttingDown,
     #[error("{0}")]
     LimitReached(String),
-    #[error("not stored: the write-ahead log failed: {0}")]
+    #[error("not stored: {}", storage_failure(.0))]
     Storage(#[from] crate::storage::StorageError),
+}
+
+/// Why a write was not stored, as the user reads it.
+fn storage_failure(e: &crate::storage::StorageError) -> String {
+    match e {
+        crate::storage::StorageError::NotCommitted { .. } => e.to_string(),
+        e => format!("the write-ahead log failed: {e}"),
+    }
 }
 
 impl Error {

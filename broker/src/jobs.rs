@@ -189,9 +189,11 @@ impl Jobs {
     }
 
     /// Journals a job event that happened on a durable queue. Not waited
-    /// for, as acks are not: at-least-once either way.
+    /// for, as acks are not: at-least-once either way. A cluster needs no
+    /// job events: every member derives them from the commands it
+    /// applies, as the leader did from the commands it ran.
     fn log(&self, durable: bool, r: crate::wal::JobRecord) {
-        if durable && self.journal.is_durable() {
+        if durable && self.journal.is_durable() && !self.journal.is_replicated() {
             self.journal.note(crate::wal::job(r));
         }
     }
@@ -231,7 +233,6 @@ impl Jobs {
         }
     }
 
-    /// Puts jobs back as the log described them.
     /// Puts jobs back as the log described them: each from its last
     /// snapshot, with the events after it counted as they were live.
     pub fn restore(&self, recovered: std::collections::BTreeMap<String, crate::wal::JobHistory>) {
@@ -298,8 +299,41 @@ impl Jobs {
         if st.jobs.is_empty() {
             return Ok(None);
         }
-        let records = st
-            .jobs
+        Ok(Some((Self::records_of(&st), log.reserve()?)))
+    }
+
+    /// Every job's whole state, as a compaction or a cluster's snapshot
+    /// keeps it.
+    pub fn records(&self) -> Vec<crate::wal::JobRecord> {
+        Self::records_of(&self.lock())
+    }
+
+    /// Replaces every job with the ones `records` describe (a cluster
+    /// member installing a snapshot). Watchers of jobs that are gone see
+    /// their streams end.
+    pub fn replace_with(&self, records: Vec<crate::wal::JobRecord>) {
+        {
+            let mut st = self.lock();
+            st.jobs.clear();
+            st.kept = 0;
+            self.bytes.store(0, Ordering::Relaxed);
+        }
+        self.restore(
+            records
+                .into_iter()
+                .map(|r| {
+                    let history = crate::wal::JobHistory {
+                        snapshot: Some(r.clone()),
+                        events: Vec::new(),
+                    };
+                    (r.job, history)
+                })
+                .collect(),
+        );
+    }
+
+    fn records_of(st: &State) -> Vec<crate::wal::JobRecord> {
+        st.jobs
             .iter()
             .map(|(id, j)| crate::wal::JobRecord {
                 job: id.clone(),
@@ -314,8 +348,7 @@ impl Jobs {
                 last: j.last,
                 queues: j.queues.clone(),
             })
-            .collect();
-        Ok(Some((records, log.reserve()?)))
+            .collect()
     }
 
     /// Tasks of jobs were stored in `queue` (`durable`: a durable queue).
@@ -416,16 +449,31 @@ impl Jobs {
         job.total = Some(total);
         job.last = now;
         job.check_done(id, now);
-        let r = crate::wal::JobRecord {
-            job: id.to_owned(),
-            total,
-            sealed: true,
-            started_at: now,
-            last: now,
-            ..Default::default()
+        let record = match self.journal.is_replicated() {
+            true => crate::wal::replicated::seal(id, total, now),
+            false => crate::wal::job(crate::wal::JobRecord {
+                job: id.to_owned(),
+                total,
+                sealed: true,
+                started_at: now,
+                last: now,
+                ..Default::default()
+            }),
         };
-        let durability = self.journal.commit(crate::wal::job(r), 0);
+        let durability = self.journal.commit(record, 0);
         Ok((total, durability))
+    }
+
+    /// A seal the cluster's leader made, applied by a member: the job's
+    /// total as the leader decided it, nothing journaled.
+    pub fn apply_seal(&self, id: &str, total: u64, now: Millis) {
+        let mut st = self.lock();
+        let job = self.entry(&mut st, id, now);
+        if job.total.is_none() {
+            job.total = Some(total);
+            job.last = now;
+            job.check_done(id, now);
+        }
     }
 
     /// Starts watching a job; None for an unknown one.

@@ -60,15 +60,15 @@ mod layers {
         ("storage", 2),
         ("error", 3),
         ("wal", 3),
-        ("journal", 3),
         ("cluster", 3),
-        ("jobs", 4),
-        ("broker", 5),
-        ("api", 6),
-        ("metrics", 6),
-        ("server", 7),
-        ("args", 7),
-        ("config", 8),
+        ("journal", 4),
+        ("jobs", 5),
+        ("broker", 6),
+        ("api", 7),
+        ("metrics", 7),
+        ("server", 8),
+        ("args", 8),
+        ("config", 9),
     ];
 
     fn layer(module: &str) -> Option<u8> {
@@ -97,7 +97,7 @@ mod layers {
     }
 
     /// Inside a folder, the same rule between its files: (folder, its
-    /// files' layers). `broker/` is not here: its files are `impl Broker`
+    /// files' layers; `mod.rs` and `tests.rs` are above them all). `broker/` is not here: its files are `impl Broker`
     /// blocks of one type, split by concern, not layers.
     const INNER: &[(&str, &[(&str, u8)])] = &[
         (
@@ -126,7 +126,21 @@ mod layers {
                 ("writer", 4),
             ],
         ),
-        ("wal", &[("encode", 0), ("codec", 1), ("open", 2)]),
+        (
+            "wal",
+            &[("encode", 0), ("codec", 1), ("open", 2), ("replicated", 2)],
+        ),
+        (
+            "cluster",
+            &[
+                ("convert", 0),
+                ("network", 1),
+                ("proposer", 1),
+                ("log_store", 1),
+                ("machine", 1),
+                ("service", 2),
+            ],
+        ),
     ];
 
     /// The first path segment of every item `text` names after `prefix`

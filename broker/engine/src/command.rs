@@ -59,6 +59,11 @@ pub enum Command {
     },
     /// `n` of a publisher's tasks are confirmed to it.
     PublishConfirmed { id: PublisherId, n: u64 },
+    /// A new leader took over: every stream and waiting call of the old
+    /// one is gone. Consumers leave with their leases kept (a lease runs
+    /// to its deadline and its token still settles it), waiting batches
+    /// and publishers leave with nothing stored.
+    Takeover,
 }
 
 /// One ack, nack or extend of a lease `(id, attempt)`.
@@ -177,6 +182,10 @@ impl QueueState {
             Command::Publish { id, tasks } => Outcome::Published(self.publish(now, id, tasks, fx)),
             Command::PublishConfirmed { id, n } => {
                 self.publish_confirmed(now, id, n, fx);
+                Outcome::Done
+            }
+            Command::Takeover => {
+                self.takeover(now, fx);
                 Outcome::Done
             }
         }
@@ -305,6 +314,7 @@ mod tests {
                 id: PublisherId(p),
                 n,
             }),
+            1 => Just(Command::Takeover),
         ]
     }
 
@@ -487,5 +497,86 @@ mod tests {
         ] {
             assert_ne!(base, other, "{what}");
         }
+    }
+
+    #[test]
+    fn a_takeover_keeps_leases_for_their_tokens_and_drops_the_rest() {
+        let task = |id| NewTask {
+            id: TaskId(id),
+            payload: Bytes::from_static(b"x"),
+            headers: HashMap::new(),
+            priority: 0,
+            delay_ms: 0,
+            key: None,
+            job: None,
+        };
+        let mut q = QueueState::new(config(Order::Fifo, 2));
+        let mut fx = Effects::default();
+        let run = |q: &mut QueueState, c: Command, fx: &mut Effects| q.execute(10, c, fx);
+        run(
+            &mut q,
+            Command::Enqueue {
+                tasks: vec![task(1), task(2)],
+                mode: EnqueueMode::FailFast,
+            },
+            &mut fx,
+        );
+        run(
+            &mut q,
+            Command::AddConsumer {
+                id: ConsumerId(1),
+                name: "w".into(),
+                peer: String::new(),
+                detached: false,
+            },
+            &mut fx,
+        );
+        run(
+            &mut q,
+            Command::Grant {
+                id: ConsumerId(1),
+                credit: 1,
+            },
+            &mut fx,
+        );
+        run(
+            &mut q,
+            Command::Enqueue {
+                tasks: vec![task(3), task(4)],
+                mode: EnqueueMode::Wait(WaitingId(7)),
+            },
+            &mut fx,
+        );
+        run(
+            &mut q,
+            Command::AddPublisher {
+                id: PublisherId(5),
+                window: 1,
+            },
+            &mut fx,
+        );
+        run(&mut q, Command::Takeover, &mut fx);
+        let s = q.stats();
+        assert_eq!((s.consumers, s.waiting_producers, s.publishers), (0, 0, 0));
+        assert_eq!(
+            (s.leased, s.ready),
+            (1, 1),
+            "the lease stays; nothing came back"
+        );
+        // The old stream's claim is gone; the token's still settles it.
+        let ack = |claim| Command::Settle {
+            ops: vec![SettleOp {
+                id: TaskId(1),
+                attempt: 1,
+                claim,
+                kind: SettleKind::Ack {
+                    result: Bytes::new(),
+                },
+            }],
+        };
+        let held = run(&mut q, ack(Claim::Holder(ConsumerId(1))), &mut fx);
+        assert_eq!(held, Outcome::Settled(vec![Err(SettleError::StaleLease)]));
+        let token = run(&mut q, ack(Claim::Token), &mut fx);
+        assert_eq!(token, Outcome::Settled(vec![Ok(None)]));
     }
 }

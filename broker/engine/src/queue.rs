@@ -520,6 +520,16 @@ impl QueueState {
         n
     }
 
+    /// The waiting batches' ids, in line order.
+    fn waiting_ids(&self) -> Vec<WaitingId> {
+        self.waiting.iter().map(|w| w.id).collect()
+    }
+
+    /// The publishers' ids, in id order.
+    fn publisher_ids(&self) -> Vec<PublisherId> {
+        self.publishers.ids()
+    }
+
     /// When the oldest waiting producer started waiting.
     pub fn oldest_waiting_since(&self) -> Option<Millis> {
         self.waiting.front().map(|p| p.at)

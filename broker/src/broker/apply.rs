@@ -55,19 +55,41 @@ impl Broker {
         how: LogAs,
         f: impl FnOnce(&mut QueueCore, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
+        if q.spec.durable && self.inner.journal.is_replicated() {
+            // One durable call at a time, dead-letter moves included, so
+            // the commands are proposed in exactly the order they ran (and
+            // a move's two halves in one entry): followers that apply the
+            // log in order reach the state this leader is in.
+            let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+            return self.apply_inner(q, how, f);
+        }
+        self.apply_inner(q, how, f)
+    }
+
+    fn apply_inner<R>(
+        &self,
+        q: &QueueHandle,
+        how: LogAs,
+        f: impl FnOnce(&mut QueueCore, Millis, &mut Effects) -> R,
+    ) -> (R, Option<Durability>) {
         let mut fx = Effects::default();
         let now = now_ms();
-        let mut deferred = Vec::new();
+        let mut deferred = Deferred::default();
         let keep_free = if how.grows && q.spec.durable {
             self.keep_free()
         } else {
             0
         };
+        let replicated = q.spec.durable && self.inner.journal.is_replicated();
         let (r, durability) = {
             let mut core = q.lock();
             let held_before = core.state.held_bytes();
             let live_before = live_estimate(&core.state);
+            if replicated {
+                core.recorded = Some(Vec::new());
+            }
             let r = f(&mut core, now, &mut fx);
+            let commands = core.recorded.take().unwrap_or_default();
             if !core.released {
                 add_diff(&self.inner.held_bytes, held_before, core.state.held_bytes());
                 if q.spec.durable {
@@ -77,6 +99,9 @@ impl Broker {
             }
             let journal = &self.inner.journal;
             let durability = match journal.is_durable() {
+                true if replicated => {
+                    self.propose(q, now, commands, &how, &mut fx, &mut deferred, keep_free)
+                }
                 true if !fx.changes.is_empty() || how.moved.is_some() => {
                     // A task moving to a dead letter queue leaves this one
                     // in the log in the same record that stores it there
@@ -91,7 +116,7 @@ impl Broker {
                             .collect();
                         fx.changes.retain(|c| match c {
                             Change::Removed { id } if moving.contains(id) => {
-                                deferred.push(c.clone());
+                                deferred.changes.push(c.clone());
                                 false
                             }
                             _ => true,
@@ -106,23 +131,7 @@ impl Broker {
                     }
                     match parts.as_slice() {
                         [] => None,
-                        _ if !how.wait && fx.admitted.is_empty() => {
-                            journal.note(wal::batch(&parts));
-                            None
-                        }
-                        _ => match journal.commit(wal::batch(&parts), keep_free) {
-                            None => None,
-                            Some(committed) if fx.admitted.is_empty() => Some((committed, None)),
-                            Some(committed) => {
-                                // Producers admitted by this call wait for
-                                // this call's record too: share its outcome.
-                                let (tx, rx) = watch::channel(None);
-                                tokio::spawn(async move {
-                                    let _ = tx.send(Some(committed.await));
-                                });
-                                Some((Box::pin(wait_ticket(rx.clone())) as Durability, Some(rx)))
-                            }
-                        },
+                        _ => self.record(wal::batch(&parts), &how, &fx, keep_free),
                     }
                 }
                 _ => None,
@@ -162,17 +171,74 @@ impl Broker {
         (r, durability)
     }
 
+    /// Writes one call's record to the journal: noted, or committed (for
+    /// a caller that waits, and for producers this call admitted, who
+    /// wait for this record too and share its outcome).
+    fn record(
+        &self,
+        record: bytes::Bytes,
+        how: &LogAs,
+        fx: &Effects,
+        keep_free: u64,
+    ) -> Option<(Durability, Option<Ticket>)> {
+        let journal = &self.inner.journal;
+        if !how.wait && fx.admitted.is_empty() {
+            journal.note(record);
+            return None;
+        }
+        match journal.commit(record, keep_free) {
+            None => None,
+            Some(committed) if fx.admitted.is_empty() => Some((committed, None)),
+            Some(committed) => {
+                let (tx, rx) = watch::channel(None);
+                tokio::spawn(async move {
+                    let _ = tx.send(Some(committed.await));
+                });
+                Some((Box::pin(wait_ticket(rx.clone())) as Durability, Some(rx)))
+            }
+        }
+    }
+
+    /// In a cluster: proposes the commands a call ran on durable queue
+    /// `q`. A call whose tasks died into a dead letter queue proposes
+    /// nothing here: its commands go with the dead letters' arrival, in
+    /// one entry (see `forward_dead`).
+    #[allow(clippy::too_many_arguments)]
+    fn propose(
+        &self,
+        q: &QueueHandle,
+        now: Millis,
+        commands: Vec<Command>,
+        how: &LogAs,
+        fx: &mut Effects,
+        deferred: &mut Deferred,
+        keep_free: u64,
+    ) -> Option<(Durability, Option<Ticket>)> {
+        let moving =
+            q.spec.dead_letter.is_some() && fx.dead.iter().any(|d| d.reason != DeadReason::Dropped);
+        if moving {
+            deferred.commands = commands;
+            return None;
+        }
+        let mut parts: Vec<(&str, &[Command])> = Vec::new();
+        if let Some(m) = &how.moved {
+            parts.push((&m.from, &m.commands));
+        }
+        if !commands.is_empty() {
+            parts.push((q.name(), &commands));
+        }
+        if parts.is_empty() {
+            return None;
+        }
+        self.record(wal::replicated::commands(now, &parts), how, fx, keep_free)
+    }
+
     /// Moves dead tasks to the queue's dead letter queue, if it has one that
     /// exists; otherwise they are dropped (already counted in `dead_total`).
     /// `removed` holds their removal from `from`'s log, logged here: in
     /// one record with their copies in the dead letter queue, or alone if
     /// they are dropped.
-    pub(super) fn forward_dead(
-        &self,
-        from: &QueueHandle,
-        dead: Vec<DeadTask>,
-        removed: Vec<Change>,
-    ) {
+    pub(super) fn forward_dead(&self, from: &QueueHandle, dead: Vec<DeadTask>, removed: Deferred) {
         for d in &dead {
             tracing::warn!(
                 queue = %from.name(), task = d.id.0, attempts = d.attempts,
@@ -189,9 +255,10 @@ impl Broker {
         if dead.is_empty() {
             return;
         }
-        let moved = (!removed.is_empty()).then(|| Moved {
+        let moved = (!removed.changes.is_empty() || !removed.commands.is_empty()).then(|| Moved {
             from: from.name().to_owned(),
-            changes: removed,
+            changes: removed.changes,
+            commands: removed.commands,
         });
         // A fresh id: the copy starts again at attempt 1, and reusing the
         // id would let an old lease token of the original settle it.
@@ -208,7 +275,9 @@ impl Broker {
                     moved,
                     ..LogAs::default()
                 };
-                self.apply_with(&dlq, how, |core, now, fx| {
+                // The caller holds the cluster's one-call-at-a-time lock
+                // already, if there is one.
+                self.apply_inner(&dlq, how, |core, now, fx| {
                     if core.deleted {
                         return false;
                     }
@@ -221,7 +290,11 @@ impl Broker {
                 if let Some(m) = moved {
                     // Should it fail, the task comes back from the log
                     // after a restart (at least once).
-                    self.inner.journal.note(wal::changes(&m.from, &m.changes));
+                    let record = match self.inner.journal.is_replicated() {
+                        true => wal::replicated::commands(now_ms(), &[(&m.from, &m.commands)]),
+                        false => wal::changes(&m.from, &m.changes),
+                    };
+                    self.inner.journal.note(record);
                 }
                 false
             }
@@ -243,7 +316,17 @@ pub(super) type Ticket = watch::Receiver<Option<Result<(), StorageError>>>;
 /// move is then atomic in the log.
 pub(super) struct Moved {
     pub(super) from: String,
+    /// To the local log: the source queue's `Removed` changes.
     pub(super) changes: Vec<Change>,
+    /// To a cluster: the commands the source queue's call ran.
+    pub(super) commands: Vec<Command>,
+}
+
+/// What a call leaves for the dead-letter move to record (see [`Moved`]).
+#[derive(Default)]
+pub(super) struct Deferred {
+    pub(super) changes: Vec<Change>,
+    pub(super) commands: Vec<Command>,
 }
 
 /// How [`Broker::apply_with`] logs an engine call.

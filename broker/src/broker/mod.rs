@@ -56,6 +56,9 @@ struct Inner {
     lease_key: LeaseKey,
     /// Where durable changes are recorded; no log with --in-memory.
     journal: Journal,
+    /// In a cluster, held through each call on a durable queue: the order
+    /// the calls run in is the order their commands are proposed in.
+    replica: Mutex<()>,
     segment_bytes: u64,
     /// How long consumers get to settle what they hold when the broker
     /// stops, in ms.
@@ -126,6 +129,7 @@ impl Broker {
                 streams: AtomicU64::new(0),
                 enqueue_wait: crate::latency::Histogram::default(),
                 journal,
+                replica: Mutex::new(()),
                 segment_bytes,
                 shutdown_grace_ms: AtomicU64::new(30_000),
                 queues: RwLock::new(BTreeMap::new()),
@@ -146,7 +150,7 @@ impl Broker {
             tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }
         broker.inner.jobs.restore(recovered_jobs);
-        if broker.inner.journal.is_durable() {
+        if broker.inner.journal.log().is_some() {
             tokio::spawn(broker.clone().compact_when_due());
         }
         tokio::spawn(broker.clone().sweep_jobs());

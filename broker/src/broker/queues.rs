@@ -61,7 +61,9 @@ impl Broker {
         created_at: Millis,
     ) -> Arc<QueueHandle> {
         let mut state = QueueState::new(spec.config.clone());
-        if spec.durable {
+        // The local log records what changed; a cluster records the
+        // commands instead, and needs no changes.
+        if spec.durable && !self.inner.journal.is_replicated() {
             state.keep_journal();
         }
         if spec.durable {

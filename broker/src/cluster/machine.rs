@@ -180,7 +180,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.last_applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::none(),
-                EntryPayload::Normal(p) => self.machine.apply(e.log_id.index, &p.0),
+                EntryPayload::Normal(p) => self.machine.apply(super::Committed {
+                    index: e.log_id.index,
+                    term: e.log_id.leader_id.term,
+                    leader: e.log_id.leader_id.node_id,
+                    command: &p.0,
+                }),
                 EntryPayload::Membership(m) => {
                     a.membership = StoredMembership::new(Some(e.log_id), m);
                     Applied::none()

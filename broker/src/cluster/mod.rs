@@ -19,6 +19,7 @@ pub mod convert;
 pub mod log_store;
 pub mod machine;
 pub mod network;
+pub mod proposer;
 pub mod service;
 #[cfg(test)]
 mod tests;
@@ -64,13 +65,23 @@ impl Applied {
     }
 }
 
+/// A committed entry's command, with where it is in the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed<'a> {
+    pub index: u64,
+    /// The term and node of the leader that proposed it.
+    pub term: u64,
+    pub leader: u64,
+    pub command: &'a [u8],
+}
+
 /// The state a cluster replicates. Every member applies the same commands
 /// in the same order, so an implementation must give the same state for
 /// the same commands: no clock, no randomness, no iteration order that
 /// depends on more than its inputs.
 pub trait Machine: Send + Sync + 'static {
     /// Applies one committed command.
-    fn apply(&self, index: u64, command: &[u8]) -> Applied;
+    fn apply(&self, entry: Committed<'_>) -> Applied;
     /// The whole state, encoded, for a snapshot.
     fn snapshot(&self) -> Bytes;
     /// Replaces the whole state with a snapshot's.

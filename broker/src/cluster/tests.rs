@@ -31,9 +31,9 @@ impl Recorder {
 }
 
 impl Machine for Recorder {
-    fn apply(&self, _index: u64, command: &[u8]) -> Applied {
+    fn apply(&self, entry: super::Committed<'_>) -> Applied {
         let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        v.push(Bytes::copy_from_slice(command));
+        v.push(Bytes::copy_from_slice(entry.command));
         Applied(Box::new(v.len()))
     }
 

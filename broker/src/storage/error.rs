@@ -73,6 +73,11 @@ pub enum StorageError {
          nothing is written or confirmed since: restart the broker once the disk is healthy"
     )]
     Stopped { cause: String },
+    /// In a cluster: the record was not committed by a majority (this
+    /// member lost its leadership, or its Raft stopped). It may still be
+    /// committed by a new leader, or may not: retry with the leader.
+    #[error("not committed by the cluster ({reason}); retry with the leader")]
+    NotCommitted { reason: String },
 }
 
 impl StorageError {

@@ -7,7 +7,7 @@
 //! ran on one or more queues (several when a dead-lettered task moves:
 //! its source queue's commands and its arrival in the dead letter queue,
 //! in one entry, so the move is atomic), or a queue defined or deleted, or
-//! a job sealed, or a new leader taking over. It carries the leader's
+//! a job sealed. It carries the leader's
 //! `now`: members apply it at that time, not at their own.
 
 use std::collections::HashMap;
@@ -40,10 +40,6 @@ pub struct ProposalMsg {
     /// A job sealed.
     #[prost(message, optional, tag = "5")]
     pub seal: Option<SealMsg>,
-    /// A new leader takes over: the old leader's streams and waiting calls
-    /// are gone.
-    #[prost(bool, tag = "6")]
-    pub takeover: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -67,7 +63,7 @@ pub struct SealMsg {
 pub struct CommandMsg {
     #[prost(
         oneof = "command_msg::Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
     )]
     pub kind: Option<command_msg::Kind>,
 }
@@ -111,6 +107,8 @@ pub mod command_msg {
         Publish(super::PublishMsg),
         #[prost(message, tag = "16")]
         PublishConfirmed(super::GrantMsg),
+        #[prost(bool, tag = "17")]
+        Takeover(bool),
     }
 }
 
@@ -322,6 +320,7 @@ pub fn command_msg(c: &Command) -> CommandMsg {
             tasks: tasks_msg(tasks),
         }),
         Command::PublishConfirmed { id, n } => K::PublishConfirmed(GrantMsg { id: id.0, n: *n }),
+        Command::Takeover => K::Takeover(true),
     };
     CommandMsg { kind: Some(kind) }
 }
@@ -419,6 +418,7 @@ pub fn command_of(m: CommandMsg) -> Result<Command, String> {
             id: PublisherId(g.id),
             n: g.n,
         },
+        K::Takeover(_) => Command::Takeover,
     })
 }
 
@@ -492,15 +492,6 @@ pub fn seal(job: &str, total: u64, now: Millis) -> Bytes {
             job: job.to_owned(),
             total,
         }),
-        ..Default::default()
-    })
-}
-
-/// The proposal a new leader takes over with.
-pub fn takeover(now: Millis) -> Bytes {
-    encode(ProposalMsg {
-        now,
-        takeover: true,
         ..Default::default()
     })
 }
@@ -1028,6 +1019,7 @@ mod tests {
                 id: PublisherId(5),
                 n: 2,
             },
+            Command::Takeover,
         ];
         let bytes = commands(42, &[("q", &all[..])]);
         let back = proposal(&bytes).expect("decodes");

@@ -85,6 +85,30 @@ impl QueueState {
         self.consumers.get(&id).map(|c| c.credit)
     }
 
+    /// Every participant of a leader that is gone leaves (see
+    /// [`crate::Command::Takeover`]), in id order.
+    pub(crate) fn takeover(&mut self, now: Millis, fx: &mut Effects) {
+        let mut consumers: Vec<ConsumerId> = self.consumers.keys().copied().collect();
+        consumers.sort_unstable();
+        for id in consumers {
+            // Its leases stay, held by nobody, as a Get's are.
+            if let Some(c) = self.consumers.get_mut(&id) {
+                for (task, _) in c.in_flight.drain() {
+                    if let Some(l) = self.leased.get_mut(&task) {
+                        l.owner = NO_OWNER;
+                    }
+                }
+            }
+            self.remove_consumer(now, id, fx);
+        }
+        for id in self.waiting_ids() {
+            self.cancel_put(now, id, fx);
+        }
+        for id in self.publisher_ids() {
+            self.remove_publisher(now, id, fx);
+        }
+    }
+
     /// The consumer left. Tasks it held return to ready at once (unless it
     /// was detached); its unspent credit disappears with it.
     pub(crate) fn remove_consumer(&mut self, now: Millis, id: ConsumerId, fx: &mut Effects) {

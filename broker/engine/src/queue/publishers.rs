@@ -47,6 +47,13 @@ impl Publishers {
         self.by_id.len() as u64
     }
 
+    /// Every publisher's id, in id order.
+    pub(super) fn ids(&self) -> Vec<PublisherId> {
+        let mut ids: Vec<PublisherId> = self.by_id.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Capacity held for publishers, taken from the queue's room.
     pub(super) fn reserved(&self) -> u64 {
         self.reserved
