@@ -148,6 +148,29 @@ pub struct Args {
     #[arg(long, env = "SLUICE_MAX_BATCH", default_value_t = 10_000)]
     pub max_batch: usize,
 
+    /// This broker's id in a cluster (its key in --peers). With --peers,
+    /// durable queues are replicated on the cluster (Raft); without, the
+    /// broker runs alone.
+    #[arg(
+        long,
+        env = "SLUICE_NODE_ID",
+        requires = "peers",
+        conflicts_with = "in_memory"
+    )]
+    pub node_id: Option<u64>,
+
+    /// The cluster's members, this one included, as ID=HOST:PORT,...
+    /// (their gRPC addresses; Raft runs on the same port). Every member is
+    /// started with the same list; the cluster forms once a majority is up.
+    #[arg(long, env = "SLUICE_PEERS", requires = "node_id")]
+    pub peers: Option<Peers>,
+
+    /// A file holding the cluster's secret (one line): members then accept
+    /// Raft calls only from members that know it. Without it, anyone who
+    /// can reach a member's port can speak Raft to it.
+    #[arg(long, env = "SLUICE_CLUSTER_SECRET_FILE", requires = "node_id")]
+    pub cluster_secret_file: Option<PathBuf>,
+
     /// Concurrent streams (calls) per client connection.
     #[arg(
         long,
@@ -155,6 +178,46 @@ pub struct Args {
         default_value_t = 65_536
     )]
     pub max_streams_per_connection: u32,
+}
+
+/// A cluster's members: id -> HOST:PORT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers(pub std::collections::BTreeMap<u64, String>);
+
+impl std::str::FromStr for Peers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut peers = std::collections::BTreeMap::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (id, addr) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("{id:?} in {item:?} is not a node id (a number)"))?;
+            let addr = addr.trim();
+            let port = addr.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(format!("{addr:?} in {item:?} is not HOST:PORT"));
+            }
+            if peers.insert(id, addr.to_owned()).is_some() {
+                return Err(format!("node id {id} is listed twice"));
+            }
+        }
+        if peers.is_empty() {
+            return Err("no members listed".into());
+        }
+        Ok(Peers(peers))
+    }
+}
+
+impl std::fmt::Display for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let items: Vec<String> = self.0.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        f.write_str(&items.join(","))
+    }
 }
 
 impl Args {

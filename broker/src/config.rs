@@ -206,6 +206,12 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
             "max-streams-per-connection",
             args.max_streams_per_connection.to_string(),
         ),
+        (
+            "node-id",
+            opt(args.node_id.map(|v| v.to_string())).replace('"', ""),
+        ),
+        ("peers", opt(args.peers.as_ref().map(|p| p.to_string()))),
+        ("cluster-secret-file", opt(path(&args.cluster_secret_file))),
     ];
     for (k, v) in lines {
         if v.starts_with('#') {

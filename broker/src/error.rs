@@ -37,7 +37,24 @@ pub enum Error {
     LimitReached(String),
     #[error("not stored: {}", storage_failure(.0))]
     Storage(#[from] crate::storage::StorageError),
+    /// A cluster member that is not the leader: queue calls go to the
+    /// leader (its address, when known, rides in `sluice-leader`).
+    #[error("{}", not_leader(.leader.as_deref()))]
+    NotLeader { leader: Option<String> },
 }
+
+fn not_leader(leader: Option<&str>) -> String {
+    match leader {
+        Some(addr) => format!("this broker is not the cluster's leader; the leader is {addr}"),
+        None => {
+            "this broker is not the cluster's leader, and no leader is elected yet; retry".into()
+        }
+    }
+}
+
+/// The trailing metadata that names the cluster's leader, as
+/// `http://HOST:PORT` (clients connect to it as given).
+pub const LEADER_METADATA: &str = "sluice-leader";
 
 /// Why a write was not stored, as the user reads it.
 fn storage_failure(e: &crate::storage::StorageError) -> String {
@@ -68,6 +85,7 @@ impl Error {
                 Code::ResourceExhausted
             }
             Error::Storage(_) => Code::Unavailable,
+            Error::NotLeader { .. } => Code::Unavailable,
         }
     }
 }
@@ -88,6 +106,13 @@ impl From<Error> for Status {
                 tonic_types::ErrorDetails::with_retry_info(Some(delay)),
                 metadata,
             );
+        }
+        if let Error::NotLeader { leader: Some(addr) } = &e {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Ok(v) = addr.parse() {
+                metadata.insert(LEADER_METADATA, v);
+            }
+            return Status::with_metadata(e.code(), e.to_string(), metadata);
         }
         Status::new(e.code(), e.to_string())
     }

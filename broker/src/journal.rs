@@ -62,6 +62,22 @@ impl Journal {
         matches!(self.backend, Backend::Raft(_))
     }
 
+    /// Proposals made and not yet answered (0 but in a cluster).
+    pub fn in_flight(&self) -> u64 {
+        match &self.backend {
+            Backend::Raft(p) => p.in_flight(),
+            _ => 0,
+        }
+    }
+
+    /// The cluster's proposer, for a member's leadership tasks.
+    pub fn proposer(&self) -> Option<&Proposer> {
+        match &self.backend {
+            Backend::Raft(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The local log beneath, for what only it has (compaction, its
     /// metrics, closing it).
     pub fn log(&self) -> Option<&Log> {

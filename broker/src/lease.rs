@@ -33,6 +33,12 @@ impl LeaseKey {
     /// std's hasher seeds (themselves drawn from the OS once per thread)
     /// stand in: still unknown to clients.
     pub fn random() -> Self {
+        Self::from_bytes(&Self::random_bytes())
+    }
+
+    /// 16 random bytes for a key (a cluster's, proposed once by its first
+    /// leader so that every member verifies the same tokens).
+    pub fn random_bytes() -> [u8; 16] {
         let mut key = [0u8; 16];
         if getrandom::getrandom(&mut key).is_err() {
             use std::hash::BuildHasher;
@@ -40,8 +46,13 @@ impl LeaseKey {
             key[..8].copy_from_slice(&state.hash_one(1u8).to_le_bytes());
             key[8..].copy_from_slice(&state.hash_one(2u8).to_le_bytes());
         }
+        key
+    }
+
+    /// The key of these bytes.
+    pub fn from_bytes(key: &[u8; 16]) -> Self {
         LeaseKey {
-            mac: SipHasher24::new_with_key(&key),
+            mac: SipHasher24::new_with_key(key),
         }
     }
 

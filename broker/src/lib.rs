@@ -32,6 +32,7 @@ pub mod journal;
 pub mod latency;
 pub mod lease;
 pub mod limits;
+pub mod member;
 pub mod metrics;
 pub mod server;
 pub mod signal;
@@ -66,6 +67,7 @@ mod layers {
         ("broker", 6),
         ("api", 7),
         ("metrics", 7),
+        ("member", 7),
         ("server", 8),
         ("args", 8),
         ("config", 9),
@@ -106,6 +108,7 @@ mod layers {
                 ("validate", 0),
                 ("auth", 1),
                 ("info", 1),
+                ("leader", 1),
                 ("reply", 1),
                 ("watch", 2),
                 ("consume", 2),

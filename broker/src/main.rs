@@ -70,22 +70,61 @@ async fn main() -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    let broker = if args.in_memory {
+    let log_options = sluice_broker::storage::LogOptions {
+        fsync: args.fsync,
+        max_bytes: args.max_disk_bytes,
+        repair: args.repair,
+        segment_bytes: args.segment_bytes,
+        ..Default::default()
+    };
+    let mut cluster = None;
+    let broker = if let (Some(id), Some(peers)) = (args.node_id, &args.peers) {
+        let secret = match &args.cluster_secret_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+                Ok(_) => {
+                    eprintln!("sluice-broker: {} is empty", path.display());
+                    return ExitCode::from(2);
+                }
+                Err(e) => {
+                    eprintln!("sluice-broker: cannot read {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+            None => {
+                tracing::warn!(
+                    "no --cluster-secret-file: anyone who can reach a member may speak Raft to it"
+                );
+                None
+            }
+        };
+        let config = sluice_broker::member::MemberConfig {
+            id,
+            peers: peers.0.clone(),
+            dir: args.data_dir.clone(),
+            log: log_options,
+            secret: secret.clone(),
+            tls: tls_on,
+        };
+        match sluice_broker::member::Member::start(config, shutdown.clone()).await {
+            Ok(member) => {
+                tracing::info!(node = id, peers = %peers, "cluster member: durable queues are replicated");
+                cluster = Some(server::ClusterServing {
+                    current: member.current,
+                    secret,
+                });
+                member.broker
+            }
+            Err(e) => {
+                eprintln!("sluice-broker: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else if args.in_memory {
         tracing::info!("--in-memory: every queue is lost when the broker stops");
         Broker::new(shutdown.clone())
     } else {
-        match wal::open::open(
-            args.data_dir.clone(),
-            sluice_broker::storage::LogOptions {
-                fsync: args.fsync,
-                max_bytes: args.max_disk_bytes,
-                repair: args.repair,
-                segment_bytes: args.segment_bytes,
-                ..Default::default()
-            },
-        )
-        .await
-        {
+        match wal::open::open(args.data_dir.clone(), log_options).await {
             Ok((log, recovered)) => {
                 Broker::with_log(shutdown.clone(), Some(log), recovered, args.segment_bytes)
             }
@@ -96,6 +135,13 @@ async fn main() -> ExitCode {
         }
     };
 
+    if cluster.is_some() && !declared.is_empty() {
+        eprintln!(
+            "sluice-broker: config: [[queues]] are not created by cluster members yet; \
+             create them with `sluice queue create` against the cluster"
+        );
+        return ExitCode::from(2);
+    }
     broker.set_shutdown_grace(args.shutdown_grace);
     broker.jobs().set_ttl(args.job_ttl);
     for q in &declared {
@@ -166,7 +212,16 @@ async fn main() -> ExitCode {
         publish_idle: args.publish_idle_timeout,
     };
     broker.set_limits(limits.clone());
-    let served = server::run(listener, limits, broker.clone(), tls, tokens, args.setup()).await;
+    let served = server::run(
+        listener,
+        limits,
+        broker.clone(),
+        tls,
+        tokens,
+        args.setup(),
+        cluster,
+    )
+    .await;
     if let Some(log) = broker.log()
         && let Err(e) = log.close().await
     {

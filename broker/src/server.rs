@@ -17,8 +17,15 @@ use crate::limits::Limits;
 /// finish before the broker exits anyway.
 const CALLS_GRACE: Duration = Duration::from_secs(5);
 
+/// What a cluster member serves besides the API: Raft, to the others.
+pub struct ClusterServing {
+    pub current: crate::cluster::proposer::Current,
+    pub secret: Option<String>,
+}
+
 /// Serves on `listener` until `shutdown` is cancelled. Waiting calls are
-/// answered UNAVAILABLE and Consume streams get a Drain notice.
+/// answered UNAVAILABLE and Consume streams get a Drain notice. A cluster
+/// member also serves Raft, and queue calls only while it leads.
 pub async fn run(
     listener: TcpListener,
     limits: Limits,
@@ -26,7 +33,13 @@ pub async fn run(
     tls: Option<tonic::transport::ServerTlsConfig>,
     tokens: Option<crate::api::auth::Tokens>,
     setup: Setup,
+    cluster: Option<ClusterServing>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let gate = cluster
+        .as_ref()
+        .map(|_| crate::api::leader::LeaderGate::new(broker.clone()));
+    let raft = cluster.map(|c| crate::cluster::service::RaftServer::service(c.current, c.secret));
+    let cluster_reflection = raft.is_some();
     let shutdown = broker.shutdown().clone();
     let broker_grace = broker.shutdown_grace();
     let max_message = limits.max_message_bytes();
@@ -35,15 +48,20 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SluiceServiceServer<Service>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        let b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        match cluster_reflection {
+            true => {
+                b.register_encoded_file_descriptor_set(sluice_proto::CLUSTER_FILE_DESCRIPTOR_SET)
+            }
+            false => b,
+        }
+    };
+    let reflection_v1 = reflection().build_v1()?;
     // grpcurl and Python's grpcio-reflection still speak v1alpha.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // The builder's tcp_nodelay only applies to listeners tonic binds
     // itself; without it here, Nagle's algorithm and delayed acks hold
@@ -62,8 +80,10 @@ pub async fn run(
     }
     let server = builder
         .layer(crate::api::auth::AuthLayer::new(tokens))
+        .layer(tower::util::option_layer(gate))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_optional_service(raft)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -319,8 +319,11 @@ where
             return Box::pin(self.inner.call(req));
         };
         // Health checks and reflection stay open, as load balancers and
-        // grpcurl's `list` expect; the sluice API needs a token.
-        if !req.uri().path().starts_with("/sluice.") {
+        // grpcurl's `list` expect; the sluice API needs a token. Members'
+        // Raft calls prove themselves with the cluster secret instead
+        // (`cluster::service`).
+        let path = req.uri().path();
+        if !path.starts_with("/sluice.") || path.starts_with("/sluice.cluster.") {
             req.extensions_mut().insert(Access::Open);
             return Box::pin(self.inner.call(req));
         }

@@ -151,7 +151,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut deleted => {
-                    let _ = out.send(Err(Error::QueueDeleted(self.q.name().to_owned()).into())).await;
+                    let _ = out.send(Err(self.broker.queue_gone(self.q.name()).into())).await;
                     break;
                 }
                 _ = &mut shutdown, if draining_until.is_none() => {
@@ -325,16 +325,16 @@ impl Frames {
 
 /// Who settles: a Consume stream (which may settle what it holds without
 /// a token) or a unary call (which must quote each lease's token).
-pub struct Settler<'a> {
+pub struct Settler {
     stream: Option<ConsumerId>,
-    key: &'a LeaseKey,
+    key: LeaseKey,
     /// Largest ack result accepted (the payload limit).
     max_result: usize,
 }
 
-impl<'a> Settler<'a> {
+impl Settler {
     /// For the unary Ack, Nack and ExtendLease calls.
-    pub fn unary(broker: &'a Broker, limits: &crate::limits::Limits) -> Self {
+    pub fn unary(broker: &Broker, limits: &crate::limits::Limits) -> Self {
         Settler {
             stream: None,
             key: broker.lease_key(),
@@ -371,7 +371,7 @@ pub fn settle(
     now: Millis,
     fx: &mut Effects,
     q: &QueueHandle,
-    by: &Settler<'_>,
+    by: &Settler,
     acks: &[pb::AckItem],
     nacks: &[pb::NackItem],
     extends: &[pb::ExtendItem],

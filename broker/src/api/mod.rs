@@ -5,12 +5,14 @@
 //! - [`consume`] and [`publish`]: the worker's and the producer's stream
 //!   sessions;
 //! - [`watch`]: a job's outcomes to a watcher;
+//! - [`leader`]: in a cluster, queue calls only on the leader;
 //! - [`info`] answers GetBrokerInfo; [`reply`] turns domain values into
 //!   the messages the broker sends.
 
 pub mod auth;
 pub mod consume;
 pub mod info;
+pub mod leader;
 pub mod publish;
 pub mod reply;
 pub mod service;

@@ -62,7 +62,7 @@ pub async fn start(
         Some(rx)
     });
     let Some(grants) = grants else {
-        return Err(Error::QueueDeleted(q.name().to_owned()).into());
+        return Err(broker.queue_gone(q.name()).into());
     };
     let (tx, rx) = mpsc::channel(16);
     let span = tracing::info_span!("publish", queue = %q.name(), publisher = id.0);
@@ -173,7 +173,7 @@ impl Session {
                 // The confirmer hit a failure: stop reading.
                 _ = &mut stopped => break,
                 _ = &mut deleted => {
-                    self.fail(&steps, &out, Error::QueueDeleted(self.q.name().to_owned()).into()).await;
+                    self.fail(&steps, &out, self.broker.queue_gone(self.q.name()).into()).await;
                     break;
                 }
                 _ = &mut shutdown => {
@@ -274,7 +274,7 @@ impl Session {
                 "sent {sent} tasks with credit for {credit}: wait for credit before sending"
             ))
             .into()),
-            Err(PublishError::Unknown) => Err(Error::QueueDeleted(self.q.name().to_owned()).into()),
+            Err(PublishError::Unknown) => Err(self.broker.queue_gone(self.q.name()).into()),
         }
     }
 }
@@ -421,6 +421,7 @@ mod tests {
                 max_streams_per_connection: 100,
                 ..Default::default()
             },
+            None,
         ));
         let mut client = SluiceServiceClient::connect(format!("http://{addr}"))
             .await

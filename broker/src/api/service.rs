@@ -205,7 +205,7 @@ impl SluiceService for Service {
         Ok(Response::new(pb::GetResponse {
             deliveries: got
                 .iter()
-                .map(|d| delivery(q.name(), d, Some(key)))
+                .map(|d| delivery(q.name(), d, Some(&key)))
                 .collect(),
         }))
     }

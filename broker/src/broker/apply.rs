@@ -401,7 +401,7 @@ fn route(core: &mut QueueCore, fx: &mut Effects, ticket: Option<Ticket>) {
 }
 
 /// Moves `counter` by `after - before`.
-fn add_diff(counter: &AtomicU64, before: u64, after: u64) {
+pub(super) fn add_diff(counter: &AtomicU64, before: u64, after: u64) {
     if after == before {
         return;
     }

@@ -53,12 +53,20 @@ struct Inner {
     /// exists for callers only once its definition is stored, and a
     /// compaction never misses one that is being defined.
     defs: tokio::sync::Mutex<()>,
-    lease_key: LeaseKey,
+    /// Replaced once in a cluster, by the key every member shares.
+    lease_key: RwLock<LeaseKey>,
     /// Where durable changes are recorded; no log with --in-memory.
     journal: Journal,
     /// In a cluster, held through each call on a durable queue: the order
     /// the calls run in is the order their commands are proposed in.
     replica: Mutex<()>,
+    /// In a cluster: what this member knows of the replicated state.
+    replica_state: Mutex<replica::ReplicaState>,
+    /// Whether this broker serves queue calls: always alone; in a
+    /// cluster, only as the leader once it caught up.
+    serving: std::sync::atomic::AtomicBool,
+    /// In a cluster: the leader's address (`http://HOST:PORT`), if known.
+    leader: RwLock<Option<String>>,
     segment_bytes: u64,
     /// How long consumers get to settle what they hold when the broker
     /// stops, in ms.
@@ -110,18 +118,34 @@ impl Broker {
         recovered: Recovery,
         segment_bytes: u64,
     ) -> Self {
+        Self::with_journal(shutdown, Journal::new(log), recovered, segment_bytes)
+    }
+
+    /// A cluster member's broker: durable queues are replicated through
+    /// `journal` (see [`Journal::replicated`]); it serves nothing until it
+    /// leads ([`Broker::set_serving`]).
+    pub fn clustered(shutdown: CancellationToken, journal: Journal) -> Self {
+        Self::with_journal(shutdown, journal, Recovery::default(), 0)
+    }
+
+    fn with_journal(
+        shutdown: CancellationToken,
+        journal: Journal,
+        recovered: Recovery,
+        segment_bytes: u64,
+    ) -> Self {
+        let replicated = journal.is_replicated();
         // Task ids start at the boot time in ms shifted left by 20 bits: a
         // restarted broker's ids never meet the previous run's unless that
         // run handed out over a million ids per millisecond of uptime; and
         // always above every id the log still holds.
         let first = (now_ms() << 20).max(recovered.max_task_id + 1);
-        let journal = Journal::new(log);
         let broker = Broker {
             inner: Arc::new(Inner {
                 jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), journal.clone()),
                 limits: RwLock::new(crate::limits::Limits::default()),
                 defs: tokio::sync::Mutex::new(()),
-                lease_key: LeaseKey::random(),
+                lease_key: RwLock::new(LeaseKey::random()),
                 held_bytes: AtomicU64::new(0),
                 durable_live: AtomicU64::new(0),
                 last_compacted: AtomicU64::new(0),
@@ -130,6 +154,9 @@ impl Broker {
                 enqueue_wait: crate::latency::Histogram::default(),
                 journal,
                 replica: Mutex::new(()),
+                replica_state: Mutex::new(Default::default()),
+                serving: std::sync::atomic::AtomicBool::new(!replicated),
+                leader: RwLock::new(None),
                 segment_bytes,
                 shutdown_grace_ms: AtomicU64::new(30_000),
                 queues: RwLock::new(BTreeMap::new()),
@@ -213,8 +240,52 @@ impl Broker {
     }
 
     /// The key that signs lease tokens.
-    pub fn lease_key(&self) -> &LeaseKey {
-        &self.inner.lease_key
+    pub fn lease_key(&self) -> LeaseKey {
+        self.inner
+            .lease_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether this broker serves queue calls (see `Inner::serving`).
+    pub fn serving(&self) -> bool {
+        self.inner.serving.load(Ordering::Acquire)
+    }
+
+    /// In a cluster: starts or stops serving queue calls.
+    pub fn set_serving(&self, serving: bool) {
+        self.inner.serving.store(serving, Ordering::Release);
+    }
+
+    /// In a cluster: the leader's address, for the clients told to go
+    /// there.
+    pub fn leader_hint(&self) -> Option<String> {
+        self.inner
+            .leader
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_leader_hint(&self, leader: Option<String>) {
+        *self.inner.leader.write().unwrap_or_else(|p| p.into_inner()) = leader;
+    }
+
+    /// The error for a call whose queue went away under it: deleted, or,
+    /// in a cluster, this member stopped leading (then: go to the leader).
+    pub fn queue_gone(&self, name: &str) -> Error {
+        match self.serving() {
+            true => Error::QueueDeleted(name.to_owned()),
+            false => self.not_leader(),
+        }
+    }
+
+    /// The error for a queue call on a member that does not lead.
+    pub fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            leader: self.leader_hint(),
+        }
     }
 
     fn check_open(&self) -> Result<()> {
@@ -230,6 +301,7 @@ mod budget;
 mod compaction;
 mod queue;
 mod queues;
+mod replica;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -240,6 +312,7 @@ pub use crate::storage::Durability;
 use apply::{DEFINE_BYTES, Ticket, live_estimate, wait_ticket};
 pub use budget::MemoryReservation;
 pub use queue::{DeliveryRx, QueueCore, QueueHandle};
+pub use replica::Replica;
 pub use timers::now_ms;
 use timers::run_timer;
 use waiting::Admission;

@@ -36,6 +36,22 @@ impl Broker {
             check_dead_letters(&queues, &spec)?;
         }
         let created_at = now_ms();
+        if spec.durable && self.inner.journal.is_replicated() {
+            // A cluster's leader runs every change before proposing it
+            // (see `apply_with`), in the proposals' order.
+            let (handle, committed) = {
+                let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+                let def = wal::queue_def(&spec, created_at);
+                let handle = self.insert_queue(spec, created_at);
+                let proposal = wal::replicated::define(def, created_at);
+                (handle, self.inner.journal.commit(proposal, 0))
+            };
+            if let Some(c) = committed {
+                c.await?;
+            }
+            tracing::info!(queue = %handle.name(), durable = true, "queue created");
+            return Ok((handle, true));
+        }
         if spec.durable
             && let Some(stored) = self
                 .inner
@@ -51,25 +67,34 @@ impl Broker {
 
     pub(super) fn insert_queue(&self, spec: QueueSpec, created_at: Millis) -> Arc<QueueHandle> {
         let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
-        self.insert_locked(&mut queues, spec, created_at)
+        self.insert_locked(&mut queues, spec, created_at, None)
     }
 
+    /// Adds a queue, empty or (a cluster member installing a snapshot) in
+    /// the state it was in.
     pub(super) fn insert_locked(
         &self,
         queues: &mut BTreeMap<String, Arc<QueueHandle>>,
         spec: QueueSpec,
         created_at: Millis,
+        state: Option<QueueState>,
     ) -> Arc<QueueHandle> {
-        let mut state = QueueState::new(spec.config.clone());
-        // The local log records what changed; a cluster records the
-        // commands instead, and needs no changes.
-        if spec.durable && !self.inner.journal.is_replicated() {
-            state.keep_journal();
-        }
+        let state = state.unwrap_or_else(|| {
+            let mut state = QueueState::new(spec.config.clone());
+            // The local log records what changed; a cluster records the
+            // commands instead, and needs no changes.
+            if spec.durable && !self.inner.journal.is_replicated() {
+                state.keep_journal();
+            }
+            state
+        });
+        self.inner
+            .held_bytes
+            .fetch_add(state.held_bytes(), Ordering::SeqCst);
         if spec.durable {
             self.inner
                 .durable_live
-                .fetch_add(DEFINE_BYTES, Ordering::Relaxed);
+                .fetch_add(DEFINE_BYTES + live_estimate(&state), Ordering::Relaxed);
         }
         let handle = Arc::new(QueueHandle {
             created_at,
@@ -120,6 +145,25 @@ impl Broker {
     pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
         let _defs = self.inner.defs.lock().await;
         let handle = self.queue(name)?;
+        if handle.spec.durable && self.inner.journal.is_replicated() {
+            let (discarded, committed) = {
+                let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+                let discarded = handle.lock().state.unfinished();
+                if if_empty && discarded > 0 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "queue {name:?} holds {discarded} unfinished tasks"
+                    )));
+                }
+                self.remove_queue(&handle);
+                let proposal = wal::replicated::delete(name, now_ms());
+                (discarded, self.inner.journal.commit(proposal, 0))
+            };
+            if let Some(c) = committed {
+                c.await?;
+            }
+            tracing::info!(queue = %name, discarded, "queue deleted");
+            return Ok(discarded);
+        }
         let (discarded, durability) = {
             let mut core = handle.lock();
             let discarded = core.state.unfinished();
@@ -143,27 +187,41 @@ impl Broker {
             handle.lock().deleted = false;
             return Err(e.into());
         }
+        self.remove_queue(&handle);
+        tracing::info!(queue = %name, discarded, "queue deleted");
+        Ok(discarded)
+    }
+
+    /// Takes a queue out of the broker: its calls end, its bytes go back
+    /// to the budget, its routes are dropped.
+    pub(super) fn remove_queue(&self, handle: &Arc<QueueHandle>) {
         {
             let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
             let mut core = handle.lock();
+            core.deleted = true;
             core.senders.clear();
             core.waiting.clear();
             core.publishers.clear();
-            core.released = true;
-            self.inner
-                .held_bytes
-                .fetch_sub(core.state.held_bytes(), Ordering::SeqCst);
-            if handle.spec.durable {
+            if !core.released {
+                core.released = true;
                 self.inner
-                    .durable_live
-                    .fetch_sub(live_estimate(&core.state) + DEFINE_BYTES, Ordering::Relaxed);
+                    .held_bytes
+                    .fetch_sub(core.state.held_bytes(), Ordering::SeqCst);
+                if handle.spec.durable {
+                    self.inner
+                        .durable_live
+                        .fetch_sub(live_estimate(&core.state) + DEFINE_BYTES, Ordering::Relaxed);
+                }
             }
-            queues.remove(name);
+            if queues
+                .get(handle.name())
+                .is_some_and(|q| Arc::ptr_eq(q, handle))
+            {
+                queues.remove(handle.name());
+            }
         }
         handle.deleted.cancel();
         handle.idle.notify_waiters();
-        tracing::info!(queue = %name, discarded, "queue deleted");
-        Ok(discarded)
     }
 }
 

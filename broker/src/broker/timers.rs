@@ -35,6 +35,17 @@ pub fn now_ms() -> Millis {
 /// comes, for as long as the queue exists.
 pub(super) async fn run_timer(broker: Broker, q: Arc<QueueHandle>) {
     loop {
+        if !broker.serving() {
+            // A cluster member that does not lead runs no time of its own:
+            // the leader's ticks come as commands. It looks again when it
+            // is woken (it became leader) or after a while.
+            tokio::select! {
+                _ = q.deleted.cancelled() => return,
+                _ = q.rearm.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         let next = q.lock().state.next_deadline();
         let sleep = async {
             match next {
@@ -49,7 +60,9 @@ pub(super) async fn run_timer(broker: Broker, q: Arc<QueueHandle>) {
             _ = q.deleted.cancelled() => return,
             _ = q.rearm.notified() => {}
             _ = sleep => {
-                broker.apply(&q, |core, now, fx| core.run(now, Command::Tick, fx));
+                if broker.serving() {
+                    broker.apply(&q, |core, now, fx| core.run(now, Command::Tick, fx));
+                }
             }
         }
     }

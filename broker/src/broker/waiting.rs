@@ -68,7 +68,7 @@ impl Broker {
                 return Ok(stored(depth, duplicates));
             }
             Ok(Enqueued::Waiting(_)) => {}
-            Err(None) => return Err(Error::QueueDeleted(q.name().to_owned())),
+            Err(None) => return Err(self.queue_gone(q.name())),
             Err(Some(EnqueueError::Full)) => {
                 return Err(Error::QueueFull {
                     queue: q.name().to_owned(),
@@ -93,9 +93,9 @@ impl Broker {
             biased;
             r = &mut rx => match r {
                 Ok(admission) => Ok(admission),
-                Err(_) => Err(Error::QueueDeleted(q.name().to_owned())),
+                Err(_) => Err(self.queue_gone(q.name())),
             },
-            _ = q.deleted.cancelled() => Err(Error::QueueDeleted(q.name().to_owned())),
+            _ = q.deleted.cancelled() => Err(self.queue_gone(q.name())),
             _ = self.inner.shutdown.cancelled() => Err(Error::ShuttingDown),
             _ = sleep_until_opt(deadline) => Err(Error::DeadlineExceeded {
                 waited_ms: started.elapsed().as_millis() as u64,
@@ -180,7 +180,7 @@ impl Broker {
             true
         });
         if !open {
-            return Err(Error::QueueDeleted(q.name().to_owned()));
+            return Err(self.queue_gone(q.name()));
         }
         let mut guard = GetGuard {
             broker: self,
@@ -212,7 +212,7 @@ impl Broker {
             out.extend(batch);
         }
         if out.is_empty() && q.deleted.is_cancelled() {
-            return Err(Error::QueueDeleted(q.name().to_owned()));
+            return Err(self.queue_gone(q.name()));
         }
         // One answer fits a default client: what would take it past
         // FRAME_BYTES goes back, undelivered (at least one task goes).
@@ -258,7 +258,7 @@ impl Broker {
                         return Ok(acked);
                     }
                 }
-                _ = q.deleted.cancelled() => return Err(Error::QueueDeleted(q.name().to_owned())),
+                _ = q.deleted.cancelled() => return Err(self.queue_gone(q.name())),
                 _ = self.inner.shutdown.cancelled() => return Err(Error::ShuttingDown),
                 _ = sleep_until_opt(deadline) => return Err(Error::DeadlineExceeded {
                     waited_ms: started.elapsed().as_millis() as u64,
@@ -311,7 +311,7 @@ impl Broker {
             Some(true) => Ok((cid, rx)),
             Some(false) => {
                 self.stream_closed();
-                Err(Error::QueueDeleted(q.name().to_owned()))
+                Err(self.queue_gone(q.name()))
             }
             None => {
                 self.stream_closed();

@@ -129,26 +129,31 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        // The machine's state and the log id it stands for are read under
-        // one lock, so they match.
-        let (meta, file) = {
-            let mut a = self.applying();
-            let data = self.machine.snapshot();
-            a.built += 1;
-            let meta = SnapshotMeta {
-                last_log_id: a.last_applied,
-                last_membership: a.membership.clone(),
-                snapshot_id: format!("{}-{}", a.last_applied.map_or(0, |l| l.index), a.built),
-            };
-            let file = encode(&meta, &data);
-            (meta, file)
-        };
+        let machine = self.machine.clone();
+        let applying = self.applying.clone();
         let dir = self.dir.clone();
-        let bytes = file.clone();
-        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &bytes))
-            .await
-            .map_err(write_err)?
-            .map_err(write_err)?;
+        let (meta, file) = tokio::task::spawn_blocking(move || {
+            // The machine's state and the log id it stands for are read
+            // together: nothing applies or runs ahead meanwhile.
+            let quiet = machine.quiesce();
+            let (meta, file) = {
+                let mut a = applying.lock().unwrap_or_else(|p| p.into_inner());
+                let data = machine.snapshot();
+                a.built += 1;
+                let meta = SnapshotMeta {
+                    last_log_id: a.last_applied,
+                    last_membership: a.membership.clone(),
+                    snapshot_id: format!("{}-{}", a.last_applied.map_or(0, |l| l.index), a.built),
+                };
+                let file = encode(&meta, &data);
+                (meta, file)
+            };
+            drop(quiet);
+            write_durably(&dir, SNAPSHOT_FILE, &file).map(|()| (meta, file))
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)?;
         self.applying().current = Some((meta.clone(), Bytes::from(file.clone())));
         Ok(Snapshot {
             meta,

@@ -29,6 +29,9 @@ use std::fmt;
 
 use bytes::Bytes;
 
+/// The metadata a member's Raft calls carry the cluster secret in.
+pub const SECRET_METADATA: &str = "sluice-cluster-secret";
+
 openraft::declare_raft_types!(
     /// The types sluice's Raft is built from: commands are encoded bytes,
     /// nodes are gRPC addresses.
@@ -75,6 +78,10 @@ pub struct Committed<'a> {
     pub command: &'a [u8],
 }
 
+/// What [`Machine::quiesce`] holds until the snapshot is taken.
+pub trait Quiet {}
+impl<T> Quiet for T {}
+
 /// The state a cluster replicates. Every member applies the same commands
 /// in the same order, so an implementation must give the same state for
 /// the same commands: no clock, no randomness, no iteration order that
@@ -82,6 +89,14 @@ pub struct Committed<'a> {
 pub trait Machine: Send + Sync + 'static {
     /// Applies one committed command.
     fn apply(&self, entry: Committed<'_>) -> Applied;
+    /// Holds off whatever would change the state outside of `apply`
+    /// while a snapshot is taken, and waits for it to settle: a leader
+    /// that runs commands before they are committed returns once all it
+    /// ran is applied, and runs no more until the guard is dropped. Runs
+    /// on a blocking thread.
+    fn quiesce(&self) -> Box<dyn Quiet + '_> {
+        Box::new(())
+    }
     /// The whole state, encoded, for a snapshot.
     fn snapshot(&self) -> Bytes;
     /// Replaces the whole state with a snapshot's.

@@ -31,9 +31,12 @@ use super::convert::{
 /// per call, and far below what a member's memory would mind.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Makes a [`Peer`] per member.
+/// Makes a [`Peer`] per member. With a cluster secret, every call
+/// carries it.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub secret: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -43,6 +46,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             client: None,
+            secret: self.secret.clone(),
         }
     }
 }
@@ -52,6 +56,7 @@ pub struct Peer {
     target: u64,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    secret: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 type Failed<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
@@ -90,9 +95,12 @@ impl Peer {
         Ok(c)
     }
 
-    fn request<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
+    fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
         r.set_timeout(option.hard_ttl());
+        if let Some(s) = &self.secret {
+            r.metadata_mut().insert(super::SECRET_METADATA, s.clone());
+        }
         r
     }
 }
@@ -117,7 +125,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         }
         let mut client = self.client().map_err(unreachable)?;
         let resp = client
-            .append_entries(Self::request(msg, &option))
+            .append_entries(self.request(msg, &option))
             .await
             .map_err(failed)?
             .into_inner();
@@ -152,7 +160,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             done: rpc.done,
         };
         let mut client = self.client().map_err(unreachable)?;
-        let resp = match client.install_snapshot(Self::request(msg, &option)).await {
+        let resp = match client.install_snapshot(self.request(msg, &option)).await {
             Ok(r) => r.into_inner(),
             // The member expected another chunk: the sender starts over.
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -186,7 +194,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         };
         let mut client = self.client().map_err(unreachable)?;
         let resp = client
-            .vote(Self::request(msg, &option))
+            .vote(self.request(msg, &option))
             .await
             .map_err(failed)?
             .into_inner();

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -38,6 +39,7 @@ pub type Commit = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 struct Proposed {
     bytes: Bytes,
     done: Option<oneshot::Sender<Result<(), String>>>,
+    answered: Answered,
 }
 
 /// Hands proposals to Raft in order. Cheap to clone.
@@ -45,6 +47,18 @@ struct Proposed {
 pub struct Proposer {
     tx: mpsc::UnboundedSender<Proposed>,
     lost: Arc<Notify>,
+    /// Proposals made and not yet answered (committed and applied, or
+    /// failed).
+    in_flight: Arc<AtomicU64>,
+}
+
+/// Counts a proposal out when it is answered, however.
+struct Answered(Arc<AtomicU64>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Proposer {
@@ -52,6 +66,7 @@ impl Proposer {
     pub fn start(current: Current) -> Proposer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Proposed>();
         let lost = Arc::new(Notify::new());
+        let in_flight = Arc::new(AtomicU64::new(0));
         let notify = lost.clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
@@ -77,6 +92,7 @@ impl Proposer {
                             if let Some(done) = p.done {
                                 let _ = done.send(r);
                             }
+                            drop(p.answered);
                         });
                     }
                     Err(e) => {
@@ -88,7 +104,11 @@ impl Proposer {
                 }
             }
         });
-        Proposer { tx, lost }
+        Proposer {
+            tx,
+            lost,
+            in_flight,
+        }
     }
 
     /// Proposes `bytes`; with `wait`, returns what resolves once it is
@@ -101,7 +121,17 @@ impl Proposer {
             }
             false => (None, None),
         };
-        if self.tx.send(Proposed { bytes, done }).is_err() {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let answered = Answered(self.in_flight.clone());
+        if self
+            .tx
+            .send(Proposed {
+                bytes,
+                done,
+                answered,
+            })
+            .is_err()
+        {
             self.lost.notify_one();
             return wait
                 .then(|| Box::pin(async { Err("the proposer stopped".to_owned()) }) as Commit);
@@ -117,5 +147,10 @@ impl Proposer {
     /// Woken when a proposal was not committed.
     pub fn lost(&self) -> &Notify {
         &self.lost
+    }
+
+    /// Proposals not yet answered.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
     }
 }

@@ -1,5 +1,7 @@
 //! The `RaftService` a member serves to the others: each call decoded and
-//! handed to the member's Raft.
+//! handed to the member's Raft (the one it runs now: a member restarts
+//! its Raft when it stops leading). With a cluster secret, a call must
+//! carry it in `sluice-cluster-secret`.
 
 use openraft::Raft;
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -8,26 +10,48 @@ use openraft::raft::{
 };
 use sluice_proto::cluster as pb;
 use sluice_proto::cluster::raft_service_server::{RaftService, RaftServiceServer};
+use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
-use super::TypeConfig;
 use super::convert::{
     entry_from_pb, need_vote, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_from_pb,
     vote_to_pb,
 };
 use super::network::MAX_MESSAGE;
+use super::proposer::Current;
+use super::{SECRET_METADATA, TypeConfig};
 
 /// Serves Raft's RPCs for one member.
 pub struct RaftServer {
-    raft: Raft<TypeConfig>,
+    current: Current,
+    secret: Option<String>,
 }
 
 impl RaftServer {
     /// The service, ready to add to a tonic server.
-    pub fn service(raft: Raft<TypeConfig>) -> RaftServiceServer<RaftServer> {
-        RaftServiceServer::new(RaftServer { raft })
+    pub fn service(current: Current, secret: Option<String>) -> RaftServiceServer<RaftServer> {
+        RaftServiceServer::new(RaftServer { current, secret })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The member's Raft, after checking the caller is a member.
+    fn raft<T>(&self, req: &Request<T>) -> Result<Raft<TypeConfig>, Status> {
+        if let Some(secret) = &self.secret {
+            let given = req
+                .metadata()
+                .get(SECRET_METADATA)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if !bool::from(given.ct_eq(secret.as_bytes())) {
+                return Err(Status::unauthenticated(
+                    "not a member of this cluster: wrong or missing cluster secret",
+                ));
+            }
+        }
+        self.current
+            .get()
+            .ok_or_else(|| Status::unavailable("this member's Raft is restarting"))
     }
 }
 
@@ -46,6 +70,7 @@ impl RaftService for RaftServer {
         &self,
         req: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let raft = self.raft(&req)?;
         let req = req.into_inner();
         let entries = req
             .entries
@@ -60,7 +85,7 @@ impl RaftService for RaftServer {
             leader_commit: opt_log_id_from_pb(&req.leader_commit),
         };
         use pb::append_entries_response::Result as R;
-        let result = match self.raft.append_entries(rpc).await.map_err(raft_failed)? {
+        let result = match raft.append_entries(rpc).await.map_err(raft_failed)? {
             AppendEntriesResponse::Success => R::Success(pb::Blank {}),
             AppendEntriesResponse::PartialSuccess(id) => R::Partial(pb::PartialSuccess {
                 log_id: opt_log_id_to_pb(&id),
@@ -77,12 +102,13 @@ impl RaftService for RaftServer {
         &self,
         req: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
+        let raft = self.raft(&req)?;
         let req = req.into_inner();
         let rpc = VoteRequest {
             vote: need_vote(req.vote.as_ref()).map_err(malformed)?,
             last_log_id: opt_log_id_from_pb(&req.last_log_id),
         };
-        let resp = self.raft.vote(rpc).await.map_err(raft_failed)?;
+        let resp = raft.vote(rpc).await.map_err(raft_failed)?;
         Ok(Response::new(pb::VoteResponse {
             vote: Some(vote_to_pb(&resp.vote)),
             vote_granted: resp.vote_granted,
@@ -94,6 +120,7 @@ impl RaftService for RaftServer {
         &self,
         req: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let raft = self.raft(&req)?;
         let req = req.into_inner();
         let meta = req
             .meta
@@ -107,7 +134,7 @@ impl RaftService for RaftServer {
             data: req.data.to_vec(),
             done: req.done,
         };
-        match self.raft.install_snapshot(rpc).await {
+        match raft.install_snapshot(rpc).await {
             Ok(resp) => Ok(Response::new(pb::InstallSnapshotResponse {
                 vote: Some(vote_to_pb(&resp.vote)),
             })),

@@ -87,17 +87,18 @@ async fn start(id: u64, dir: &Path, listener: TcpListener) -> Member {
     let store = LogStore::open(&dir.join("raft"), LogOptions::default()).expect("log opens");
     let machine = Arc::new(Recorder::default());
     let sm = StateMachine::open(machine.clone(), dir).expect("state machine opens");
-    let raft = Raft::new(id, config(), Network, store.clone(), sm)
+    let raft = Raft::new(id, config(), Network::default(), store.clone(), sm)
         .await
         .expect("raft starts");
+    let current = super::proposer::Current::default();
+    current.set(Some(raft.clone()));
     let stop = CancellationToken::new();
     let served = {
-        let raft = raft.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
-                .add_service(RaftServer::service(raft))
+                .add_service(RaftServer::service(current, None))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled())
                 .await;
         })

@@ -40,6 +40,10 @@ pub struct ProposalMsg {
     /// A job sealed.
     #[prost(message, optional, tag = "5")]
     pub seal: Option<SealMsg>,
+    /// The cluster's lease-token key (16 bytes), proposed once by its
+    /// first leader: every member then verifies the same tokens.
+    #[prost(bytes = "bytes", tag = "7")]
+    pub lease_key: Bytes,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -496,6 +500,15 @@ pub fn seal(job: &str, total: u64, now: Millis) -> Bytes {
     })
 }
 
+/// The proposal of the cluster's lease-token key.
+pub fn lease_key(key: [u8; 16], now: Millis) -> Bytes {
+    encode(ProposalMsg {
+        now,
+        lease_key: Bytes::copy_from_slice(&key),
+        ..Default::default()
+    })
+}
+
 fn encode(m: ProposalMsg) -> Bytes {
     Bytes::from(m.encode_to_vec())
 }
@@ -522,6 +535,9 @@ pub struct MachineImage {
     /// carried.
     #[prost(uint64, tag = "4")]
     pub max_other_id: u64,
+    /// The cluster's lease-token key; empty until its first leader set it.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub lease_key: Bytes,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -1,0 +1,302 @@
+//! The broker as a cluster's state machine ([`crate::cluster::Machine`]).
+//!
+//! A follower applies every committed proposal: queues defined and
+//! deleted, engine commands run at the leader's `now`, jobs sealed. What
+//! an engine call tells it (deliveries, dead tasks) it acts on not at all
+//! — it has no clients, and dead letters arrive as commands of their own —
+//! except for jobs, which every member counts from the commands.
+//!
+//! A leader ran its own proposals before proposing them: Raft's apply
+//! skips the entries of the leadership it is running ahead in
+//! ([`ReplicaState::speculating`]).
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::*;
+use crate::cluster::{Applied, Committed, Machine, Quiet};
+use crate::engine::Command;
+use crate::wal::replicated::{self, MachineImage, ProposalMsg};
+
+/// What a member knows of the replicated state beyond its queues.
+#[derive(Default)]
+pub(super) struct ReplicaState {
+    /// The (term, node) of the leadership this member runs commands for
+    /// ahead of the log: entries proposed in it are in its state already.
+    pub(super) speculating: Option<(u64, u64)>,
+    /// The largest task id any applied command carried.
+    pub(super) max_task_id: u64,
+    /// The largest consumer, waiting batch or publisher id.
+    pub(super) max_other_id: u64,
+    /// The cluster's lease-token key, once its first leader chose it.
+    pub(super) lease_key: Option<[u8; 16]>,
+}
+
+/// The broker, as Raft sees it.
+pub struct Replica(pub Broker);
+
+impl Machine for Replica {
+    fn apply(&self, entry: Committed<'_>) -> Applied {
+        let b = &self.0;
+        if b.replica_state().speculating == Some((entry.term, entry.leader)) {
+            return Applied::none();
+        }
+        match replicated::proposal(entry.command) {
+            Ok(p) => b.apply_proposal(p),
+            // A member that cannot read an entry its peers wrote is a
+            // newer format or a bug; it must not guess.
+            Err(e) => tracing::error!(index = entry.index, error = %e, "entry not applied"),
+        }
+        Applied::none()
+    }
+
+    fn quiesce(&self) -> Box<dyn Quiet + '_> {
+        let b = &self.0;
+        let one = b.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+        // What this leader ran is applied once its proposals are answered
+        // (Raft answers after applying). Bounded: a proposal Raft never
+        // answers means Raft stopped, and the member restarts anyway.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while b.inner.journal.in_flight() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Box::new(one)
+    }
+
+    fn snapshot(&self) -> Bytes {
+        Bytes::from(self.0.machine_image().encode_to_vec())
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
+        let image = MachineImage::decode(snapshot).map_err(|e| e.to_string())?;
+        self.0.restore_image(image)
+    }
+}
+
+/// The largest task id and other id a command carries.
+fn ids_in(c: &Command) -> (u64, u64) {
+    let tasks = |ts: &[NewTask]| ts.iter().map(|t| t.id.0).max().unwrap_or(0);
+    match c {
+        Command::Enqueue { tasks: ts, mode } => (
+            tasks(ts),
+            match mode {
+                EnqueueMode::Wait(w) => w.0,
+                EnqueueMode::FailFast => 0,
+            },
+        ),
+        Command::Store { tasks: ts } => (tasks(ts), 0),
+        Command::Publish { id, tasks: ts } => (tasks(ts), id.0),
+        Command::AddConsumer { id, .. } => (0, id.0),
+        Command::AddPublisher { id, .. } => (0, id.0),
+        _ => (0, 0),
+    }
+}
+
+impl Broker {
+    pub(super) fn replica_state(&self) -> MutexGuard<'_, ReplicaState> {
+        self.inner
+            .replica_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one committed proposal this member did not run itself.
+    fn apply_proposal(&self, p: ProposalMsg) {
+        let now = p.now;
+        if let Some(def) = p.define {
+            match wal::queue_spec(&def) {
+                Ok(spec) if self.queue(&spec.name).is_err() => {
+                    self.insert_queue(spec, def.created_at);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "queue definition not applied"),
+            }
+        }
+        if !p.delete.is_empty()
+            && let Ok(q) = self.queue(&p.delete)
+        {
+            self.remove_queue(&q);
+        }
+        if let Some(s) = p.seal {
+            self.inner.jobs.apply_seal(&s.job, s.total, now);
+        }
+        if let Ok(key) = <[u8; 16]>::try_from(p.lease_key.as_ref()) {
+            self.set_lease_key(key);
+        }
+        for part in p.queues {
+            let commands: Vec<Command> = match part
+                .commands
+                .into_iter()
+                .map(replicated::command_of)
+                .collect::<std::result::Result<_, _>>()
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(queue = %part.queue, error = %e, "commands not applied");
+                    continue;
+                }
+            };
+            {
+                let mut st = self.replica_state();
+                for c in &commands {
+                    let (t, o) = ids_in(c);
+                    st.max_task_id = st.max_task_id.max(t);
+                    st.max_other_id = st.max_other_id.max(o);
+                }
+            }
+            match self.queue(&part.queue) {
+                Ok(q) => self.apply_committed(&q, now, commands),
+                Err(_) => {
+                    tracing::error!(queue = %part.queue, "commands for a queue this member does not have")
+                }
+            }
+        }
+    }
+
+    /// Runs committed commands on a queue: its state, its counts, its
+    /// jobs, its timer; nothing routed, nothing journaled.
+    fn apply_committed(&self, q: &QueueHandle, now: Millis, commands: Vec<Command>) {
+        let mut fx = Effects::default();
+        let mut core = q.lock();
+        let held_before = core.state.held_bytes();
+        let live_before = live_estimate(&core.state);
+        for c in commands {
+            core.state.execute(now, c, &mut fx);
+        }
+        if !core.released {
+            apply::add_diff(&self.inner.held_bytes, held_before, core.state.held_bytes());
+            apply::add_diff(
+                &self.inner.durable_live,
+                live_before,
+                live_estimate(&core.state),
+            );
+        }
+        if !fx.job_stored.is_empty() {
+            self.inner.jobs.stored(q.name(), &fx.job_stored, now, true);
+        }
+        if !fx.completed.is_empty() {
+            self.inner
+                .jobs
+                .completed(q.name(), std::mem::take(&mut fx.completed), now, true);
+        }
+        if fx.rearm {
+            q.rearm.notify_one();
+        }
+        if core.state.unfinished() == 0 {
+            q.idle.notify_waiters();
+        }
+    }
+
+    /// The cluster's lease-token key, from now on.
+    pub(super) fn set_lease_key(&self, key: [u8; 16]) {
+        self.replica_state().lease_key = Some(key);
+        *self
+            .inner
+            .lease_key
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = LeaseKey::from_bytes(&key);
+    }
+
+    /// Everything this member replicates, for a snapshot.
+    fn machine_image(&self) -> MachineImage {
+        let queues = self
+            .queues()
+            .into_iter()
+            .filter(|q| q.spec.durable)
+            .map(|q| {
+                let image = q.lock().state.image();
+                replicated::image_msg(wal::queue_def(&q.spec, q.created_at), &image)
+            })
+            .collect();
+        let st = self.replica_state();
+        MachineImage {
+            queues,
+            jobs: self.inner.jobs.records(),
+            max_task_id: st.max_task_id,
+            max_other_id: st.max_other_id,
+            lease_key: st
+                .lease_key
+                .map(|k| Bytes::copy_from_slice(&k))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Replaces every durable queue and job with a snapshot's.
+    fn restore_image(&self, image: MachineImage) -> std::result::Result<(), String> {
+        let mut rebuilt = Vec::new();
+        for m in &image.queues {
+            let def = m.def.as_ref().ok_or("queue image without a definition")?;
+            let spec = wal::queue_spec(def)?;
+            let state = QueueState::from_image(spec.config.clone(), replicated::image_of(m));
+            rebuilt.push((spec, def.created_at, state));
+        }
+        for q in self.queues().into_iter().filter(|q| q.spec.durable) {
+            self.remove_queue(&q);
+        }
+        {
+            let mut queues = self.inner.queues.write().unwrap_or_else(|p| p.into_inner());
+            for (spec, created_at, state) in rebuilt {
+                self.insert_locked(&mut queues, spec, created_at, Some(state));
+            }
+        }
+        self.inner.jobs.replace_with(image.jobs);
+        {
+            let mut st = self.replica_state();
+            st.max_task_id = image.max_task_id;
+            st.max_other_id = image.max_other_id;
+        }
+        if let Ok(key) = <[u8; 16]>::try_from(image.lease_key.as_ref()) {
+            self.set_lease_key(key);
+        }
+        Ok(())
+    }
+
+    /// A member that now leads takes over, before it serves: its ids go
+    /// above every id the log holds, the cluster gets its lease-token key
+    /// if it has none yet, and every durable queue loses the old leader's
+    /// streams and waiting calls ([`Command::Takeover`]). From here on it
+    /// runs calls ahead of the log, and skips its own entries of `term`.
+    pub async fn begin_leading(&self, term: u64, node: u64) -> Result<()> {
+        let key = {
+            let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = self.replica_state();
+            st.speculating = Some((term, node));
+            let first = (now_ms() << 20).max(st.max_task_id + 1);
+            self.inner.next_task.fetch_max(first, Ordering::SeqCst);
+            let other = st.max_other_id + 1;
+            self.inner.next_consumer.fetch_max(other, Ordering::SeqCst);
+            self.inner.next_producer.fetch_max(other, Ordering::SeqCst);
+            let missing = st.lease_key.is_none();
+            drop(st);
+            match missing {
+                true => {
+                    let key = LeaseKey::random_bytes();
+                    self.set_lease_key(key);
+                    let proposal = replicated::lease_key(key, now_ms());
+                    self.inner.journal.commit(proposal, 0)
+                }
+                false => None,
+            }
+        };
+        for q in self.queues() {
+            if q.spec.durable {
+                self.apply(&q, |core, now, fx| core.run(now, Command::Takeover, fx));
+            }
+            // Its timer runs again, on this member's clock.
+            q.rearm.notify_one();
+        }
+        if let Some(k) = key {
+            k.await?;
+        }
+        Ok(())
+    }
+
+    /// Takes every queue out (a member restarting its replicated state):
+    /// their calls end, told to go to the leader.
+    pub fn drop_every_queue(&self) {
+        self.replica_state().speculating = None;
+        for q in self.queues() {
+            self.remove_queue(&q);
+        }
+    }
+}

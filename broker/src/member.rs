@@ -1,0 +1,263 @@
+//! A broker as a member of a cluster: its Raft (on its data directory),
+//! its broker (replicated through that Raft), and the task that follows
+//! its leadership.
+//!
+//! - A fresh cluster forms by itself: every member initializes Raft with
+//!   the same membership (`--peers`), which Raft allows, and the first
+//!   majority to be up elects a leader. A member that restarts comes back
+//!   from its data directory; one that lost it rejoins from a snapshot.
+//! - A member that becomes leader first applies everything committed
+//!   before its term, then takes over (see `Broker::begin_leading`), then
+//!   serves. Until then, and on every other member, queue calls are
+//!   answered UNAVAILABLE with the leader's address (`api::leader`).
+//! - A leader runs calls before their commands are committed. When it
+//!   stops leading, or a proposal of its is not committed, its state may
+//!   hold what the log does not: it stops serving and restarts its Raft
+//!   and state from its snapshot, as if it had crashed; Raft then
+//!   re-applies the committed log.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Replica};
+use crate::cluster::log_store::LogStore;
+use crate::cluster::machine::StateMachine;
+use crate::cluster::network::Network;
+use crate::cluster::proposer::{Current, Proposer};
+use crate::cluster::{Machine, TypeConfig};
+use crate::journal::Journal;
+use crate::storage::LogOptions;
+
+/// What a member is started with.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// This member's id: its key in `peers`.
+    pub id: u64,
+    /// Every member's id and gRPC address (HOST:PORT), this one's
+    /// included.
+    pub peers: BTreeMap<u64, String>,
+    /// Where its Raft log and snapshot live.
+    pub dir: PathBuf,
+    /// How its Raft log is written (fsync policy, segment size, quota).
+    pub log: LogOptions,
+    /// Shared by every member; when set, Raft calls must carry it.
+    pub secret: Option<String>,
+    /// Whether clients reach the members over TLS (for the leader hint's
+    /// scheme).
+    pub tls: bool,
+}
+
+/// A running member.
+pub struct Member {
+    pub broker: Broker,
+    /// The Raft it runs now, for the gRPC service.
+    pub current: Current,
+}
+
+/// Raft's timing and snapshots, tuned for a broker: heartbeats every
+/// 200 ms, elections after 0.8–1.6 s without one (room for a loaded
+/// machine), a snapshot every 50,000 entries.
+fn raft_config() -> Result<Arc<Config>, String> {
+    let c = Config {
+        cluster_name: "sluice".into(),
+        heartbeat_interval: 200,
+        election_timeout_min: 800,
+        election_timeout_max: 1600,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..Default::default()
+    };
+    c.validate().map(Arc::new).map_err(|e| e.to_string())
+}
+
+struct Parts {
+    cfg: MemberConfig,
+    config: Arc<Config>,
+    store: LogStore,
+    machine: Arc<dyn Machine>,
+    network: Network,
+    current: Current,
+    proposer: Proposer,
+    broker: Broker,
+    shutdown: CancellationToken,
+}
+
+impl Member {
+    /// Opens the member's Raft log and snapshot, starts its Raft, joins
+    /// (or forms) the cluster, and starts following its leadership.
+    pub async fn start(cfg: MemberConfig, shutdown: CancellationToken) -> Result<Member, String> {
+        if !cfg.peers.contains_key(&cfg.id) {
+            return Err(format!(
+                "--node-id {} is not one of --peers ({})",
+                cfg.id,
+                cfg.peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let current = Current::default();
+        let proposer = Proposer::start(current.clone());
+        let broker = Broker::clustered(shutdown.clone(), Journal::replicated(proposer.clone()));
+        let store = LogStore::open(&cfg.dir.join("raft"), cfg.log.clone())?;
+        let network = Network {
+            secret: match &cfg.secret {
+                Some(s) => Some(
+                    s.parse()
+                        .map_err(|_| "the cluster secret must be printable ASCII".to_owned())?,
+                ),
+                None => None,
+            },
+        };
+        let parts = Arc::new(Parts {
+            config: raft_config()?,
+            machine: Arc::new(Replica(broker.clone())),
+            store,
+            network,
+            current: current.clone(),
+            proposer,
+            broker: broker.clone(),
+            shutdown,
+            cfg,
+        });
+        let raft = parts.raft().await?;
+        current.set(Some(raft.clone()));
+        let nodes: BTreeMap<u64, BasicNode> = parts
+            .cfg
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        // Every member initializes with the same membership: safe, and no
+        // member needs to be told it is the first. One that comes back
+        // from its disk is a member already.
+        if !raft.is_initialized().await.unwrap_or(true)
+            && let Err(e) = raft.initialize(nodes).await
+        {
+            tracing::debug!(error = %e, "cluster already formed");
+        }
+        tokio::spawn(parts.clone().follow());
+        Ok(Member { broker, current })
+    }
+}
+
+impl Parts {
+    /// A Raft over the state the member's snapshot holds.
+    async fn raft(&self) -> Result<Raft<TypeConfig>, String> {
+        let sm = StateMachine::open(self.machine.clone(), &self.cfg.dir)?;
+        Raft::new(
+            self.cfg.id,
+            self.config.clone(),
+            self.network.clone(),
+            self.store.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| format!("starting Raft: {e}"))
+    }
+
+    /// Follows this member's leadership until shutdown.
+    async fn follow(self: Arc<Self>) {
+        loop {
+            let Some(raft) = self.current.get() else {
+                return;
+            };
+            let Some(term) = self.until_leader(&raft).await else {
+                break;
+            };
+            // Everything committed before this term is applied first.
+            if let Err(e) = raft.ensure_linearizable().await {
+                tracing::info!(error = %e, "lost the leadership before serving");
+                continue;
+            }
+            match self.broker.begin_leading(term, self.cfg.id).await {
+                Ok(()) => {
+                    tracing::info!(term, node = self.cfg.id, "leading");
+                    self.broker.set_serving(true);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not take over; restarting"),
+            }
+            if self.broker.serving() && !self.while_leading(&raft, term).await {
+                break;
+            }
+            self.broker.set_serving(false);
+            tracing::info!(term, "no longer leading; restarting the replicated state");
+            if let Err(e) = self.restart(&raft).await {
+                tracing::error!(error = %e, "restarting Raft failed; this member stops");
+                self.shutdown.cancel();
+                return;
+            }
+        }
+        if let Some(raft) = self.current.get() {
+            let _ = raft.shutdown().await;
+        }
+    }
+
+    /// Waits until this member leads; keeps the leader hint current
+    /// meanwhile. None at shutdown.
+    async fn until_leader(&self, raft: &Raft<TypeConfig>) -> Option<u64> {
+        let mut metrics = raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                self.hint(m.current_leader, &m.membership_config);
+                if m.state == ServerState::Leader && m.current_leader == Some(self.cfg.id) {
+                    return Some(m.current_term);
+                }
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return None },
+                _ = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Waits while this member leads in `term`. False at shutdown.
+    async fn while_leading(&self, raft: &Raft<TypeConfig>, term: u64) -> bool {
+        let mut metrics = raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader || m.current_term != term {
+                    self.hint(m.current_leader, &m.membership_config);
+                    return true;
+                }
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return true },
+                // A proposal of this leader was not committed.
+                _ = self.proposer.lost().notified() => return true,
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Points clients at the leader Raft knows of.
+    fn hint(&self, leader: Option<u64>, membership: &openraft::StoredMembership<u64, BasicNode>) {
+        let scheme = if self.cfg.tls { "https" } else { "http" };
+        let addr = leader
+            .and_then(|id| membership.membership().get_node(&id))
+            .map(|n| format!("{scheme}://{}", n.addr));
+        self.broker.set_leader_hint(addr);
+    }
+
+    /// Stops Raft, puts the state back to the member's snapshot (every
+    /// queue and its calls end), and starts Raft again over it.
+    async fn restart(&self, old: &Raft<TypeConfig>) -> Result<(), String> {
+        self.current.set(None);
+        let _ = old.shutdown().await;
+        self.broker.drop_every_queue();
+        // No snapshot file: the state starts empty and Raft re-applies the
+        // whole log.
+        self.machine.restore(&[])?;
+        let raft = self.raft().await?;
+        self.current.set(Some(raft));
+        Ok(())
+    }
+}
