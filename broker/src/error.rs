@@ -53,7 +53,8 @@ fn not_leader(leader: Option<&str>) -> String {
 }
 
 /// The trailing metadata that names the cluster's leader, as
-/// `http://HOST:PORT` (clients connect to it as given).
+/// `http://HOST:PORT` (clients connect to it as given); empty while no
+/// leader is known.
 pub const LEADER_METADATA: &str = "sluice-leader";
 
 /// Why a write was not stored, as the user reads it.
@@ -107,9 +108,11 @@ impl From<Error> for Status {
                 metadata,
             );
         }
-        if let Error::NotLeader { leader: Some(addr) } = &e {
+        if let Error::NotLeader { leader } = &e {
+            // Present even when empty: "not the leader, and none known
+            // yet", which a client waits out rather than gives up on.
             let mut metadata = tonic::metadata::MetadataMap::new();
-            if let Ok(v) = addr.parse() {
+            if let Ok(v) = leader.as_deref().unwrap_or_default().parse() {
                 metadata.insert(LEADER_METADATA, v);
             }
             return Status::with_metadata(e.code(), e.to_string(), metadata);

@@ -109,9 +109,14 @@ async fn main() -> ExitCode {
         match sluice_broker::member::Member::start(config, shutdown.clone()).await {
             Ok(member) => {
                 tracing::info!(node = id, peers = %peers, "cluster member: durable queues are replicated");
+                let scheme = if tls_on { "https" } else { "http" };
                 cluster = Some(server::ClusterServing {
                     current: member.current,
                     secret,
+                    own_url: format!(
+                        "{scheme}://{}",
+                        peers.0.get(&id).cloned().unwrap_or_default()
+                    ),
                 });
                 member.broker
             }

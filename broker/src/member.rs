@@ -241,7 +241,10 @@ impl Parts {
     /// Points clients at the leader Raft knows of.
     fn hint(&self, leader: Option<u64>, membership: &openraft::StoredMembership<u64, BasicNode>) {
         let scheme = if self.cfg.tls { "https" } else { "http" };
+        // Not itself: a leader that does not serve yet is catching up, and
+        // sending clients back to it would only loop them.
         let addr = leader
+            .filter(|id| *id != self.cfg.id)
             .and_then(|id| membership.membership().get_node(&id))
             .map(|n| format!("{scheme}://{}", n.addr));
         self.broker.set_leader_hint(addr);

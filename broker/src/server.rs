@@ -21,6 +21,8 @@ const CALLS_GRACE: Duration = Duration::from_secs(5);
 pub struct ClusterServing {
     pub current: crate::cluster::proposer::Current,
     pub secret: Option<String>,
+    /// This member's URL, as clients reach it.
+    pub own_url: String,
 }
 
 /// Serves on `listener` until `shutdown` is cancelled. Waiting calls are
@@ -38,13 +40,17 @@ pub async fn run(
     let gate = cluster
         .as_ref()
         .map(|_| crate::api::leader::LeaderGate::new(broker.clone()));
+    let view = cluster.as_ref().map(|c| crate::api::info::ClusterView {
+        current: c.current.clone(),
+        own_url: c.own_url.clone(),
+    });
     let raft = cluster.map(|c| crate::cluster::service::RaftServer::service(c.current, c.secret));
     let cluster_reflection = raft.is_some();
     let shutdown = broker.shutdown().clone();
     let broker_grace = broker.shutdown_grace();
     let max_message = limits.max_message_bytes();
     let max_streams_per_connection = setup.max_streams_per_connection;
-    let service = Service::new(broker, limits, setup);
+    let service = Service::new(broker, limits, setup, view);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SluiceServiceServer<Service>>().await;

@@ -1,6 +1,13 @@
-//! [`Client`]: a connection to one broker and a method per unary RPC.
+//! [`Client`]: a connection to a broker (or to a cluster's leader) and a
+//! method per unary RPC.
+//!
+//! Given several URLs (`http://a:1,http://b:2,...`, a cluster's members),
+//! it connects to the first it reaches and from there to the leader that
+//! member names. A call a member answers with "not the leader" (which it
+//! did not run) goes to the leader it names, and the client stays there.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::service::Interceptor;
@@ -24,9 +31,35 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// tasks. Methods take `&self` for that reason.
 #[derive(Clone, Debug)]
 pub struct Client {
+    conn: Arc<RwLock<Conn>>,
+    /// How to reach another member (None: a client built on a channel,
+    /// which stays on it).
+    follow: Option<Arc<TlsOptions>>,
+}
+
+/// The broker this client talks to now.
+#[derive(Clone, Debug)]
+struct Conn {
     raw: Raw,
     url: Arc<str>,
 }
+
+/// The metadata a cluster member names its leader in.
+pub const LEADER_METADATA: &str = "sluice-leader";
+
+/// What a cluster member's "not the leader" answer says: Some(url) of
+/// the leader, Some("") while none is known; None for any other answer.
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    (status.code() == tonic::Code::Unavailable)
+        .then(|| status.metadata().get(LEADER_METADATA))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// How long a call waits out a cluster electing its leader (it ran
+/// nowhere meanwhile), over a few tries.
+const ELECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// The generated client, with the token (if any) on every call.
 pub type Raw = SluiceServiceClient<InterceptedService<Channel, Token>>;
@@ -71,7 +104,8 @@ pub struct TlsOptions {
 impl Client {
     /// Connects to the broker at `url` (`http://host:port`, or
     /// `https://host:port` trusting the built-in web roots; a bare
-    /// `host:port` means `http://`). Connects eagerly, so an unreachable
+    /// `host:port` means `http://`), or to a cluster given as its members'
+    /// URLs separated by commas. Connects eagerly, so an unreachable
     /// broker is [`Error::Connect`] here rather than on the first call.
     /// Later calls reconnect on their own if the connection drops.
     pub async fn connect(url: &str) -> Result<Client, Error> {
@@ -81,22 +115,112 @@ impl Client {
     /// [`Client::connect`] with TLS settings (a CA to trust, a client
     /// certificate) for `https://` URLs.
     pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Client, Error> {
+        let mut first_error = None;
+        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            match Self::connect_one(one, tls).await {
+                Ok(client) => {
+                    client.go_to_leader().await;
+                    return Ok(client);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| Error::InvalidUrl {
+            url: url.to_owned(),
+            reason: "no broker URL given".into(),
+        }))
+    }
+
+    async fn connect_one(url: &str, tls: &TlsOptions) -> Result<Client, Error> {
         let endpoint = Self::endpoint_with(url, tls)?;
         let url = with_scheme(url);
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| Error::connect(&url, &e))?;
-        let token = match &tls.token {
-            None => Token(None),
-            Some(t) => Token(Some(format!("Bearer {t}").parse().map_err(|_| {
-                Error::InvalidUrl {
-                    url: url.clone(),
+        let token = Self::token(&url, tls)?;
+        let mut client = Self::with_channel_and_token(channel, url, token);
+        client.follow = Some(Arc::new(tls.clone()));
+        Ok(client)
+    }
+
+    fn token(url: &str, tls: &TlsOptions) -> Result<Token, Error> {
+        match &tls.token {
+            None => Ok(Token(None)),
+            Some(t) => Ok(Token(Some(format!("Bearer {t}").parse().map_err(
+                |_| Error::InvalidUrl {
+                    url: url.to_owned(),
                     reason: "the token has characters a header cannot carry".into(),
-                }
-            })?)),
+                },
+            )?))),
+        }
+    }
+
+    /// A cluster member that does not lead names the one that does: go
+    /// there (staying here if it cannot be reached, or none is named).
+    async fn go_to_leader(&self) {
+        let Ok(info) = self.broker_info().await else {
+            return;
         };
-        Ok(Self::with_channel_and_token(channel, url, token))
+        if let Some(c) = info.cluster
+            && !c.leader
+            && !c.leader_url.is_empty()
+        {
+            let _ = self.switch(&c.leader_url).await;
+        }
+    }
+
+    /// Moves this client (and its clones) to the broker at `url`, lazily
+    /// connected. Errors if it cannot follow (built on a channel) or the
+    /// URL is not one.
+    async fn switch(&self, url: &str) -> Result<(), Error> {
+        let Some(tls) = &self.follow else {
+            return Err(Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: "this client stays on the channel it was given".into(),
+            });
+        };
+        let endpoint = Self::endpoint_with(url, tls)?;
+        let full = with_scheme(url);
+        let token = Self::token(&full, tls)?;
+        let raw = Self::raw_on(endpoint.connect_lazy(), token);
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Conn {
+            raw,
+            url: full.into(),
+        };
+        Ok(())
+    }
+
+    /// Runs one unary call. One answered "not the leader" (so run
+    /// nowhere) is made again on the leader named, or, while none is,
+    /// after a pause, for up to [`ELECTION_WAIT`].
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Raw) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let give_up = tokio::time::Instant::now() + ELECTION_WAIT;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let (raw, url) = {
+                let c = self.conn.read().unwrap_or_else(|p| p.into_inner());
+                (c.raw.clone(), c.url.clone())
+            };
+            let status = match f(raw).await {
+                Ok(answer) => return Ok(answer.into_inner()),
+                Err(status) => status,
+            };
+            let hint = leader_hint(&status).filter(|_| self.follow.is_some());
+            let Some(leader) = hint.filter(|_| tokio::time::Instant::now() < give_up) else {
+                return Err(Error::from_status(status, &url));
+            };
+            if leader.is_empty() || leader == *url || self.switch(&leader).await.is_err() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
     }
 
     /// The endpoint [`Client::connect`] uses, for callers that want to tune
@@ -162,30 +286,45 @@ impl Client {
     }
 
     fn with_channel_and_token(channel: Channel, url: impl Into<String>, token: Token) -> Client {
-        let raw = SluiceServiceClient::with_interceptor(channel, token)
-            // The broker bounds what it sends (max_tasks or credit times its
-            // payload limit) and the caller asked for that much, so tonic's
-            // 4 MiB default would only turn legal answers into errors.
-            .max_decoding_message_size(usize::MAX);
         Client {
-            raw,
-            url: url.into().into(),
+            conn: Arc::new(RwLock::new(Conn {
+                raw: Self::raw_on(channel, token),
+                url: url.into().into(),
+            })),
+            follow: None,
         }
     }
 
-    /// The broker URL, as used in error messages.
-    pub fn url(&self) -> &str {
-        &self.url
+    fn raw_on(channel: Channel, token: Token) -> Raw {
+        SluiceServiceClient::with_interceptor(channel, token)
+            // The broker bounds what it sends (max_tasks or credit times its
+            // payload limit) and the caller asked for that much, so tonic's
+            // 4 MiB default would only turn legal answers into errors.
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    /// The URL of the broker this client talks to now, as used in error
+    /// messages.
+    pub fn url(&self) -> String {
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .url
+            .to_string()
     }
 
     /// A clone of the generated tonic client on this connection, for what
     /// this type does not wrap (the `Consume` stream).
     pub fn raw(&self) -> Raw {
-        self.raw.clone()
+        self.conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .raw
+            .clone()
     }
 
     pub(crate) fn error(&self, status: tonic::Status) -> Error {
-        Error::from_status(status, &self.url)
+        Error::from_status(status, &self.url())
     }
 
     /// Creates queue `name`. Idempotent with equal options
@@ -202,11 +341,11 @@ impl Client {
             options: Some(options),
         };
         let answer = self
-            .raw()
-            .create_queue(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.create_queue(request).await }
+            })
+            .await?;
         Ok(QueueCreated {
             queue: required(answer.queue, "CreateQueueResponse.queue")?,
             created: answer.created,
@@ -219,34 +358,30 @@ impl Client {
             name: name.to_owned(),
         };
         let answer = self
-            .raw()
-            .get_queue(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.get_queue(request).await }
+            })
+            .await?;
         required(answer.queue, "GetQueueResponse.queue")
     }
 
     /// Every queue, sorted by name.
     pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, Error> {
         let answer = self
-            .raw()
-            .list_queues(ListQueuesRequest {})
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = ListQueuesRequest {};
+                async move { raw.list_queues(request).await }
+            })
+            .await?;
         Ok(answer.queues)
     }
 
     /// The broker's version, limits in force, storage, security and
     /// features (`GetBrokerInfo`). Any valid token may ask.
     pub async fn broker_info(&self) -> Result<GetBrokerInfoResponse, Error> {
-        Ok(self
-            .raw()
-            .get_broker_info(GetBrokerInfoRequest {})
+        self.call(|mut raw| async move { raw.get_broker_info(GetBrokerInfoRequest {}).await })
             .await
-            .map_err(|s| self.error(s))?
-            .into_inner())
     }
 
     /// How big a frame this broker takes: the default merge limits, lowered
@@ -273,11 +408,11 @@ impl Client {
             if_empty,
         };
         let answer = self
-            .raw()
-            .delete_queue(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.delete_queue(request).await }
+            })
+            .await?;
         Ok(answer.discarded)
     }
 
@@ -287,11 +422,11 @@ impl Client {
             name: name.to_owned(),
         };
         let answer = self
-            .raw()
-            .purge_queue(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.purge_queue(request).await }
+            })
+            .await?;
         Ok(answer.purged)
     }
 
@@ -316,12 +451,11 @@ impl Client {
             mode: mode.into(),
             ..EnqueueRequest::default()
         };
-        let answer = self
-            .raw()
-            .enqueue(with_deadline(request, timeout))
-            .await
-            .map_err(|s| self.error(s))?;
-        Ok(answer.into_inner())
+        self.call(|mut raw| {
+            let request = with_deadline(request.clone(), timeout);
+            async move { raw.enqueue(request).await }
+        })
+        .await
     }
 
     /// Takes up to `max_tasks` ready tasks under a lease, waiting up to
@@ -340,11 +474,11 @@ impl Client {
             max_tasks,
         };
         let answer = self
-            .raw()
-            .get(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.get(request).await }
+            })
+            .await?;
         Ok(answer.deliveries)
     }
 
@@ -356,11 +490,11 @@ impl Client {
             acks,
         };
         let answer = self
-            .raw()
-            .ack(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.ack(request).await }
+            })
+            .await?;
         Ok(answer.errors)
     }
 
@@ -371,11 +505,11 @@ impl Client {
             nacks,
         };
         let answer = self
-            .raw()
-            .nack(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.nack(request).await }
+            })
+            .await?;
         Ok(answer.errors)
     }
 
@@ -391,11 +525,11 @@ impl Client {
             extends,
         };
         let answer = self
-            .raw()
-            .extend_lease(request)
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.extend_lease(request).await }
+            })
+            .await?;
         Ok(answer.errors)
     }
 
@@ -407,11 +541,11 @@ impl Client {
             queue: queue.to_owned(),
         };
         let answer = self
-            .raw()
-            .join(with_deadline(request, timeout))
-            .await
-            .map_err(|s| self.error(s))?
-            .into_inner();
+            .call(|mut raw| {
+                let request = with_deadline(request.clone(), timeout);
+                async move { raw.join(request).await }
+            })
+            .await?;
         Ok(answer.acked_total)
     }
 }

@@ -30,7 +30,10 @@ mod job;
 mod pacer;
 mod publisher;
 
-pub use client::{Client, DEFAULT_CONNECT_TIMEOUT, QueueCreated, Raw, TlsOptions, duration_ms};
+pub use client::{
+    Client, DEFAULT_CONNECT_TIMEOUT, LEADER_METADATA, QueueCreated, Raw, TlsOptions, duration_ms,
+    leader_hint,
+};
 pub use coalesce::{Coalesce, Coalescing, FrameLimit};
 pub use delivery::DeliveryExt;
 pub use error::{Error, code_name};

@@ -70,13 +70,17 @@ impl Cluster {
         )
     }
 
-    /// The member that serves queue calls, once one does.
+    /// The member that leads, once one does (as `cluster status` says,
+    /// asked through a member that is up).
     fn leader(&self) -> usize {
         let mut found = None;
         eventually(DEADLINE, "a leader serves", || {
-            found = self.members.iter().enumerate().find_map(|(i, m)| {
-                let m = m.as_ref()?;
-                (m.cli(&["queue", "list"]).code == 0).then_some(i)
+            found = self.members.iter().flatten().find_map(|m| {
+                let out = m.cli(&["--json", "cluster", "status"]);
+                let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+                let id = v["node_id"].as_u64()?;
+                let up = self.members[(id - 1) as usize].is_some();
+                (v["leader"].as_bool() == Some(true) && up).then_some((id - 1) as usize)
             });
             found.is_some()
         });
@@ -89,19 +93,37 @@ impl Cluster {
 }
 
 #[test]
-fn only_the_leader_serves_and_the_others_name_it() {
+fn only_the_leader_serves_the_others_name_it_and_clients_follow() {
     let c = Cluster::start(3);
     let leader = c.leader();
     let follower = (leader + 1) % 3;
-    // A follower learns who leads from the leader's first heartbeat.
-    let hint = format!("the leader is http://{}", c.addrs[leader]);
+    // A bare gRPC client on a follower is told where to go, and nothing
+    // ran; a follower learns who leads from the leader's first heartbeat.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let want = format!("http://{}", c.addrs[leader]);
     eventually(DEADLINE, "the follower names the leader", || {
-        let out = c.up(follower).cli(&["queue", "create", "q", "--durable"]);
-        assert_ne!(out.code, 0, "a follower took a queue call: {out:?}");
-        out.stderr.contains(&hint)
+        let status = rt.block_on(async {
+            let mut raw =
+                sluice_client::proto::sluice_service_client::SluiceServiceClient::connect(format!(
+                    "http://{}",
+                    c.addrs[follower]
+                ))
+                .await
+                .expect("connects");
+            raw.list_queues(sluice_client::proto::ListQueuesRequest {})
+                .await
+                .expect_err("a follower serves no queue call")
+        });
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        sluice_client::leader_hint(&status).as_deref() == Some(want.as_str())
     });
-    // GetBrokerInfo is answered everywhere.
-    assert_eq!(c.up(follower).cli(&["info"]).code, 0);
+    // The CLI, given the follower alone, follows it to the leader.
+    c.up(follower).ok(&["queue", "create", "q", "--durable"]);
+    let out = c.up(leader).ok(&["queue", "list"]);
+    assert!(out.contains('q'), "{out}");
+    // GetBrokerInfo is answered everywhere, with the member's view.
+    let info = c.up(follower).ok(&["--json", "cluster", "status"]);
+    assert!(info.contains(&want), "{info}");
 }
 
 #[test]
@@ -128,16 +150,34 @@ fn confirmed_tasks_survive_the_leader_and_it_comes_back_a_follower() {
     assert_eq!(num(&s, &["stats", "ready"]), 50, "{s}");
     // Taken from the new leader: every task, once.
     let got: BTreeSet<String> = (0..50)
-        .map(|_| c.up(second).ok(&["get", "jobs"]).trim_end().to_owned())
+        .map(|_| {
+            let mut out = String::new();
+            eventually(DEADLINE, "a get", || {
+                let o = c.up(second).cli(&["get", "jobs"]);
+                out = o.stdout;
+                o.code == 0
+            });
+            out.trim_end().to_owned()
+        })
         .collect();
     assert_eq!(got, sent.iter().cloned().collect::<BTreeSet<_>>());
 
-    // The old leader comes back from its disk, as a follower that knows
-    // what happened meanwhile.
-    let back = c.member(leader);
-    let out = back.cli(&["stats", "jobs"]);
-    assert_ne!(out.code, 0, "{out:?}");
-    c.members[leader] = Some(back);
+    // The old leader comes back from its disk, as a follower that catches
+    // up with what happened meanwhile.
+    c.members[leader] = Some(c.member(leader));
+    let now = c.leader();
+    assert_ne!(now, leader);
+    eventually(DEADLINE, "the old leader caught up", || {
+        let out = c.up(now).cli(&["--json", "cluster", "status"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        let last = v["last_log_index"].as_u64().unwrap_or(0);
+        v["members"].as_array().is_some_and(|ms| {
+            ms.iter().any(|m| {
+                m["node_id"].as_u64() == Some(leader as u64 + 1)
+                    && m["matched_index"].as_u64() == Some(last)
+            })
+        })
+    });
     // It applied the gets: kill the second leader, and whoever leads next
     // has an empty queue.
     if let Some(mut m) = c.members[second].take() {
@@ -146,6 +186,61 @@ fn confirmed_tasks_survive_the_leader_and_it_comes_back_a_follower() {
     }
     let third = c.leader();
     eventually(Duration::from_secs(30), "the acks are replicated", || {
-        num(&c.up(third).stats("jobs"), &["stats", "unfinished"]) == 0
+        let out = c.up(third).cli(&["--json", "stats", "jobs"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        out.code == 0 && num(&v, &["stats", "unfinished"]) == 0
     });
+}
+
+/// The members' URLs, as a client is given them.
+fn urls(c: &Cluster) -> String {
+    c.addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn producers_and_workers_given_the_members_follow_the_leader_through_a_failover() {
+    let mut c = Cluster::start(3);
+    let all = urls(&c);
+    let cli = |args: &[&str]| sluice_tests::cli(&all, args, None);
+    let out = cli(&["queue", "create", "work", "--durable"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let done = tempfile::tempdir().expect("tempdir");
+    // Each task leaves a file named after its payload: no two tasks write
+    // the same file, however many run at once.
+    let script = format!("p=$(cat); touch '{}'/\"$p\"", done.path().display());
+    let mut worker = {
+        let mut cmd = std::process::Command::new(sluice_tests::bin("sluice-worker"));
+        cmd.args(["--broker", &all, "--queue", "work", "--concurrency", "4"])
+            .args(["--", "sh", "-c", &script])
+            .env("RUST_LOG", "sluice_worker=debug,info");
+        sluice_tests::Proc::start("sluice-worker", &mut cmd)
+    };
+    let first: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let mut args = vec!["enqueue", "work"];
+    args.extend(first.iter().map(String::as_str));
+    let out = cli(&args);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let leader = c.leader();
+    if let Some(mut m) = c.members[leader].take() {
+        m.proc.signal("KILL");
+        m.proc.wait_exit(DEADLINE);
+    }
+    // The same command line finds the new leader.
+    let second: Vec<String> = (40..80).map(|i| i.to_string()).collect();
+    let mut args = vec!["enqueue", "work"];
+    args.extend(second.iter().map(String::as_str));
+    eventually(DEADLINE, "an enqueue after the failover", || {
+        cli(&args).code == 0
+    });
+    // Every task is done at least once: those the old leader handed out
+    // and never saw acked come back when their lease ends.
+    eventually(Duration::from_secs(90), "every task done", || {
+        (0..80).all(|i| done.path().join(i.to_string()).exists())
+    });
+    assert!(worker.running(), "the worker carried on");
 }

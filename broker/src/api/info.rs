@@ -1,7 +1,8 @@
 //! `GetBrokerInfo`: what the broker tells tools about itself — version,
 //! limits, storage, security, features. Gathered once at start ([`Setup`]
 //! from the command line, plus the [`Limits`]); nothing here changes while
-//! it runs.
+//! it runs, but for a cluster member's view of its cluster
+//! ([`ClusterView`]), read from its Raft at each call.
 
 use sluice_proto::v1 as pb;
 
@@ -96,5 +97,52 @@ pub fn response(setup: &Setup, limits: &Limits) -> pb::GetBrokerInfoResponse {
         tls: setup.tls,
         tls_client_certificates: setup.tls_client_certificates,
         features,
+        cluster: None,
+    }
+}
+
+/// Where a cluster member reads its view of the cluster from.
+#[derive(Clone)]
+pub struct ClusterView {
+    pub current: crate::cluster::proposer::Current,
+    /// This member's URL, as clients reach it.
+    pub own_url: String,
+}
+
+impl ClusterView {
+    /// The member's view now; None while its Raft restarts.
+    pub fn info(&self, broker: &crate::broker::Broker) -> Option<pb::ClusterInfo> {
+        let raft = self.current.get()?;
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let matched = |id: u64| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map_or(0, |l| l.index)
+        };
+        Some(pb::ClusterInfo {
+            node_id: m.id,
+            leader: broker.serving(),
+            leader_url: match broker.serving() {
+                true => self.own_url.clone(),
+                false => broker.leader_hint().unwrap_or_default(),
+            },
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            members: membership
+                .nodes()
+                .map(|(id, node)| pb::ClusterMember {
+                    node_id: *id,
+                    address: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched(*id),
+                })
+                .collect(),
+            millis_since_quorum_ack: m.millis_since_quorum_ack.unwrap_or(0),
+        })
     }
 }

@@ -23,17 +23,28 @@ use crate::limits::Limits;
 pub struct Service {
     broker: Broker,
     limits: Limits,
-    /// GetBrokerInfo's answer: fixed at start, so built once.
+    /// GetBrokerInfo's answer: fixed at start, so built once (but for a
+    /// cluster member's view of its cluster, read at each call).
     info: std::sync::Arc<pb::GetBrokerInfoResponse>,
+    cluster: Option<crate::api::info::ClusterView>,
 }
 
 impl Service {
-    pub fn new(broker: Broker, limits: Limits, setup: crate::api::info::Setup) -> Self {
-        let info = std::sync::Arc::new(crate::api::info::response(&setup, &limits));
+    pub fn new(
+        broker: Broker,
+        limits: Limits,
+        setup: crate::api::info::Setup,
+        cluster: Option<crate::api::info::ClusterView>,
+    ) -> Self {
+        let mut info = crate::api::info::response(&setup, &limits);
+        if cluster.is_some() {
+            info.features.push("cluster".to_owned());
+        }
         Service {
             broker,
             limits,
-            info,
+            info: std::sync::Arc::new(info),
+            cluster,
         }
     }
 
@@ -338,7 +349,9 @@ impl SluiceService for Service {
     ) -> Result<Response<pb::GetBrokerInfoResponse>, Status> {
         // Names no queue, so no role to check: the auth layer already
         // turned away a missing or unknown token.
-        Ok(Response::new(pb::GetBrokerInfoResponse::clone(&self.info)))
+        let mut info = pb::GetBrokerInfoResponse::clone(&self.info);
+        info.cluster = self.cluster.as_ref().and_then(|c| c.info(&self.broker));
+        Ok(Response::new(info))
     }
 }
 

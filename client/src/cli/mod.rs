@@ -11,6 +11,7 @@
 
 mod batch;
 mod bench;
+mod cluster;
 mod dlq;
 mod enqueue;
 pub mod exit;
@@ -39,7 +40,8 @@ pub const DEFAULT_BROKER: &str = "http://127.0.0.1:50051";
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, after_long_help = exit::HELP)]
 pub struct Args {
-    /// Broker address (http://HOST:PORT).
+    /// Broker address (http://HOST:PORT); for a cluster, its members'
+    /// addresses separated by commas (the leader is found through them).
     #[arg(
         long,
         global = true,
@@ -126,6 +128,9 @@ enum Command {
     /// Dead letter queues: move dead tasks back to work.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// A cluster of brokers: its members, leader and lag.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Measure throughput, latency and resource use (like `nats bench`).
     ///
     /// P producers and C consumers against --broker, or against a broker it
@@ -194,6 +199,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Command::Watch(cmd) => watch::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Dlq(cmd) => dlq::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Info => info::run(&connect(&broker, &tls).await?, json).await,
+        Command::Cluster(cmd) => cluster::run(&connect(&broker, &tls).await?, cmd, json).await,
         Command::Bench(cmd) => bench::run(&broker, cmd, json).await,
         Command::BenchBaselineServer => bench::serve_baseline().await,
     }
