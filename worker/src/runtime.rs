@@ -141,9 +141,14 @@ impl Worker {
         let handler = Arc::new(handler);
         let mut backoff = self.config.reconnect_initial;
         let mut ever_subscribed = false;
+        let mut held = Held::default();
         loop {
             let mut subscribed = false;
-            let end = match self.session(&handler, &shutdown, &mut subscribed).await {
+            held.session += 1;
+            let end = match self
+                .session(&handler, &shutdown, &mut subscribed, &mut held)
+                .await
+            {
                 Ok(end) => end,
                 // Unknown at the start is a mistake to report; unknown after
                 // having worked means the queue was deleted or an in-memory
@@ -162,6 +167,11 @@ impl Worker {
             match end {
                 End::Stopped | End::Drained => return Ok(()),
                 End::Lost(why) => {
+                    // Leases without a token ended with their stream: the
+                    // broker hands those tasks out again, so stop their
+                    // handlers. A cluster's signed leases outlive it; their
+                    // handlers run on and settle on the next stream.
+                    held.forget_unsigned();
                     if subscribed {
                         backoff = self.config.reconnect_initial;
                     }
@@ -182,6 +192,7 @@ impl Worker {
         handler: &Arc<H>,
         shutdown: &CancellationToken,
         subscribed: &mut bool,
+        held: &mut Held,
     ) -> Result<End, Error>
     where
         H: Fn(Task) -> F + Send + Sync + 'static,
@@ -200,12 +211,15 @@ impl Worker {
         // the broker blocks on sending to it. What goes in is bounded by the
         // tasks held (acks, extends) anyway.
         let (tx, rx) = mpsc::unbounded_channel::<ConsumeRequest>();
+        // Slots still busy with tasks of an earlier stream stay taken:
+        // each grants its credit back when it settles, as usual.
+        let busy = u32::try_from(held.busy()).unwrap_or(u32::MAX);
         let first = ConsumeRequest {
             subscribe: Some(Subscribe {
                 queue: cfg.queue.clone(),
                 consumer_name: cfg.name.clone(),
             }),
-            credit: cfg.concurrency,
+            credit: cfg.concurrency.saturating_sub(busy),
             ..Default::default()
         };
         if tx.send(first).is_err() {
@@ -238,11 +252,18 @@ impl Worker {
         let extend_every = ack_deadline / 3;
         let mut ticker = tokio::time::interval((extend_every / 2).max(Duration::from_millis(5)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut running: JoinSet<(LeaseRef, Outcome)> = JoinSet::new();
-        // (task id, attempt) -> last extended. Keyed by the whole lease
-        // token: the same task can come back with a new attempt while an
-        // older run of it is still finishing.
-        let mut held: HashMap<(String, u32), Instant> = HashMap::new();
+        // Leases carried over from a lost stream: extend them now, with
+        // their tokens, so the new leader does not let them lapse while
+        // their handlers finish.
+        let carried = held.extend_due(Instant::now(), Duration::ZERO);
+        if carried > 0 {
+            info!(leases = carried, "carrying leases over to the new stream");
+        }
+        for frame in held.take_outbox() {
+            if tx.send(frame).is_err() {
+                return Ok(End::Lost("request stream closed".into()));
+            }
+        }
         let mut draining = false;
         let mut broker_drain = false;
         let mut grace_end: Option<Instant> = None;
@@ -250,7 +271,7 @@ impl Worker {
         // Set once the broker confirmed our stop: no delivery is in transit.
         let mut stopped = false;
         let end = loop {
-            if draining && running.is_empty() && (stopped || broker_drain) {
+            if draining && held.running.is_empty() && (stopped || broker_drain) {
                 break if broker_drain {
                     End::Drained
                 } else {
@@ -259,7 +280,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = shutdown.cancelled(), if !draining => {
-                    info!(running = running.len(), grace = ?cfg.shutdown_grace, "shutting down: no new tasks, finishing running ones");
+                    info!(running = held.running.len(), grace = ?cfg.shutdown_grace, "shutting down: no new tasks, finishing running ones");
                     draining = true;
                     grace_end = Some(Instant::now() + cfg.shutdown_grace);
                     // Deliveries may be on the wire for credit granted
@@ -271,18 +292,16 @@ impl Worker {
                     }
                 }
                 _ = sleep_until_opt(grace_end) => {
-                    warn!(abandoned = running.len(), "grace period over; abandoning running tasks (the broker hands them out again)");
-                    running.abort_all();
+                    warn!(abandoned = held.running.len(), "grace period over; abandoning running tasks (the broker hands them out again)");
+                    held.running.abort_all();
                     break End::Stopped;
                 }
                 msg = inbound.message() => match msg {
                     Ok(Some(resp)) => {
                         for d in resp.deliveries {
                             let Some(task) = d.task else { continue };
-                            // Settled on this stream, which holds the lease: no token needed
-                            // (sending it would only cost bytes on the hot path).
-                            let lease = LeaseRef { task_id: task.id.clone(), attempt: d.attempt, ..LeaseRef::default() };
-                            held.insert((task.id.clone(), d.attempt), Instant::now());
+                            let lease = (task.id.clone(), d.attempt);
+                            let task_id = task.id.clone();
                             let t = Task {
                                 id: task.id,
                                 queue: d.queue,
@@ -293,7 +312,7 @@ impl Worker {
                                 enqueued_at_unix_ms: task.enqueued_at_unix_ms,
                             };
                             let fut = handler(t);
-                            running.spawn(async move {
+                            let abort = held.running.spawn(async move {
                                 // The handler runs in its own task so a panic
                                 // becomes a nack instead of a lost lease.
                                 let mut inner = AbortOnDrop(tokio::spawn(fut));
@@ -303,12 +322,18 @@ impl Worker {
                                 };
                                 (lease, outcome)
                             });
+                            held.leases.insert((task_id, d.attempt), Lease {
+                                extended: Instant::now(),
+                                token: d.lease_token,
+                                session: held.session,
+                                abort,
+                            });
                         }
                         for e in resp.errors {
                             warn!(task = ?e.lease.as_ref().map(|l| &l.task_id), code = e.code, error = %e.message, "broker refused a settlement");
                             // A lease that is over is not worth extending.
                             if let Some(l) = e.lease {
-                                held.remove(&(l.task_id, l.attempt));
+                                held.leases.remove(&(l.task_id, l.attempt));
                             }
                         }
                         if resp.stopped.is_some() {
@@ -323,44 +348,31 @@ impl Worker {
                     Ok(None) => break End::Lost("broker closed the stream".into()),
                     Err(status) => break classify(status)?,
                 },
-                Some(done) = running.join_next() => {
+                Some(done) = held.running.join_next() => {
                     // A frame per outcome, with a credit for the freed slot
                     // (none while draining): the stream merges whatever
                     // queues up into frames within the broker's limits.
+                    held.settle(done, !draining);
+                    while let Some(more) = held.running.try_join_next() {
+                        held.settle(more, !draining);
+                    }
                     let mut sent = true;
-                    let mut settle = |r: Result<(LeaseRef, Outcome), tokio::task::JoinError>| {
-                        let Ok((lease, outcome)) = r else { return };
-                        held.remove(&(lease.task_id.clone(), lease.attempt));
-                        sent &= tx.send(settlement(lease, outcome, !draining)).is_ok();
-                    };
-                    settle(done);
-                    while let Some(more) = running.try_join_next() {
-                        settle(more);
+                    for frame in held.take_outbox() {
+                        sent &= tx.send(frame).is_ok();
                     }
                     if !sent {
                         break End::Lost("request stream closed".into());
                     }
                 }
                 _ = ticker.tick() => {
-                    let now = Instant::now();
-                    let mut extended = 0;
-                    let mut sent = true;
-                    for ((id, attempt), last) in held.iter_mut() {
-                        if now.duration_since(*last) >= extend_every {
-                            *last = now;
-                            extended += 1;
-                            let extend = ExtendItem {
-                                // This stream holds the lease: no token needed.
-                                lease: Some(LeaseRef { task_id: id.clone(), attempt: *attempt, ..LeaseRef::default() }),
-                                extend_ms: 0,
-                            };
-                            // Merged by the stream, within the broker's limits.
-                            let frame = ConsumeRequest { extends: vec![extend], ..Default::default() };
-                            sent &= tx.send(frame).is_ok();
-                        }
-                    }
+                    let extended = held.extend_due(Instant::now(), extend_every);
                     if extended > 0 {
                         debug!(n = extended, "extending leases");
+                    }
+                    let mut sent = true;
+                    // Merged by the stream, within the broker's limits.
+                    for frame in held.take_outbox() {
+                        sent &= tx.send(frame).is_ok();
                     }
                     if !sent {
                         break End::Lost("request stream closed".into());
@@ -397,6 +409,149 @@ impl Worker {
             }
         }
         Ok(end)
+    }
+}
+
+/// One delivery's lease, as the worker holds it.
+struct Lease {
+    /// When it was last extended (or received).
+    extended: Instant,
+    /// The delivery's lease token: empty from a lone broker, whose leases
+    /// end with the stream; a cluster's, to settle from a later stream.
+    token: String,
+    /// The stream ([`Held::session`]) that received it.
+    session: u64,
+    /// Stops its handler.
+    abort: tokio::task::AbortHandle,
+}
+
+/// The tasks a worker holds, kept across streams: a cluster's leases
+/// outlive the stream to a leader that failed, and the next stream settles
+/// them with their tokens.
+#[derive(Default)]
+struct Held {
+    /// The handlers, each answering its (task id, attempt).
+    running: JoinSet<((String, u32), Outcome)>,
+    /// Keyed by (task id, attempt): the same task can come back with a new
+    /// attempt while an older run of it is still finishing.
+    leases: HashMap<(String, u32), Lease>,
+    /// Counts streams: the current one's leases need no token.
+    session: u64,
+    /// Frames to send on the stream.
+    outbox: Vec<ConsumeRequest>,
+    /// Handlers stopped but not yet joined: they hold no slot.
+    abandoned: usize,
+}
+
+impl Held {
+    /// How this stream names `key`'s lease: without a token when it
+    /// received the delivery itself (a token costs bytes on the hot path
+    /// and proves nothing more), with one otherwise; `None` when the lease
+    /// cannot be claimed from here.
+    fn lease_ref(&self, key: &(String, u32), lease: &Lease) -> Option<LeaseRef> {
+        let token = if lease.session == self.session {
+            String::new()
+        } else if lease.token.is_empty() {
+            return None;
+        } else {
+            lease.token.clone()
+        };
+        Some(LeaseRef {
+            task_id: key.0.clone(),
+            attempt: key.1,
+            lease_token: token,
+        })
+    }
+
+    /// Queues the settlement of one finished handler (with a credit for its
+    /// slot when `refill`).
+    fn settle(
+        &mut self,
+        done: Result<((String, u32), Outcome), tokio::task::JoinError>,
+        refill: bool,
+    ) {
+        let (key, outcome) = match done {
+            Ok(done) => done,
+            Err(_) => {
+                self.abandoned = self.abandoned.saturating_sub(1);
+                return;
+            }
+        };
+        let Some(lease) = self.leases.remove(&key) else {
+            // Refused by the broker meanwhile (expired): nothing to settle,
+            // but the slot is free again.
+            if refill {
+                self.outbox.push(ConsumeRequest {
+                    credit: 1,
+                    ..Default::default()
+                });
+            }
+            return;
+        };
+        match self.lease_ref(&key, &lease) {
+            Some(l) => self.outbox.push(settlement(l, outcome, refill)),
+            None => debug!(task = %key.0, "lease ended with its stream; not settling"),
+        }
+    }
+
+    /// Queues an extend for every lease last extended `every` or longer
+    /// ago; returns how many.
+    fn extend_due(&mut self, now: Instant, every: Duration) -> usize {
+        let mut n = 0;
+        let mut extends = Vec::new();
+        for (key, lease) in self.leases.iter_mut() {
+            if now.duration_since(lease.extended) < every {
+                continue;
+            }
+            lease.extended = now;
+            let token = if lease.session == self.session {
+                String::new()
+            } else {
+                lease.token.clone()
+            };
+            extends.push(ExtendItem {
+                lease: Some(LeaseRef {
+                    task_id: key.0.clone(),
+                    attempt: key.1,
+                    lease_token: token,
+                }),
+                extend_ms: 0,
+            });
+            n += 1;
+        }
+        // One frame per extend: the stream merges them within the broker's
+        // limits.
+        self.outbox
+            .extend(extends.into_iter().map(|e| ConsumeRequest {
+                extends: vec![e],
+                ..Default::default()
+            }));
+        n
+    }
+
+    /// Drops the leases that ended with their stream, stopping their
+    /// handlers.
+    fn forget_unsigned(&mut self) {
+        self.leases.retain(|_, l| {
+            let keep = !l.token.is_empty();
+            if !keep {
+                l.abort.abort();
+                self.abandoned += 1;
+            }
+            keep
+        });
+        // Frames the lost stream did not take go with it: their tasks come
+        // back once their leases end (at least once, as any lost ack).
+        self.outbox.clear();
+    }
+
+    /// Slots taken by handlers still running.
+    fn busy(&self) -> usize {
+        self.running.len().saturating_sub(self.abandoned)
+    }
+
+    fn take_outbox(&mut self) -> Vec<ConsumeRequest> {
+        std::mem::take(&mut self.outbox)
     }
 }
 
@@ -496,6 +651,67 @@ mod tests {
             attempt: 1,
             ..LeaseRef::default()
         }
+    }
+
+    /// A held lease as stream `session` received it.
+    fn hold(held: &mut Held, id: &str, token: &str, session: u64) {
+        let abort = held.running.spawn(std::future::pending());
+        held.leases.insert(
+            (id.into(), 1),
+            Lease {
+                extended: Instant::now(),
+                token: token.into(),
+                session,
+                abort,
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_from_a_lost_stream_is_settled_with_its_token_or_not_at_all() {
+        let mut held = Held {
+            session: 1,
+            ..Held::default()
+        };
+        hold(&mut held, "mine", "tok-mine", 1);
+        hold(&mut held, "signed", "tok-signed", 1);
+        hold(&mut held, "unsigned", "", 1);
+        let own = held.lease_ref(&("mine".into(), 1), &held.leases[&("mine".into(), 1)]);
+        assert_eq!(
+            own.map(|l| l.lease_token),
+            Some(String::new()),
+            "the receiving stream needs no token"
+        );
+
+        // The stream is lost; the next one takes over.
+        held.forget_unsigned();
+        held.session = 2;
+        assert_eq!(
+            held.leases.len(),
+            2,
+            "the unsigned lease ended with its stream"
+        );
+        assert_eq!(held.busy(), 2, "its handler no longer holds a slot");
+        assert_eq!(held.extend_due(Instant::now(), Duration::ZERO), 2);
+        let tokens: Vec<String> = held
+            .take_outbox()
+            .into_iter()
+            .flat_map(|f| f.extends)
+            .filter_map(|e| e.lease.map(|l| l.lease_token))
+            .collect();
+        assert!(
+            tokens.contains(&"tok-signed".to_string()) && tokens.contains(&"tok-mine".to_string())
+        );
+
+        held.settle(Ok((("signed".into(), 1), Outcome::ack())), true);
+        let frames = held.take_outbox();
+        assert_eq!(frames.len(), 1);
+        let ack = &frames[0].acks[0];
+        assert_eq!(
+            ack.lease.as_ref().map(|l| l.lease_token.as_str()),
+            Some("tok-signed")
+        );
+        assert_eq!(frames[0].credit, 1, "its slot is granted again");
     }
 
     #[test]

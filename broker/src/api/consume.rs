@@ -71,11 +71,16 @@ pub async fn start(
     // The channel is new and empty: this cannot fail for lack of room.
     let _ = tx.try_send(Ok(subscribed));
     let span = tracing::info_span!("consume", queue = %sub.queue, consumer = cid.0, name = %sub.consumer_name, %peer);
+    // A cluster's deliveries carry their tokens: after a failover the
+    // worker's new stream (to the new leader) settles them with those,
+    // since the stream that received them is gone.
+    let tokens = broker.replicates(&q).then(|| broker.lease_key());
     let session = Session {
         broker,
         q,
         cid,
         deliveries,
+        tokens,
     };
     tokio::spawn(session.run(first, inbound, tx).instrument(span));
     Ok(ReceiverStream::new(rx))
@@ -88,6 +93,8 @@ struct Session {
     q: std::sync::Arc<QueueHandle>,
     cid: ConsumerId,
     deliveries: DeliveryRx,
+    /// The key to sign deliveries with, for replicated queues only.
+    tokens: Option<LeaseKey>,
 }
 
 impl Session {
@@ -130,7 +137,7 @@ impl Session {
                 if let Some(in_flight) = stopped {
                     // Credit is gone, so nothing new is routed to us: flush
                     // what already was, then confirm.
-                    let mut frames = Frames::default();
+                    let mut frames = Frames::new(self.tokens.as_ref());
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
                     }
@@ -161,7 +168,7 @@ impl Session {
                     self.broker.apply(&self.q, |core, now, fx| {
                         core.credit(now, Command::Revoke { id: cid }, fx)
                     });
-                    let mut frames = Frames::default();
+                    let mut frames = Frames::new(self.tokens.as_ref());
                     while let Ok(batch) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &batch);
                     }
@@ -187,7 +194,7 @@ impl Session {
                     // Coalesce whatever else is already waiting, in frames of
                     // at most FRAME_BYTES so clients with gRPC's default 4 MiB
                     // receive limit can read them.
-                    let mut frames = Frames::default();
+                    let mut frames = Frames::new(self.tokens.as_ref());
                     frames.extend(self.q.name(), &batch);
                     while let Ok(more) = self.deliveries.try_recv() {
                         frames.extend(self.q.name(), &more);
@@ -297,13 +304,21 @@ async fn send_all(out: &Out, frames: Vec<pb::ConsumeResponse>) -> bool {
 
 /// Deliveries cut into frames of at most [`FRAME_BYTES`] of payload (a
 /// single larger task still goes out, alone).
-#[derive(Default)]
-struct Frames {
+struct Frames<'k> {
     done: Vec<pb::ConsumeResponse>,
     bytes: usize,
+    tokens: Option<&'k LeaseKey>,
 }
 
-impl Frames {
+impl<'k> Frames<'k> {
+    fn new(tokens: Option<&'k LeaseKey>) -> Self {
+        Frames {
+            done: Vec::new(),
+            bytes: 0,
+            tokens,
+        }
+    }
+
     fn extend(&mut self, queue: &str, batch: &[crate::engine::Delivery]) {
         for d in batch {
             let size = d.body.payload.len();
@@ -314,10 +329,11 @@ impl Frames {
             }
             self.bytes += size;
             if let Some(last) = self.done.last_mut() {
-                // No lease token: this stream settles them, and proves
-                // receipt by itself; a token per delivery would cost a MAC
-                // on the hottest path for nothing.
-                last.deliveries.push(delivery(queue, d, None));
+                // A lone broker sends no token: this stream settles them,
+                // and proves receipt by itself; a token per delivery would
+                // cost a MAC on the hottest path for nothing. A cluster's
+                // leases outlive the stream (see Session::tokens).
+                last.deliveries.push(delivery(queue, d, self.tokens));
             }
         }
     }
@@ -536,12 +552,12 @@ mod tests {
 
     #[test]
     fn frames_stay_under_the_size_limit() {
-        let mut f = Frames::default();
+        let mut f = Frames::new(None);
         f.extend("q", &[d(10), d(10), d(10)]);
         assert_eq!(f.done.len(), 1);
         assert_eq!(f.done[0].deliveries.len(), 3);
 
-        let mut f = Frames::default();
+        let mut f = Frames::new(None);
         let big = FRAME_BYTES / 2 + 1;
         f.extend("q", &[d(big), d(big)]);
         f.extend("q", &[d(big * 3), d(1)]);

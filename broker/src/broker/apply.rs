@@ -55,7 +55,7 @@ impl Broker {
         how: LogAs,
         f: impl FnOnce(&mut QueueCore, Millis, &mut Effects) -> R,
     ) -> (R, Option<Durability>) {
-        if q.spec.durable && self.inner.journal.is_replicated() {
+        if self.replicates(q) {
             // One durable call at a time, dead-letter moves included, so
             // the commands are proposed in exactly the order they ran (and
             // a move's two halves in one entry): followers that apply the
@@ -80,7 +80,7 @@ impl Broker {
         } else {
             0
         };
-        let replicated = q.spec.durable && self.inner.journal.is_replicated();
+        let replicated = self.replicates(q);
         let (r, durability) = {
             let mut core = q.lock();
             let held_before = core.state.held_bytes();

@@ -239,6 +239,13 @@ impl Broker {
         ConsumerId(self.inner.next_consumer.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Whether `q` is a cluster's replicated queue (durable, in a
+    /// cluster): its state, leases included, outlives this member's
+    /// leadership.
+    pub fn replicates(&self, q: &QueueHandle) -> bool {
+        q.spec.durable && self.inner.journal.is_replicated()
+    }
+
     /// The key that signs lease tokens.
     pub fn lease_key(&self) -> LeaseKey {
         self.inner

@@ -145,7 +145,7 @@ impl Broker {
     pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<u64> {
         let _defs = self.inner.defs.lock().await;
         let handle = self.queue(name)?;
-        if handle.spec.durable && self.inner.journal.is_replicated() {
+        if self.replicates(&handle) {
             let (discarded, committed) = {
                 let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
                 let discarded = handle.lock().state.unfinished();
