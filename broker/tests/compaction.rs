@@ -55,7 +55,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
             })
             .collect();
         broker
-            .enqueue(&q, tasks, true, None)
+            .enqueue(&q, tasks, true, None, None)
             .await
             .expect("enqueue");
         ids.extend((0..10).map(|i| TaskId(first.0 + i)));
@@ -109,7 +109,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
         job: None,
     };
     broker
-        .enqueue(&q, vec![t], true, None)
+        .enqueue(&q, vec![t], true, None, None)
         .await
         .expect("enqueue");
     log.close().await.expect("close");

@@ -35,6 +35,46 @@ pub struct Client {
     /// How to reach another member (None: a client built on a channel,
     /// which stays on it).
     follow: Option<Arc<TlsOptions>>,
+    /// The members given to [`Client::connect`], with their schemes.
+    members: Arc<[String]>,
+    /// This client's producer name and batch count (EnqueueRequest's
+    /// producer_id and sequence), shared by its clones: an enqueue sent
+    /// again after a lost answer is not stored twice.
+    producer: Arc<Producer>,
+}
+
+#[derive(Debug)]
+struct Producer {
+    id: String,
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Producer {
+    /// A name no other client picks: 16 random bytes in hex.
+    fn new() -> Self {
+        let mut bytes = [0u8; 16];
+        if getrandom::getrandom(&mut bytes).is_err() {
+            // No OS randomness: std's per-process hasher keys, and the
+            // time, still tell this process's clients from others'.
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            bytes[..8].copy_from_slice(&h.finish().to_le_bytes());
+            bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        Producer {
+            id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            sent: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
 }
 
 /// The broker this client talks to now.
@@ -49,6 +89,15 @@ pub const LEADER_METADATA: &str = "sluice-leader";
 
 /// What a cluster member's "not the leader" answer says: Some(url) of
 /// the leader, Some("") while none is known; None for any other answer.
+/// Whether a call failed for want of its broker (the connection refused
+/// or dropped), not by the broker's answer.
+fn member_lost(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown
+    ) && leader_hint(status).is_none()
+}
+
 pub fn leader_hint(status: &tonic::Status) -> Option<String> {
     (status.code() == tonic::Code::Unavailable)
         .then(|| status.metadata().get(LEADER_METADATA))
@@ -60,6 +109,10 @@ pub fn leader_hint(status: &tonic::Status) -> Option<String> {
 /// How long a call waits out a cluster electing its leader (it ran
 /// nowhere meanwhile), over a few tries.
 const ELECTION_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a call that may safely run twice waits out its leader's
+/// failure: the election, and finding the new leader among the members.
+const FAILOVER_WAIT: Duration = Duration::from_secs(15);
 
 /// The generated client, with the token (if any) on every call.
 pub type Raw = SluiceServiceClient<InterceptedService<Channel, Token>>;
@@ -116,9 +169,16 @@ impl Client {
     /// certificate) for `https://` URLs.
     pub async fn connect_with(url: &str, tls: &TlsOptions) -> Result<Client, Error> {
         let mut first_error = None;
-        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let given: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let members: Arc<[String]> = given.iter().map(|u| with_scheme(u)).collect();
+        for one in given {
             match Self::connect_one(one, tls).await {
-                Ok(client) => {
+                Ok(mut client) => {
+                    client.members = Arc::clone(&members);
                     client.go_to_leader().await;
                     return Ok(client);
                 }
@@ -201,7 +261,28 @@ impl Client {
         F: Fn(Raw) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let give_up = tokio::time::Instant::now() + ELECTION_WAIT;
+        self.call_with(f, false).await
+    }
+
+    /// [`Client::call`] for a call that may safely run twice (an enqueue
+    /// with its producer sequence, a read): one whose member was lost
+    /// mid-call (it may or may not have run there) is made again on the
+    /// next member, which names the leader, for up to [`FAILOVER_WAIT`].
+    async fn call_again<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Raw) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(f, true).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, f: F, again: bool) -> Result<T, Error>
+    where
+        F: Fn(Raw) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let wait = if again { FAILOVER_WAIT } else { ELECTION_WAIT };
+        let give_up = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(50);
         loop {
             let (raw, url) = {
@@ -212,15 +293,31 @@ impl Client {
                 Ok(answer) => return Ok(answer.into_inner()),
                 Err(status) => status,
             };
-            let hint = leader_hint(&status).filter(|_| self.follow.is_some());
-            let Some(leader) = hint.filter(|_| tokio::time::Instant::now() < give_up) else {
+            if self.follow.is_none() || tokio::time::Instant::now() >= give_up {
                 return Err(Error::from_status(status, &url));
-            };
-            if leader.is_empty() || leader == *url || self.switch(&leader).await.is_err() {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
             }
+            match leader_hint(&status) {
+                Some(leader) => {
+                    if !leader.is_empty() && leader != *url && self.switch(&leader).await.is_ok() {
+                        continue;
+                    }
+                }
+                None if again && member_lost(&status) && self.members.len() > 1 => {
+                    let next = self.member_after(&url);
+                    let _ = self.switch(&next).await;
+                }
+                None => return Err(Error::from_status(status, &url)),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// The member listed after `url` (the first if it is not listed).
+    fn member_after(&self, url: &str) -> String {
+        let at = self.members.iter().position(|m| m == url);
+        let next = at.map_or(0, |i| (i + 1) % self.members.len());
+        self.members[next].clone()
     }
 
     /// The endpoint [`Client::connect`] uses, for callers that want to tune
@@ -292,6 +389,8 @@ impl Client {
                 url: url.into().into(),
             })),
             follow: None,
+            members: Arc::from(Vec::new()),
+            producer: Arc::new(Producer::new()),
         }
     }
 
@@ -438,6 +537,11 @@ impl Client {
     /// A deadline that passes while the answer is on its way reports
     /// `DeadlineExceeded` although the tasks were stored: as with any
     /// deadline, expiry means "outcome not confirmed", not "not stored".
+    ///
+    /// Each call is this client's next numbered batch (producer_id and
+    /// sequence): against a cluster, a call whose leader failed under it
+    /// is sent again to the new leader, which answers the ids the batch
+    /// got if it was stored after all, rather than storing it twice.
     pub async fn enqueue(
         &self,
         queue: &str,
@@ -449,9 +553,10 @@ impl Client {
             queue: queue.to_owned(),
             tasks,
             mode: mode.into(),
-            ..EnqueueRequest::default()
+            producer_id: self.producer.id.clone(),
+            sequence: self.producer.next(),
         };
-        self.call(|mut raw| {
+        self.call_again(|mut raw| {
             let request = with_deadline(request.clone(), timeout);
             async move { raw.enqueue(request).await }
         })

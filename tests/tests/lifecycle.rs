@@ -184,6 +184,54 @@ fn the_same_key_twice_makes_one_task() {
     assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_by_its_producer_is_stored_once() {
+    use sluice_client::proto::{EnqueueRequest, NewTask};
+    let b = Broker::start();
+    b.ok(&["queue", "create", "q", "--capacity", "2"]);
+    let mut raw = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect")
+        .raw();
+    let batch = |seq: u64, n: usize| EnqueueRequest {
+        queue: "q".into(),
+        tasks: (0..n)
+            .map(|i| NewTask {
+                payload: format!("t{i}").into_bytes().into(),
+                ..Default::default()
+            })
+            .collect(),
+        mode: sluice_client::proto::EnqueueMode::FailFast as i32,
+        producer_id: "producer-a".into(),
+        sequence: seq,
+    };
+    let first = raw.enqueue(batch(1, 2)).await.expect("stored").into_inner();
+    // The answer was "lost": the producer sends the batch again, to a full
+    // queue, and is told the same ids.
+    let again = raw
+        .enqueue(batch(1, 2))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(again.ids, first.ids);
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 2, "stored once");
+
+    let reused = raw.enqueue(batch(1, 1)).await.expect_err("not that batch");
+    assert_eq!(reused.code(), tonic::Code::InvalidArgument, "{reused:?}");
+    // A new number is a new batch (here, to a full queue).
+    let full = raw.enqueue(batch(2, 1)).await.expect_err("full");
+    assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+    // Another producer's batch 1 is its own.
+    b.ok(&["queue", "purge", "q"]);
+    let other = EnqueueRequest {
+        producer_id: "producer-b".into(),
+        ..batch(1, 2)
+    };
+    let theirs = raw.enqueue(other).await.expect("stored").into_inner();
+    assert_ne!(theirs.ids, first.ids);
+    assert_eq!(num(&b.stats("q"), &["stats", "ready"]), 2);
+}
+
 #[test]
 fn a_durable_queue_keeps_delayed_and_retrying_tasks_with_their_due_times() {
     let dir = tempfile::tempdir().expect("tempdir");

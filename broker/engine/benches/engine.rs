@@ -44,6 +44,7 @@ fn put(q: &mut QueueState, tasks: Vec<NewTask>, fx: &mut Effects) {
     let put = Command::Enqueue {
         tasks,
         mode: EnqueueMode::FailFast,
+        producer: None,
     };
     let stored = q.execute(0, put, fx);
     assert!(

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::{
     Claim, ConsumerId, Effects, EnqueueError, EnqueueMode, Enqueued, Millis, NackAction, NewTask,
-    PublishError, PublisherId, QueueState, SettleError, TaskId, WaitingId,
+    ProducerSeq, PublishError, PublisherId, QueueState, SettleError, TaskId, WaitingId,
 };
 
 /// One input that changes a queue.
@@ -20,6 +20,9 @@ pub enum Command {
     Enqueue {
         tasks: Vec<NewTask>,
         mode: EnqueueMode,
+        /// Who sent it, as which of its batches: a batch sent again is
+        /// answered as the first time.
+        producer: Option<ProducerSeq>,
     },
     /// A waiting Enqueue call gave up (deadline, cancel, its client left).
     CancelWait { id: WaitingId },
@@ -117,9 +120,13 @@ impl QueueState {
     /// Applies one command at `now`.
     pub fn execute(&mut self, now: Millis, command: Command, fx: &mut Effects) -> Outcome {
         match command {
-            Command::Enqueue { tasks, mode } => {
+            Command::Enqueue {
+                tasks,
+                mode,
+                producer,
+            } => {
                 let n = tasks.len() as u64;
-                let result = self.enqueue(now, tasks, mode, fx);
+                let result = self.enqueue_as(now, tasks, mode, producer, fx);
                 let retry_after_ms = match result {
                     Err(EnqueueError::Full) => self.retry_after_ms(now, n),
                     _ => 0,
@@ -280,12 +287,20 @@ mod tests {
             },
         );
         prop_oneof![
-            4 => (tasks.clone(), proptest::option::of(1u64..5)).prop_map(|(tasks, wait)| {
-                Command::Enqueue {
+            4 => (
+                tasks.clone(),
+                proptest::option::of(1u64..5),
+                proptest::option::of((0u8..2, 1u64..6)),
+            )
+                .prop_map(|(tasks, wait, producer)| Command::Enqueue {
                     tasks,
                     mode: wait.map_or(EnqueueMode::FailFast, |w| EnqueueMode::Wait(WaitingId(w))),
-                }
-            }),
+                    // Few producers and sequence numbers: batches sent again.
+                    producer: producer.map(|(p, seq)| ProducerSeq {
+                        producer: format!("p{p}").into(),
+                        seq,
+                    }),
+                }),
             1 => (1u64..5).prop_map(|w| Command::CancelWait { id: WaitingId(w) }),
             1 => tasks.clone().prop_map(|tasks| Command::Store { tasks }),
             1 => Just(Command::Purge),
@@ -474,6 +489,7 @@ mod tests {
         let put = |ids: &[u64]| Command::Enqueue {
             tasks: ids.iter().map(|&i| task(i)).collect(),
             mode: EnqueueMode::FailFast,
+            producer: None,
         };
         let consumer = Command::AddConsumer {
             id: ConsumerId(1),
@@ -518,6 +534,7 @@ mod tests {
             Command::Enqueue {
                 tasks: vec![task(1), task(2)],
                 mode: EnqueueMode::FailFast,
+                producer: None,
             },
             &mut fx,
         );
@@ -544,6 +561,7 @@ mod tests {
             Command::Enqueue {
                 tasks: vec![task(3), task(4)],
                 mode: EnqueueMode::Wait(WaitingId(7)),
+                producer: None,
             },
             &mut fx,
         );
@@ -578,5 +596,75 @@ mod tests {
         assert_eq!(held, Outcome::Settled(vec![Err(SettleError::StaleLease)]));
         let token = run(&mut q, ack(Claim::Token), &mut fx);
         assert_eq!(token, Outcome::Settled(vec![Ok(None)]));
+    }
+
+    #[test]
+    fn a_batch_sent_again_is_stored_once_whichever_copy_waits() {
+        let task = |id| NewTask {
+            id: TaskId(id),
+            payload: Bytes::from_static(b"x"),
+            headers: HashMap::new(),
+            priority: 0,
+            delay_ms: 0,
+            key: None,
+            job: None,
+        };
+        let send = |first: u64, wait: u64| Command::Enqueue {
+            tasks: vec![task(first), task(first + 1)],
+            mode: EnqueueMode::Wait(WaitingId(wait)),
+            producer: Some(ProducerSeq {
+                producer: "p".into(),
+                seq: 1,
+            }),
+        };
+        let mut q = QueueState::new(config(Order::Fifo, 2));
+        let mut fx = Effects::default();
+        let fill = Command::Enqueue {
+            tasks: vec![task(1), task(2)],
+            mode: EnqueueMode::FailFast,
+            producer: None,
+        };
+        q.execute(0, fill, &mut fx);
+        // Full: the batch waits, and so does its copy (its first call's
+        // answer was lost while it waited).
+        for (first, wait) in [(10, 1), (20, 2)] {
+            let out = q.execute(1, send(first, wait), &mut fx);
+            assert!(matches!(
+                out,
+                Outcome::Enqueue {
+                    result: Ok(Enqueued::Waiting(_)),
+                    ..
+                }
+            ));
+        }
+        q.execute(2, Command::Purge, &mut fx);
+        let admitted: Vec<_> = fx.admitted.drain(..).collect();
+        assert_eq!(admitted.len(), 2);
+        assert!(
+            admitted[0].duplicates.is_empty(),
+            "the first copy is stored"
+        );
+        assert_eq!(
+            admitted[1].duplicates,
+            vec![(TaskId(20), TaskId(10)), (TaskId(21), TaskId(11))],
+            "the second is answered the first's ids"
+        );
+        assert_eq!(q.depth(), 2, "stored once");
+
+        // A third copy, even on a full queue, is answered at once.
+        fx.duplicates.clear();
+        let out = q.execute(3, send(30, 3), &mut fx);
+        assert!(matches!(
+            out,
+            Outcome::Enqueue {
+                result: Ok(Enqueued::Stored),
+                ..
+            }
+        ));
+        assert_eq!(
+            fx.duplicates,
+            vec![(TaskId(30), TaskId(10)), (TaskId(31), TaskId(11))]
+        );
+        assert_eq!(q.depth(), 2);
     }
 }

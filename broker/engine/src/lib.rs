@@ -19,8 +19,8 @@ use std::collections::HashMap;
 
 pub use command::{Command, Outcome, SettleKind, SettleOp};
 pub use queue::{
-    ImageConsumer, ImageKey, ImageLease, ImagePublisher, ImageTask, ImageWaiting, KEY_OVERHEAD,
-    PublishError, QueueImage, QueueState,
+    ImageConsumer, ImageKey, ImageLease, ImageMark, ImagePublisher, ImageTask, ImageWaiting,
+    KEY_OVERHEAD, MarkedBatch, Producer, PublishError, QueueImage, QueueState,
 };
 
 /// Milliseconds since the Unix epoch. The engine never reads a clock.
@@ -355,6 +355,20 @@ pub enum EnqueueError {
     Full,
     #[error("batch of {batch} tasks can never fit a queue of capacity {capacity}")]
     BatchTooLarge { batch: u64, capacity: u64 },
+    #[error(
+        "this producer's batch {seq} was stored with {was} tasks; this one has {now}: \
+         a sequence number names one batch"
+    )]
+    SequenceReused { seq: u64, was: u32, now: u64 },
+}
+
+/// A producer's name and its count of one batch (EnqueueRequest's
+/// producer_id and sequence): a batch sent again under the same pair is
+/// answered as the first time, not stored twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerSeq {
+    pub producer: Box<str>,
+    pub seq: u64,
 }
 
 /// Whether an enqueue may wait for space.

@@ -16,6 +16,7 @@ mod digest;
 mod drain;
 mod image;
 mod keys;
+mod marks;
 mod publishers;
 mod settle;
 
@@ -28,7 +29,8 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::ready::{Entry, ReadySet};
 use crate::{
     Change, Completion, ConsumerId, DeadReason, Effects, EnqueueError, EnqueueMode, Enqueued,
-    Millis, NewTask, PublisherId, QueueConfig, QueueStats, Restored, TaskBody, TaskId, WaitingId,
+    Millis, NewTask, ProducerSeq, PublisherId, QueueConfig, QueueStats, Restored, TaskBody, TaskId,
+    WaitingId,
 };
 use drain::DrainMeter;
 pub use image::{
@@ -36,6 +38,8 @@ pub use image::{
 };
 pub use keys::KEY_OVERHEAD;
 use keys::KeyIndex;
+pub use marks::{ImageMark, MarkedBatch};
+use marks::{Marks, Seen};
 pub use publishers::PublishError;
 use publishers::Publishers;
 
@@ -65,6 +69,17 @@ struct WaitingBatch {
     keyed: bool,
     /// Its tasks found to be duplicates so far: (new id, holder).
     dups: Vec<(TaskId, TaskId)>,
+    /// Who sent it, as which of its batches (see `marks`).
+    producer: Option<Producer>,
+}
+
+/// A producer's batch as its mark will record it: the batch's first id and
+/// size as sent, before any of its tasks turned out duplicates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Producer {
+    pub seq: ProducerSeq,
+    pub first: TaskId,
+    pub n: u32,
 }
 
 #[derive(Debug)]
@@ -117,6 +132,8 @@ pub struct QueueState {
     /// Idempotency keys in use, by unfinished tasks and by done ones still
     /// in their window.
     keys: KeyIndex,
+    /// Producers' recent batches, by sequence number.
+    marks: Marks,
     drained: DrainMeter,
     publishers: Publishers,
     /// The job of each unfinished task that has one (beside the tasks).
@@ -205,7 +222,7 @@ impl QueueState {
     /// Every byte a client made this queue keep: payloads, headers, keys
     /// and job ids; see `extra_bytes`.
     pub fn held_bytes(&self) -> u64 {
-        self.stats.payload_bytes + self.extra_bytes + self.keys.bytes()
+        self.stats.payload_bytes + self.extra_bytes + self.keys.bytes() + self.marks.bytes()
     }
 
     /// [`QueueState::held_bytes`] counted from scratch, for tests that
@@ -220,13 +237,14 @@ impl QueueState {
             .map(|e| e.body.payload.len() as u64 + header_bytes(&e.body.headers))
             .sum();
         let jobs: u64 = self.task_jobs.values().map(|j| j.len() as u64).sum();
-        tasks + jobs + self.keys.recount()
+        tasks + jobs + self.keys.recount() + self.marks.bytes()
     }
 
     pub fn new(config: QueueConfig) -> Self {
         QueueState {
             ready: ReadySet::new(config.order),
             keys: KeyIndex::new(config.key_window_ms),
+            marks: Marks::new(config.key_window_ms),
             config,
             delayed: BTreeMap::new(),
             leased: HashMap::default(),
@@ -385,11 +403,25 @@ impl QueueState {
 
     /// Adds a batch, all or none. Waiting producers are served in arrival
     /// order: a new batch queues behind them even if it would fit now.
+    #[cfg(test)]
     pub(crate) fn enqueue(
         &mut self,
         now: Millis,
         tasks: Vec<NewTask>,
         mode: EnqueueMode,
+        fx: &mut Effects,
+    ) -> Result<Enqueued, EnqueueError> {
+        self.enqueue_as(now, tasks, mode, None, fx)
+    }
+
+    /// [`QueueState::enqueue`] of a producer's numbered batch: one it sent
+    /// before is answered as then (see `marks`).
+    pub(crate) fn enqueue_as(
+        &mut self,
+        now: Millis,
+        tasks: Vec<NewTask>,
+        mode: EnqueueMode,
+        producer: Option<ProducerSeq>,
         fx: &mut Effects,
     ) -> Result<Enqueued, EnqueueError> {
         let batch = tasks.len() as u64;
@@ -399,15 +431,40 @@ impl QueueState {
                 capacity: self.config.capacity,
             });
         }
+        let producer = match producer {
+            None => None,
+            Some(seq) => match self.marks.seen(&seq, tasks.len()) {
+                Seen::New => Some(Producer {
+                    first: tasks.first().map_or(TaskId(0), |t| t.id),
+                    n: tasks.len() as u32,
+                    seq,
+                }),
+                Seen::Stored(ids) => {
+                    // Sent again: answered as the first time, even on a full
+                    // queue, and nothing stored.
+                    fx.duplicates.extend(tasks.iter().map(|t| t.id).zip(ids));
+                    return Ok(Enqueued::Stored);
+                }
+                Seen::Reused { tasks: was } => {
+                    return Err(EnqueueError::SequenceReused {
+                        seq: seq.seq,
+                        was,
+                        now: batch,
+                    });
+                }
+            },
+        };
         let mut dups = Vec::new();
         let tasks = self.keys.drop_held(now, tasks, &mut dups);
         let batch = tasks.len() as u64;
         if batch == 0 {
+            self.mark(now, producer, &dups);
             fx.duplicates.extend(dups);
             return Ok(Enqueued::Stored);
         }
         if self.waiting.is_empty() && batch <= self.room() {
             let tasks = self.keys.take(now, tasks, &mut dups);
+            self.mark(now, producer, &dups);
             fx.duplicates.extend(dups);
             self.store(now, tasks, fx);
             self.dispatch(now, fx);
@@ -416,7 +473,8 @@ impl QueueState {
         match mode {
             EnqueueMode::FailFast => Err(EnqueueError::Full),
             EnqueueMode::Wait(id) => {
-                // Its keys are checked again, and taken, when it is stored.
+                // Its keys are checked again, and taken, when it is stored;
+                // so is its producer's mark.
                 fx.duplicates.extend(dups);
                 self.waiting_tasks += batch;
                 let keyed = tasks.iter().any(|t| t.key.is_some());
@@ -426,9 +484,18 @@ impl QueueState {
                     at: now,
                     keyed,
                     dups: Vec::new(),
+                    producer,
                 });
                 Ok(Enqueued::Waiting(id))
             }
+        }
+    }
+
+    /// Records that a producer's batch is stored, `dups` of its tasks as
+    /// other tasks' ids.
+    fn mark(&mut self, now: Millis, producer: Option<Producer>, dups: &[(TaskId, TaskId)]) {
+        if let Some(p) = producer {
+            self.marks.record(now, &p.seq, p.first, p.n, dups.to_vec());
         }
     }
 
@@ -513,6 +580,7 @@ impl QueueState {
             self.job_unlink(*id);
             self.keys.retract(*id);
         }
+        self.marks.retract(ids);
         let n = before - self.depth();
         self.stats.enqueued_total -= n;
         // The space is free again for waiting producers.
@@ -596,6 +664,24 @@ impl QueueState {
     fn admit_waiting(&mut self, now: Millis, fx: &mut Effects) -> bool {
         let mut admitted_any = false;
         while let Some(mut p) = self.waiting.pop_front() {
+            if let Some(producer) = &p.producer
+                && let Seen::Stored(ids) = self.marks.seen(&producer.seq, producer.n as usize)
+            {
+                // The same batch, sent again meanwhile, was stored first:
+                // this one is answered its ids and stores nothing.
+                self.waiting_tasks -= p.tasks.len() as u64;
+                let first = producer.first.0;
+                let duplicates = (first..first + u64::from(producer.n))
+                    .map(TaskId)
+                    .zip(ids)
+                    .collect();
+                fx.admitted.push(super::Admitted {
+                    id: p.id,
+                    duplicates,
+                });
+                admitted_any = true;
+                continue;
+            }
             if p.keyed {
                 // Tasks whose key a stored task took meanwhile need no
                 // room: they are answered that task's id.
@@ -613,6 +699,7 @@ impl QueueState {
             self.waiting_tasks -= n;
             let mut duplicates = p.dups;
             let tasks = self.keys.take(now, p.tasks, &mut duplicates);
+            self.mark(now, p.producer, &duplicates);
             self.store(now, tasks, fx);
             fx.admitted.push(super::Admitted {
                 id: p.id,
@@ -707,6 +794,7 @@ impl QueueState {
             self.ready.push_returned(e);
         }
         self.keys.expire(now);
+        self.marks.expire(now);
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;

@@ -409,6 +409,7 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                     Err(EnqueueError::BatchTooLarge { .. }) => {
                         assert!(tasks.len() as u64 > capacity)
                     }
+                    Err(e) => panic!("no producer sent this batch, yet: {e}"),
                 }
             }
             Op::Subscribe => {

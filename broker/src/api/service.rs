@@ -144,9 +144,13 @@ impl SluiceService for Service {
                 return Err(Error::invalid(format!("unknown enqueue mode {}", req.mode)).into());
             }
         };
+        let producer = validate::producer(req.producer_id, req.sequence)?;
         let first = self.broker.task_ids(n);
         let tasks = validate::new_tasks(req.tasks, first, &self.limits)?;
-        let stored = self.broker.enqueue(&q, tasks, wait, deadline).await?;
+        let stored = self
+            .broker
+            .enqueue(&q, tasks, wait, deadline, producer)
+            .await?;
         let ids = answered_ids(stored.first_id, n, &stored.duplicates);
         Ok(Response::new(pb::EnqueueResponse {
             ids,

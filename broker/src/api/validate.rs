@@ -40,6 +40,24 @@ pub fn queue_name(name: &str) -> Result<()> {
     }
 }
 
+/// EnqueueRequest.producer_id and sequence: a producer that names itself
+/// (at most [`MAX_NAME_LEN`] bytes) has its batches told apart by their
+/// sequence numbers; none, no deduplication.
+pub fn producer(id: String, seq: u64) -> Result<Option<crate::engine::ProducerSeq>> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "producer_id is over {MAX_NAME_LEN} bytes"
+        )));
+    }
+    Ok(Some(crate::engine::ProducerSeq {
+        producer: id.into(),
+        seq,
+    }))
+}
+
 /// A CreateQueue request with defaults filled in and limits checked.
 pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec> {
     queue_name(name)?;

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{
     Change, Command, ConsumerId, ConsumerStats, DeadReason, DeadTask, Delivery, Effects,
-    EnqueueError, EnqueueMode, Enqueued, Millis, NewTask, Outcome, PublisherId, QueueState,
-    QueueStats, SettleOp, TaskId, WaitingId,
+    EnqueueError, EnqueueMode, Enqueued, Millis, NewTask, Outcome, ProducerSeq, PublisherId,
+    QueueState, QueueStats, SettleOp, TaskId, WaitingId,
 };
 use crate::error::{Error, Result};
 use crate::journal::Journal;

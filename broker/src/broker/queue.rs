@@ -62,9 +62,15 @@ impl QueueCore {
         now: Millis,
         tasks: Vec<NewTask>,
         mode: EnqueueMode,
+        producer: Option<ProducerSeq>,
         fx: &mut Effects,
     ) -> (std::result::Result<Enqueued, EnqueueError>, u64, u64) {
-        match self.run(now, Command::Enqueue { tasks, mode }, fx) {
+        let enqueue = Command::Enqueue {
+            tasks,
+            mode,
+            producer,
+        };
+        match self.run(now, enqueue, fx) {
             Outcome::Enqueue {
                 result,
                 depth,

@@ -77,7 +77,9 @@ impl Machine for Replica {
 fn ids_in(c: &Command) -> (u64, u64) {
     let tasks = |ts: &[NewTask]| ts.iter().map(|t| t.id.0).max().unwrap_or(0);
     match c {
-        Command::Enqueue { tasks: ts, mode } => (
+        Command::Enqueue {
+            tasks: ts, mode, ..
+        } => (
             tasks(ts),
             match mode {
                 EnqueueMode::Wait(w) => w.0,

@@ -114,7 +114,7 @@ async fn queue(broker: &Broker, name: &str, o: pb::QueueOptions) -> Arc<QueueHan
 async fn put(broker: &Broker, q: &Arc<QueueHandle>, items: &[&str]) {
     for p in items {
         broker
-            .enqueue(q, tasks(broker, &[p]), false, None)
+            .enqueue(q, tasks(broker, &[p]), false, None, None)
             .await
             .unwrap_or_else(|e| panic!("enqueue {p}: {e}"));
     }
@@ -233,14 +233,14 @@ async fn a_failed_fsync_fails_the_enqueue_and_stops_every_later_one() {
         .fail_syncs
         .store(1, Relaxed);
     let err = broker
-        .enqueue(&q, tasks(&broker, &["lost"]), false, None)
+        .enqueue(&q, tasks(&broker, &["lost"]), false, None, None)
         .await
         .expect_err("the fsync failed");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     assert_eq!(q.snapshot().0.ready, 1, "the refused task was taken back");
     // The next fsync would succeed; the log must not take the chance.
     let err = broker
-        .enqueue(&q, tasks(&broker, &["after"]), false, None)
+        .enqueue(&q, tasks(&broker, &["after"]), false, None, None)
         .await
         .expect_err("the log stopped");
     assert_eq!(err.code(), tonic::Code::Unavailable);
@@ -265,7 +265,7 @@ async fn a_disk_that_fills_during_a_group_commit_confirms_none_of_the_group() {
         let (b, q) = (broker.clone(), q.clone());
         calls.push(tokio::spawn(async move {
             let name = format!("t{i}");
-            let r = b.enqueue(&q, tasks(&b, &[&name]), false, None).await;
+            let r = b.enqueue(&q, tasks(&b, &[&name]), false, None, None).await;
             (name, r.map(|_| ()))
         }));
     }
@@ -408,7 +408,7 @@ async fn deleting_a_queue_gives_its_bytes_back_to_the_budget() {
     for name in ["a", "b", "c"] {
         let q = queue(&broker, name, pb::QueueOptions::default()).await;
         broker
-            .enqueue(&q, tasks(&broker, &[&big]), false, None)
+            .enqueue(&q, tasks(&broker, &[&big]), false, None, None)
             .await
             .unwrap_or_else(|e| panic!("queue {name}: {e}"));
         broker.delete_queue(name, false).await.expect("deleted");
@@ -431,7 +431,7 @@ async fn a_waiting_batch_and_remembered_keys_count_in_the_budget() {
         let payload = "w".repeat(1500);
         tokio::spawn(async move {
             let t = tasks(&b, &[&payload]);
-            b.enqueue(&q, t, true, None).await
+            b.enqueue(&q, t, true, None, None).await
         })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -440,7 +440,7 @@ async fn a_waiting_batch_and_remembered_keys_count_in_the_budget() {
         tokio::task::yield_now().await;
     }
     let err = broker
-        .enqueue(&q, tasks(&broker, &[&"x".repeat(600)]), false, None)
+        .enqueue(&q, tasks(&broker, &[&"x".repeat(600)]), false, None, None)
         .await
         .expect_err("over the budget with the waiting batch");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
@@ -451,7 +451,7 @@ async fn a_waiting_batch_and_remembered_keys_count_in_the_budget() {
     let before = broker.held_bytes();
     let k = queue(&broker, "k", pb::QueueOptions::default()).await;
     broker
-        .enqueue(&k, keyed(&broker, "some-key"), false, None)
+        .enqueue(&k, keyed(&broker, "some-key"), false, None, None)
         .await
         .expect("stored");
     let got = take(&broker, &k, 1).await;
@@ -512,7 +512,10 @@ async fn a_key_waiting_in_line_is_never_answered_before_it_is_stored() {
     let a = {
         let (b, q) = (broker.clone(), q.clone());
         let deadline = Instant::now() + Duration::from_millis(300);
-        tokio::spawn(async move { b.enqueue(&q, keyed(&b, "k"), true, Some(deadline)).await })
+        tokio::spawn(async move {
+            b.enqueue(&q, keyed(&b, "k"), true, Some(deadline), None)
+                .await
+        })
     };
     let until = std::time::Instant::now() + Duration::from_secs(10);
     while q.snapshot().0.waiting_producers == 0 {
@@ -521,7 +524,7 @@ async fn a_key_waiting_in_line_is_never_answered_before_it_is_stored() {
     }
     // B with k fail-fast: the queue is full; B is not told A's id.
     let err = broker
-        .enqueue(&q, keyed(&broker, "k"), false, None)
+        .enqueue(&q, keyed(&broker, "k"), false, None, None)
         .await
         .expect_err("full");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
@@ -533,7 +536,7 @@ async fn a_key_waiting_in_line_is_never_answered_before_it_is_stored() {
     for _ in 0..2 {
         let (b, qc) = (broker.clone(), q.clone());
         waiters.push(tokio::spawn(async move {
-            b.enqueue(&qc, keyed(&b, "k"), true, None).await
+            b.enqueue(&qc, keyed(&b, "k"), true, None, None).await
         }));
         let until = std::time::Instant::now() + Duration::from_secs(10);
         let n = waiters.len() as u64;
@@ -578,7 +581,10 @@ async fn compaction_counts_headers_and_does_not_run_again_at_once() {
         let mut t = tasks(&broker, &["p"]);
         t[0].headers
             .insert("h".into(), format!("{i}-{}", "v".repeat(2000)));
-        broker.enqueue(&q, t, false, None).await.expect("stored");
+        broker
+            .enqueue(&q, t, false, None, None)
+            .await
+            .expect("stored");
     }
     assert!(!broker.compaction_due(), "all of it is live");
     let written = broker.compact().await.expect("compacted");

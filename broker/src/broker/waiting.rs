@@ -9,12 +9,14 @@ impl Broker {
     /// `deadline`; without, a full queue is an error at once. A batch in
     /// line counts against the memory budget, and holds no idempotency
     /// key: its keys are checked again (and taken) when it is stored.
+    /// A `producer`'s batch sent before is answered as the first time.
     pub async fn enqueue(
         &self,
         q: &Arc<QueueHandle>,
         tasks: Vec<NewTask>,
         wait: bool,
         deadline: Option<Instant>,
+        producer: Option<ProducerSeq>,
     ) -> Result<EnqueueReceipt> {
         self.check_open()?;
         let reservation = self.reserve_memory(tasks.iter().map(NewTask::held_bytes).sum())?;
@@ -33,7 +35,7 @@ impl Broker {
                 if core.deleted {
                     return (Err(None), 0, Vec::new(), 0);
                 }
-                let (r, depth, retry) = core.enqueue(now, tasks, mode, fx);
+                let (r, depth, retry) = core.enqueue(now, tasks, mode, producer, fx);
                 if let Ok(Enqueued::Waiting(p)) = r {
                     core.waiting.insert(p, tx);
                 }
@@ -77,7 +79,9 @@ impl Broker {
                     retry_after_ms,
                 });
             }
-            Err(Some(e @ EnqueueError::BatchTooLarge { .. })) => {
+            Err(Some(
+                e @ (EnqueueError::BatchTooLarge { .. } | EnqueueError::SequenceReused { .. }),
+            )) => {
                 return Err(Error::invalid(e.to_string()));
             }
         }

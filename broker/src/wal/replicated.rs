@@ -17,9 +17,10 @@ use prost::Message;
 
 use super::codec::{JobRecord, QueueDef};
 use crate::engine::{
-    Claim, Command, ConsumerId, EnqueueMode, ImageConsumer, ImageKey, ImageLease, ImagePublisher,
-    ImageTask, ImageWaiting, Millis, NackAction, NewTask, PublisherId, QueueImage, QueueStats,
-    SettleKind, SettleOp, TaskBody, TaskId, WaitingId,
+    Claim, Command, ConsumerId, EnqueueMode, ImageConsumer, ImageKey, ImageLease, ImageMark,
+    ImagePublisher, ImageTask, ImageWaiting, MarkedBatch, Millis, NackAction, NewTask, Producer,
+    ProducerSeq, PublisherId, QueueImage, QueueStats, SettleKind, SettleOp, TaskBody, TaskId,
+    WaitingId,
 };
 
 /// One Raft entry's command.
@@ -141,6 +142,49 @@ pub struct EnqueueMsg {
     /// The waiting batch's id when it may wait; 0: fail fast.
     #[prost(uint64, tag = "2")]
     pub wait: u64,
+    /// The producer that sent it, if it named itself.
+    #[prost(string, optional, tag = "3")]
+    pub producer: Option<String>,
+    /// The producer's number of this batch.
+    #[prost(uint64, tag = "4")]
+    pub seq: u64,
+}
+
+/// A producer's batch as a waiting batch remembers it.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProducerMsg {
+    #[prost(string, tag = "1")]
+    pub producer: String,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    #[prost(uint64, tag = "3")]
+    pub first: u64,
+    #[prost(uint32, tag = "4")]
+    pub n: u32,
+}
+
+/// A producer's recent batches.
+#[derive(Clone, PartialEq, Message)]
+pub struct MarkMsg {
+    #[prost(string, tag = "1")]
+    pub producer: String,
+    #[prost(uint64, tag = "2")]
+    pub used: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub batches: Vec<MarkedBatchMsg>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MarkedBatchMsg {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub first: u64,
+    #[prost(uint32, tag = "3")]
+    pub n: u32,
+    /// (new id, holder) pairs, flattened.
+    #[prost(uint64, repeated, tag = "4")]
+    pub dups: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -274,12 +318,18 @@ fn tasks_of(m: Vec<NewTaskMsg>) -> Vec<NewTask> {
 pub fn command_msg(c: &Command) -> CommandMsg {
     use command_msg::Kind as K;
     let kind = match c {
-        Command::Enqueue { tasks, mode } => K::Enqueue(EnqueueMsg {
+        Command::Enqueue {
+            tasks,
+            mode,
+            producer,
+        } => K::Enqueue(EnqueueMsg {
             tasks: tasks_msg(tasks),
             wait: match mode {
                 EnqueueMode::Wait(id) => id.0,
                 EnqueueMode::FailFast => 0,
             },
+            producer: producer.as_ref().map(|p| p.producer.to_string()),
+            seq: producer.as_ref().map_or(0, |p| p.seq),
         }),
         Command::CancelWait { id } => K::CancelWait(id.0),
         Command::Store { tasks } => K::Store(TaskList {
@@ -374,6 +424,10 @@ pub fn command_of(m: CommandMsg) -> Result<Command, String> {
                 0 => EnqueueMode::FailFast,
                 w => EnqueueMode::Wait(WaitingId(w)),
             },
+            producer: e.producer.map(|p| ProducerSeq {
+                producer: p.into(),
+                seq: e.seq,
+            }),
         },
         K::CancelWait(id) => Command::CancelWait { id: WaitingId(id) },
         K::Store(t) => Command::Store {
@@ -583,6 +637,8 @@ pub struct QueueImageMsg {
     pub publisher_ring: Vec<u64>,
     #[prost(message, repeated, tag = "19")]
     pub task_jobs: Vec<IdText>,
+    #[prost(message, repeated, tag = "20")]
+    pub marks: Vec<MarkMsg>,
 }
 
 /// A task in an image, with where it is: due time (delayed), lease.
@@ -629,6 +685,8 @@ pub struct WaitingMsg {
     /// (new id, holder) pairs, flattened.
     #[prost(uint64, repeated, tag = "5")]
     pub dups: Vec<u64>,
+    #[prost(message, optional, tag = "6")]
+    pub producer: Option<ProducerMsg>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -743,6 +801,12 @@ pub fn image_msg(def: QueueDef, i: &QueueImage) -> QueueImageMsg {
                 at: w.at,
                 keyed: w.keyed,
                 dups: w.dups.iter().flat_map(|(a, b)| [a.0, b.0]).collect(),
+                producer: w.producer.as_ref().map(|p| ProducerMsg {
+                    producer: p.seq.producer.to_string(),
+                    seq: p.seq.seq,
+                    first: p.first.0,
+                    n: p.n,
+                }),
             })
             .collect(),
         consumers: i
@@ -824,6 +888,24 @@ pub fn image_msg(def: QueueDef, i: &QueueImage) -> QueueImageMsg {
                 text: j.to_string(),
             })
             .collect(),
+        marks: i
+            .marks
+            .iter()
+            .map(|m| MarkMsg {
+                producer: m.producer.to_string(),
+                used: m.used,
+                batches: m
+                    .batches
+                    .iter()
+                    .map(|b| MarkedBatchMsg {
+                        seq: b.seq,
+                        first: b.first.0,
+                        n: b.n,
+                        dups: b.dups.iter().flat_map(|(a, h)| [a.0, h.0]).collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -858,6 +940,14 @@ pub fn image_of(m: &QueueImageMsg) -> QueueImage {
                 dups: pairs(&w.dups)
                     .map(|(a, b)| (TaskId(a), TaskId(b)))
                     .collect(),
+                producer: w.producer.as_ref().map(|p| Producer {
+                    seq: ProducerSeq {
+                        producer: p.producer.as_str().into(),
+                        seq: p.seq,
+                    },
+                    first: TaskId(p.first),
+                    n: p.n,
+                }),
             })
             .collect(),
         consumers: m
@@ -932,6 +1022,26 @@ pub fn image_of(m: &QueueImageMsg) -> QueueImage {
             .iter()
             .map(|e| (TaskId(e.id), e.text.as_str().into()))
             .collect(),
+        marks: m
+            .marks
+            .iter()
+            .map(|k| ImageMark {
+                producer: k.producer.as_str().into(),
+                used: k.used,
+                batches: k
+                    .batches
+                    .iter()
+                    .map(|b| MarkedBatch {
+                        seq: b.seq,
+                        first: TaskId(b.first),
+                        n: b.n,
+                        dups: pairs(&b.dups)
+                            .map(|(a, h)| (TaskId(a), TaskId(h)))
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -954,10 +1064,15 @@ mod tests {
             Command::Enqueue {
                 tasks: vec![task.clone()],
                 mode: EnqueueMode::Wait(WaitingId(3)),
+                producer: Some(ProducerSeq {
+                    producer: "p-1".into(),
+                    seq: 9,
+                }),
             },
             Command::Enqueue {
                 tasks: vec![],
                 mode: EnqueueMode::FailFast,
+                producer: None,
             },
             Command::CancelWait { id: WaitingId(3) },
             Command::Store {
@@ -1107,10 +1222,15 @@ mod image_tests {
             Command::Enqueue {
                 tasks: vec![task(1, Some("a"), true), task(2, None, false)],
                 mode: EnqueueMode::FailFast,
+                producer: Some(ProducerSeq {
+                    producer: "p".into(),
+                    seq: 1,
+                }),
             },
             Command::Enqueue {
                 tasks: vec![task(3, Some("b"), false), task(4, None, true)],
                 mode: EnqueueMode::FailFast,
+                producer: None,
             },
             Command::AddConsumer {
                 id: ConsumerId(1),
@@ -1161,6 +1281,10 @@ mod image_tests {
                     task(7, None, false),
                 ],
                 mode: EnqueueMode::Wait(WaitingId(8)),
+                producer: Some(ProducerSeq {
+                    producer: "p".into(),
+                    seq: 2,
+                }),
             },
         ];
         for c in log {

@@ -103,6 +103,16 @@ impl QueueState {
                 d.u64(a.0);
                 d.u64(b.0);
             }
+            match &w.producer {
+                None => d.u64(0),
+                Some(p) => {
+                    d.u64(1);
+                    d.bytes(p.seq.producer.as_bytes());
+                    d.u64(p.seq.seq);
+                    d.u64(p.first.0);
+                    d.u64(u64::from(p.n));
+                }
+            }
         }
         d.u64(self.waiting_tasks);
         let mut consumers: Vec<_> = self.consumers.iter().collect();
@@ -180,6 +190,7 @@ impl QueueState {
         }
         d.u64(self.extra_bytes);
         d.u64(self.keys.digest());
+        d.u64(self.marks.digest());
         d.u64(self.publishers.digest());
         d.u64(self.drained.digest());
         d.0.finish()

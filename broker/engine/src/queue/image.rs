@@ -9,8 +9,9 @@
 
 use super::drain::DrainMeter;
 use super::keys::KeyIndex;
+use super::marks::{ImageMark, Marks};
 use super::publishers::Publishers;
-use super::{Consumer, Lease, QueueState, WaitingBatch, header_bytes};
+use super::{Consumer, Lease, Producer, QueueState, WaitingBatch, header_bytes};
 use crate::ready::Entry;
 use crate::{
     ConsumerId, Millis, NewTask, PublisherId, QueueConfig, QueueStats, TaskBody, TaskId, WaitingId,
@@ -48,6 +49,8 @@ pub struct ImageWaiting {
     pub keyed: bool,
     /// Its tasks found to be duplicates so far: (new id, holder).
     pub dups: Vec<(TaskId, TaskId)>,
+    /// Who sent it, as which batch.
+    pub producer: Option<Producer>,
 }
 
 /// A consumer and its numbers.
@@ -117,6 +120,8 @@ pub struct QueueImage {
     pub publisher_ring: Vec<PublisherId>,
     /// The job of each unfinished task that has one.
     pub task_jobs: Vec<(TaskId, Box<str>)>,
+    /// Producers' recent batches, by producer.
+    pub marks: Vec<ImageMark>,
 }
 
 fn image_task(e: &Entry) -> ImageTask {
@@ -208,6 +213,7 @@ impl QueueState {
                     at: w.at,
                     keyed: w.keyed,
                     dups: w.dups.clone(),
+                    producer: w.producer.clone(),
                 })
                 .collect(),
             consumers,
@@ -224,6 +230,7 @@ impl QueueState {
             publishers,
             publisher_ring,
             task_jobs: sorted(&self.task_jobs),
+            marks: self.marks.image(),
         }
     }
 
@@ -249,6 +256,7 @@ impl QueueState {
             publishers,
             publisher_ring,
             task_jobs,
+            marks,
         } = image;
         // The running counts are recounted from what is held.
         q.stats = QueueStats {
@@ -293,6 +301,7 @@ impl QueueState {
                 at: w.at,
                 keyed: w.keyed,
                 dups: w.dups,
+                producer: w.producer,
             });
         }
         for c in consumers {
@@ -324,6 +333,7 @@ impl QueueState {
         q.errors = errors.into_iter().collect();
         q.retrying = retrying.into_iter().collect();
         q.keys = KeyIndex::from_image(q.config.key_window_ms, keys, task_keys, key_expiry);
+        q.marks = Marks::from_image(q.config.key_window_ms, marks);
         q.drained = DrainMeter::from_image(drained);
         q.publishers = Publishers::from_image(publishers, publisher_ring);
         for (id, job) in task_jobs {
