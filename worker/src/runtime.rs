@@ -41,7 +41,9 @@ pub struct Config {
     /// On shutdown, how long running handlers get to finish; those still
     /// running then are abandoned and the broker hands their tasks out again.
     pub shutdown_grace: Duration,
-    /// First wait before reconnecting; doubles up to `reconnect_max`.
+    /// First wait before reconnecting; doubles up to `reconnect_max` (at
+    /// most 1 s when `broker` lists a cluster's members: it elects a new
+    /// leader within seconds).
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
     /// TLS settings for an `https://` broker.
@@ -142,6 +144,13 @@ impl Worker {
         let mut backoff = self.config.reconnect_initial;
         let mut ever_subscribed = false;
         let mut held = Held::default();
+        // A cluster elects a new leader within seconds of losing one:
+        // waiting long between tries would only add to the failover.
+        let max_backoff = if self.config.broker.contains(',') {
+            self.config.reconnect_max.min(Duration::from_secs(1))
+        } else {
+            self.config.reconnect_max
+        };
         loop {
             let mut subscribed = false;
             held.session += 1;
@@ -181,7 +190,7 @@ impl Worker {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.cancelled() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(self.config.reconnect_max);
+                    backoff = (backoff * 2).min(max_backoff);
                 }
             }
         }
@@ -252,9 +261,13 @@ impl Worker {
         let extend_every = ack_deadline / 3;
         let mut ticker = tokio::time::interval((extend_every / 2).max(Duration::from_millis(5)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Leases carried over from a lost stream: extend them now, with
-        // their tokens, so the new leader does not let them lapse while
-        // their handlers finish.
+        // Tasks of a lost stream that finished meanwhile are settled
+        // first (a frame's acks are applied before its extends); those
+        // still running are extended now, with their tokens, so the new
+        // leader does not let them lapse while their handlers finish.
+        while let Some(done) = held.running.try_join_next() {
+            held.settle(done, true);
+        }
         let carried = held.extend_due(Instant::now(), Duration::ZERO);
         if carried > 0 {
             info!(leases = carried, "carrying leases over to the new stream");
