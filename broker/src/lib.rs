@@ -137,6 +137,7 @@ mod layers {
             "cluster",
             &[
                 ("convert", 0),
+                ("stats", 0),
                 ("network", 1),
                 ("proposer", 1),
                 ("log_store", 1),

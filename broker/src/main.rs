@@ -196,6 +196,7 @@ async fn main() -> ExitCode {
                 tokio::spawn(sluice_broker::metrics::serve(
                     l,
                     broker.clone(),
+                    cluster.as_ref().map(|c| c.current.clone()),
                     shutdown.clone(),
                 ));
             }

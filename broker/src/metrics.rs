@@ -18,9 +18,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::cluster::proposer::Current;
 
 /// Serves `/metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, broker: Broker, shutdown: CancellationToken) {
+/// With `cluster`, the member's replication too.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Broker,
+    cluster: Option<Current>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -33,14 +40,16 @@ pub async fn serve(listener: TcpListener, broker: Broker, shutdown: Cancellation
             },
         };
         let broker = broker.clone();
+        let cluster = cluster.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let broker = broker.clone();
+                let cluster = cluster.clone();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(render(&broker))))
+                            .body(Full::new(Bytes::from(render(&broker, cluster.as_ref()))))
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
@@ -64,6 +73,102 @@ struct Family {
     samples: Vec<(String, f64)>,
 }
 
+/// A member's replication: Raft's metrics now, and the member's counts.
+fn cluster_families(broker: &Broker, c: &Current) -> Vec<Family> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let one = |name, help, kind, v: f64| Family {
+        name,
+        help,
+        kind,
+        samples: vec![(String::new(), v)],
+    };
+    let st = c.stats();
+    let mut out = vec![
+        one(
+            "sluice_cluster_leader",
+            "1 while this member leads (and serves).",
+            "gauge",
+            if broker.serving() { 1.0 } else { 0.0 },
+        ),
+        one(
+            "sluice_cluster_leader_changes_total",
+            "Times the leader this member knows of changed.",
+            "counter",
+            st.leader_changes.load(Relaxed) as f64,
+        ),
+        one(
+            "sluice_cluster_snapshots_built_total",
+            "Snapshots this member built.",
+            "counter",
+            st.snapshots_built.load(Relaxed) as f64,
+        ),
+        one(
+            "sluice_cluster_snapshots_installed_total",
+            "Snapshots this member installed from a leader.",
+            "counter",
+            st.snapshots_installed.load(Relaxed) as f64,
+        ),
+        one(
+            "sluice_cluster_last_snapshot_bytes",
+            "Size of the last snapshot built or installed.",
+            "gauge",
+            st.last_snapshot_bytes.load(Relaxed) as f64,
+        ),
+        one(
+            "sluice_cluster_last_snapshot_build_seconds",
+            "How long building and syncing the last snapshot took.",
+            "gauge",
+            st.last_snapshot_build_micros.load(Relaxed) as f64 / 1e6,
+        ),
+    ];
+    let Some(raft) = c.get() else {
+        return out;
+    };
+    let m = raft.metrics().borrow().clone();
+    let last = m.last_log_index.unwrap_or(0);
+    out.extend([
+        one(
+            "sluice_cluster_term",
+            "Raft term.",
+            "gauge",
+            m.current_term as f64,
+        ),
+        one(
+            "sluice_cluster_last_log_index",
+            "Index of the last entry in this member's log.",
+            "gauge",
+            last as f64,
+        ),
+        one(
+            "sluice_cluster_applied_index",
+            "Index of the last entry applied to the queues here.",
+            "gauge",
+            m.last_applied.map_or(0, |l| l.index) as f64,
+        ),
+        one(
+            "sluice_cluster_snapshot_index",
+            "Index the last snapshot covers.",
+            "gauge",
+            m.snapshot.map_or(0, |l| l.index) as f64,
+        ),
+    ]);
+    if let Some(r) = &m.replication {
+        out.push(Family {
+            name: "sluice_cluster_follower_lag_entries",
+            help: "On the leader: entries of its log a member has not yet matched.",
+            kind: "gauge",
+            samples: r
+                .iter()
+                .map(|(id, matched)| {
+                    let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                    (format!("{{node=\"{id}\"}}"), lag as f64)
+                })
+                .collect(),
+        });
+    }
+    out
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -71,7 +176,7 @@ fn escape(v: &str) -> String {
 }
 
 /// The text exposition of the broker now.
-pub fn render(broker: &Broker) -> String {
+pub fn render(broker: &Broker, cluster: Option<&Current>) -> String {
     let queues = broker.queues();
     let mut fams: Vec<Family> = Vec::new();
     let mut per_queue = |name: &'static str,
@@ -280,6 +385,9 @@ pub fn render(broker: &Broker) -> String {
             s.write_errors as f64,
         ));
     }
+    if let Some(c) = cluster {
+        fams.extend(cluster_families(broker, c));
+    }
     if let Some(rss) = resident_bytes() {
         fams.push(single(
             "sluice_process_resident_memory_bytes",
@@ -316,6 +424,13 @@ pub fn render(broker: &Broker) -> String {
             "sluice_log_fsync_seconds",
             "Duration of fdatasync calls.",
             &s.fsync_latency,
+        );
+    }
+    if let Some(c) = cluster {
+        histogram(
+            "sluice_cluster_commit_seconds",
+            "From a proposal to its commit (written and synced on a majority) and apply here.",
+            &c.stats().commit.snapshot(),
         );
     }
     for f in fams {

@@ -21,6 +21,7 @@ use prost::Message;
 use sluice_proto::cluster as pb;
 
 use super::convert::{snapshot_meta_from_pb, snapshot_meta_to_pb};
+use super::stats::ClusterStats;
 use super::{Applied, Machine, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot";
@@ -41,6 +42,7 @@ pub struct StateMachine {
     machine: Arc<dyn Machine>,
     dir: PathBuf,
     applying: Arc<Mutex<Applying>>,
+    stats: Arc<ClusterStats>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
@@ -114,7 +116,15 @@ impl StateMachine {
             machine,
             dir: dir.to_path_buf(),
             applying: Arc::new(Mutex::new(applying)),
+            stats: Arc::default(),
         })
+    }
+
+    /// Counts its snapshots into `stats` (the member's, which outlive
+    /// this state machine).
+    pub fn with_stats(mut self, stats: Arc<ClusterStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     fn applying(&self) -> MutexGuard<'_, Applying> {
@@ -132,6 +142,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let machine = self.machine.clone();
         let applying = self.applying.clone();
         let dir = self.dir.clone();
+        let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || {
             // The machine's state and the log id it stands for are read
             // together: nothing applies or runs ahead meanwhile.
@@ -154,6 +165,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         .await
         .map_err(write_err)?
         .map_err(write_err)?;
+        self.stats.built(file.len(), started.elapsed());
         self.applying().current = Some((meta.clone(), Bytes::from(file.clone())));
         Ok(Snapshot {
             meta,
@@ -230,6 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| read_err(std::io::Error::other(e)))?;
         a.last_applied = meta.last_log_id;
         a.membership = meta.last_membership.clone();
+        self.stats.installed(file.len());
         a.current = Some((meta.clone(), Bytes::from(file)));
         Ok(())
     }

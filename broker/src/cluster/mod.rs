@@ -8,7 +8,9 @@
 //!   broker implements with its queues;
 //! - [`network`] and [`service`]: Raft's RPCs over gRPC
 //!   (`proto/sluice/cluster/v1/cluster.proto`), on the member's API port;
-//! - [`convert`]: openraft's types to and from those messages.
+//! - [`convert`]: openraft's types to and from those messages;
+//! - [`proposer`]: proposals to Raft in the order they are made;
+//! - [`stats`]: what a member counts, for the metrics.
 //!
 //! Commands are opaque bytes here: what they mean is the [`Machine`]'s
 //! business. Every member applies the same committed commands in the same
@@ -21,6 +23,7 @@ pub mod machine;
 pub mod network;
 pub mod proposer;
 pub mod service;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 

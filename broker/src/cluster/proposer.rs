@@ -16,20 +16,29 @@ use bytes::Bytes;
 use openraft::Raft;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::stats::ClusterStats;
 use super::{Proposal, TypeConfig};
 
 /// The Raft instance a member runs now (it is replaced when the member
-/// restarts its replicated state).
+/// restarts its replicated state), and the member's counts, which outlive
+/// it.
 #[derive(Clone, Default)]
-pub struct Current(Arc<RwLock<Option<Raft<TypeConfig>>>>);
+pub struct Current {
+    raft: Arc<RwLock<Option<Raft<TypeConfig>>>>,
+    stats: Arc<ClusterStats>,
+}
 
 impl Current {
     pub fn get(&self) -> Option<Raft<TypeConfig>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.raft.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn set(&self, raft: Option<Raft<TypeConfig>>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = raft;
+        *self.raft.write().unwrap_or_else(|p| p.into_inner()) = raft;
+    }
+
+    pub fn stats(&self) -> &Arc<ClusterStats> {
+        &self.stats
     }
 }
 
@@ -38,6 +47,8 @@ pub type Commit = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 struct Proposed {
     bytes: Bytes,
+    /// When it was made: commit latency counts from here.
+    at: std::time::Instant,
     done: Option<oneshot::Sender<Result<(), String>>>,
     answered: Answered,
 }
@@ -68,6 +79,7 @@ impl Proposer {
         let lost = Arc::new(Notify::new());
         let in_flight = Arc::new(AtomicU64::new(0));
         let notify = lost.clone();
+        let stats = current.stats().clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
                 let outcome = match current.get() {
@@ -80,9 +92,13 @@ impl Proposer {
                 let notify = notify.clone();
                 match outcome {
                     Ok(answer) => {
+                        let stats = stats.clone();
                         tokio::spawn(async move {
                             let r = match answer.await {
-                                Ok(Ok(_)) => Ok(()),
+                                Ok(Ok(_)) => {
+                                    stats.commit.observe(p.at.elapsed());
+                                    Ok(())
+                                }
                                 Ok(Err(e)) => Err(e.to_string()),
                                 Err(_) => Err("Raft stopped before answering".to_owned()),
                             };
@@ -127,6 +143,7 @@ impl Proposer {
             .tx
             .send(Proposed {
                 bytes,
+                at: std::time::Instant::now(),
                 done,
                 answered,
             })
