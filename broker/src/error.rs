@@ -108,11 +108,21 @@ impl From<Error> for Status {
                 metadata,
             );
         }
-        if let Error::NotLeader { leader } = &e {
+        let leader = match &e {
+            Error::NotLeader { leader } => Some(leader.as_deref().unwrap_or_default()),
+            // The leader lost its place while the call waited for its
+            // commit: whoever leads now is not known here. Said as "none
+            // known yet", so that a client looks for the new leader (and
+            // sends a numbered enqueue again, which the new leader
+            // recognises if its entry was committed after all).
+            Error::Storage(crate::storage::StorageError::NotCommitted { .. }) => Some(""),
+            _ => None,
+        };
+        if let Some(leader) = leader {
             // Present even when empty: "not the leader, and none known
             // yet", which a client waits out rather than gives up on.
             let mut metadata = tonic::metadata::MetadataMap::new();
-            if let Ok(v) = leader.as_deref().unwrap_or_default().parse() {
+            if let Ok(v) = leader.parse() {
                 metadata.insert(LEADER_METADATA, v);
             }
             return Status::with_metadata(e.code(), e.to_string(), metadata);

@@ -38,7 +38,9 @@ pub struct MemberConfig {
     /// This member's id: its key in `peers`.
     pub id: u64,
     /// Every member's id and gRPC address (HOST:PORT), this one's
-    /// included.
+    /// included: where this member reaches each of the others (Raft's
+    /// calls, and the leader hint it gives clients). Members are normally
+    /// given the same list; the ids must agree, the addresses may differ.
     pub peers: BTreeMap<u64, String>,
     /// Where its Raft log and snapshot live.
     pub dir: PathBuf,
@@ -49,6 +51,9 @@ pub struct MemberConfig {
     /// Whether clients reach the members over TLS (for the leader hint's
     /// scheme).
     pub tls: bool,
+    /// Joining a running cluster (`--join`): wait to be added by its
+    /// leader (AddClusterMember) instead of forming a cluster of `peers`.
+    pub join: bool,
 }
 
 /// A running member.
@@ -114,6 +119,7 @@ impl Member {
                 ),
                 None => None,
             },
+            peers: Arc::new(cfg.peers.clone()),
         };
         let parts = Arc::new(Parts {
             config: raft_config()?,
@@ -128,19 +134,8 @@ impl Member {
         });
         let raft = parts.raft().await?;
         current.set(Some(raft.clone()));
-        let nodes: BTreeMap<u64, BasicNode> = parts
-            .cfg
-            .peers
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-            .collect();
-        // Every member initializes with the same membership: safe, and no
-        // member needs to be told it is the first. One that comes back
-        // from its disk is a member already.
-        if !raft.is_initialized().await.unwrap_or(true)
-            && let Err(e) = raft.initialize(nodes).await
-        {
-            tracing::debug!(error = %e, "cluster already formed");
+        if !parts.cfg.join && !raft.is_initialized().await.unwrap_or(true) {
+            tokio::spawn(parts.clone().form(raft));
         }
         tokio::spawn(parts.clone().follow());
         Ok(Member { broker, current })
@@ -148,9 +143,53 @@ impl Member {
 }
 
 impl Parts {
+    /// Forms the cluster of `--peers`, unless another member did first.
+    ///
+    /// Any member may: the cluster must form once a majority is up,
+    /// whichever. But not all at once: a member that initializes stands
+    /// for election at once, and openraft ranks candidates of one term by
+    /// id, so a member starting a moment after another won the first term
+    /// would unseat it (it recovers, one election later, having thrown its
+    /// first leader's work away). So members take turns, in the order of
+    /// their ids, each after the one before had time to win an election
+    /// and reach it; a member that heard from a leader meanwhile is a
+    /// member already and does nothing. (A member that comes back from
+    /// its disk, or `--join`s, never forms one.)
+    async fn form(self: Arc<Self>, raft: Raft<TypeConfig>) {
+        let turn = self
+            .cfg
+            .peers
+            .keys()
+            .position(|id| *id == self.cfg.id)
+            .unwrap_or(0);
+        let wait = std::time::Duration::from_millis(
+            (self.config.election_timeout_max + 2 * self.config.heartbeat_interval) * turn as u64,
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => return,
+        }
+        if raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        // The same voters on every member, that is: Raft's safety rests on
+        // the ids alone; the addresses are each member's own `--peers`,
+        // only used to dial.
+        let nodes: BTreeMap<u64, BasicNode> = self
+            .cfg
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        if let Err(e) = raft.initialize(nodes).await {
+            tracing::debug!(error = %e, "cluster already formed");
+        }
+    }
+
     /// A Raft over the state the member's snapshot holds.
     async fn raft(&self) -> Result<Raft<TypeConfig>, String> {
-        let sm = StateMachine::open(self.machine.clone(), &self.cfg.dir)?;
+        let sm = StateMachine::open(self.machine.clone(), &self.cfg.dir)?
+            .with_stats(self.current.stats().clone());
         Raft::new(
             self.cfg.id,
             self.config.clone(),
@@ -164,6 +203,7 @@ impl Parts {
 
     /// Follows this member's leadership until shutdown.
     async fn follow(self: Arc<Self>) {
+        let mut failed_term = None;
         loop {
             let Some(raft) = self.current.get() else {
                 return;
@@ -173,7 +213,25 @@ impl Parts {
             };
             // Everything committed before this term is applied first.
             if let Err(e) = raft.ensure_linearizable().await {
-                tracing::info!(error = %e, "lost the leadership before serving");
+                // Said once per term: cut off from a majority, this repeats
+                // every heartbeat until the partition heals.
+                if failed_term != Some(term) {
+                    tracing::info!(error = %e, term, "cannot serve: no majority confirms this leader");
+                    failed_term = Some(term);
+                } else {
+                    tracing::debug!(error = %e, "still no majority");
+                }
+                // Not at once: a member that led before it (or its Raft)
+                // restarted is a leader again from the start, and while
+                // it cannot reach a majority it stays one, and the check
+                // fails as fast as connections are refused: without a
+                // pause this loop spins (thousands of turns a second).
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(
+                        self.config.heartbeat_interval,
+                    )) => {}
+                    _ = self.shutdown.cancelled() => break,
+                }
                 continue;
             }
             match self.broker.begin_leading(term, self.cfg.id).await {
@@ -183,11 +241,19 @@ impl Parts {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not take over; restarting"),
             }
-            if self.broker.serving() && !self.while_leading(&raft, term).await {
-                break;
-            }
+            let why = match self.broker.serving() {
+                true => match self.while_leading(&raft, term).await {
+                    Some(why) => why,
+                    None => break,
+                },
+                false => "it could not take over",
+            };
             self.broker.set_serving(false);
-            tracing::info!(term, "no longer leading; restarting the replicated state");
+            tracing::info!(
+                term,
+                why,
+                "no longer leading; restarting the replicated state"
+            );
             if let Err(e) = self.restart(&raft).await {
                 tracing::error!(error = %e, "restarting Raft failed; this member stops");
                 self.shutdown.cancel();
@@ -219,34 +285,69 @@ impl Parts {
     }
 
     /// Waits while this member leads in `term`. False at shutdown.
-    async fn while_leading(&self, raft: &Raft<TypeConfig>, term: u64) -> bool {
+    ///
+    /// Also ends when no majority has answered it for longer than an
+    /// election takes: cut off from the others (a partition), it could
+    /// commit nothing, and the others have elected a leader of their own
+    /// by now. openraft keeps it a leader until it hears of that one; it
+    /// stops serving at once instead, so that its clients go looking for
+    /// the new leader rather than wait on calls that cannot commit, and
+    /// its workers stop taking tasks the new leader hands out too.
+    async fn while_leading(&self, raft: &Raft<TypeConfig>, term: u64) -> Option<&'static str> {
         let mut metrics = raft.metrics();
+        let quorum_lost_after =
+            self.config.election_timeout_max + 2 * self.config.heartbeat_interval;
         loop {
             {
                 let m = metrics.borrow_and_update();
                 if m.state != ServerState::Leader || m.current_term != term {
+                    tracing::debug!(state = ?m.state, term = m.current_term, leader = ?m.current_leader, "leadership changed");
                     self.hint(m.current_leader, &m.membership_config);
-                    return true;
+                    return Some("another member leads, or an election is under way");
+                }
+                if let Some(ms) = m.millis_since_quorum_ack
+                    && ms > quorum_lost_after
+                {
+                    tracing::warn!(
+                        term,
+                        millis_since_quorum_ack = ms,
+                        "no majority answers this leader: it stops serving"
+                    );
+                    self.hint(None, &m.membership_config);
+                    return Some("no majority answers it");
                 }
             }
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return true },
+                changed = metrics.changed() => if changed.is_err() { return Some("its Raft stopped") },
+                // Raft reports at least every heartbeat; this is in case
+                // it does not.
+                _ = tokio::time::sleep(std::time::Duration::from_millis(self.config.heartbeat_interval)) => {}
                 // A proposal of this leader was not committed.
-                _ = self.proposer.lost().notified() => return true,
-                _ = self.shutdown.cancelled() => return false,
+                _ = self.proposer.lost().notified() => return Some("a proposal was not committed"),
+                _ = self.shutdown.cancelled() => return None,
             }
         }
     }
 
     /// Points clients at the leader Raft knows of.
     fn hint(&self, leader: Option<u64>, membership: &openraft::StoredMembership<u64, BasicNode>) {
+        self.current.stats().saw_leader(leader);
         let scheme = if self.cfg.tls { "https" } else { "http" };
         // Not itself: a leader that does not serve yet is catching up, and
-        // sending clients back to it would only loop them.
+        // sending clients back to it would only loop them. The address is
+        // the one this member reaches the leader by (its `--peers`, as the
+        // network dials), else the membership's: see `Network::new_client`.
         let addr = leader
             .filter(|id| *id != self.cfg.id)
-            .and_then(|id| membership.membership().get_node(&id))
-            .map(|n| format!("{scheme}://{}", n.addr));
+            .and_then(|id| {
+                self.cfg.peers.get(&id).cloned().or_else(|| {
+                    membership
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.addr.clone())
+                })
+            })
+            .map(|addr| format!("{scheme}://{addr}"));
         self.broker.set_leader_hint(addr);
     }
 

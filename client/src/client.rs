@@ -17,10 +17,11 @@ use tonic::transport::{Channel, Endpoint};
 use crate::Error;
 use crate::proto::sluice_service_client::SluiceServiceClient;
 use crate::proto::{
-    AckItem, AckRequest, CreateQueueRequest, DeleteQueueRequest, Delivery, EnqueueMode,
-    EnqueueRequest, EnqueueResponse, ExtendItem, ExtendLeaseRequest, GetBrokerInfoRequest,
-    GetBrokerInfoResponse, GetQueueRequest, GetRequest, JoinRequest, ListQueuesRequest, NackItem,
-    NackRequest, NewTask, PurgeQueueRequest, QueueInfo, QueueOptions, SettleError,
+    AckItem, AckRequest, AddClusterMemberRequest, ClusterInfo, CreateQueueRequest,
+    DeleteQueueRequest, Delivery, EnqueueMode, EnqueueRequest, EnqueueResponse, ExtendItem,
+    ExtendLeaseRequest, GetBrokerInfoRequest, GetBrokerInfoResponse, GetQueueRequest, GetRequest,
+    JoinRequest, ListQueuesRequest, NackItem, NackRequest, NewTask, PurgeQueueRequest, QueueInfo,
+    QueueOptions, RemoveClusterMemberRequest, SettleError,
 };
 
 /// How long [`Client::connect`] tries to open the connection.
@@ -301,6 +302,12 @@ impl Client {
                     if !leader.is_empty() && leader != *url && self.switch(&leader).await.is_ok() {
                         continue;
                     }
+                    // None known here (an election, or a leader cut off
+                    // from the others): another member may know.
+                    if leader.is_empty() && self.members.len() > 1 {
+                        let next = self.member_after(&url);
+                        let _ = self.switch(&next).await;
+                    }
                 }
                 None if again && member_lost(&status) && self.members.len() > 1 => {
                     let next = self.member_after(&url);
@@ -481,6 +488,37 @@ impl Client {
     pub async fn broker_info(&self) -> Result<GetBrokerInfoResponse, Error> {
         self.call(|mut raw| async move { raw.get_broker_info(GetBrokerInfoRequest {}).await })
             .await
+    }
+
+    /// Adds member `node_id` at `address` (HOST:PORT) to the cluster
+    /// (`AddClusterMember`): it catches up as a learner, then votes.
+    /// Returns the cluster as the leader then sees it.
+    pub async fn add_cluster_member(
+        &self,
+        node_id: u64,
+        address: &str,
+    ) -> Result<ClusterInfo, Error> {
+        let answer = self
+            .call(|mut raw| {
+                let request = AddClusterMemberRequest {
+                    node_id,
+                    address: address.to_owned(),
+                };
+                async move { raw.add_cluster_member(request).await }
+            })
+            .await?;
+        Ok(answer.cluster.unwrap_or_default())
+    }
+
+    /// Removes member `node_id` from the cluster (`RemoveClusterMember`).
+    pub async fn remove_cluster_member(&self, node_id: u64) -> Result<ClusterInfo, Error> {
+        let answer = self
+            .call(|mut raw| async move {
+                raw.remove_cluster_member(RemoveClusterMemberRequest { node_id })
+                    .await
+            })
+            .await?;
+        Ok(answer.cluster.unwrap_or_default())
     }
 
     /// How big a frame this broker takes: the default merge limits, lowered

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod cluster;
+pub mod proxy;
+
 /// Generous default deadline: CI machines are slow and shared.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 

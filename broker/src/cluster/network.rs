@@ -6,6 +6,9 @@
 //! refused before it is sent with a hint to send fewer entries, so a
 //! backlog of large commands is replicated in several calls.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     SnapshotMismatch, Unreachable,
@@ -36,15 +39,30 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct Network {
     pub secret: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// This member's own `--peers`: where it dials each member.
+    pub peers: Arc<BTreeMap<u64, String>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        // The membership Raft stores holds the addresses of the `--peers`
+        // it was initialized with (or of another member's, received in a
+        // snapshot). This member dials the address its own `--peers` gives
+        // instead, when it has one: how a member reaches another may
+        // differ from member to member (NAT, a proxy, a partition test
+        // routing each pair of members through a link it can cut). The
+        // membership's address is the fallback, for a member this one was
+        // not told of.
+        let addr = self
+            .peers
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.addr.clone());
         Peer {
             target,
-            addr: node.addr.clone(),
+            addr,
             client: None,
             secret: self.secret.clone(),
         }
