@@ -165,6 +165,12 @@ pub struct Args {
     #[arg(long, env = "SLUICE_PEERS", requires = "node_id")]
     pub peers: Option<Peers>,
 
+    /// Join a running cluster instead of forming one: the member waits
+    /// until the leader adds it (`sluice cluster add-node ID HOST:PORT`).
+    /// Only its first start needs it; once added, it is a member.
+    #[arg(long, env = "SLUICE_JOIN", requires = "node_id")]
+    pub join: bool,
+
     /// A file holding the cluster's secret (one line): members then accept
     /// Raft calls only from members that know it. Without it, anyone who
     /// can reach a member's port can speak Raft to it.

@@ -105,6 +105,7 @@ async fn main() -> ExitCode {
             log: log_options,
             secret: secret.clone(),
             tls: tls_on,
+            join: args.join,
         };
         match sluice_broker::member::Member::start(config, shutdown.clone()).await {
             Ok(member) => {

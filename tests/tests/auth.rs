@@ -372,6 +372,42 @@ async fn jobs_dead_letters_and_leases_are_guarded_by_their_queues() {
     assert!(refused.is_empty(), "the holder of the token: {refused:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_membership_takes_the_admin_of_every_queue() {
+    use sluice_client::proto::{AddClusterMemberRequest, RemoveClusterMemberRequest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, GUARDED).expect("write");
+    let b = Broker::start_on("127.0.0.1:0", &["--auth-file", &auth.display().to_string()]);
+    let add = || AddClusterMemberRequest {
+        node_id: 4,
+        address: "127.0.0.1:1".into(),
+    };
+    let remove = || RemoveClusterMemberRequest { node_id: 2 };
+    // An admin of some queues is not an admin of the broker.
+    for token in ["a-admin-0123456789abcdef", "payroll-0123456789abcdef"] {
+        let mut raw = as_client(&b, token).await.raw();
+        assert_eq!(
+            code(raw.add_cluster_member(add()).await),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(raw.remove_cluster_member(remove()).await),
+            tonic::Code::PermissionDenied
+        );
+    }
+    // The admin of "*" is let through, and told this broker runs alone.
+    let mut ops = as_client(&b, "ops-0123456789abcdef").await.raw();
+    assert_eq!(
+        code(ops.add_cluster_member(add()).await),
+        tonic::Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(ops.remove_cluster_member(remove()).await),
+        tonic::Code::FailedPrecondition
+    );
+}
+
 /// Writes `text` as an auth file and starts a broker on it, expecting a
 /// refusal: exit 2 with one `sluice-broker:` line saying why.
 fn refused_auth_file(text: &str) -> String {

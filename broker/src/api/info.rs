@@ -146,3 +146,99 @@ impl ClusterView {
         })
     }
 }
+
+/// A membership change's failure as a status.
+fn membership_error(e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::failed_precondition(format!("membership change refused: {e}"))
+}
+
+impl ClusterView {
+    /// Adds member `id` at `addr`: a learner until it caught up, then a
+    /// voter. A voter already at that address is left as it is.
+    pub async fn add_member(
+        &self,
+        broker: &crate::broker::Broker,
+        id: u64,
+        addr: String,
+    ) -> Result<pb::ClusterInfo, tonic::Status> {
+        use openraft::{BasicNode, ChangeMembers};
+        if id == 0 {
+            return Err(tonic::Status::invalid_argument(
+                "node_id 0 is not a member id",
+            ));
+        }
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(tonic::Status::invalid_argument(format!(
+                "address {addr:?} is not HOST:PORT"
+            )));
+        }
+        let raft = self.raft()?;
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if let Some(node) = membership.get_node(&id) {
+            let voter = membership.voter_ids().any(|v| v == id);
+            if node.addr != addr {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "node {id} is a member at {}; remove it first to move it",
+                    node.addr
+                )));
+            }
+            if voter {
+                return self.answer(broker);
+            }
+        }
+        // Blocks until the learner has caught up, so that making it a voter
+        // does not leave the cluster waiting on a member far behind.
+        raft.add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(membership_error)?;
+        raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            .await
+            .map_err(membership_error)?;
+        self.answer(broker)
+    }
+
+    /// Removes member `id` (voter or learner); the last voter stays.
+    pub async fn remove_member(
+        &self,
+        broker: &crate::broker::Broker,
+        id: u64,
+    ) -> Result<pb::ClusterInfo, tonic::Status> {
+        use openraft::ChangeMembers;
+        let raft = self.raft()?;
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return self.answer(broker);
+        }
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        if voters == [id] {
+            return Err(tonic::Status::failed_precondition(format!(
+                "node {id} is the cluster's last voter"
+            )));
+        }
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        raft.change_membership(change, false)
+            .await
+            .map_err(membership_error)?;
+        self.answer(broker)
+    }
+
+    fn raft(&self) -> Result<openraft::Raft<crate::cluster::TypeConfig>, tonic::Status> {
+        self.current
+            .get()
+            .ok_or_else(|| tonic::Status::unavailable("this member is restarting its Raft"))
+    }
+
+    fn answer(&self, broker: &crate::broker::Broker) -> Result<pb::ClusterInfo, tonic::Status> {
+        self.info(broker)
+            .ok_or_else(|| tonic::Status::unavailable("this member is restarting its Raft"))
+    }
+}

@@ -357,6 +357,46 @@ impl SluiceService for Service {
         info.cluster = self.cluster.as_ref().and_then(|c| c.info(&self.broker));
         Ok(Response::new(info))
     }
+
+    async fn add_cluster_member(
+        &self,
+        req: Request<pb::AddClusterMemberRequest>,
+    ) -> Result<Response<pb::AddClusterMemberResponse>, Status> {
+        // The whole broker's fate: the right to administer every queue.
+        auth::access(&req).require(Role::Admin, "*")?;
+        let req = req.into_inner();
+        let cluster = self
+            .cluster_view()?
+            .add_member(&self.broker, req.node_id, req.address)
+            .await?;
+        Ok(Response::new(pb::AddClusterMemberResponse {
+            cluster: Some(cluster),
+        }))
+    }
+
+    async fn remove_cluster_member(
+        &self,
+        req: Request<pb::RemoveClusterMemberRequest>,
+    ) -> Result<Response<pb::RemoveClusterMemberResponse>, Status> {
+        auth::access(&req).require(Role::Admin, "*")?;
+        let cluster = self
+            .cluster_view()?
+            .remove_member(&self.broker, req.into_inner().node_id)
+            .await?;
+        Ok(Response::new(pb::RemoveClusterMemberResponse {
+            cluster: Some(cluster),
+        }))
+    }
+}
+
+impl Service {
+    fn cluster_view(&self) -> Result<&crate::api::info::ClusterView, Status> {
+        self.cluster.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this broker is not a cluster member (start it with --node-id and --peers)",
+            )
+        })
+    }
 }
 
 fn unknown_job(id: &str) -> Error {

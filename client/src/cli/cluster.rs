@@ -19,6 +19,25 @@ pub enum ClusterCommand {
     /// is found through whichever answers. Exit 1 when the broker is not
     /// a cluster member.
     Status,
+    /// Add a member, to replace a dead machine or grow the cluster.
+    ///
+    /// Start the new broker first with --join, its own --node-id, and a
+    /// --peers that names it; this then has it catch up (a snapshot, then
+    /// the log) and makes it a voter. Returns once it votes.
+    AddNode {
+        /// The new member's --node-id.
+        node_id: u64,
+        /// Its gRPC address, HOST:PORT, as the other members reach it.
+        address: String,
+    },
+    /// Remove a member: it stops voting and receiving the log.
+    ///
+    /// Stop its process afterwards, and wipe its data directory before it
+    /// ever joins again.
+    RemoveNode {
+        /// The member's node id.
+        node_id: u64,
+    },
 }
 
 /// Runs the command.
@@ -36,6 +55,26 @@ pub async fn run(client: &Client, cmd: ClusterCommand, as_json: bool) -> Result<
                 return print_json(&status_json(&c));
             }
             print(&status_text(&c))
+        }
+        ClusterCommand::AddNode { node_id, address } => {
+            let c = client.add_cluster_member(node_id, &address).await?;
+            if as_json {
+                return print_json(&status_json(&c));
+            }
+            print(&format!(
+                "node {node_id} ({address}) votes\n{}",
+                status_text(&c)
+            ))
+        }
+        ClusterCommand::RemoveNode { node_id } => {
+            let c = client.remove_cluster_member(node_id).await?;
+            if as_json {
+                return print_json(&status_json(&c));
+            }
+            print(&format!(
+                "node {node_id} is no longer a member: stop it\n{}",
+                status_text(&c)
+            ))
         }
     }
 }

@@ -304,4 +304,18 @@ impl SluiceService for Baseline {
     ) -> Result<Response<sluice_client::proto::GetBrokerInfoResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+
+    async fn add_cluster_member(
+        &self,
+        _: Request<sluice_client::proto::AddClusterMemberRequest>,
+    ) -> Result<Response<sluice_client::proto::AddClusterMemberResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn remove_cluster_member(
+        &self,
+        _: Request<sluice_client::proto::RemoveClusterMemberRequest>,
+    ) -> Result<Response<sluice_client::proto::RemoveClusterMemberResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }
