@@ -1,10 +1,14 @@
 //! Clients in other languages, generated from proto/ (Python) or loading
 //! it at run time (Node), against the real broker and beside the Rust
-//! worker.
+//! worker, and against a cluster, whose leader they find.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use sluice_tests::{Broker, DEADLINE, Proc, consumer_num, eventually, node, num, python, root};
+use sluice_tests::cluster::Cluster;
+use sluice_tests::{
+    Broker, DEADLINE, Proc, cli, consumer_num, eventually, node, num, python, root,
+};
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -169,4 +173,124 @@ fn a_killed_python_workers_task_is_redelivered() {
         ["2"],
         "the second attempt, well before the deadline"
     );
+}
+
+/// The leader member `addr` names when asked itself (GetBrokerInfo, which
+/// every member answers); empty while it knows of none.
+fn leader_named_by(rt: &tokio::runtime::Runtime, addr: &str) -> String {
+    use sluice_client::proto::{GetBrokerInfoRequest, sluice_service_client::SluiceServiceClient};
+    rt.block_on(async {
+        let Ok(mut raw) = SluiceServiceClient::connect(format!("http://{addr}")).await else {
+            return String::new();
+        };
+        raw.get_broker_info(GetBrokerInfoRequest {})
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().cluster)
+            .map(|c| c.leader_url)
+            .unwrap_or_default()
+    })
+}
+
+#[test]
+fn python_and_node_examples_given_a_follower_first_follow_the_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("done.log");
+    let c = Cluster::start(3);
+    let url = |i: usize| format!("http://{}", c.addrs[i]);
+    // A follower learns who leads from the leader's heartbeats; from then
+    // on it names the leader in `sluice-leader`. Each member is asked
+    // itself: who leads may change while a new cluster settles.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut found = None;
+    eventually(DEADLINE, "a follower names the leader", || {
+        found = (0..3).find_map(|f| {
+            let named = leader_named_by(&rt, &c.addrs[f]);
+            (0..3).find(|&l| l != f && named == url(l)).map(|l| (f, l))
+        });
+        found.is_some()
+    });
+    let (follower, leader) = found.expect("found");
+    // Each language gets a client given every member, a follower first
+    // and the leader last, and one given the follower alone: the hint is
+    // its only way to the leader.
+    let other = 3 - follower - leader;
+    let members = [follower, other, leader].map(url).join(",");
+    let only_follower = url(follower);
+    let out = cli(&members, &["queue", "create", "jobs", "--durable"], None);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let stats = || {
+        let out = cli(&members, &["--json", "stats", "jobs"], None);
+        assert_eq!(out.code, 0, "{out:?}");
+        serde_json::from_str::<sluice_tests::Value>(&out.stdout).expect("stats --json")
+    };
+    let mut workers = [
+        Proc::start(
+            "python worker",
+            python()
+                .arg(root().join("examples/python/worker.py"))
+                .args(["--broker", &only_follower, "--queue", "jobs"])
+                .args(["--name", "py", "--concurrency", "3", "--log"])
+                .arg(&log),
+        ),
+        Proc::start(
+            "node worker",
+            node()
+                .arg(root().join("examples/node/worker.js"))
+                .args(["--broker", &members, "--queue", "jobs"])
+                .args(["--name", "node", "--concurrency", "3", "--log"])
+                .arg(&log),
+        ),
+    ];
+    // Both subscribed on the leader, the Python one through the hint.
+    eventually(DEADLINE, "both workers subscribed", || {
+        let s = stats();
+        ["py", "node"]
+            .iter()
+            .all(|name| consumer_num(&s, name, "in_flight").is_some())
+    });
+
+    let producers = [
+        (
+            "python producer",
+            python()
+                .arg(root().join("examples/python/producer.py"))
+                .args(["--broker", &members, "--queue", "jobs"])
+                .args(["--count", "200", "--prefix", "py"])
+                .output(),
+        ),
+        (
+            "node producer",
+            node()
+                .arg(root().join("examples/node/producer.js"))
+                .args(["--broker", &only_follower, "--queue", "jobs"])
+                .args(["--count", "100", "--prefix", "node"])
+                .output(),
+        ),
+    ];
+    for ((name, out), count) in producers.into_iter().zip([200, 100]) {
+        let out = out.expect(name);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("stored {count} tasks"),
+            "{name}: {stderr}"
+        );
+    }
+    // Every task sent is done (at least once: a change of leader hands
+    // out again what the old one had leased).
+    let sent: HashSet<String> = (0..200)
+        .map(|i| format!("py-{i}"))
+        .chain((0..100).map(|i| format!("node-{i}")))
+        .collect();
+    eventually(Duration::from_secs(90), "every task done", || {
+        lines(&log).into_iter().collect::<HashSet<_>>() == sent
+            && num(&stats(), &["stats", "unfinished"]) == 0
+    });
+    for w in &mut workers {
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(DEADLINE), Some(0), "{}", w.stderr_log());
+    }
 }
