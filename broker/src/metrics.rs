@@ -76,45 +76,39 @@ struct Family {
 /// A member's replication: Raft's metrics now, and the member's counts.
 fn cluster_families(broker: &Broker, c: &Current) -> Vec<Family> {
     use std::sync::atomic::Ordering::Relaxed;
-    let one = |name, help, kind, v: f64| Family {
-        name,
-        help,
-        kind,
-        samples: vec![(String::new(), v)],
-    };
     let st = c.stats();
     let mut out = vec![
-        one(
+        single(
             "sluice_cluster_leader",
             "1 while this member leads (and serves).",
             "gauge",
             if broker.serving() { 1.0 } else { 0.0 },
         ),
-        one(
+        single(
             "sluice_cluster_leader_changes_total",
             "Times the leader this member knows of changed.",
             "counter",
             st.leader_changes.load(Relaxed) as f64,
         ),
-        one(
+        single(
             "sluice_cluster_snapshots_built_total",
             "Snapshots this member built.",
             "counter",
             st.snapshots_built.load(Relaxed) as f64,
         ),
-        one(
+        single(
             "sluice_cluster_snapshots_installed_total",
             "Snapshots this member installed from a leader.",
             "counter",
             st.snapshots_installed.load(Relaxed) as f64,
         ),
-        one(
+        single(
             "sluice_cluster_last_snapshot_bytes",
             "Size of the last snapshot built or installed.",
             "gauge",
             st.last_snapshot_bytes.load(Relaxed) as f64,
         ),
-        one(
+        single(
             "sluice_cluster_last_snapshot_build_seconds",
             "How long building and syncing the last snapshot took.",
             "gauge",
@@ -127,25 +121,25 @@ fn cluster_families(broker: &Broker, c: &Current) -> Vec<Family> {
     let m = raft.metrics().borrow().clone();
     let last = m.last_log_index.unwrap_or(0);
     out.extend([
-        one(
+        single(
             "sluice_cluster_term",
             "Raft term.",
             "gauge",
             m.current_term as f64,
         ),
-        one(
+        single(
             "sluice_cluster_last_log_index",
             "Index of the last entry in this member's log.",
             "gauge",
             last as f64,
         ),
-        one(
+        single(
             "sluice_cluster_applied_index",
             "Index of the last entry applied to the queues here.",
             "gauge",
             m.last_applied.map_or(0, |l| l.index) as f64,
         ),
-        one(
+        single(
             "sluice_cluster_snapshot_index",
             "Index the last snapshot covers.",
             "gauge",
@@ -167,6 +161,16 @@ fn cluster_families(broker: &Broker, c: &Current) -> Vec<Family> {
         });
     }
     out
+}
+
+/// A family of one sample, without labels.
+fn single(name: &'static str, help: &'static str, kind: &'static str, v: f64) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        samples: vec![(String::new(), v)],
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -294,12 +298,6 @@ pub fn render(broker: &Broker, cluster: Option<&Current>) -> String {
         &|s| s.purged_total,
     );
 
-    let single = |name, help, kind, v: f64| Family {
-        name,
-        help,
-        kind,
-        samples: vec![(String::new(), v)],
-    };
     fams.push(single(
         "sluice_queues",
         "Queues.",

@@ -143,6 +143,38 @@ impl Cluster {
         found.unwrap_or_default()
     }
 
+    /// Kills member `i` (SIGKILL: no goodbye) and waits until it is gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut m) = self.members[i].take() {
+            m.proc.signal("KILL");
+            m.proc.wait_exit(DEADLINE);
+        }
+    }
+
+    /// Every member's URL, as clients are given a cluster.
+    pub fn urls(&self) -> String {
+        self.addrs
+            .iter()
+            .map(|a| format!("http://{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until `leader` sees `member` hold its whole log.
+    pub fn wait_caught_up(&self, leader: usize, member: usize) {
+        eventually(DEADLINE, &format!("member {member} caught up"), || {
+            let out = self.up(leader).cli(&["--json", "cluster", "status"]);
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+            let last = v["last_log_index"].as_u64().unwrap_or(0);
+            v["members"].as_array().is_some_and(|ms| {
+                ms.iter().any(|m| {
+                    m["node_id"].as_u64() == Some(member as u64 + 1)
+                        && m["matched_index"].as_u64() == Some(last)
+                })
+            })
+        });
+    }
+
     pub fn up(&self, i: usize) -> &Broker {
         self.members[i].as_ref().expect("member is up")
     }

@@ -246,6 +246,23 @@ impl Broker {
         proc
     }
 
+    /// Where a broker started with `--metrics-listen` serves its metrics,
+    /// once it said so.
+    pub fn metrics_addr(&self) -> String {
+        let mut addr = String::new();
+        eventually(DEADLINE, "metrics address logged", || {
+            let log = self.proc.stderr_log();
+            match log.lines().find_map(|l| l.strip_prefix("metrics on ")) {
+                Some(a) => {
+                    addr = a.trim().to_owned();
+                    true
+                }
+                None => false,
+            }
+        });
+        addr
+    }
+
     /// `sluice stats QUEUE --json`.
     pub fn stats(&self, queue: &str) -> Value {
         let out = self.ok(&["--json", "stats", queue]);
@@ -590,4 +607,15 @@ pub fn node() -> Command {
         modules.display()
     );
     Command::new("node")
+}
+
+/// `GET /metrics` from a broker's `--metrics-listen` address: the whole
+/// HTTP response.
+pub fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
 }

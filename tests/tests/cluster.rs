@@ -58,10 +58,7 @@ fn confirmed_tasks_survive_the_leader_and_it_comes_back_a_follower() {
     l.ok(&args);
 
     // kill -9: nothing it confirmed may be lost.
-    if let Some(mut m) = c.members[leader].take() {
-        m.proc.signal("KILL");
-        m.proc.wait_exit(DEADLINE);
-    }
+    c.kill(leader);
     let second = c.leader();
     assert_ne!(second, leader);
     let s = c.up(second).stats("jobs");
@@ -85,23 +82,10 @@ fn confirmed_tasks_survive_the_leader_and_it_comes_back_a_follower() {
     c.members[leader] = Some(c.member(leader));
     let now = c.leader();
     assert_ne!(now, leader);
-    eventually(DEADLINE, "the old leader caught up", || {
-        let out = c.up(now).cli(&["--json", "cluster", "status"]);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-        let last = v["last_log_index"].as_u64().unwrap_or(0);
-        v["members"].as_array().is_some_and(|ms| {
-            ms.iter().any(|m| {
-                m["node_id"].as_u64() == Some(leader as u64 + 1)
-                    && m["matched_index"].as_u64() == Some(last)
-            })
-        })
-    });
+    c.wait_caught_up(now, leader);
     // It applied the gets: kill the second leader, and whoever leads next
     // has an empty queue.
-    if let Some(mut m) = c.members[second].take() {
-        m.proc.signal("KILL");
-        m.proc.wait_exit(DEADLINE);
-    }
+    c.kill(second);
     let third = c.leader();
     eventually(Duration::from_secs(30), "the acks are replicated", || {
         let out = c.up(third).cli(&["--json", "stats", "jobs"]);
@@ -111,18 +95,10 @@ fn confirmed_tasks_survive_the_leader_and_it_comes_back_a_follower() {
 }
 
 /// The members' URLs, as a client is given them.
-fn urls(c: &Cluster) -> String {
-    c.addrs
-        .iter()
-        .map(|a| format!("http://{a}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[test]
 fn producers_and_workers_given_the_members_follow_the_leader_through_a_failover() {
     let mut c = Cluster::start(3);
-    let all = urls(&c);
+    let all = c.urls();
     let cli = |args: &[&str]| sluice_tests::cli(&all, args, None);
     let out = cli(&["queue", "create", "work", "--durable"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -144,10 +120,7 @@ fn producers_and_workers_given_the_members_follow_the_leader_through_a_failover(
     assert_eq!(out.code, 0, "{out:?}");
 
     let leader = c.leader();
-    if let Some(mut m) = c.members[leader].take() {
-        m.proc.signal("KILL");
-        m.proc.wait_exit(DEADLINE);
-    }
+    c.kill(leader);
     // The same command line finds the new leader.
     let second: Vec<String> = (40..80).map(|i| i.to_string()).collect();
     let mut args = vec!["enqueue", "work"];

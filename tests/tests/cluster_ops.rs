@@ -2,32 +2,15 @@
 //! leader that granted them, members are added and removed while it
 //! serves, and its metrics say who leads and how far the others are.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use sluice_tests::cluster::Cluster;
-use sluice_tests::{Broker, DEADLINE, Flag, eventually, num};
-
-/// Every member's URL, as clients are given a cluster.
-fn all(c: &Cluster) -> String {
-    c.addrs
-        .iter()
-        .map(|a| format!("http://{a}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn kill(c: &mut Cluster, i: usize) {
-    if let Some(mut m) = c.members[i].take() {
-        m.proc.signal("KILL");
-        m.proc.wait_exit(DEADLINE);
-    }
-}
+use sluice_tests::{Broker, DEADLINE, Flag, eventually, num, scrape};
 
 #[test]
 fn a_worker_settles_its_tasks_on_the_new_leader_without_a_redelivery() {
     let mut c = Cluster::start(3);
-    let all = all(&c);
+    let all = c.urls();
     let cli = |args: &[&str]| sluice_tests::cli(&all, args, None);
     // Leases long enough that a redelivery could only come from their
     // loss, not from their end.
@@ -63,7 +46,7 @@ fn a_worker_settles_its_tasks_on_the_new_leader_without_a_redelivery() {
         num(&c.up(leader).stats("work"), &["stats", "leased"]) == 3
     });
 
-    kill(&mut c, leader);
+    c.kill(leader);
     eventually(
         DEADLINE,
         "the worker carries its leases to the new leader",
@@ -89,7 +72,7 @@ fn a_worker_settles_its_tasks_on_the_new_leader_without_a_redelivery() {
 #[test]
 fn a_member_joins_and_another_leaves_while_the_cluster_serves() {
     let mut c = Cluster::start(3);
-    let all = all(&c);
+    let all = c.urls();
     let cli = |args: &[&str]| sluice_tests::cli(&all, args, None);
     let out = cli(&["queue", "create", "work", "--durable"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -149,8 +132,8 @@ fn a_member_joins_and_another_leaves_while_the_cluster_serves() {
     let out = cli(&["cluster", "remove-node", &(gone + 1).to_string()]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(!voters(&view(&joined)).contains(&(gone as u64 + 1)));
-    kill(&mut c, gone);
-    kill(&mut c, leader);
+    c.kill(gone);
+    c.kill(leader);
     let urls = format!("{all},http://{addr}");
     eventually(
         Duration::from_secs(60),
@@ -165,15 +148,6 @@ fn a_member_joins_and_another_leaves_while_the_cluster_serves() {
     assert_eq!(out.code, 0, "{out:?}");
 }
 
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
-}
-
 /// A sample's value in a scrape: `name` is the whole series, labels
 /// included.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -185,21 +159,13 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 #[test]
 fn a_members_metrics_say_who_leads_and_how_far_the_others_are() {
     let c = Cluster::start_with_args(3, &["--metrics-listen", "127.0.0.1:0"]);
-    let all = all(&c);
+    let all = c.urls();
     let out = sluice_tests::cli(&all, &["queue", "create", "work", "--durable"], None);
     assert_eq!(out.code, 0, "{out:?}");
     let out = sluice_tests::cli(&all, &["enqueue", "work", "a", "b"], None);
     assert_eq!(out.code, 0, "{out:?}");
     let leader = c.leader();
-    let metrics = |i: usize| {
-        let log = c.up(i).proc.stderr_log();
-        let addr = log
-            .lines()
-            .find_map(|l| l.strip_prefix("metrics on "))
-            .map(|a| a.trim().to_owned())
-            .expect("metrics address logged");
-        scrape(&addr)
-    };
+    let metrics = |i: usize| scrape(&c.up(i).metrics_addr());
     let text = metrics(leader);
     assert_eq!(sample(&text, "sluice_cluster_leader"), Some(1.0), "{text}");
     assert!(sample(&text, "sluice_cluster_term").is_some_and(|t| t >= 1.0));

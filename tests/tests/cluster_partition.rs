@@ -226,17 +226,7 @@ fn an_isolated_leader_confirms_nothing_and_rejoins_as_a_follower() {
     enqueue_cli(&old_url, &after);
 
     // It caught up with the log of the term it missed.
-    eventually(DEADLINE, "the old leader caught up", || {
-        let out = c.up(now).cli(&["--json", "cluster", "status"]);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-        let last = v["last_log_index"].as_u64().unwrap_or(0);
-        v["members"].as_array().is_some_and(|ms| {
-            ms.iter().any(|m| {
-                m["node_id"].as_u64() == Some(old as u64 + 1)
-                    && m["matched_index"].as_u64() == Some(last)
-            })
-        })
-    });
+    c.wait_caught_up(now, old);
 
     // Every confirmed task once, and nothing else: not what the isolated
     // leader ran and could not commit.

@@ -1,17 +1,6 @@
 //! Prometheus metrics: the broker's counters as a scrape sees them.
 
-use std::io::{Read, Write};
-
-use sluice_tests::{Broker, DEADLINE, eventually};
-
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
-}
+use sluice_tests::{Broker, scrape};
 
 #[test]
 fn metrics_show_depths_and_counters_per_queue() {
@@ -21,17 +10,7 @@ fn metrics_show_depths_and_counters_per_queue() {
         "127.0.0.1:0",
         &["--data-dir", &data, "--metrics-listen", "127.0.0.1:0"],
     );
-    let mut addr = String::new();
-    eventually(DEADLINE, "metrics address logged", || {
-        let log = b.proc.stderr_log();
-        match log.lines().find_map(|l| l.strip_prefix("metrics on ")) {
-            Some(a) => {
-                addr = a.trim().to_owned();
-                true
-            }
-            None => false,
-        }
-    });
+    let addr = b.metrics_addr();
     b.ok(&["queue", "create", "q", "--durable"]);
     b.ok(&["enqueue", "q", "a", "b"]);
     b.ok(&["get", "q"]);

@@ -231,6 +231,19 @@ mod tests {
     use super::*;
     use crate::{Backoff, Order, QueueConfig};
 
+    /// A one-byte task with this id.
+    fn task(id: u64) -> NewTask {
+        NewTask {
+            id: TaskId(id),
+            payload: Bytes::from_static(b"x"),
+            headers: HashMap::new(),
+            priority: 0,
+            delay_ms: 0,
+            key: None,
+            job: None,
+        }
+    }
+
     fn config(order: Order, capacity: u64) -> QueueConfig {
         QueueConfig {
             capacity,
@@ -469,15 +482,6 @@ mod tests {
 
     #[test]
     fn the_digest_sees_a_difference_anywhere() {
-        let task = |id| NewTask {
-            id: TaskId(id),
-            payload: Bytes::from_static(b"x"),
-            headers: HashMap::new(),
-            priority: 0,
-            delay_ms: 0,
-            key: None,
-            job: None,
-        };
         let run = |commands: Vec<Command>| {
             let mut q = QueueState::new(config(Order::Fifo, 10));
             let mut fx = Effects::default();
@@ -517,15 +521,6 @@ mod tests {
 
     #[test]
     fn a_takeover_keeps_leases_for_their_tokens_and_drops_the_rest() {
-        let task = |id| NewTask {
-            id: TaskId(id),
-            payload: Bytes::from_static(b"x"),
-            headers: HashMap::new(),
-            priority: 0,
-            delay_ms: 0,
-            key: None,
-            job: None,
-        };
         let mut q = QueueState::new(config(Order::Fifo, 2));
         let mut fx = Effects::default();
         let run = |q: &mut QueueState, c: Command, fx: &mut Effects| q.execute(10, c, fx);
@@ -600,15 +595,6 @@ mod tests {
 
     #[test]
     fn a_batch_sent_again_is_stored_once_whichever_copy_waits() {
-        let task = |id| NewTask {
-            id: TaskId(id),
-            payload: Bytes::from_static(b"x"),
-            headers: HashMap::new(),
-            priority: 0,
-            delay_ms: 0,
-            key: None,
-            job: None,
-        };
         let send = |first: u64, wait: u64| Command::Enqueue {
             tasks: vec![task(first), task(first + 1)],
             mode: EnqueueMode::Wait(WaitingId(wait)),
