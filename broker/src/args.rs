@@ -165,6 +165,20 @@ pub struct Args {
     #[arg(long, env = "SLUICE_PEERS", requires = "node_id")]
     pub peers: Option<Peers>,
 
+    /// In a cluster: Raft log entries between snapshots. A snapshot holds
+    /// every durable queue with its task bodies; the log behind it is
+    /// dropped (all but the last min(1000, half) entries), and a member
+    /// that fell further behind, or lost its disk, installs it. Entries
+    /// since the last snapshot are also kept in memory: fewer means less
+    /// memory and smaller catch-ups, more means fewer snapshots.
+    #[arg(
+        long,
+        env = "SLUICE_SNAPSHOT_EVERY",
+        default_value_t = 50_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub snapshot_every: u64,
+
     /// Join a running cluster instead of forming one: the member waits
     /// until the leader adds it (`sluice cluster add-node ID HOST:PORT`).
     /// Only its first start needs it; once added, it is a member.

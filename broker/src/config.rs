@@ -212,6 +212,8 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
         ),
         ("peers", opt(args.peers.as_ref().map(|p| p.to_string()))),
         ("cluster-secret-file", opt(path(&args.cluster_secret_file))),
+        ("join", args.join.to_string()),
+        ("snapshot-every", args.snapshot_every.to_string()),
     ];
     for (k, v) in lines {
         if v.starts_with('#') {

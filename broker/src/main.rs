@@ -106,6 +106,7 @@ async fn main() -> ExitCode {
             secret: secret.clone(),
             tls: tls_on,
             join: args.join,
+            snapshot_every: args.snapshot_every,
         };
         match sluice_broker::member::Member::start(config, shutdown.clone()).await {
             Ok(member) => {

@@ -54,6 +54,8 @@ pub struct MemberConfig {
     /// Joining a running cluster (`--join`): wait to be added by its
     /// leader (AddClusterMember) instead of forming a cluster of `peers`.
     pub join: bool,
+    /// Log entries between snapshots (`--snapshot-every`).
+    pub snapshot_every: u64,
 }
 
 /// A running member.
@@ -66,14 +68,16 @@ pub struct Member {
 /// Raft's timing and snapshots, tuned for a broker: heartbeats every
 /// 200 ms, elections after 0.8–1.6 s without one (room for a loaded
 /// machine), a snapshot every 50,000 entries.
-fn raft_config() -> Result<Arc<Config>, String> {
+fn raft_config(snapshot_every: u64) -> Result<Arc<Config>, String> {
     let c = Config {
         cluster_name: "sluice".into(),
         heartbeat_interval: 200,
         election_timeout_min: 800,
         election_timeout_max: 1600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(50_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every.max(1)),
+        // Entries kept behind a snapshot, so that a follower a little
+        // behind catches up from the log rather than a whole snapshot.
+        max_in_snapshot_log_to_keep: (snapshot_every / 2).min(1_000),
         snapshot_max_chunk_size: 1024 * 1024,
         ..Default::default()
     };
@@ -122,7 +126,7 @@ impl Member {
             peers: Arc::new(cfg.peers.clone()),
         };
         let parts = Arc::new(Parts {
-            config: raft_config()?,
+            config: raft_config(cfg.snapshot_every)?,
             machine: Arc::new(Replica(broker.clone())),
             store,
             network,

@@ -5,6 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sluice_client::proto::sluice_service_client::SluiceServiceClient;
+use sluice_client::proto::{ClusterInfo, GetBrokerInfoRequest};
+
 use crate::proxy::Proxy;
 use crate::{Broker, DEADLINE, eventually};
 
@@ -143,6 +146,14 @@ impl Cluster {
         found.unwrap_or_default()
     }
 
+    /// Wipes the data directory of member `i` (which must be down): its
+    /// disk is lost.
+    pub fn wipe(&self, i: usize) {
+        assert!(self.members[i].is_none(), "member {i} is down");
+        let data = self.dir.path().join(format!("m{}", i + 1));
+        std::fs::remove_dir_all(&data).expect("wipe the data directory");
+    }
+
     /// Kills member `i` (SIGKILL: no goodbye) and waits until it is gone.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut m) = self.members[i].take() {
@@ -160,18 +171,20 @@ impl Cluster {
             .join(",")
     }
 
-    /// Waits until `leader` sees `member` hold its whole log.
+    /// Waits until `member` applied all of `leader`'s log, as each says
+    /// itself (the leader's record of what a member holds may be from
+    /// before it lost its disk).
     pub fn wait_caught_up(&self, leader: usize, member: usize) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let view = |i: usize| rt.block_on(own_view(&format!("http://{}", self.addrs[i])));
         eventually(DEADLINE, &format!("member {member} caught up"), || {
-            let out = self.up(leader).cli(&["--json", "cluster", "status"]);
-            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
-            let last = v["last_log_index"].as_u64().unwrap_or(0);
-            v["members"].as_array().is_some_and(|ms| {
-                ms.iter().any(|m| {
-                    m["node_id"].as_u64() == Some(member as u64 + 1)
-                        && m["matched_index"].as_u64() == Some(last)
-                })
-            })
+            let Some(last) = view(leader).map(|v| v.last_log_index) else {
+                return false;
+            };
+            view(member).is_some_and(|v| v.last_applied_index >= last)
         });
     }
 
@@ -205,4 +218,16 @@ impl Cluster {
             p.heal();
         }
     }
+}
+
+/// A member's own view of its cluster (the CLI's `cluster status` would
+/// follow it to the leader, and show the leader's); None while the member
+/// restarts its Raft, or cannot be reached.
+pub async fn own_view(url: &str) -> Option<ClusterInfo> {
+    let mut raw = SluiceServiceClient::connect(url.to_owned()).await.ok()?;
+    raw.get_broker_info(GetBrokerInfoRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .cluster
 }

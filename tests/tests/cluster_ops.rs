@@ -191,3 +191,45 @@ fn a_members_metrics_say_who_leads_and_how_far_the_others_are() {
         "it saw the leader arrive: {text}"
     );
 }
+
+#[test]
+fn a_member_that_lost_its_disk_catches_up_from_a_snapshot() {
+    // A snapshot every 50 entries, so that the log a wiped member would
+    // need is gone well before the test ends.
+    let extra = ["--snapshot-every", "50", "--metrics-listen", "127.0.0.1:0"];
+    let mut c = Cluster::start_with_args(3, &extra);
+    let all = c.urls();
+    let cli = |args: &[&str]| sluice_tests::cli(&all, args, None);
+    let out = cli(&["queue", "create", "work", "--durable"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // One call, and so one entry, per task.
+    let tasks: Vec<String> = (0..150).map(|i| format!("t{i}")).collect();
+    let mut args = vec!["enqueue", "work", "--batch", "1"];
+    args.extend(tasks.iter().map(String::as_str));
+    let out = cli(&args);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let leader = c.leader();
+    let lost = (0..3).find(|i| *i != leader).unwrap_or_default();
+    c.kill(lost);
+    c.wipe(lost);
+    c.members[lost] = Some(c.member(lost));
+    c.wait_caught_up(leader, lost);
+    let text = scrape(&c.up(lost).metrics_addr());
+    assert!(
+        sample(&text, "sluice_cluster_snapshots_installed_total").is_some_and(|n| n >= 1.0),
+        "it caught up from a snapshot: {text}"
+    );
+    // It holds every task: with the leader gone, it and the other member
+    // elect a leader that has them all.
+    c.kill(leader);
+    eventually(
+        Duration::from_secs(60),
+        "the two left serve every task",
+        || {
+            let out = cli(&["--json", "stats", "work"]);
+            serde_json::from_str(&out.stdout)
+                .is_ok_and(|v: serde_json::Value| num(&v, &["stats", "ready"]) == 150)
+        },
+    );
+}

@@ -15,10 +15,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use sluice_client::proto::sluice_service_client::SluiceServiceClient;
-use sluice_client::proto::{
-    ClusterInfo, EnqueueRequest, EnqueueResponse, GetBrokerInfoRequest, ListQueuesRequest, NewTask,
-};
-use sluice_tests::cluster::Cluster;
+use sluice_client::proto::{EnqueueRequest, EnqueueResponse, ListQueuesRequest, NewTask};
+use sluice_tests::cluster::{Cluster, own_view};
 use sluice_tests::{DEADLINE, eventually, num};
 
 /// Room for an election on a loaded machine (two cores shared by three
@@ -65,18 +63,6 @@ async fn list_queues_raw(url: &str) -> Result<(), tonic::Status> {
         .await
         .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
     raw.list_queues(ListQueuesRequest {}).await.map(drop)
-}
-
-/// A member's own view of its cluster (the CLI's `cluster status` would
-/// follow it to the leader, and show the leader's); None while the member
-/// restarts its Raft.
-async fn own_view(url: &str) -> Option<ClusterInfo> {
-    let mut raw = SluiceServiceClient::connect(url.to_owned()).await.ok()?;
-    raw.get_broker_info(GetBrokerInfoRequest {})
-        .await
-        .ok()?
-        .into_inner()
-        .cluster
 }
 
 /// [`enqueue_raw`] on a thread of its own: its answer arrives on the
