@@ -238,7 +238,15 @@ impl Parts {
                 }
                 continue;
             }
-            match self.broker.begin_leading(term, self.cfg.id).await {
+            // A member restarted with a vote of its own that a majority
+            // had granted leads again in that very term (openraft keeps
+            // it), and its log may hold entries of that term an earlier
+            // run of it wrote: those are not in this run's state, so they
+            // are applied, all of them, before it runs ahead of the log.
+            let Some(from) = self.applied_own_log(&raft, term).await else {
+                continue;
+            };
+            match self.broker.begin_leading(term, self.cfg.id, from).await {
                 Ok(()) => {
                     tracing::info!(term, node = self.cfg.id, "leading");
                     self.broker.set_serving(true);
@@ -288,7 +296,36 @@ impl Parts {
         }
     }
 
-    /// Waits while this member leads in `term`. False at shutdown.
+    /// Waits until everything in this member's log now is applied; the
+    /// index after it (where this run's own proposals start). None if it
+    /// stopped leading meanwhile, or the log did not commit in time.
+    async fn applied_own_log(&self, raft: &Raft<TypeConfig>, term: u64) -> Option<u64> {
+        let mut metrics = raft.metrics();
+        let last = metrics.borrow().last_log_index.unwrap_or(0);
+        let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader || m.current_term != term {
+                    return None;
+                }
+                if m.last_applied.map_or(0, |l| l.index) >= last {
+                    return Some(last + 1);
+                }
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return None },
+                _ = tokio::time::sleep_until(give_up) => {
+                    tracing::warn!(term, last, "this leader's log did not commit in time; restarting");
+                    return None;
+                }
+                _ = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Waits while this member leads in `term`; says why it stopped, None
+    /// at shutdown.
     ///
     /// Also ends when no majority has answered it for longer than an
     /// election takes: cut off from the others (a partition), it could

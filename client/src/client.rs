@@ -90,6 +90,21 @@ pub const LEADER_METADATA: &str = "sluice-leader";
 
 /// What a cluster member's "not the leader" answer says: Some(url) of
 /// the leader, Some("") while none is known; None for any other answer.
+/// Whether a call never reached its broker (the connection was refused):
+/// it ran nowhere, so any call may be made again on another member.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Whether a call failed for want of its broker (the connection refused
 /// or dropped), not by the broker's answer.
 fn member_lost(status: &tonic::Status) -> bool {
@@ -309,7 +324,9 @@ impl Client {
                         let _ = self.switch(&next).await;
                     }
                 }
-                None if again && member_lost(&status) && self.members.len() > 1 => {
+                None if (again && member_lost(&status) || never_sent(&status))
+                    && self.members.len() > 1 =>
+                {
                     let next = self.member_after(&url);
                     let _ = self.switch(&next).await;
                 }

@@ -233,3 +233,43 @@ fn a_member_that_lost_its_disk_catches_up_from_a_snapshot() {
         },
     );
 }
+
+#[test]
+fn a_leader_restarted_at_once_keeps_every_confirmed_task() {
+    const N: u64 = 2000;
+    let mut c = Cluster::start(3);
+    let all = c.urls();
+    let cli = |args: &[&str]| sluice_tests::cli(&all, args, None);
+    let out = cli(&["queue", "create", "work", "--durable"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // Many entries of one term, one call each: what the leader wrote
+    // before it died is a long log to apply when it comes back.
+    let tasks: Vec<String> = (0..N).map(|i| format!("t{i}")).collect();
+    let mut args = vec!["enqueue", "work", "--batch", "1"];
+    args.extend(tasks.iter().map(String::as_str));
+    let out = cli(&args);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // Back before the others could elect anyone: it leads again, in the
+    // same term, from its disk.
+    let leader = c.leader();
+    c.kill(leader);
+    c.members[leader] = Some(c.member(leader));
+    let now = c.leader();
+    let s = c.up(now).stats("work");
+    assert_eq!(num(&s, &["stats", "ready"]), N, "{s}");
+    for i in (0..3).filter(|i| *i != now) {
+        c.wait_caught_up(now, i);
+    }
+    // Every member agrees: whoever leads next has them all too.
+    c.kill(now);
+    eventually(
+        Duration::from_secs(60),
+        "the next leader has every task",
+        || {
+            let out = cli(&["--json", "stats", "work"]);
+            serde_json::from_str(&out.stdout)
+                .is_ok_and(|v: serde_json::Value| num(&v, &["stats", "ready"]) == N)
+        },
+    );
+}

@@ -22,8 +22,11 @@ use crate::wal::replicated::{self, MachineImage, ProposalMsg};
 #[derive(Default)]
 pub(super) struct ReplicaState {
     /// The (term, node) of the leadership this member runs commands for
-    /// ahead of the log: entries proposed in it are in its state already.
-    pub(super) speculating: Option<(u64, u64)>,
+    /// ahead of the log, and the first log index it proposed at: entries
+    /// of that leadership from there on are in its state already. (Not
+    /// those before: a member restarted as leader of the same term finds
+    /// entries of it that its earlier run wrote, and applies them.)
+    pub(super) speculating: Option<(u64, u64, u64)>,
     /// The largest task id any applied command carried.
     pub(super) max_task_id: u64,
     /// The largest consumer, waiting batch or publisher id.
@@ -38,7 +41,10 @@ pub struct Replica(pub Broker);
 impl Machine for Replica {
     fn apply(&self, entry: Committed<'_>) -> Applied {
         let b = &self.0;
-        if b.replica_state().speculating == Some((entry.term, entry.leader)) {
+        if let Some((term, leader, from)) = b.replica_state().speculating
+            && (term, leader) == (entry.term, entry.leader)
+            && entry.index >= from
+        {
             return Applied::none();
         }
         match replicated::proposal(entry.command) {
@@ -258,11 +264,11 @@ impl Broker {
     /// if it has none yet, and every durable queue loses the old leader's
     /// streams and waiting calls ([`Command::Takeover`]). From here on it
     /// runs calls ahead of the log, and skips its own entries of `term`.
-    pub async fn begin_leading(&self, term: u64, node: u64) -> Result<()> {
+    pub async fn begin_leading(&self, term: u64, node: u64, from: u64) -> Result<()> {
         let key = {
             let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
             let mut st = self.replica_state();
-            st.speculating = Some((term, node));
+            st.speculating = Some((term, node, from));
             let first = (now_ms() << 20).max(st.max_task_id + 1);
             self.inner.next_task.fetch_max(first, Ordering::SeqCst);
             let other = st.max_other_id + 1;
