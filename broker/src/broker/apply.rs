@@ -60,7 +60,7 @@ impl Broker {
             // the commands are proposed in exactly the order they ran (and
             // a move's two halves in one entry): followers that apply the
             // log in order reach the state this leader is in.
-            let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+            let _one = self.one_at_a_time();
             return self.apply_inner(q, how, f);
         }
         self.apply_inner(q, how, f)

@@ -239,6 +239,31 @@ impl Broker {
         ConsumerId(self.inner.next_consumer.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The cluster's one-call-at-a-time lock (`Inner::replica`).
+    ///
+    /// A snapshot holds it while it waits for this leader's proposals to
+    /// be applied (`Replica::quiesce`), and applying them needs tasks of
+    /// this runtime (Raft's, the proposer's). Calls that found it taken
+    /// wait off the runtime's worker threads, so that on a runtime of two
+    /// workers two waiting calls cannot starve those tasks: they would
+    /// never drain, and the member would stop answering its peers.
+    pub(super) fn one_at_a_time(&self) -> std::sync::MutexGuard<'_, ()> {
+        let lock = &self.inner.replica;
+        match lock.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let wait = || lock.lock().unwrap_or_else(|p| p.into_inner());
+                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(wait)
+                    }
+                    _ => wait(),
+                }
+            }
+        }
+    }
+
     /// Whether `q` is a cluster's replicated queue (durable, in a
     /// cluster): its state, leases included, outlives this member's
     /// leadership.

@@ -40,7 +40,7 @@ impl Broker {
             // A cluster's leader runs every change before proposing it
             // (see `apply_with`), in the proposals' order.
             let (handle, committed) = {
-                let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+                let _one = self.one_at_a_time();
                 let def = wal::queue_def(&spec, created_at);
                 let handle = self.insert_queue(spec, created_at);
                 let proposal = wal::replicated::define(def, created_at);
@@ -147,7 +147,7 @@ impl Broker {
         let handle = self.queue(name)?;
         if self.replicates(&handle) {
             let (discarded, committed) = {
-                let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+                let _one = self.one_at_a_time();
                 let discarded = handle.lock().state.unfinished();
                 if if_empty && discarded > 0 {
                     return Err(Error::FailedPrecondition(format!(

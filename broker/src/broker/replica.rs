@@ -35,6 +35,10 @@ pub(super) struct ReplicaState {
     pub(super) lease_key: Option<[u8; 16]>,
 }
 
+/// How long a snapshot may hold a leader's calls back while its
+/// proposals are applied (see `Replica::quiesce`).
+const QUIESCE: Duration = Duration::from_millis(50);
+
 /// The broker, as Raft sees it.
 pub struct Replica(pub Broker);
 
@@ -56,17 +60,24 @@ impl Machine for Replica {
         Applied::none()
     }
 
-    fn quiesce(&self) -> Box<dyn Quiet + '_> {
+    fn quiesce(&self) -> Option<Box<dyn Quiet + '_>> {
         let b = &self.0;
+        // On a blocking thread: a plain wait for the lock is fine here.
         let one = b.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
         // What this leader ran is applied once its proposals are answered
-        // (Raft answers after applying). Bounded: a proposal Raft never
-        // answers means Raft stopped, and the member restarts anyway.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while b.inner.journal.in_flight() > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
+        // (Raft answers after applying, or fails them when it stops): the
+        // state then stands for the applied log, and no call runs ahead
+        // while the lock is held. Normally a commit away (a millisecond or
+        // so); the calls that arrive meanwhile wait, so this waits no
+        // longer than QUIESCE before it lets them go and says so.
+        let until = std::time::Instant::now() + QUIESCE;
+        while b.inner.journal.in_flight() > 0 {
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        Box::new(one)
+        Some(Box::new(one))
     }
 
     fn snapshot(&self) -> Bytes {
@@ -266,7 +277,7 @@ impl Broker {
     /// runs calls ahead of the log, and skips its own entries of `term`.
     pub async fn begin_leading(&self, term: u64, node: u64, from: u64) -> Result<()> {
         let key = {
-            let _one = self.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+            let _one = self.one_at_a_time();
             let mut st = self.replica_state();
             st.speculating = Some((term, node, from));
             let first = (now_ms() << 20).max(st.max_task_id + 1);

@@ -146,7 +146,23 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, file) = tokio::task::spawn_blocking(move || {
             // The machine's state and the log id it stands for are read
             // together: nothing applies or runs ahead meanwhile.
-            let quiet = machine.quiesce();
+            // A leader under load may have proposals in flight each time
+            // it is asked: it is asked again, a second later, until it
+            // settles (Raft goes on meanwhile; this runs on its own).
+            let since = std::time::Instant::now();
+            let mut tries = 0u64;
+            let quiet = loop {
+                if let Some(q) = machine.quiesce() {
+                    break q;
+                }
+                // Each try held the leader's calls back for a moment: not
+                // more than one a second.
+                tries += 1;
+                if tries.is_multiple_of(30) {
+                    tracing::warn!(waited = ?since.elapsed(), "a snapshot waits for the leader's proposals to settle");
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            };
             let (meta, file) = {
                 let mut a = applying.lock().unwrap_or_else(|p| p.into_inner());
                 let data = machine.snapshot();

@@ -92,13 +92,15 @@ impl<T> Quiet for T {}
 pub trait Machine: Send + Sync + 'static {
     /// Applies one committed command.
     fn apply(&self, entry: Committed<'_>) -> Applied;
-    /// Holds off whatever would change the state outside of `apply`
-    /// while a snapshot is taken, and waits for it to settle: a leader
-    /// that runs commands before they are committed returns once all it
-    /// ran is applied, and runs no more until the guard is dropped. Runs
+    /// Holds the state still for a snapshot: what it returns stands for
+    /// the applied log until the guard is dropped. A machine that runs
+    /// commands before they are committed (a leader) waits, briefly, until
+    /// all it ran is applied, and runs no more until the guard is dropped;
+    /// None when that did not happen within the wait (the caller tries
+    /// again later: holding calls back longer would stall them all). Runs
     /// on a blocking thread.
-    fn quiesce(&self) -> Box<dyn Quiet + '_> {
-        Box::new(())
+    fn quiesce(&self) -> Option<Box<dyn Quiet + '_>> {
+        Some(Box::new(()))
     }
     /// The whole state, encoded, for a snapshot.
     fn snapshot(&self) -> Bytes;
