@@ -62,6 +62,14 @@ impl Journal {
         matches!(self.backend, Backend::Raft(_))
     }
 
+    /// Proposals made, ever (0 but in a cluster).
+    pub fn proposals_made(&self) -> u64 {
+        match &self.backend {
+            Backend::Raft(p) => p.made(),
+            _ => 0,
+        }
+    }
+
     /// Proposals made and not yet answered (0 but in a cluster).
     pub fn in_flight(&self) -> u64 {
         match &self.backend {

@@ -18,6 +18,9 @@ use crate::cluster::{Applied, Committed, Machine, Quiet};
 use crate::engine::Command;
 use crate::wal::replicated::{self, MachineImage, ProposalMsg};
 
+/// An entry's (term, leader, index).
+pub(super) type EntryId = (u64, u64, u64);
+
 /// What a member knows of the replicated state beyond its queues.
 #[derive(Default)]
 pub(super) struct ReplicaState {
@@ -27,6 +30,14 @@ pub(super) struct ReplicaState {
     /// those before: a member restarted as leader of the same term finds
     /// entries of it that its earlier run wrote, and applies them.)
     pub(super) speculating: Option<(u64, u64, u64)>,
+    /// Proposals made before this leadership began (the journal's count):
+    /// the n-th proposal since is the n-th of its own entries applied.
+    pub(super) made_base: u64,
+    /// Own entries of this leadership applied (skipped) so far.
+    pub(super) own_applied: u64,
+    /// A snapshot's capture: the count of own entries its state includes,
+    /// and the (term, leader, index) of the last of them once applied.
+    pub(super) capture: Option<(u64, Option<EntryId>)>,
     /// The largest task id any applied command carried.
     pub(super) max_task_id: u64,
     /// The largest consumer, waiting batch or publisher id.
@@ -45,11 +56,21 @@ pub struct Replica(pub Broker);
 impl Machine for Replica {
     fn apply(&self, entry: Committed<'_>) -> Applied {
         let b = &self.0;
-        if let Some((term, leader, from)) = b.replica_state().speculating
-            && (term, leader) == (entry.term, entry.leader)
-            && entry.index >= from
         {
-            return Applied::none();
+            let mut st = b.replica_state();
+            if let Some((term, leader, from)) = st.speculating
+                && (term, leader) == (entry.term, entry.leader)
+                && entry.index >= from
+            {
+                st.own_applied += 1;
+                let n = st.own_applied;
+                if let Some((want, at @ None)) = &mut st.capture
+                    && *want == n
+                {
+                    *at = Some((entry.term, entry.leader, entry.index));
+                }
+                return Applied::none();
+            }
         }
         match replicated::proposal(entry.command) {
             Ok(p) => b.apply_proposal(p),
@@ -78,6 +99,39 @@ impl Machine for Replica {
             std::thread::sleep(Duration::from_micros(200));
         }
         Some(Box::new(one))
+    }
+
+    fn capture_ahead(&self) -> Option<(Bytes, u64)> {
+        let b = &self.0;
+        // On a blocking thread: a plain wait for the lock is fine here.
+        // Held only while the image is taken: no call runs ahead meanwhile,
+        // so the image holds exactly the proposals made so far.
+        let _one = b.inner.replica.lock().unwrap_or_else(|p| p.into_inner());
+        let made = {
+            let mut st = b.replica_state();
+            st.speculating?;
+            let made = b
+                .inner
+                .journal
+                .proposals_made()
+                .saturating_sub(st.made_base);
+            if made <= st.own_applied {
+                // Nothing runs ahead of the log now: the state is the
+                // applied one.
+                return None;
+            }
+            st.capture = Some((made, None));
+            made
+        };
+        Some((Bytes::from(b.machine_image().encode_to_vec()), made))
+    }
+
+    fn captured_at(&self, ticket: u64) -> Result<Option<(u64, u64, u64)>, String> {
+        let st = self.0.replica_state();
+        match (&st.speculating, &st.capture) {
+            (Some(_), Some((want, at))) if *want == ticket => Ok(*at),
+            _ => Err("the leadership ended before the snapshot's entries applied".into()),
+        }
     }
 
     fn snapshot(&self) -> Bytes {
@@ -280,6 +334,9 @@ impl Broker {
             let _one = self.one_at_a_time();
             let mut st = self.replica_state();
             st.speculating = Some((term, node, from));
+            st.made_base = self.inner.journal.proposals_made();
+            st.own_applied = 0;
+            st.capture = None;
             let first = (now_ms() << 20).max(st.max_task_id + 1);
             self.inner.next_task.fetch_max(first, Ordering::SeqCst);
             let other = st.max_other_id + 1;
@@ -313,7 +370,11 @@ impl Broker {
     /// Takes every queue out (a member restarting its replicated state):
     /// their calls end, told to go to the leader.
     pub fn drop_every_queue(&self) {
-        self.replica_state().speculating = None;
+        {
+            let mut st = self.replica_state();
+            st.speculating = None;
+            st.capture = None;
+        }
         for q in self.queues() {
             self.remove_queue(&q);
         }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Buf, Bytes};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
 use prost::Message;
 use sluice_proto::cluster as pb;
@@ -91,6 +91,81 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A snapshot of a machine that runs ahead of the log (a leader): its
+/// state is captured at once, and stands for the entry of its last
+/// proposal then, known once that entry is applied. None when the machine
+/// does not run ahead, or the membership changed meanwhile (then the state
+/// as applied is taken instead).
+fn ahead(
+    machine: &dyn Machine,
+    applying: &Mutex<Applying>,
+) -> std::io::Result<Option<(SnapshotMeta<u64, BasicNode>, Bytes)>> {
+    let Some((data, ticket)) = machine.capture_ahead() else {
+        return Ok(None);
+    };
+    let since = std::time::Instant::now();
+    let (term, leader, index) = loop {
+        match machine.captured_at(ticket) {
+            Ok(Some(at)) => break at,
+            Ok(None) if since.elapsed() < std::time::Duration::from_secs(60) => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(None) => {
+                return Err(std::io::Error::other(
+                    "a snapshot's entries were not applied within 60 s",
+                ));
+            }
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+    };
+    let mut a = applying.lock().unwrap_or_else(|p| p.into_inner());
+    if a.membership.log_id().is_some_and(|l| l.index > index) {
+        return Ok(None);
+    }
+    a.built += 1;
+    let meta = SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(term, leader), index)),
+        last_membership: a.membership.clone(),
+        snapshot_id: format!("{index}-{}", a.built),
+    };
+    Ok(Some((meta, data)))
+}
+
+/// A snapshot of the state as applied: read together with the log id it
+/// stands for, nothing applying or running ahead meanwhile.
+fn as_applied(
+    machine: &dyn Machine,
+    applying: &Mutex<Applying>,
+) -> (SnapshotMeta<u64, BasicNode>, Bytes) {
+    // A leader under load may have proposals in flight each time it is
+    // asked: it is asked again, a second later, until it settles (Raft
+    // goes on meanwhile; this runs on its own). Only a leader that had not
+    // yet run ahead, or whose membership just changed, comes here.
+    let since = std::time::Instant::now();
+    let mut tries = 0u64;
+    let quiet = loop {
+        if let Some(q) = machine.quiesce() {
+            break q;
+        }
+        tries += 1;
+        if tries.is_multiple_of(30) {
+            tracing::warn!(waited = ?since.elapsed(), "a snapshot waits for the leader's proposals to settle");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    let mut a = applying.lock().unwrap_or_else(|p| p.into_inner());
+    let data = machine.snapshot();
+    a.built += 1;
+    let meta = SnapshotMeta {
+        last_log_id: a.last_applied,
+        last_membership: a.membership.clone(),
+        snapshot_id: format!("{}-{}", a.last_applied.map_or(0, |l| l.index), a.built),
+    };
+    drop(a);
+    drop(quiet);
+    (meta, data)
+}
+
 impl StateMachine {
     /// The state machine over `machine`, restored from the snapshot in
     /// `dir` if there is one.
@@ -144,38 +219,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let dir = self.dir.clone();
         let started = std::time::Instant::now();
         let (meta, file) = tokio::task::spawn_blocking(move || {
-            // The machine's state and the log id it stands for are read
-            // together: nothing applies or runs ahead meanwhile.
-            // A leader under load may have proposals in flight each time
-            // it is asked: it is asked again, a second later, until it
-            // settles (Raft goes on meanwhile; this runs on its own).
-            let since = std::time::Instant::now();
-            let mut tries = 0u64;
-            let quiet = loop {
-                if let Some(q) = machine.quiesce() {
-                    break q;
-                }
-                // Each try held the leader's calls back for a moment: not
-                // more than one a second.
-                tries += 1;
-                if tries.is_multiple_of(30) {
-                    tracing::warn!(waited = ?since.elapsed(), "a snapshot waits for the leader's proposals to settle");
-                }
-                std::thread::sleep(std::time::Duration::from_secs(1));
+            let (meta, data) = match ahead(&*machine, &applying)? {
+                Some(taken) => taken,
+                None => as_applied(&*machine, &applying),
             };
-            let (meta, file) = {
-                let mut a = applying.lock().unwrap_or_else(|p| p.into_inner());
-                let data = machine.snapshot();
-                a.built += 1;
-                let meta = SnapshotMeta {
-                    last_log_id: a.last_applied,
-                    last_membership: a.membership.clone(),
-                    snapshot_id: format!("{}-{}", a.last_applied.map_or(0, |l| l.index), a.built),
-                };
-                let file = encode(&meta, &data);
-                (meta, file)
-            };
-            drop(quiet);
+            let file = encode(&meta, &data);
             write_durably(&dir, SNAPSHOT_FILE, &file).map(|()| (meta, file))
         })
         .await

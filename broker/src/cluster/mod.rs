@@ -102,6 +102,22 @@ pub trait Machine: Send + Sync + 'static {
     fn quiesce(&self) -> Option<Box<dyn Quiet + '_>> {
         Some(Box::new(()))
     }
+    /// For a machine that runs ahead of the log (a leader): its whole
+    /// state now, encoded, and a ticket for [`Machine::captured_at`],
+    /// which says which entry that state stands for once the entries it
+    /// ran ahead with are applied. Taken at once, so that a snapshot
+    /// holds nothing back under load. None: the machine does not run
+    /// ahead (or has not yet); take its state as applied instead.
+    fn capture_ahead(&self) -> Option<(Bytes, u64)> {
+        None
+    }
+    /// For a [`Machine::capture_ahead`] ticket: the log id (term, leader,
+    /// index) of the entry the captured state stands for, once it is
+    /// applied; `Ok(None)` until then; an error if it never will be (the
+    /// leadership ended).
+    fn captured_at(&self, _ticket: u64) -> Result<Option<(u64, u64, u64)>, String> {
+        Err("this machine does not run ahead".into())
+    }
     /// The whole state, encoded, for a snapshot.
     fn snapshot(&self) -> Bytes;
     /// Replaces the whole state with a snapshot's.

@@ -61,6 +61,8 @@ pub struct Proposer {
     /// Proposals made and not yet answered (committed and applied, or
     /// failed).
     in_flight: Arc<AtomicU64>,
+    /// Proposals made, ever: one entry each, in this order in the log.
+    made: Arc<AtomicU64>,
 }
 
 /// Counts a proposal out when it is answered, however.
@@ -124,6 +126,7 @@ impl Proposer {
             tx,
             lost,
             in_flight,
+            made: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -138,6 +141,7 @@ impl Proposer {
             false => (None, None),
         };
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.made.fetch_add(1, Ordering::AcqRel);
         let answered = Answered(self.in_flight.clone());
         if self
             .tx
@@ -167,6 +171,10 @@ impl Proposer {
     }
 
     /// Proposals not yet answered.
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Acquire)
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire)
     }
