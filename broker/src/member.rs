@@ -114,7 +114,8 @@ impl Member {
         let current = Current::default();
         let proposer = Proposer::start(current.clone());
         let broker = Broker::clustered(shutdown.clone(), Journal::replicated(proposer.clone()));
-        let store = LogStore::open(&cfg.dir.join("raft"), cfg.log.clone())?;
+        let store = LogStore::open(&cfg.dir.join("raft"), cfg.log.clone())?
+            .with_stats(current.stats().clone());
         let network = Network {
             secret: match &cfg.secret {
                 Some(s) => Some(

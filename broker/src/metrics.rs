@@ -91,6 +91,18 @@ fn cluster_families(broker: &Broker, c: &Current) -> Vec<Family> {
             st.leader_changes.load(Relaxed) as f64,
         ),
         single(
+            "sluice_cluster_log_entries",
+            "Raft log entries held in memory: those since the last purge behind a snapshot.",
+            "gauge",
+            st.log_entries.load(Relaxed) as f64,
+        ),
+        single(
+            "sluice_cluster_log_bytes",
+            "Bytes of the Raft log entries held in memory.",
+            "gauge",
+            st.log_bytes.load(Relaxed) as f64,
+        ),
+        single(
             "sluice_cluster_snapshots_built_total",
             "Snapshots this member built.",
             "counter",

@@ -173,6 +173,11 @@ fn a_members_metrics_say_who_leads_and_how_far_the_others_are() {
         sample(&text, "sluice_cluster_commit_seconds_count").is_some_and(|n| n >= 1.0),
         "the enqueues were committed: {text}"
     );
+    assert!(
+        sample(&text, "sluice_cluster_log_entries").is_some_and(|n| n >= 1.0)
+            && sample(&text, "sluice_cluster_log_bytes").is_some_and(|n| n >= 1.0),
+        "the log it holds in memory: {text}"
+    );
     // The followers catch up: the leader sees their lag reach 0.
     eventually(DEADLINE, "followers caught up", || {
         let text = metrics(leader);

@@ -35,6 +35,7 @@ use super::TypeConfig;
 use super::convert::{
     entry_from_pb, entry_to_pb, log_id_from_pb, log_id_to_pb, vote_from_pb, vote_to_pb,
 };
+use super::stats::ClusterStats;
 use crate::storage::{Log, LogOptions};
 
 /// A log smaller than this is never compacted: not worth the rewrite.
@@ -98,6 +99,8 @@ pub struct LogStore {
     log: Log,
     held: Arc<Mutex<Held>>,
     compacting: Arc<std::sync::atomic::AtomicBool>,
+    /// Where it says how much of the log it holds in memory.
+    stats: Arc<ClusterStats>,
 }
 
 fn record(kind: pb::log_record::Kind) -> Bytes {
@@ -109,6 +112,21 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
 }
 
 impl LogStore {
+    /// Counts what it holds in memory into `stats` (the member's).
+    pub fn with_stats(mut self, stats: Arc<ClusterStats>) -> Self {
+        self.stats = stats;
+        self.held_now(&self.held());
+        self
+    }
+
+    fn held_now(&self, held: &Held) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats
+            .log_entries
+            .store(held.entries.len() as u64, Relaxed);
+        self.stats.log_bytes.store(held.bytes, Relaxed);
+    }
+
     /// Opens (or creates) the Raft log in `dir` and replays it.
     pub fn open(dir: &Path, options: LogOptions) -> Result<LogStore, String> {
         let (log, records) = Log::open(dir, options).map_err(|e| e.to_string())?;
@@ -132,6 +150,7 @@ impl LogStore {
             log,
             held: Arc::new(Mutex::new(held)),
             compacting: Arc::default(),
+            stats: Arc::default(),
         })
     }
 
@@ -253,6 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 held.insert(e, r.len() as u64);
                 records.push(r);
             }
+            self.held_now(&held);
             self.log.append(records)
         };
         tokio::spawn(async move {
@@ -268,7 +288,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         let written = {
             let mut held = self.held();
-            held.entries.split_off(&log_id.index);
+            held.truncate(log_id.index);
+            self.held_now(&held);
             self.log
                 .append(vec![record(pb::log_record::Kind::TruncateFrom(
                     log_id.index,
@@ -282,6 +303,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let written = {
             let mut held = self.held();
             held.purge(log_id);
+            self.held_now(&held);
             self.log
                 .append(vec![record(pb::log_record::Kind::Purged(log_id_to_pb(
                     &log_id,

@@ -24,6 +24,10 @@ pub struct ClusterStats {
     pub last_snapshot_bytes: AtomicU64,
     /// How long building (and syncing) the last snapshot took, in µs.
     pub last_snapshot_build_micros: AtomicU64,
+    /// Raft log entries held in memory (those after the last purge).
+    pub log_entries: AtomicU64,
+    /// Their records' bytes.
+    pub log_bytes: AtomicU64,
     /// The leader last seen: its id + 1, 0 for none.
     last_leader: AtomicU64,
 }
