@@ -302,8 +302,11 @@ async fn send_all(out: &Out, frames: Vec<pb::ConsumeResponse>) -> bool {
     true
 }
 
-/// Deliveries cut into frames of at most [`FRAME_BYTES`] of payload (a
-/// single larger task still goes out, alone).
+/// A repeated field's tag and length prefix, at most.
+const DELIVERY_FRAMING: usize = 6;
+
+/// Deliveries cut into frames of at most [`FRAME_BYTES`] encoded (a single
+/// larger task still goes out, alone).
 struct Frames<'k> {
     done: Vec<pb::ConsumeResponse>,
     bytes: usize,
@@ -321,7 +324,15 @@ impl<'k> Frames<'k> {
 
     fn extend(&mut self, queue: &str, batch: &[crate::engine::Delivery]) {
         for d in batch {
-            let size = d.body.payload.len();
+            // A lone broker sends no token: this stream settles them, and
+            // proves receipt by itself; a token per delivery would cost a
+            // MAC on the hottest path for nothing. A cluster's leases
+            // outlive the stream (see Session::tokens).
+            let one = delivery(queue, d, self.tokens);
+            // Its whole size on the wire, not just the payload: headers,
+            // key, job id and token come with every delivery, and a frame
+            // of many small tasks must fit a default client too.
+            let size = prost::Message::encoded_len(&one) + DELIVERY_FRAMING;
             let full = self.bytes > 0 && self.bytes + size > FRAME_BYTES;
             if full || self.done.is_empty() {
                 self.done.push(pb::ConsumeResponse::default());
@@ -329,11 +340,7 @@ impl<'k> Frames<'k> {
             }
             self.bytes += size;
             if let Some(last) = self.done.last_mut() {
-                // A lone broker sends no token: this stream settles them,
-                // and proves receipt by itself; a token per delivery would
-                // cost a MAC on the hottest path for nothing. A cluster's
-                // leases outlive the stream (see Session::tokens).
-                last.deliveries.push(delivery(queue, d, self.tokens));
+                last.deliveries.push(one);
             }
         }
     }
@@ -563,5 +570,37 @@ mod tests {
         f.extend("q", &[d(big * 3), d(1)]);
         let sizes: Vec<usize> = f.done.iter().map(|r| r.deliveries.len()).collect();
         assert_eq!(sizes, [1, 1, 1, 1], "one oversized task still goes, alone");
+    }
+
+    #[test]
+    fn many_small_tasks_with_big_headers_and_tokens_still_fit_a_frame() {
+        // Empty payloads, but a kilobyte of headers, a key and a job each:
+        // the frame is cut by what it weighs on the wire.
+        let heavy = |i: u64| Delivery {
+            id: TaskId(i),
+            body: TaskBody {
+                payload: Bytes::new(),
+                headers: Some(Box::new(
+                    [("h".to_owned(), "x".repeat(1000))].into_iter().collect(),
+                )),
+                enqueued_at: 0,
+            },
+            attempt: 1,
+            deadline: 0,
+            priority: 0,
+            key: Some("k".repeat(256).into()),
+            job: Some("j".repeat(256).into()),
+        };
+        let key = LeaseKey::random();
+        let mut f = Frames::new(Some(&key));
+        let batch: Vec<Delivery> = (0..5_000).map(heavy).collect();
+        f.extend("q", &batch);
+        assert!(f.done.len() > 1, "cut into several frames");
+        for frame in &f.done {
+            let len = prost::Message::encoded_len(frame);
+            assert!(len <= FRAME_BYTES + 2048, "a frame of {len} bytes");
+        }
+        let total: usize = f.done.iter().map(|r| r.deliveries.len()).sum();
+        assert_eq!(total, 5_000, "every delivery goes out");
     }
 }

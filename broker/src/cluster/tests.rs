@@ -120,6 +120,21 @@ impl Member {
     }
 }
 
+/// Three members on `dirs`, started and initialized: every member with
+/// the same membership (safe, and no member has to be the one that starts
+/// the cluster). Their addresses, for members started again.
+async fn three(dirs: &[PathBuf]) -> (Vec<Option<Member>>, BTreeMap<u64, BasicNode>) {
+    let (ls, nodes) = listeners(3).await;
+    let mut members = Vec::new();
+    for ((id, l), dir) in (1..).zip(ls).zip(dirs) {
+        members.push(Some(start(id, dir, l).await));
+    }
+    for m in members.iter().flatten() {
+        let _ = m.raft.initialize(nodes.clone()).await;
+    }
+    (members, nodes)
+}
+
 async fn listeners(n: usize) -> (Vec<TcpListener>, BTreeMap<u64, BasicNode>) {
     let mut ls = Vec::new();
     let mut nodes = BTreeMap::new();
@@ -220,16 +235,7 @@ fn dirs(base: &Path) -> Vec<PathBuf> {
 async fn three_members_replicate_elect_again_and_catch_up_from_a_snapshot() {
     let base = tempfile::tempdir().expect("tempdir");
     let dirs = dirs(base.path());
-    let (ls, nodes) = listeners(3).await;
-    let mut members = Vec::new();
-    for ((id, l), dir) in (1..).zip(ls).zip(&dirs) {
-        members.push(Some(start(id, dir, l).await));
-    }
-    // Every member initializes with the same membership: safe, and no
-    // member has to be the one that starts the cluster.
-    for m in members.iter().flatten() {
-        let _ = m.raft.initialize(nodes.clone()).await;
-    }
+    let (mut members, nodes) = three(&dirs).await;
     for i in 0..120 {
         write(&members, cmd(i)).await;
     }
@@ -274,14 +280,7 @@ async fn three_members_replicate_elect_again_and_catch_up_from_a_snapshot() {
 async fn a_member_wiped_clean_rejoins_from_a_snapshot() {
     let base = tempfile::tempdir().expect("tempdir");
     let dirs = dirs(base.path());
-    let (ls, nodes) = listeners(3).await;
-    let mut members = Vec::new();
-    for ((id, l), dir) in (1..).zip(ls).zip(&dirs) {
-        members.push(Some(start(id, dir, l).await));
-    }
-    for m in members.iter().flatten() {
-        let _ = m.raft.initialize(nodes.clone()).await;
-    }
+    let (mut members, nodes) = three(&dirs).await;
     for i in 0..150 {
         write(&members, cmd(i)).await;
     }
@@ -333,14 +332,7 @@ async fn a_member_whose_disk_fails_stops_and_the_others_go_on() {
     for fault in ["write", "fsync"] {
         let base = tempfile::tempdir().expect("tempdir");
         let dirs = dirs(base.path());
-        let (ls, nodes) = listeners(3).await;
-        let mut members = Vec::new();
-        for ((id, l), dir) in (1..).zip(ls).zip(&dirs) {
-            members.push(Some(start(id, dir, l).await));
-        }
-        for m in members.iter().flatten() {
-            let _ = m.raft.initialize(nodes.clone()).await;
-        }
+        let (mut members, _) = three(&dirs).await;
         for i in 0..20 {
             write(&members, cmd(i)).await;
         }

@@ -79,6 +79,23 @@ impl Share {
             deadline: args.duration.map(|d| shared.start + d),
         }
     }
+
+    /// The size of the batch starting at task `seq`: `batch`, or what is
+    /// left of a count.
+    fn batch_at(&self, seq: u64, batch: u64) -> u64 {
+        match self.deadline {
+            Some(_) => batch,
+            None => batch.min(self.tasks - seq),
+        }
+    }
+
+    /// Whether task `seq` is still to be sent.
+    fn more(&self, seq: u64) -> bool {
+        match self.deadline {
+            Some(d) => Instant::now() < d,
+            None => seq < self.tasks,
+        }
+    }
 }
 
 /// Sends this producer's share: --tasks / --producers tasks, or until
@@ -90,14 +107,8 @@ pub(super) async fn produce(
     args: BenchArgs,
     shared: Arc<Shared>,
 ) -> Result<(), Failure> {
-    let Share {
-        tasks: share,
-        deadline,
-    } = Share::of(&args, producer, &shared);
-    let more = |seq: u64| match deadline {
-        Some(d) => Instant::now() < d,
-        None => seq < share,
-    };
+    let share = Share::of(&args, producer, &shared);
+    let more = |seq: u64| share.more(seq);
     let batch = match (args.rate, args.mode) {
         (Some(_), _) | (None, crate::cli::bench::ProducerMode::Single) => 1,
         _ => u64::from(args.batch),
@@ -128,10 +139,7 @@ pub(super) async fn produce(
                 flatten(r)?;
             }
         }
-        let n = match deadline {
-            Some(_) => batch,
-            None => batch.min(share - seq),
-        };
+        let n = share.batch_at(seq, batch);
         let mut tasks = Vec::with_capacity(n as usize);
         let now = shared.micros();
         for i in 0..n {
@@ -175,14 +183,8 @@ pub(super) async fn publish(
     args: BenchArgs,
     shared: Arc<Shared>,
 ) -> Result<(), Failure> {
-    let Share {
-        tasks: share,
-        deadline,
-    } = Share::of(&args, producer, &shared);
-    let more = |seq: u64| match deadline {
-        Some(d) => Instant::now() < d,
-        None => seq < share,
-    };
+    let share = Share::of(&args, producer, &shared);
+    let more = |seq: u64| share.more(seq);
     let batch = if args.rate.is_some() {
         1
     } else {
@@ -212,10 +214,7 @@ pub(super) async fn publish(
         let due_at = per_sec.map(|rate| started + Duration::from_secs_f64((seq + 1) as f64 / rate));
         let due = due_at.is_none_or(|at| Instant::now() >= at);
         if more(seq) && due {
-            let n = match deadline {
-                Some(_) => batch,
-                None => batch.min(share - seq),
-            };
+            let n = share.batch_at(seq, batch);
             if credit >= n {
                 let now = shared.micros();
                 let tasks = (0..n)
