@@ -217,6 +217,7 @@ mod tests {
             headers: [("trace-id".to_owned(), "abc".to_owned())].into(),
             priority: 0,
             enqueued_at_unix_ms: 0,
+            group: String::new(),
         }
     }
 

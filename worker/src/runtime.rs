@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::proto::{
-    AckItem, ConsumeRequest, ConsumeResponse, ExtendItem, LeaseRef, NackAction, NackItem, Subscribe,
+    AckItem, ConsumeRequest, ConsumeResponse, ExtendItem, LeaseRef, NackAction, NackItem,
+    Subscribe, ThrottleScope,
 };
 use sluice_client::{Client, Code};
 use tokio::sync::mpsc;
@@ -76,6 +77,9 @@ pub struct Task {
     pub headers: HashMap<String, String>,
     pub priority: i32,
     pub enqueued_at_unix_ms: u64,
+    /// The producer's fairness group (a tenant, an API key); empty for the
+    /// default group.
+    pub group: String,
 }
 
 /// What a handler decided about its task.
@@ -91,7 +95,32 @@ pub enum Outcome {
     },
     /// Failed for good: straight to the dead letter queue.
     DeadLetter { error: String },
+    /// The service the handler calls pushed back (an HTTP 429 or 503 with
+    /// Retry-After): the task is retried after `retry_after`, and the
+    /// broker holds the whole queue (or, with [`Throttle::Group`], the
+    /// task's group) for as long, so no worker sends that service more
+    /// meanwhile. Counts an attempt like [`Outcome::Retry`]. At most 24 h
+    /// (the broker's limit): a longer wait is cut to that; a zero wait
+    /// retries at once and holds nothing.
+    Throttled {
+        error: String,
+        retry_after: Duration,
+        scope: Throttle,
+    },
 }
+
+/// What an [`Outcome::Throttled`] holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// Every task of the queue.
+    Queue,
+    /// The tasks of the throttled task's group ([`Task::group`]) only: one
+    /// tenant's rate limit does not stop the others.
+    Group,
+}
+
+/// The longest throttle (and retry delay with it) the broker accepts.
+pub const MAX_THROTTLE: Duration = Duration::from_millis(86_400_000);
 
 impl Outcome {
     pub fn ack() -> Self {
@@ -323,6 +352,7 @@ impl Worker {
                                 headers: task.headers,
                                 priority: task.priority,
                                 enqueued_at_unix_ms: task.enqueued_at_unix_ms,
+                                group: task.group,
                             };
                             let fut = handler(t);
                             let abort = held.running.spawn(async move {
@@ -589,18 +619,44 @@ fn push_outcome(frame: &mut ConsumeRequest, lease: LeaseRef, outcome: Outcome) {
             lease: Some(lease),
             action: NackAction::Retry as i32,
             // No delay of its own: the queue's retry backoff applies.
-            delay_ms: delay.map(|d| d.as_millis() as u64),
-            priority: None,
+            delay_ms: delay.map(millis),
             error,
+            ..NackItem::default()
         }),
         Outcome::DeadLetter { error } => frame.nacks.push(NackItem {
             lease: Some(lease),
             action: NackAction::DeadLetter as i32,
-            delay_ms: None,
-            priority: None,
             error,
+            ..NackItem::default()
         }),
+        Outcome::Throttled {
+            error,
+            retry_after,
+            scope,
+        } => {
+            // The task waits out the same time the queue (or group) is
+            // held: ready again just as deliveries resume.
+            let ms = millis(retry_after.min(MAX_THROTTLE));
+            frame.nacks.push(NackItem {
+                lease: Some(lease),
+                action: NackAction::Retry as i32,
+                delay_ms: Some(ms),
+                error,
+                throttle_ms: ms,
+                throttle_scope: match scope {
+                    Throttle::Queue => ThrottleScope::Queue,
+                    Throttle::Group => ThrottleScope::Group,
+                } as i32,
+                ..NackItem::default()
+            })
+        }
     }
+}
+
+/// Whole milliseconds, rounded up: a wait of 1.2 ms is not cut to 1 ms
+/// (nor a sub-millisecond one to none).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 /// Errors that retrying cannot fix end the worker; the rest reconnect.
@@ -737,5 +793,108 @@ mod tests {
             (1, 0),
             "no refill while draining"
         );
+    }
+
+    #[test]
+    fn a_retry_keeps_its_delay_or_leaves_it_to_the_queue() {
+        let f = settlement(lease(1), Outcome::retry("boom"), true);
+        let n = &f.nacks[0];
+        assert_eq!(n.action, NackAction::Retry as i32);
+        assert_eq!(n.delay_ms, None, "the queue's backoff");
+        assert_eq!((n.throttle_ms, n.error.as_str()), (0, "boom"));
+        let f = settlement(
+            lease(2),
+            Outcome::Retry {
+                error: "later".into(),
+                delay: Some(Duration::from_micros(1500)),
+            },
+            true,
+        );
+        assert_eq!(f.nacks[0].delay_ms, Some(2), "rounded up to whole ms");
+    }
+
+    #[test]
+    fn a_dead_letter_is_a_nack_without_delay_or_throttle() {
+        let f = settlement(
+            lease(1),
+            Outcome::DeadLetter {
+                error: "HTTP 400".into(),
+            },
+            true,
+        );
+        let n = &f.nacks[0];
+        assert_eq!(n.action, NackAction::DeadLetter as i32);
+        assert_eq!((n.delay_ms, n.throttle_ms), (None, 0));
+        assert_eq!(n.error, "HTTP 400");
+    }
+
+    #[test]
+    fn a_throttle_retries_after_its_wait_and_holds_the_queue_as_long() {
+        let f = settlement(
+            lease(1),
+            Outcome::Throttled {
+                error: "HTTP 429".into(),
+                retry_after: Duration::from_secs(2),
+                scope: Throttle::Queue,
+            },
+            true,
+        );
+        assert_eq!((f.nacks.len(), f.acks.len(), f.credit), (1, 0, 1));
+        let n = &f.nacks[0];
+        assert_eq!(n.action, NackAction::Retry as i32);
+        assert_eq!(n.delay_ms, Some(2000));
+        assert_eq!(n.throttle_ms, 2000);
+        assert_eq!(n.throttle_scope, ThrottleScope::Queue as i32);
+        assert_eq!(n.error, "HTTP 429");
+        assert_eq!(n.priority, None);
+    }
+
+    #[test]
+    fn a_group_throttle_names_its_scope() {
+        let f = settlement(
+            lease(1),
+            Outcome::Throttled {
+                error: "slow down".into(),
+                retry_after: Duration::from_millis(250),
+                scope: Throttle::Group,
+            },
+            false,
+        );
+        let n = &f.nacks[0];
+        assert_eq!((n.delay_ms, n.throttle_ms), (Some(250), 250));
+        assert_eq!(n.throttle_scope, ThrottleScope::Group as i32);
+        assert_eq!(f.credit, 0, "no refill while draining");
+    }
+
+    #[test]
+    fn a_throttle_is_cut_to_the_brokers_24_hours() {
+        for long in [Duration::from_secs(86_401), Duration::MAX] {
+            let f = settlement(
+                lease(1),
+                Outcome::Throttled {
+                    error: String::new(),
+                    retry_after: long,
+                    scope: Throttle::Queue,
+                },
+                true,
+            );
+            let n = &f.nacks[0];
+            assert_eq!((n.delay_ms, n.throttle_ms), (Some(86_400_000), 86_400_000));
+        }
+    }
+
+    #[test]
+    fn a_zero_throttle_retries_at_once_and_holds_nothing() {
+        let f = settlement(
+            lease(1),
+            Outcome::Throttled {
+                error: String::new(),
+                retry_after: Duration::ZERO,
+                scope: Throttle::Queue,
+            },
+            true,
+        );
+        let n = &f.nacks[0];
+        assert_eq!((n.delay_ms, n.throttle_ms), (Some(0), 0));
     }
 }

@@ -35,6 +35,7 @@ fn task(payload: &str) -> Task {
         headers: [("trace-id".to_owned(), "abc".to_owned())].into(),
         priority: 0,
         enqueued_at_unix_ms: 0,
+        group: String::new(),
     }
 }
 
