@@ -1,4 +1,5 @@
-//! `sluice-worker`: consume a queue and run a command once per task.
+//! `sluice-worker`: consume a queue and run a command once per task, or
+//! POST each task to a URL (`--http-post`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -9,15 +10,30 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use sluice_worker::command::{self, CommandSpec};
+use sluice_worker::http::HttpPost;
 use sluice_worker::{Config, Worker};
 
-/// Consume a sluice queue and run CMD once per task.
+/// Consume a sluice queue: run CMD once per task, or POST each task to a URL.
 ///
-/// The task's payload is CMD's stdin; SLUICE_TASK_ID, SLUICE_QUEUE,
-/// SLUICE_ATTEMPT and SLUICE_HEADER_<NAME> (one per header, upper-cased)
-/// are in its environment. Exit status 0 acks the task with CMD's stdout as
-/// the result; any other status nacks it and the broker retries it later.
-/// CMD's stderr goes to this worker's log.
+/// With `-- CMD ARGS...`: the task's payload is CMD's stdin; SLUICE_TASK_ID,
+/// SLUICE_QUEUE, SLUICE_ATTEMPT and SLUICE_HEADER_<NAME> (one per header,
+/// upper-cased) are in its environment. Exit status 0 acks the task with
+/// CMD's stdout as the result; any other status nacks it and the broker
+/// retries it later. CMD's stderr goes to this worker's log.
+///
+/// With --http-post URL: each task is a POST to URL, the payload its body,
+/// with the headers Sluice-Task-Id (the same on every attempt), Sluice-Queue,
+/// Sluice-Attempt, Sluice-Group (when the task has one) and
+/// Sluice-Header-<name> per task header. A 2xx answer acks the task, its
+/// body (up to 1 MiB) the result. 429 or 503 retries it after the answer's
+/// Retry-After (seconds or an HTTP date; 1 s without one) and holds the
+/// whole queue as long, for every worker: the service is not sent more
+/// meanwhile. Another 4xx sends the task to the dead letter queue, the
+/// status and the start of the body its error. Another answer, a failed
+/// connection or a request running past --timeout retries it after the
+/// queue's backoff.
+///
+/// Give exactly one of --http-post and a command.
 ///
 /// The worker holds at most --concurrency tasks, reconnects by itself when
 /// the broker goes away, and on SIGTERM/SIGINT stops taking tasks, lets
@@ -35,7 +51,8 @@ struct Args {
     #[arg(long)]
     queue: String,
 
-    /// Tasks run at once (and so the most this worker holds).
+    /// Tasks run (or requests sent) at once, and so the most this worker
+    /// holds.
     #[arg(long, default_value_t = 1)]
     concurrency: u32,
 
@@ -46,6 +63,16 @@ struct Args {
     /// Kill and nack a task whose command runs longer than this (e.g. 30s).
     #[arg(long, value_parser = humantime::parse_duration)]
     task_timeout: Option<Duration>,
+
+    /// POST each task to this http:// or https:// URL instead of running a
+    /// command.
+    #[arg(long, value_name = "URL")]
+    http_post: Option<String>,
+
+    /// With --http-post: the longest one request may take, from connecting
+    /// to the answer's last byte, before the task is retried [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
 
     /// On shutdown, how long running tasks get to finish.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
@@ -69,8 +96,8 @@ struct Args {
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
 
-    /// The command to run per task, after `--`.
-    #[arg(last = true, required = true, num_args = 1..)]
+    /// The command to run per task, after `--` (unless --http-post).
+    #[arg(last = true, num_args = 1..)]
     cmd: Vec<String>,
 }
 
@@ -97,18 +124,13 @@ async fn worker(args: Args) -> ExitCode {
         )
         .init();
 
-    let Some((program, rest)) = args.cmd.split_first() else {
-        eprintln!("sluice-worker: no command given after --");
-        return ExitCode::from(2);
+    let handler = match handler(&args) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("sluice-worker: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let spec = Arc::new(CommandSpec {
-        program: program.clone(),
-        args: rest.to_vec(),
-        task_timeout: args.task_timeout,
-        // Itself, even if the file was replaced or removed since it started
-        // (an upgrade in place): /proc/self/exe names this process's image.
-        shim: cfg!(target_os = "linux").then(|| "/proc/self/exe".into()),
-    });
     let read = |p: &std::path::PathBuf| {
         std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
@@ -150,16 +172,70 @@ async fn worker(args: Args) -> ExitCode {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    let handler = move |task| {
-        let spec = Arc::clone(&spec);
-        async move { command::run(&spec, task).await }
+    let worker = Worker::new(config);
+    let run = match handler {
+        Handler::Command(spec) => {
+            let spec = Arc::new(spec);
+            let handler = move |task| {
+                let spec = Arc::clone(&spec);
+                async move { command::run(&spec, task).await }
+            };
+            worker.run(handler, shutdown).await
+        }
+        Handler::Http(post) => {
+            tracing::info!(url = %post.url(), "posting tasks");
+            let post = Arc::new(post);
+            let handler = move |task| {
+                let post = Arc::clone(&post);
+                async move { post.run(task).await }
+            };
+            worker.run(handler, shutdown).await
+        }
     };
-    match Worker::new(config).run(handler, shutdown).await {
+    match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-worker: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// What the worker does with each task.
+enum Handler {
+    Command(CommandSpec),
+    Http(HttpPost),
+}
+
+/// The handler the arguments ask for; a one-line complaint when they ask
+/// for none, both, or options of the other one.
+fn handler(args: &Args) -> Result<Handler, String> {
+    match (&args.http_post, args.cmd.split_first()) {
+        (Some(_), Some(_)) => {
+            Err("give either --http-post URL or a command after --, not both".into())
+        }
+        (None, None) => Err("give a command to run after --, or --http-post URL".into()),
+        (Some(_), None) if args.task_timeout.is_some() => {
+            Err("--task-timeout is for commands; with --http-post, use --timeout".into())
+        }
+        (Some(url), None) => {
+            let timeout = args.timeout.unwrap_or(Duration::from_secs(30));
+            HttpPost::new(url, timeout)
+                .map(Handler::Http)
+                .map_err(|e| e.to_string())
+        }
+        (None, Some(_)) if args.timeout.is_some() => {
+            Err("--timeout is for --http-post; a command's limit is --task-timeout".into())
+        }
+        (None, Some((program, rest))) => Ok(Handler::Command(CommandSpec {
+            program: program.clone(),
+            args: rest.to_vec(),
+            task_timeout: args.task_timeout,
+            // Itself, even if the file was replaced or removed since it
+            // started (an upgrade in place): /proc/self/exe names this
+            // process's image.
+            shim: cfg!(target_os = "linux").then(|| "/proc/self/exe".into()),
+        })),
     }
 }
 
