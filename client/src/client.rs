@@ -21,7 +21,7 @@ use crate::proto::{
     DeleteQueueRequest, Delivery, EnqueueMode, EnqueueRequest, EnqueueResponse, ExtendItem,
     ExtendLeaseRequest, GetBrokerInfoRequest, GetBrokerInfoResponse, GetQueueRequest, GetRequest,
     JoinRequest, ListQueuesRequest, NackItem, NackRequest, NewTask, PurgeQueueRequest, QueueInfo,
-    QueueOptions, RemoveClusterMemberRequest, SettleError,
+    QueueOptions, RemoveClusterMemberRequest, SettleError, UpdateQueueRequest,
 };
 
 /// How long [`Client::connect`] tries to open the connection.
@@ -584,6 +584,60 @@ impl Client {
         Ok(answer.purged)
     }
 
+    /// Changes a running queue's options (`UpdateQueue`): only the fields
+    /// set in `request` change (`name` says which queue), at once. Returns
+    /// the queue with its new options. `NotFound` for an unknown queue,
+    /// `InvalidArgument` for an out-of-range value. A `rate_limit` replaces
+    /// the whole limit (its `burst` too); `tasks: 0` removes it.
+    ///
+    /// ```no_run
+    /// # async fn f(client: &sluice_client::Client) -> Result<(), sluice_client::Error> {
+    /// use sluice_client::proto::{RateLimit, UpdateQueueRequest};
+    /// // at most 50 leased at once, 10 deliveries a second
+    /// client
+    ///     .update_queue(UpdateQueueRequest {
+    ///         name: "emails".into(),
+    ///         max_in_flight: Some(50),
+    ///         rate_limit: Some(RateLimit { tasks: 10, per_ms: 1000, burst: 0 }),
+    ///         ..UpdateQueueRequest::default()
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_queue(&self, request: UpdateQueueRequest) -> Result<QueueInfo, Error> {
+        let answer = self
+            .call(|mut raw| {
+                let request = request.clone();
+                async move { raw.update_queue(request).await }
+            })
+            .await?;
+        required(answer.queue, "UpdateQueueResponse.queue")
+    }
+
+    /// Pauses queue `name`: nothing of it is delivered until
+    /// [`Client::resume_queue`] (enqueues are still accepted; leases
+    /// already out run their course). Returns the queue.
+    pub async fn pause_queue(&self, name: &str) -> Result<QueueInfo, Error> {
+        self.update_queue(UpdateQueueRequest {
+            name: name.to_owned(),
+            paused: Some(true),
+            ..UpdateQueueRequest::default()
+        })
+        .await
+    }
+
+    /// Resumes queue `name`: unpauses it and ends any throttle a nack put
+    /// on it or its groups, so delivery starts again at once. Returns the
+    /// queue.
+    pub async fn resume_queue(&self, name: &str) -> Result<QueueInfo, Error> {
+        self.update_queue(UpdateQueueRequest {
+            name: name.to_owned(),
+            paused: Some(false),
+            ..UpdateQueueRequest::default()
+        })
+        .await
+    }
+
     /// Adds `tasks` to `queue`, all or none. In `Wait` mode the call waits
     /// for space; `timeout` bounds that wait as the call's gRPC deadline
     /// (expiry is `DeadlineExceeded`; `None` waits as long as it takes). In
@@ -592,6 +646,10 @@ impl Client {
     /// A deadline that passes while the answer is on its way reports
     /// `DeadlineExceeded` although the tasks were stored: as with any
     /// deadline, expiry means "outcome not confirmed", not "not stored".
+    ///
+    /// A task's `group` (`NewTask::group`: a tenant, a customer) puts it in
+    /// a fairness group: the queue serves its groups round-robin and caps
+    /// each at its `max_in_flight_per_group`.
     ///
     /// Each call is this client's next numbered batch (producer_id and
     /// sequence): against a cluster, a call whose leader failed under it
