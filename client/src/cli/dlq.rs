@@ -79,6 +79,8 @@ pub async fn run(client: &Client, cmd: DlqCommand, as_json: bool) -> Result<(), 
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                     priority: t.priority,
+                    // Back in its tenant's group, under that group's cap.
+                    group: t.group.clone(),
                     ..NewTask::default()
                 })
                 .collect();

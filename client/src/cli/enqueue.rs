@@ -60,6 +60,11 @@ pub struct EnqueueArgs {
     /// failed.
     #[arg(long, requires = "job")]
     wait: bool,
+    /// Fairness group of every task (a tenant, a customer): the queue
+    /// serves its groups round-robin, and caps each with its
+    /// --max-in-flight-per-group.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
     /// Idempotency key of the task (one PAYLOAD only): while a task with
     /// this key is unfinished in the queue, and for the queue's key window
     /// after, the same key stores nothing and prints the existing task's id.
@@ -117,6 +122,7 @@ impl EnqueueArgs {
                 headers,
                 key: self.key.unwrap_or_default(),
                 job_id: self.job.unwrap_or_default(),
+                group: self.group.unwrap_or_default(),
                 priority: self.priority,
                 delay_ms: match (self.delay, self.at) {
                     (Some(d), _) => duration_ms(d),
@@ -157,6 +163,7 @@ pub async fn run(client: &Client, plan: Plan, json: bool) -> Result<(), Failure>
     // What the queue holds now, until the broker's answers tell more.
     let depth = info.stats.as_ref().map_or(0, |s| s.ready + s.delayed);
     let overhead = TASK_FRAMING
+        + plan.template.group.len()
         + plan
             .template
             .headers
@@ -478,6 +485,8 @@ mod tests {
             "-3",
             "--header",
             "k=v",
+            "--group",
+            "tenant-7",
             "--delay",
             "1s",
             "--no-wait",
@@ -487,6 +496,7 @@ mod tests {
         assert_eq!(p.payloads, vec![OsString::from("a"), OsString::from("b")]);
         assert_eq!(p.template.priority, -3);
         assert_eq!(p.template.headers["k"], "v");
+        assert_eq!(p.template.group, "tenant-7");
         assert_eq!(p.template.delay_ms, 1000);
         assert_eq!(p.mode, EnqueueMode::FailFast);
         assert_eq!(p.timeout, None);
@@ -498,6 +508,7 @@ mod tests {
         assert_eq!(p.mode, EnqueueMode::Wait);
         assert!(p.payloads.is_empty());
         assert_eq!(p.template.delay_ms, 0);
+        assert_eq!(p.template.group, "", "the default group");
         let p = plan(&["q", "--timeout", "250ms"]).expect("valid");
         assert_eq!(p.timeout, Some(Duration::from_millis(250)));
     }
