@@ -2,11 +2,18 @@
 //! use `--json`; this format may change.
 
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_client::proto::{ConsumerInfo, GetBrokerInfoResponse, QueueInfo};
+use sluice_client::proto::{
+    ConsumerInfo, GetBrokerInfoResponse, GroupInfo, Hold, HoldReason, QueueInfo, QueueOptions,
+    QueueStats, RateLimit,
+};
 
 use super::json::{fsync_name, order_name};
+
+/// Width of the labels of a queue's `label  value` lines (the longest,
+/// "retry backoff" and "max in flight", plus two spaces).
+const LABEL: usize = 15;
 
 /// A table whose columns are as wide as their widest cell, two spaces
 /// apart, the last column unpadded.
@@ -103,7 +110,7 @@ pub fn queue_list(queues: &[QueueInfo]) -> String {
     ]);
     for q in queues {
         let o = q.options.clone().unwrap_or_default();
-        let s = q.stats.unwrap_or_default();
+        let s = q.stats.clone().unwrap_or_default();
         table.row(vec![
             q.name.clone(),
             order_name(o.order).to_owned(),
@@ -184,10 +191,48 @@ pub fn broker_info(i: &GetBrokerInfoResponse) -> String {
     out
 }
 
-/// `queue show`: options, then what `stats` shows.
+/// `queue show`: options, then what `stats` shows, then the groups with
+/// ready tasks.
 pub fn queue_show(q: &QueueInfo) -> String {
-    let o = q.options.clone().unwrap_or_default();
+    queue_show_at(q, now_ms())
+}
+
+fn queue_show_at(q: &QueueInfo, now: u64) -> String {
     let mut out = format!("queue {}\n", q.name);
+    let _ = writeln!(
+        out,
+        "  {:<LABEL$}{}",
+        "created",
+        timestamp(q.created_at_unix_ms)
+    );
+    out.push_str(&options_lines(&q.options.clone().unwrap_or_default()));
+    out.push_str(&stats_body(q, now));
+    if !q.groups.is_empty() {
+        out.push('\n');
+        out.push_str(&groups(&q.groups, now).render("  "));
+        let all = q.stats.as_ref().map_or(0, |s| s.groups);
+        let shown = q.groups.len() as u64;
+        if all > shown {
+            let _ = writeln!(
+                out,
+                "  ({shown} groups with ready tasks shown, most ready first; {all} with unfinished tasks)"
+            );
+        }
+    }
+    out
+}
+
+/// `queue update`: the queue's options now.
+pub fn queue_updated(q: &QueueInfo) -> String {
+    format!(
+        "updated queue {}\n{}",
+        q.name,
+        options_lines(&q.options.clone().unwrap_or_default())
+    )
+}
+
+/// A queue's options, a `label  value` line each.
+fn options_lines(o: &QueueOptions) -> String {
     let max_attempts = match o.max_attempts {
         Some(0) => "unlimited".to_owned(),
         Some(n) => n.to_string(),
@@ -198,25 +243,70 @@ pub fn queue_show(q: &QueueInfo) -> String {
     } else {
         o.dead_letter.clone()
     };
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
     let lines = [
-        ("created", timestamp(q.created_at_unix_ms)),
         ("order", order_name(o.order).to_owned()),
         ("capacity", o.capacity.to_string()),
         ("ack deadline", ms(o.ack_deadline_ms)),
         ("max attempts", max_attempts),
-        ("retry backoff", retry_policy(&o)),
+        ("retry backoff", retry_policy(o)),
         ("dead letter", dead_letter),
-        ("durable", if o.durable { "yes" } else { "no" }.to_owned()),
+        ("durable", yes_no(o.durable)),
+        ("max in flight", cap(o.max_in_flight, "leased at once")),
+        ("rate limit", rate_limit(o.rate_limit.as_ref())),
+        (
+            "group cap",
+            cap(o.max_in_flight_per_group, "leased per group"),
+        ),
+        ("paused", yes_no(o.paused)),
     ];
+    let mut out = String::new();
     for (label, value) in lines {
-        let _ = writeln!(out, "  {label:<13}{value}");
+        let _ = writeln!(out, "  {label:<LABEL$}{value}");
     }
-    out.push_str(&stats_body(q));
     out
 }
 
+/// "50 leased at once", or "no cap" for 0.
+fn cap(n: u64, what: &str) -> String {
+    if n == 0 {
+        "no cap".to_owned()
+    } else {
+        format!("{n} {what}")
+    }
+}
+
+/// "10/s, burst 20", "5/500ms, burst 1", or "none".
+pub fn rate_limit(r: Option<&RateLimit>) -> String {
+    match r {
+        Some(r) if r.tasks > 0 => {
+            let per_ms = if r.per_ms == 0 { 1000 } else { r.per_ms };
+            format!("{}/{}, burst {}", r.tasks, period(per_ms), r.burst.max(1))
+        }
+        _ => "none".to_owned(),
+    }
+}
+
+/// A rate's period as `--rate` takes it: "s", "2s", "m", "90s", "500ms".
+fn period(ms: u64) -> String {
+    for (unit_ms, unit) in [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ] {
+        if ms.is_multiple_of(unit_ms) {
+            return match ms / unit_ms {
+                1 => unit.to_owned(),
+                n => format!("{n}{unit}"),
+            };
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// "1s x2 up to 5m", or "none" when failed tasks are ready again at once.
-fn retry_policy(o: &sluice_client::proto::QueueOptions) -> String {
+fn retry_policy(o: &QueueOptions) -> String {
     match o.retry_initial_ms {
         None | Some(0) => "none (ready again at once)".to_owned(),
         Some(initial) => format!(
@@ -228,15 +318,47 @@ fn retry_policy(o: &sluice_client::proto::QueueOptions) -> String {
     }
 }
 
-/// `stats`: depths, counters and the consumers table of one queue.
+/// `stats`: depths, counters, flow control and the consumers table of
+/// one queue.
 pub fn queue_stats(q: &QueueInfo) -> String {
-    format!("queue {}\n{}", q.name, stats_body(q))
+    queue_stats_at(q, now_ms())
 }
 
-fn stats_body(q: &QueueInfo) -> String {
-    let s = q.stats.unwrap_or_default();
+fn queue_stats_at(q: &QueueInfo, now: u64) -> String {
+    let mut out = format!("queue {}\n", q.name);
+    // `queue show` lists every option; stats names the flow limits, which
+    // explain what it shows held.
+    if let Some(limits) = flow_limits(&q.options.clone().unwrap_or_default()) {
+        let _ = writeln!(out, "  {:<LABEL$}{limits}", "limits");
+    }
+    out.push_str(&stats_body(q, now));
+    out
+}
+
+/// "at most 50 leased, 10/s (burst 20), at most 5 leased per group", or
+/// None when the queue has none of these limits.
+fn flow_limits(o: &QueueOptions) -> Option<String> {
+    let mut parts = Vec::new();
+    if o.max_in_flight > 0 {
+        parts.push(format!("at most {} leased", o.max_in_flight));
+    }
+    if o.rate_limit.as_ref().is_some_and(|r| r.tasks > 0) {
+        parts.push(rate_limit(o.rate_limit.as_ref()));
+    }
+    if o.max_in_flight_per_group > 0 {
+        parts.push(format!(
+            "at most {} leased per group",
+            o.max_in_flight_per_group
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+fn stats_body(q: &QueueInfo, now: u64) -> String {
+    let o = q.options.clone().unwrap_or_default();
+    let s = q.stats.clone().unwrap_or_default();
     let mut out = String::new();
-    let lines = [
+    let mut lines = vec![
         (
             "depth",
             format!(
@@ -263,28 +385,119 @@ fn stats_body(q: &QueueInfo) -> String {
             "consumers",
             format!("{} (unspent credit {})", s.consumers, s.credit),
         ),
-        (
-            "totals",
-            format!(
-                "{} enqueued, {} delivered, {} acked, {} nacked, {} expired, {} dead, {} purged",
-                s.enqueued_total,
-                s.delivered_total,
-                s.acked_total,
-                s.nacked_total,
-                s.expired_total,
-                s.dead_total,
-                s.purged_total
-            ),
-        ),
+        ("delivery", delivery(&o, &s, now)),
     ];
+    if s.groups > 0 {
+        lines.push(("groups", format!("{} ({} held)", s.groups, s.groups_held)));
+    }
+    lines.push((
+        "totals",
+        format!(
+            "{} enqueued, {} delivered, {} acked, {} nacked, {} expired, {} dead, {} purged",
+            s.enqueued_total,
+            s.delivered_total,
+            s.acked_total,
+            s.nacked_total,
+            s.expired_total,
+            s.dead_total,
+            s.purged_total
+        ),
+    ));
     for (label, value) in lines {
-        let _ = writeln!(out, "  {label:<13}{value}");
+        let _ = writeln!(out, "  {label:<LABEL$}{value}");
     }
     if !q.consumers.is_empty() {
         out.push('\n');
         out.push_str(&consumers(&q.consumers).render("  "));
     }
     out
+}
+
+/// Whether the queue delivers, and if not why: every hold the broker
+/// reported ("paused; no consumer credit"). A pause or throttle is named
+/// even while nothing is ready (the broker reports holds only then).
+fn delivery(o: &QueueOptions, s: &QueueStats, now: u64) -> String {
+    let held = |r: HoldReason| s.holds.iter().any(|h| h.reason == r as i32);
+    let mut reasons = Vec::new();
+    if o.paused && !held(HoldReason::Paused) {
+        reasons.push("paused".to_owned());
+    }
+    if s.throttled_until_unix_ms > now && !held(HoldReason::Throttled) {
+        reasons.push(throttled(s.throttled_until_unix_ms, now));
+    }
+    reasons.extend(s.holds.iter().map(|h| hold(h, o, s, now)));
+    match reasons.is_empty() {
+        false => reasons.join("; "),
+        true if s.ready > 0 => "delivering".to_owned(),
+        true => "nothing ready".to_owned(),
+    }
+}
+
+/// One reason a queue holds its ready tasks back, for people.
+fn hold(h: &Hold, o: &QueueOptions, s: &QueueStats, now: u64) -> String {
+    match HoldReason::try_from(h.reason) {
+        Ok(HoldReason::Paused) => "paused".to_owned(),
+        Ok(HoldReason::Throttled) => throttled(h.until_unix_ms, now),
+        Ok(HoldReason::InFlightCap) => format!("in-flight cap reached ({})", o.max_in_flight),
+        Ok(HoldReason::RateLimited) if h.until_unix_ms > now => {
+            format!("rate limited, next token in {}", ms(h.until_unix_ms - now))
+        }
+        Ok(HoldReason::RateLimited) => "rate limited".to_owned(),
+        Ok(HoldReason::GroupsHeld) => {
+            format!("groups held ({} at cap or throttled)", s.groups_held)
+        }
+        Ok(HoldReason::NoCredit) => "no consumer credit".to_owned(),
+        // A reason from a newer broker: say there is one.
+        Ok(HoldReason::Unspecified) | Err(_) => format!("held (reason {})", h.reason),
+    }
+}
+
+/// "throttled until 12:34:56.789Z (in 3.2s)".
+fn throttled(until_unix_ms: u64, now: u64) -> String {
+    format!("throttled until {}", clock(until_unix_ms, now))
+}
+
+/// A moment within the next day: its UTC time of day to the millisecond
+/// and how far off it is, "12:34:56.789Z (in 3.2s)".
+fn clock(unix_ms: u64, now: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let full = humantime::format_rfc3339_millis(at).to_string();
+    let time = full.split_once('T').map_or(full.as_str(), |(_, t)| t);
+    match unix_ms.saturating_sub(now) {
+        0 => format!("{time} (now)"),
+        left => format!("{time} (in {})", ms(left)),
+    }
+}
+
+/// The groups table of `queue show`.
+fn groups(list: &[GroupInfo], now: u64) -> Table {
+    let mut table = Table::new(&["GROUP", "READY", "LEASED", "DELAYED", "THROTTLED", "AT CAP"]);
+    for g in list {
+        table.row(vec![
+            if g.name.is_empty() {
+                "(default)".to_owned()
+            } else {
+                g.name.clone()
+            },
+            g.ready.to_string(),
+            g.leased.to_string(),
+            g.delayed.to_string(),
+            if g.throttled_until_unix_ms > now {
+                format!("until {}", clock(g.throttled_until_unix_ms, now))
+            } else {
+                "-".to_owned()
+            },
+            if g.at_cap { "yes" } else { "-" }.to_owned(),
+        ]);
+    }
+    table
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn consumers(list: &[ConsumerInfo]) -> Table {
@@ -317,8 +530,8 @@ fn consumers(list: &[ConsumerInfo]) -> Table {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::*;
-    use sluice_client::proto::{QueueOptions, QueueStats};
 
     #[test]
     fn table_aligns_columns() {
@@ -366,6 +579,7 @@ mod tests {
                 ..ConsumerInfo::default()
             }],
             created_at_unix_ms: 0,
+            groups: Vec::new(),
         };
         let text = queue_stats(&q);
         assert!(text.starts_with("queue jobs\n"));
@@ -379,5 +593,196 @@ mod tests {
                 .nth(1)
                 .is_some_and(|l| l.starts_with("jobs"))
         );
+    }
+
+    #[test]
+    fn rates_read_as_the_flag_takes_them() {
+        let r = |tasks, per_ms, burst| RateLimit {
+            tasks,
+            per_ms,
+            burst,
+        };
+        assert_eq!(rate_limit(Some(&r(10, 1000, 20))), "10/s, burst 20");
+        assert_eq!(rate_limit(Some(&r(10, 0, 0))), "10/s, burst 1");
+        assert_eq!(rate_limit(Some(&r(5, 500, 1))), "5/500ms, burst 1");
+        assert_eq!(rate_limit(Some(&r(600, 60_000, 1))), "600/m, burst 1");
+        assert_eq!(rate_limit(Some(&r(1, 90_000, 1))), "1/90s, burst 1");
+        assert_eq!(rate_limit(Some(&r(3, 7_200_000, 1))), "3/2h, burst 1");
+        assert_eq!(rate_limit(Some(&r(0, 1000, 1))), "none");
+        assert_eq!(rate_limit(None), "none");
+        // Every period printed parses back to itself.
+        for per_ms in [
+            1, 500, 1000, 1500, 2000, 60_000, 90_000, 3_600_000, 86_400_000,
+        ] {
+            let text = format!("7/{}", period(per_ms));
+            assert_eq!(
+                parse::rate(&text),
+                Ok(Some(parse::Rate { tasks: 7, per_ms })),
+                "{text}"
+            );
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000_000; // 22:13:20.000 UTC
+
+    fn held(options: QueueOptions, stats: QueueStats) -> QueueInfo {
+        QueueInfo {
+            name: "api".into(),
+            options: Some(options),
+            stats: Some(stats),
+            ..QueueInfo::default()
+        }
+    }
+
+    fn hold(reason: HoldReason, until_unix_ms: u64) -> Hold {
+        Hold {
+            reason: reason as i32,
+            until_unix_ms,
+        }
+    }
+
+    #[test]
+    fn holds_say_why_nothing_is_delivered() {
+        let q = held(
+            QueueOptions {
+                max_in_flight: 50,
+                paused: true,
+                ..QueueOptions::default()
+            },
+            QueueStats {
+                ready: 4,
+                groups: 7,
+                groups_held: 3,
+                throttled_until_unix_ms: NOW + 3_200,
+                holds: vec![
+                    hold(HoldReason::Paused, 0),
+                    hold(HoldReason::Throttled, NOW + 3_200),
+                    hold(HoldReason::InFlightCap, 0),
+                    hold(HoldReason::RateLimited, NOW + 120),
+                    hold(HoldReason::GroupsHeld, 0),
+                    hold(HoldReason::NoCredit, 0),
+                ],
+                ..QueueStats::default()
+            },
+        );
+        let text = queue_stats_at(&q, NOW);
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("delivery"))
+            .expect("a delivery line");
+        assert_eq!(
+            line,
+            "  delivery       paused; throttled until 22:13:23.200Z (in 3.2s); \
+             in-flight cap reached (50); rate limited, next token in 120ms; \
+             groups held (3 at cap or throttled); no consumer credit"
+        );
+        assert!(text.contains("  groups         7 (3 held)\n"), "{text}");
+        assert!(
+            text.contains("  limits         at most 50 leased\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_pause_or_throttle_shows_with_nothing_ready() {
+        let delivery = |o, s| {
+            let text = queue_stats_at(&held(o, s), NOW);
+            text.lines()
+                .find_map(|l| l.trim_start().strip_prefix("delivery"))
+                .map(|v| v.trim().to_owned())
+                .expect("a delivery line")
+        };
+        let paused = QueueOptions {
+            paused: true,
+            ..QueueOptions::default()
+        };
+        assert_eq!(delivery(paused, QueueStats::default()), "paused");
+        let throttled = QueueStats {
+            throttled_until_unix_ms: NOW + 65_000,
+            ..QueueStats::default()
+        };
+        assert_eq!(
+            delivery(QueueOptions::default(), throttled),
+            "throttled until 22:14:25.000Z (in 1m 5s)"
+        );
+        let flowing = QueueStats {
+            ready: 1,
+            ..QueueStats::default()
+        };
+        assert_eq!(delivery(QueueOptions::default(), flowing), "delivering");
+        assert_eq!(
+            delivery(QueueOptions::default(), QueueStats::default()),
+            "nothing ready"
+        );
+        // A throttle that ended by this clock is not shown; an unknown
+        // reason from a newer broker is.
+        let unknown = QueueStats {
+            ready: 1,
+            throttled_until_unix_ms: NOW - 1,
+            holds: vec![Hold {
+                reason: 99,
+                until_unix_ms: 0,
+            }],
+            ..QueueStats::default()
+        };
+        assert_eq!(
+            delivery(QueueOptions::default(), unknown),
+            "held (reason 99)"
+        );
+    }
+
+    #[test]
+    fn show_lists_flow_options_and_groups() {
+        let mut q = held(
+            QueueOptions {
+                capacity: 100,
+                max_in_flight: 50,
+                rate_limit: Some(RateLimit {
+                    tasks: 10,
+                    per_ms: 1000,
+                    burst: 20,
+                }),
+                max_in_flight_per_group: 5,
+                ..QueueOptions::default()
+            },
+            QueueStats {
+                ready: 3,
+                groups: 2,
+                ..QueueStats::default()
+            },
+        );
+        q.groups = vec![
+            GroupInfo {
+                name: "acme".into(),
+                ready: 2,
+                leased: 5,
+                delayed: 1,
+                throttled_until_unix_ms: NOW + 500,
+                at_cap: true,
+            },
+            GroupInfo {
+                name: String::new(),
+                ready: 1,
+                ..GroupInfo::default()
+            },
+        ];
+        let text = queue_show_at(&q, NOW);
+        for want in [
+            "  max in flight  50 leased at once\n",
+            "  rate limit     10/s, burst 20\n",
+            "  group cap      5 leased per group\n",
+            "  paused         no\n",
+            "  retry backoff  none (ready again at once)\n",
+            "GROUP      READY  LEASED  DELAYED  THROTTLED                       AT CAP\n",
+            "acme       2      5       1        until 22:13:20.500Z (in 500ms)  yes\n",
+            "(default)  1      0       0        -                               -\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        // Without flow options: "no cap", "none".
+        let plain = queue_updated(&held(QueueOptions::default(), QueueStats::default()));
+        assert!(plain.starts_with("updated queue api\n"), "{plain}");
+        assert!(plain.contains("  max in flight  no cap\n"), "{plain}");
+        assert!(plain.contains("  rate limit     none\n"), "{plain}");
     }
 }

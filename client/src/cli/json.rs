@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value, json};
 use sluice_client::proto::{
-    BrokerLimits, ConsumerInfo, Delivery, FsyncPolicy, GetBrokerInfoResponse, QueueInfo,
-    QueueOptions, QueueOrder, QueueStats,
+    BrokerLimits, ConsumerInfo, Delivery, FsyncPolicy, GetBrokerInfoResponse, GroupInfo, Hold,
+    HoldReason, QueueInfo, QueueOptions, QueueOrder, QueueStats, RateLimit,
 };
 
 /// A queue's short order name: "fifo", "lifo" or "priority".
@@ -16,6 +16,21 @@ pub fn order_name(order: i32) -> &'static str {
         // Unspecified means FIFO; an unknown value from a newer broker is
         // shown as FIFO rather than failing the whole listing.
         Ok(QueueOrder::Fifo | QueueOrder::Unspecified) | Err(_) => "fifo",
+    }
+}
+
+/// A hold reason's short name: "paused", "throttled", "in_flight_cap",
+/// "rate_limited", "groups_held", "no_credit"; "unknown" for a reason
+/// from a newer broker.
+pub fn hold_reason_name(reason: i32) -> &'static str {
+    match HoldReason::try_from(reason) {
+        Ok(HoldReason::Paused) => "paused",
+        Ok(HoldReason::Throttled) => "throttled",
+        Ok(HoldReason::InFlightCap) => "in_flight_cap",
+        Ok(HoldReason::RateLimited) => "rate_limited",
+        Ok(HoldReason::GroupsHeld) => "groups_held",
+        Ok(HoldReason::NoCredit) => "no_credit",
+        Ok(HoldReason::Unspecified) | Err(_) => "unknown",
     }
 }
 
@@ -66,7 +81,9 @@ fn limits(l: &BrokerLimits) -> Value {
     })
 }
 
-/// Everything known about a queue.
+/// Everything known about a queue. `groups` lists its groups with ready
+/// tasks in GetQueue's answer (`queue show`, `stats QUEUE`), and is empty
+/// in ListQueues' (`stats.groups` counts them there).
 pub fn queue(q: &QueueInfo) -> Value {
     let stats_value = q.stats.as_ref().map_or(Value::Null, stats);
     json!({
@@ -75,6 +92,7 @@ pub fn queue(q: &QueueInfo) -> Value {
         "options": q.options.as_ref().map_or(Value::Null, options),
         "stats": stats_value,
         "consumers": q.consumers.iter().map(consumer).collect::<Vec<_>>(),
+        "groups": q.groups.iter().map(group).collect::<Vec<_>>(),
     })
 }
 
@@ -91,7 +109,16 @@ pub fn options(o: &QueueOptions) -> Value {
         "retry_max_ms": o.retry_max_ms,
         "retry_multiplier": o.retry_multiplier,
         "idempotency_window_ms": o.idempotency_window_ms,
+        "max_in_flight": o.max_in_flight,
+        // null: no limit.
+        "rate_limit": o.rate_limit.as_ref().filter(|r| r.tasks > 0).map_or(Value::Null, rate_limit),
+        "max_in_flight_per_group": o.max_in_flight_per_group,
+        "paused": o.paused,
     })
+}
+
+fn rate_limit(r: &RateLimit) -> Value {
+    json!({ "tasks": r.tasks, "per_ms": r.per_ms, "burst": r.burst })
 }
 
 /// A queue's counters.
@@ -117,6 +144,27 @@ pub fn stats(s: &QueueStats) -> Value {
         "expired_total": s.expired_total,
         "dead_total": s.dead_total,
         "purged_total": s.purged_total,
+        "holds": s.holds.iter().map(hold).collect::<Vec<_>>(),
+        "groups": s.groups,
+        "groups_held": s.groups_held,
+        "throttled_until_unix_ms": s.throttled_until_unix_ms,
+    })
+}
+
+/// Why a queue holds its ready tasks back.
+fn hold(h: &Hold) -> Value {
+    json!({ "reason": hold_reason_name(h.reason), "until_unix_ms": h.until_unix_ms })
+}
+
+/// One group of a queue's tasks; `name` "" is the default group.
+fn group(g: &GroupInfo) -> Value {
+    json!({
+        "name": g.name,
+        "ready": g.ready,
+        "leased": g.leased,
+        "delayed": g.delayed,
+        "throttled_until_unix_ms": g.throttled_until_unix_ms,
+        "at_cap": g.at_cap,
     })
 }
 
@@ -153,6 +201,9 @@ pub fn delivery(d: &Delivery) -> Value {
         "payload": String::from_utf8_lossy(&task.payload),
         "headers": headers,
         "priority": task.priority,
+        "key": task.key,
+        "job_id": task.job_id,
+        "group": task.group,
         "queue": d.queue,
         "enqueued_at_unix_ms": task.enqueued_at_unix_ms,
         "lease_deadline_unix_ms": d.lease_deadline_unix_ms,
@@ -182,6 +233,7 @@ mod tests {
                 payload: bytes::Bytes::from_static(b"hi\xff"),
                 headers: [("k".to_owned(), "v".to_owned())].into(),
                 priority: -2,
+                group: "tenant-7".into(),
                 ..Task::default()
             }),
             attempt: 2,
@@ -191,6 +243,8 @@ mod tests {
         };
         let v = delivery(&d);
         assert_eq!(v["id"], "t1");
+        assert_eq!(v["group"], "tenant-7");
+        assert_eq!(v["key"], "");
         assert_eq!(v["attempt"], 2);
         assert_eq!(v["lease_token"], "0123456789abcdef");
         assert_eq!(v["payload"], "hi\u{fffd}");
@@ -208,5 +262,85 @@ mod tests {
             ..QueueOptions::default()
         });
         assert_eq!(v["max_attempts"], 0);
+    }
+
+    #[test]
+    fn flow_options_holds_and_groups() {
+        let o = options(&QueueOptions {
+            max_in_flight: 50,
+            rate_limit: Some(RateLimit {
+                tasks: 10,
+                per_ms: 1000,
+                burst: 20,
+            }),
+            max_in_flight_per_group: 5,
+            paused: true,
+            ..QueueOptions::default()
+        });
+        assert_eq!(o["max_in_flight"], 50);
+        assert_eq!(
+            o["rate_limit"],
+            json!({"tasks": 10, "per_ms": 1000, "burst": 20})
+        );
+        assert_eq!(o["max_in_flight_per_group"], 5);
+        assert_eq!(o["paused"], true);
+        // No limit is null.
+        assert_eq!(options(&QueueOptions::default())["rate_limit"], Value::Null);
+
+        let q = queue(&QueueInfo {
+            stats: Some(QueueStats {
+                groups: 2,
+                groups_held: 1,
+                throttled_until_unix_ms: 7,
+                holds: vec![
+                    Hold {
+                        reason: HoldReason::Throttled as i32,
+                        until_unix_ms: 7,
+                    },
+                    Hold {
+                        reason: HoldReason::InFlightCap as i32,
+                        until_unix_ms: 0,
+                    },
+                ],
+                ..QueueStats::default()
+            }),
+            groups: vec![GroupInfo {
+                name: "acme".into(),
+                ready: 3,
+                at_cap: true,
+                ..GroupInfo::default()
+            }],
+            ..QueueInfo::default()
+        });
+        assert_eq!(
+            q["stats"]["holds"],
+            json!([
+                {"reason": "throttled", "until_unix_ms": 7},
+                {"reason": "in_flight_cap", "until_unix_ms": 0},
+            ])
+        );
+        assert_eq!(q["stats"]["groups"], 2);
+        assert_eq!(q["stats"]["groups_held"], 1);
+        assert_eq!(q["stats"]["throttled_until_unix_ms"], 7);
+        assert_eq!(q["groups"][0]["name"], "acme");
+        assert_eq!(q["groups"][0]["ready"], 3);
+        assert_eq!(q["groups"][0]["at_cap"], true);
+        assert_eq!(q["groups"][0]["throttled_until_unix_ms"], 0);
+    }
+
+    #[test]
+    fn hold_reason_names() {
+        assert_eq!(hold_reason_name(HoldReason::Paused as i32), "paused");
+        assert_eq!(
+            hold_reason_name(HoldReason::RateLimited as i32),
+            "rate_limited"
+        );
+        assert_eq!(
+            hold_reason_name(HoldReason::GroupsHeld as i32),
+            "groups_held"
+        );
+        assert_eq!(hold_reason_name(HoldReason::NoCredit as i32), "no_credit");
+        assert_eq!(hold_reason_name(0), "unknown");
+        assert_eq!(hold_reason_name(99), "unknown");
     }
 }

@@ -2,7 +2,7 @@
 //! `--help`), and one module per command.
 //!
 //! - `exit.rs`     — exit codes and failure messages (the only place);
-//! - `parse.rs`    — durations and headers;
+//! - `parse.rs`    — durations, headers and rates;
 //! - `batch.rs`    — cutting payloads into Enqueue batches;
 //! - `progress.rs` — the enqueue progress bar;
 //! - `json.rs`, `human.rs` — the two output formats;
@@ -95,7 +95,7 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create, list, show, delete and purge queues.
+    /// Create, list, show, update, pause, resume, delete and purge queues.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
     /// Add tasks to a queue and print their ids.
@@ -184,7 +184,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         (None, t) => t,
     };
     match command {
-        Command::Queue(cmd) => queue::run(&connect(&broker, &tls).await?, cmd, json).await,
+        Command::Queue(cmd) => {
+            cmd.check()?;
+            queue::run(&connect(&broker, &tls).await?, cmd, json).await
+        }
         Command::Enqueue(cmd) => {
             // Argument errors first: they must not depend on the broker.
             let plan = cmd.plan()?;

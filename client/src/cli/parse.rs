@@ -1,4 +1,5 @@
-//! Parsers for argument values: durations and `--header NAME=VALUE`.
+//! Parsers for argument values: durations, `--header NAME=VALUE` and
+//! `--rate N/PERIOD`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,6 +31,62 @@ pub fn headers(raw: &[String]) -> Result<HashMap<String, String>, String> {
         }
     }
     Ok(map)
+}
+
+/// A delivery rate: `tasks` per `per_ms` milliseconds (the proto's
+/// `RateLimit` without its burst).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub tasks: u64,
+    pub per_ms: u64,
+}
+
+/// Parses `--rate`: `N/s`, `N/m`, `N/h`, `N/d`, or N per any duration
+/// (`5/500ms`, `100/2s`, `1/1h 30m`); a bare `N` is per second. `none`
+/// (no limit) is `Ok(None)`.
+///
+/// Checked after clap, like headers, so that the error is one line. Zero
+/// is refused here rather than sent: in UpdateQueue `tasks: 0` silently
+/// removes the limit, and `per_ms: 0` means "per second".
+pub fn rate(text: &str) -> Result<Option<Rate>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let bad = |why: &str| {
+        format!("invalid rate {text:?}: {why} (expected e.g. 10/s, 600/m, 5/500ms, or none)")
+    };
+    let (count, period) = match text.split_once('/') {
+        Some((count, period)) => (count.trim(), period.trim()),
+        None => (text, "s"),
+    };
+    let tasks: u64 = count.parse().map_err(|_| {
+        if count.contains('.') {
+            bad("the count must be a whole number of tasks (1/2s rather than 0.5/s)")
+        } else {
+            bad("the count must be a whole number")
+        }
+    })?;
+    if tasks == 0 {
+        return Err(bad(
+            "the count must be at least 1 (--rate none removes a limit)",
+        ));
+    }
+    // A unit alone ("s", "min", "hour") means one of it.
+    let period = if period.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        format!("1{period}")
+    } else {
+        period.to_owned()
+    };
+    let period = humantime::parse_duration(&period).map_err(|e| bad(&format!("period: {e}")))?;
+    if period.is_zero() {
+        return Err(bad("the period must be longer than 0"));
+    }
+    if period.subsec_nanos() % 1_000_000 != 0 {
+        return Err(bad("the period must be whole milliseconds"));
+    }
+    let per_ms = u64::try_from(period.as_millis()).map_err(|_| bad("the period is too long"))?;
+    Ok(Some(Rate { tasks, per_ms }))
 }
 
 #[cfg(test)]
@@ -68,5 +125,46 @@ mod tests {
         let err = headers(&["oops".to_owned()]).expect_err("no =");
         assert_eq!(err, "invalid header \"oops\": expected NAME=VALUE");
         assert!(headers(&["=v".to_owned()]).is_err());
+    }
+
+    fn per(tasks: u64, per_ms: u64) -> Result<Option<Rate>, String> {
+        Ok(Some(Rate { tasks, per_ms }))
+    }
+
+    #[test]
+    fn rates_per_unit_and_per_duration() {
+        assert_eq!(rate("10/s"), per(10, 1000));
+        assert_eq!(rate("10"), per(10, 1000), "a bare count is per second");
+        assert_eq!(rate("600/m"), per(600, 60_000));
+        assert_eq!(rate("600/min"), per(600, 60_000));
+        assert_eq!(rate("3/h"), per(3, 3_600_000));
+        assert_eq!(rate("1/d"), per(1, 86_400_000));
+        assert_eq!(rate("5/500ms"), per(5, 500));
+        assert_eq!(rate("100/2s"), per(100, 2000));
+        assert_eq!(rate("1/1h 30m"), per(1, 5_400_000));
+        assert_eq!(rate(" 7 / s "), per(7, 1000));
+        assert_eq!(rate("none"), Ok(None));
+        assert_eq!(rate("NONE"), Ok(None));
+    }
+
+    #[test]
+    fn bad_rates_say_why_in_one_line() {
+        for (text, why) in [
+            ("0/s", "at least 1"),
+            ("0", "at least 1"),
+            ("abc", "whole number"),
+            ("-1/s", "whole number"),
+            ("0.5/s", "1/2s rather than 0.5/s"),
+            ("10/", "period"),
+            ("10/fortnight", "period"),
+            ("10/0s", "longer than 0"),
+            ("10/1500us", "whole milliseconds"),
+            ("", "whole number"),
+        ] {
+            let err = rate(text).expect_err(text);
+            assert!(err.contains(why), "{text:?}: {err}");
+            assert!(err.starts_with("invalid rate "), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }

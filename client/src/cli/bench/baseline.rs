@@ -157,6 +157,13 @@ impl SluiceService for Baseline {
         Err(Status::unimplemented("baseline"))
     }
 
+    async fn update_queue(
+        &self,
+        _: Request<UpdateQueueRequest>,
+    ) -> Result<Response<UpdateQueueResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
     async fn enqueue(
         &self,
         req: Request<EnqueueRequest>,
