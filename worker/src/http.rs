@@ -62,6 +62,10 @@ impl HttpPost {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Below the keep-alive of common servers (Node's is 5 s): a POST
+            // on a connection the server is closing fails, and costs the
+            // task an attempt.
+            .pool_idle_timeout(Duration::from_secs(4))
             .user_agent(concat!("sluice-worker/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Config(format!("cannot set up the HTTP client: {e}")))?;
