@@ -50,6 +50,41 @@ pub struct QueueDecl {
     pub retry_max: Option<String>,
     pub retry_multiplier: Option<f64>,
     pub key_window: Option<String>,
+    /// Leased tasks at most, over all consumers.
+    pub max_in_flight: Option<u64>,
+    /// Deliveries per time: "20/s", "100/m", "5/500ms".
+    pub rate: Option<String>,
+    /// Deliveries at once under `rate`.
+    pub burst: Option<u64>,
+    /// Leased tasks at most per group.
+    pub max_in_flight_per_group: Option<u64>,
+    /// Created paused (nothing delivered until resumed).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// A rate as people write it: `N/s`, `N/m`, `N/h` or `N/<duration>`
+/// (`5/500ms`); a bare `N` is per second. Returns (tasks, per_ms).
+pub fn parse_rate(s: &str) -> Result<(u64, u64), String> {
+    let (n, per) = s.split_once('/').unwrap_or((s, "s"));
+    let tasks: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate like 20/s (a whole number of tasks per time)"))?;
+    let per_ms = match per.trim() {
+        "s" | "sec" | "second" => 1000,
+        "m" | "min" | "minute" => 60_000,
+        "h" | "hour" => 3_600_000,
+        d => humantime::parse_duration(d)
+            .map_err(|e| format!("{s:?}: {d:?} is not s, m, h or a duration ({e})"))?
+            .as_millis() as u64,
+    };
+    if tasks == 0 || per_ms == 0 {
+        return Err(format!(
+            "{s:?}: a rate needs at least 1 task per at least 1 ms"
+        ));
+    }
+    Ok((tasks, per_ms))
 }
 
 /// Why the configuration could not be read.
@@ -296,5 +331,20 @@ pub fn queue_options(q: &QueueDecl) -> Result<sluice_proto::v1::QueueOptions, St
         retry_max_ms: ms("retry-max", &q.retry_max)?.unwrap_or(0),
         retry_multiplier: q.retry_multiplier.unwrap_or(0.0),
         idempotency_window_ms: ms("key-window", &q.key_window)?.unwrap_or(0),
+        max_in_flight: q.max_in_flight.unwrap_or(0),
+        rate_limit: match &q.rate {
+            None => None,
+            Some(r) => {
+                let (tasks, per_ms) =
+                    parse_rate(r).map_err(|e| format!("queues.{}.rate: {e}", q.name))?;
+                Some(sluice_proto::v1::RateLimit {
+                    tasks,
+                    per_ms,
+                    burst: q.burst.unwrap_or(0),
+                })
+            }
+        },
+        max_in_flight_per_group: q.max_in_flight_per_group.unwrap_or(0),
+        paused: q.paused,
     })
 }

@@ -52,6 +52,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
                 delay_ms: 0,
                 key: None,
                 job: None,
+                group: None,
             })
             .collect();
         broker
@@ -107,6 +108,7 @@ async fn compaction_keeps_exactly_the_live_tasks() {
         delay_ms: 0,
         key: None,
         job: None,
+        group: None,
     };
     broker
         .enqueue(&q, vec![t], true, None, None)

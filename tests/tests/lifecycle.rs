@@ -123,6 +123,7 @@ async fn a_nack_with_a_higher_priority_comes_back_before_older_work() {
             delay_ms: Some(0),
             priority: Some(0),
             error: "upstream 503".into(),
+            ..Default::default()
         }],
         credit: 1,
         ..Default::default()

@@ -23,6 +23,11 @@ fn queue(order: Order) -> QueueState {
         max_attempts: 5,
         retry: sluice_engine::Backoff::NONE,
         key_window_ms: 1000,
+        dead_letter: None,
+        max_in_flight: 0,
+        rate: None,
+        group_max_in_flight: 0,
+        paused: false,
     })
 }
 
@@ -36,6 +41,7 @@ fn tasks(first: u64, n: u64, payload: &Bytes) -> Vec<NewTask> {
             delay_ms: 0,
             key: None,
             job: None,
+            group: None,
         })
         .collect()
 }

@@ -10,7 +10,8 @@ use bytes::Bytes;
 
 use crate::{
     Claim, ConsumerId, Effects, EnqueueError, EnqueueMode, Enqueued, Millis, NackAction, NewTask,
-    ProducerSeq, PublishError, PublisherId, QueueState, SettleError, TaskId, WaitingId,
+    ProducerSeq, PublishError, PublisherId, QueueConfig, QueueState, SettleError, TaskId, Throttle,
+    WaitingId,
 };
 
 /// One input that changes a queue.
@@ -62,6 +63,12 @@ pub enum Command {
     },
     /// `n` of a publisher's tasks are confirmed to it.
     PublishConfirmed { id: PublisherId, n: u64 },
+    /// New options for the queue (see [`QueueState::configure`]);
+    /// `lift_throttles` ends every nack throttle (a resume).
+    Configure {
+        config: QueueConfig,
+        lift_throttles: bool,
+    },
     /// A new leader took over: every stream and waiting call of the old
     /// one is gone. Consumers leave with their leases kept (a lease runs
     /// to its deadline and its token still settles it), waiting batches
@@ -83,8 +90,13 @@ pub struct SettleOp {
 pub enum SettleKind {
     /// Done; `result` goes to the task's job.
     Ack { result: Bytes },
-    /// Failed; `error` is kept for its dead letter and job.
-    Nack { action: NackAction, error: String },
+    /// Failed; `error` is kept for its dead letter and job; `throttle`
+    /// holds the queue's (or the group's) deliveries for a while.
+    Nack {
+        action: NackAction,
+        error: String,
+        throttle: Option<Throttle>,
+    },
     /// The lease runs until `now + ms`.
     Extend { ms: u64 },
 }
@@ -195,6 +207,13 @@ impl QueueState {
                 self.takeover(now, fx);
                 Outcome::Done
             }
+            Command::Configure {
+                config,
+                lift_throttles,
+            } => {
+                self.configure(now, config, lift_throttles, fx);
+                Outcome::Done
+            }
         }
     }
 
@@ -214,8 +233,12 @@ impl QueueState {
             SettleKind::Ack { result } => self
                 .ack_with(now, id, attempt, claim, result, fx)
                 .map(|()| None),
-            SettleKind::Nack { action, error } => self
-                .nack(now, id, attempt, claim, action, &error, fx)
+            SettleKind::Nack {
+                action,
+                error,
+                throttle,
+            } => self
+                .nack(now, id, attempt, claim, action, &error, throttle, fx)
                 .map(|()| None),
             SettleKind::Extend { ms } => self.extend(now, id, attempt, claim, ms, fx).map(Some),
         }
@@ -241,6 +264,7 @@ mod tests {
             delay_ms: 0,
             key: None,
             job: None,
+            group: None,
         }
     }
 
@@ -256,14 +280,19 @@ mod tests {
                 multiplier_milli: 2000,
             },
             key_window_ms: 200,
+            dead_letter: None,
+            max_in_flight: 0,
+            rate: None,
+            group_max_in_flight: 0,
+            paused: false,
         }
     }
 
     /// A command with ids from small ranges, so that settles, cancels and
     /// grants often find what they name.
     fn command() -> impl Strategy<Value = Command> {
-        let task = (0u64..1000, 0i32..3, 0u64..3, 0u8..4, any::<bool>()).prop_map(
-            |(seed, priority, delay, key, header)| NewTask {
+        let task = (0u64..1000, 0i32..3, 0u64..3, 0u8..4, any::<bool>(), 0u8..4).prop_map(
+            |(seed, priority, delay, key, header, group)| NewTask {
                 id: TaskId(seed),
                 payload: Bytes::from(seed.to_le_bytes().to_vec()),
                 headers: if header {
@@ -275,12 +304,21 @@ mod tests {
                 delay_ms: delay * 100,
                 key: (key > 0).then(|| format!("k{key}").into()),
                 job: (seed % 3 == 0).then(|| "job".into()),
+                group: (group > 0).then(|| format!("g{group}").into()),
             },
         );
         let tasks = proptest::collection::vec(task, 1..4);
         let consumer = (1u64..4).prop_map(ConsumerId);
-        let op = (0u64..40, 1u32..4, proptest::option::of(1u64..4), 0u8..4).prop_map(
-            |(id, attempt, holder, kind)| SettleOp {
+        let throttle = proptest::option::of((0u64..300, any::<bool>()))
+            .prop_map(|t| t.map(|(ms, group)| Throttle { ms, group }));
+        let op = (
+            0u64..40,
+            1u32..4,
+            proptest::option::of(1u64..4),
+            0u8..4,
+            throttle,
+        )
+            .prop_map(|(id, attempt, holder, kind, throttle)| SettleOp {
                 id: TaskId(id),
                 attempt,
                 claim: holder.map_or(Claim::Token, |c| Claim::Holder(ConsumerId(c))),
@@ -294,11 +332,11 @@ mod tests {
                             priority: None,
                         },
                         error: "boom".into(),
+                        throttle,
                     },
                     _ => SettleKind::Extend { ms: 500 },
                 },
-            },
-        );
+            });
         prop_oneof![
             4 => (
                 tasks.clone(),
@@ -343,6 +381,26 @@ mod tests {
                 n,
             }),
             1 => Just(Command::Takeover),
+            1 => (
+                (1u64..6, 0u64..3, 0u64..3, 0u8..8),
+                proptest::option::of((1u64..5, 100u64..1000, 1u64..3)),
+                any::<bool>(),
+            )
+                .prop_map(|((capacity, cap, group_cap, paused), rate, lift_throttles)| {
+                    let mut config = config(Order::Fifo, capacity);
+                    config.max_in_flight = cap;
+                    config.group_max_in_flight = group_cap;
+                    config.paused = paused == 0;
+                    config.rate = rate.map(|(tasks, per_ms, burst)| crate::RateLimit {
+                        tasks,
+                        per_ms,
+                        burst,
+                    });
+                    Command::Configure {
+                        config,
+                        lift_throttles,
+                    }
+                }),
         ]
     }
 
@@ -407,7 +465,16 @@ mod tests {
         let deliveries: Vec<_> = fx
             .deliveries
             .iter()
-            .map(|(c, d)| (c.0, d.id.0, d.attempt, d.deadline, d.priority))
+            .map(|(c, d)| {
+                (
+                    c.0,
+                    d.id.0,
+                    d.attempt,
+                    d.deadline,
+                    d.priority,
+                    d.group.clone(),
+                )
+            })
             .collect();
         let dead: Vec<_> = fx
             .dead
@@ -456,13 +523,14 @@ mod tests {
                 aim(&mut command, &delivered);
                 if n % 5 == 4 {
                     let image = engines[2].image();
-                    engines[2] = QueueState::from_image(config(order, capacity), image);
+                    let config = engines[2].config().clone();
+                    engines[2] = QueueState::from_image(config, image);
                     prop_assert_eq!(engines[2].digest(), engines[0].digest());
                 }
                 let mut said = Vec::new();
                 for (i, e) in engines.iter_mut().enumerate() {
                     if i == 2 {
-                        let _ = (e.stats(), e.consumer_stats(now), e.snapshot(), e.drain_rate(now));
+                        let _ = (e.stats(), e.consumer_stats(now), e.snapshot(), e.drain_rate(now), e.holds(now), e.group_stats(10));
                     }
                     let mut fx = Effects::default();
                     let outcome = e.execute(now, command.clone(), &mut fx);

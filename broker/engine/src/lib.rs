@@ -9,6 +9,8 @@
 //! same state (durability now, replication later).
 
 mod command;
+mod flow;
+mod groups;
 mod queue;
 mod ready;
 #[cfg(test)]
@@ -18,6 +20,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 
 pub use command::{Command, Outcome, SettleKind, SettleOp};
+pub use groups::{GroupStats, ImageGroup};
 pub use queue::{
     ImageConsumer, ImageKey, ImageLease, ImageMark, ImagePublisher, ImageTask, ImageWaiting,
     KEY_OVERHEAD, MarkedBatch, Producer, PublishError, QueueImage, QueueState,
@@ -52,7 +55,8 @@ pub enum Order {
     Priority,
 }
 
-/// Options fixed when the queue is created (already validated).
+/// A queue's options (already validated). All but `order` and
+/// `key_window_ms` may change while it runs ([`Command::Configure`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     /// Ready + delayed tasks the queue holds at most.
@@ -66,6 +70,45 @@ pub struct QueueConfig {
     pub retry: Backoff,
     /// How long after a keyed task is done its key still dedupes.
     pub key_window_ms: u64,
+    /// The queue its dead tasks move to, if any. Carried, not used: the
+    /// broker forwards dead tasks; here it changes with the other options.
+    pub dead_letter: Option<String>,
+    /// Leased tasks at most, over every consumer; 0 = no cap.
+    pub max_in_flight: u64,
+    /// Deliveries per time, if limited.
+    pub rate: Option<RateLimit>,
+    /// Leased tasks at most per group; 0 = no cap.
+    pub group_max_in_flight: u64,
+    /// Nothing is delivered while set.
+    pub paused: bool,
+}
+
+impl QueueConfig {
+    /// A queue with these basics and no flow control, no dead letters.
+    pub fn basic(capacity: u64, order: Order, ack_deadline_ms: u64) -> Self {
+        QueueConfig {
+            capacity,
+            order,
+            ack_deadline_ms,
+            max_attempts: 0,
+            retry: Backoff::NONE,
+            key_window_ms: 0,
+            dead_letter: None,
+            max_in_flight: 0,
+            rate: None,
+            group_max_in_flight: 0,
+            paused: false,
+        }
+    }
+}
+
+/// A token bucket over deliveries: `tasks` per `per_ms`, up to `burst` at
+/// once. Every field at least 1 (validated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub tasks: u64,
+    pub per_ms: u64,
+    pub burst: u64,
 }
 
 /// A queue's whole definition: its name, the engine's options, and what
@@ -75,8 +118,6 @@ pub struct QueueConfig {
 pub struct QueueSpec {
     pub name: String,
     pub config: QueueConfig,
-    /// The queue its dead tasks move to, if any.
-    pub dead_letter: Option<String>,
     /// Kept in the write-ahead log: survives a restart.
     pub durable: bool,
 }
@@ -150,6 +191,8 @@ pub struct NewTask {
     pub key: Option<Box<str>>,
     /// The job the task belongs to: its outcome is reported to the job.
     pub job: Option<Box<str>>,
+    /// Its fairness group; None: the default group.
+    pub group: Option<Box<str>>,
 }
 
 impl NewTask {
@@ -161,7 +204,13 @@ impl NewTask {
             .key
             .as_ref()
             .map_or(0, |k| k.len() as u64 + queue::KEY_OVERHEAD);
-        (self.payload.len() + headers + self.job.as_ref().map_or(0, |j| j.len())) as u64 + key
+        let group = self
+            .group
+            .as_ref()
+            .map_or(0, |g| g.len() as u64 + groups::GROUP_OVERHEAD);
+        (self.payload.len() + headers + self.job.as_ref().map_or(0, |j| j.len())) as u64
+            + key
+            + group
     }
 }
 
@@ -207,6 +256,8 @@ pub struct Delivery {
     pub key: Option<Box<str>>,
     /// Its job, if it has one.
     pub job: Option<Box<str>>,
+    /// Its group, if it has one.
+    pub group: Option<Box<str>>,
 }
 
 /// Why a task left the queue without being acked.
@@ -251,6 +302,7 @@ pub enum Change {
         attempt: u32,
         key: Option<Box<str>>,
         job: Option<Box<str>>,
+        group: Option<Box<str>>,
     },
     /// The task's delivery count is now `attempt` (a delivery, or one
     /// undone).
@@ -275,6 +327,7 @@ pub struct Restored {
     pub due: Millis,
     pub key: Option<Box<str>>,
     pub job: Option<Box<str>>,
+    pub group: Option<Box<str>>,
 }
 
 /// A waiting producer whose batch is now stored.
@@ -335,6 +388,35 @@ pub enum NackAction {
     Drop,
     /// Straight to the dead letter queue.
     DeadLetter,
+}
+
+/// A nack's hold on delivery (downstream backpressure: a Retry-After).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// For this long from the nack.
+    pub ms: u64,
+    /// Only the nacked task's group, not the whole queue.
+    pub group: bool,
+}
+
+/// Why a queue with ready tasks is not delivering them now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Paused,
+    /// A nack's throttle holds the queue until then.
+    Throttled {
+        until: Millis,
+    },
+    /// `max_in_flight` tasks are leased.
+    InFlightCap,
+    /// The next token of the rate limit comes then.
+    RateLimited {
+        until: Millis,
+    },
+    /// Every group with ready tasks is at its cap or throttled.
+    GroupsHeld,
+    /// No consumer has credit.
+    NoCredit,
 }
 
 /// Why an ack, nack or extend was refused. It changed nothing.
@@ -413,6 +495,12 @@ pub struct QueueStats {
     pub payload_bytes: u64,
     /// Delayed tasks that are waiting out a retry backoff.
     pub retrying: u64,
+    /// Groups with unfinished tasks.
+    pub groups: u64,
+    /// Groups with ready tasks that may not be served now.
+    pub groups_held: u64,
+    /// A nack's throttle holds the queue until then; 0: not held.
+    pub throttled_until: Millis,
 }
 
 impl QueueStats {

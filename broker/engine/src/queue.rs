@@ -26,9 +26,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 // non-keyed hash is safe here (SipHash was ~9% of the broker's work).
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::ready::{Entry, ReadySet};
+use crate::flow::Bucket;
+use crate::groups::Ready;
+use crate::ready::Entry;
 use crate::{
-    Change, Completion, ConsumerId, DeadReason, Effects, EnqueueError, EnqueueMode, Enqueued,
+    Change, Completion, ConsumerId, DeadReason, Effects, EnqueueError, EnqueueMode, Enqueued, Hold,
     Millis, NewTask, ProducerSeq, PublisherId, QueueConfig, QueueStats, Restored, TaskBody, TaskId,
     WaitingId,
 };
@@ -108,7 +110,8 @@ struct Consumer {
 #[derive(Debug)]
 pub struct QueueState {
     config: QueueConfig,
-    ready: ReadySet,
+    /// Ready tasks, by group.
+    ready: Ready,
     delayed: BTreeMap<(Millis, TaskId), Entry>,
     leased: HashMap<TaskId, Lease>,
     /// Lease deadlines, for expiry in order.
@@ -143,6 +146,13 @@ pub struct QueueState {
     /// their job ids. With those: what a client made this queue keep, for
     /// the broker's memory budget.
     extra_bytes: u64,
+    /// A nack's throttle holds every delivery until then; 0: none.
+    throttled_until: Millis,
+    /// The rate limit's bucket.
+    bucket: Bucket,
+    /// When delivery held by the rate limit or the throttle may go on:
+    /// the timer wakes then.
+    flow_wake: Option<Millis>,
 }
 
 /// Header names and values of a task: bytes a client made the broker keep.
@@ -179,6 +189,7 @@ impl QueueState {
             if let Some(job) = t.job {
                 self.job_link(t.id, job);
             }
+            self.ready.assign(t.id, t.group.as_deref());
             if t.due > now {
                 self.delay(t.due, entry, fx);
             } else {
@@ -222,7 +233,11 @@ impl QueueState {
     /// Every byte a client made this queue keep: payloads, headers, keys
     /// and job ids; see `extra_bytes`.
     pub fn held_bytes(&self) -> u64 {
-        self.stats.payload_bytes + self.extra_bytes + self.keys.bytes() + self.marks.bytes()
+        self.stats.payload_bytes
+            + self.extra_bytes
+            + self.keys.bytes()
+            + self.marks.bytes()
+            + self.ready.bytes()
     }
 
     /// [`QueueState::held_bytes`] counted from scratch, for tests that
@@ -237,12 +252,12 @@ impl QueueState {
             .map(|e| e.body.payload.len() as u64 + header_bytes(&e.body.headers))
             .sum();
         let jobs: u64 = self.task_jobs.values().map(|j| j.len() as u64).sum();
-        tasks + jobs + self.keys.recount() + self.marks.bytes()
+        tasks + jobs + self.keys.recount() + self.marks.bytes() + self.ready.bytes()
     }
 
     pub fn new(config: QueueConfig) -> Self {
         QueueState {
-            ready: ReadySet::new(config.order),
+            ready: Ready::new(config.order, config.group_max_in_flight),
             keys: KeyIndex::new(config.key_window_ms),
             marks: Marks::new(config.key_window_ms),
             config,
@@ -262,6 +277,9 @@ impl QueueState {
             publishers: Publishers::default(),
             task_jobs: HashMap::default(),
             extra_bytes: 0,
+            throttled_until: 0,
+            bucket: Bucket::default(),
+            flow_wake: None,
         }
     }
 
@@ -396,7 +414,8 @@ impl QueueState {
         let d = self.delayed.keys().next().map(|(t, _)| *t);
         let l = self.deadlines.first().map(|(t, _)| *t);
         let k = self.keys.next_expiry();
-        [d, l, k].into_iter().flatten().min()
+        let g = self.ready.next_release();
+        [d, l, k, g, self.flow_wake].into_iter().flatten().min()
     }
 
     // ------------------------------------------------------------ producing
@@ -533,6 +552,7 @@ impl QueueState {
             attempt: e.attempt,
             key: self.keys.of(e.id).map(Box::from),
             job: self.task_jobs.get(&e.id).cloned(),
+            group: self.ready.group_of(e.id).map(Box::from),
         };
         let mut out: Vec<Change> = Vec::with_capacity(self.unfinished() as usize);
         // (stats.payload_bytes is kept up to date by every path in and out.)
@@ -579,6 +599,7 @@ impl QueueState {
         for id in &removed {
             self.job_unlink(*id);
             self.keys.retract(*id);
+            self.ready.forget(*id);
         }
         self.marks.retract(ids);
         let n = before - self.depth();
@@ -632,7 +653,9 @@ impl QueueState {
                 attempt: 0,
                 key: t.key.clone(),
                 job: t.job.clone(),
+                group: t.group.clone(),
             });
+            self.ready.assign(entry.id, t.group.as_deref());
             if let Some(job) = t.job {
                 fx.job_stored.push(job.clone());
                 self.job_link(entry.id, job);
@@ -744,6 +767,7 @@ impl QueueState {
                 });
             }
             self.key_done(now, *id, fx);
+            self.ready.forget(*id);
         }
         let n = self.ready.clear() + self.delayed.len() as u64;
         self.delayed.clear();
@@ -795,6 +819,10 @@ impl QueueState {
         }
         self.keys.expire(now);
         self.marks.expire(now);
+        self.ready.release(now);
+        if self.flow_wake.is_some_and(|w| w <= now) {
+            self.flow_wake = None;
+        }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -812,7 +840,11 @@ impl QueueState {
     // ------------------------------------------------------------ stats
 
     pub fn stats(&self) -> QueueStats {
+        let (groups, groups_held) = self.ready.counts();
         QueueStats {
+            groups,
+            groups_held,
+            throttled_until: self.throttled_until,
             ready: self.ready.len() as u64,
             delayed: self.delayed.len() as u64,
             leased: self.leased.len() as u64,
@@ -824,6 +856,92 @@ impl QueueState {
             publishers: self.publishers.len(),
             reserved: self.publishers.reserved(),
             ..self.stats.clone()
+        }
+    }
+
+    /// Why ready tasks are not being delivered at `now`: every reason
+    /// that applies (none when nothing is ready).
+    pub fn holds(&self, now: Millis) -> Vec<Hold> {
+        let mut out = Vec::new();
+        if self.ready.is_empty() {
+            return out;
+        }
+        if self.config.paused {
+            out.push(Hold::Paused);
+        }
+        if self.throttled_until > now {
+            out.push(Hold::Throttled {
+                until: self.throttled_until,
+            });
+        }
+        if self.at_in_flight_cap() {
+            out.push(Hold::InFlightCap);
+        }
+        if let Some(r) = &self.config.rate
+            && !self.bucket.conforms(r, now)
+        {
+            out.push(Hold::RateLimited {
+                until: self.bucket.next_at(r),
+            });
+        }
+        if !self.ready.deliverable() {
+            out.push(Hold::GroupsHeld);
+        }
+        if !self.consumers.values().any(|c| c.credit > 0) {
+            out.push(Hold::NoCredit);
+        }
+        out
+    }
+
+    /// `max_in_flight` tasks are leased.
+    fn at_in_flight_cap(&self) -> bool {
+        self.config.max_in_flight > 0 && self.leased.len() as u64 >= self.config.max_in_flight
+    }
+
+    /// The groups with ready tasks, most ready first, at most `limit`.
+    pub fn group_stats(&self, limit: usize) -> Vec<crate::GroupStats> {
+        self.ready.group_stats(limit)
+    }
+
+    /// New options, in force at once: a raised capacity admits waiting
+    /// producers, raised caps and a resume deliver. The order and the key
+    /// window stay as created. `lift_throttles`: end every nack throttle
+    /// (a resume).
+    pub(crate) fn configure(
+        &mut self,
+        now: Millis,
+        mut config: QueueConfig,
+        lift_throttles: bool,
+        fx: &mut Effects,
+    ) {
+        config.order = self.config.order;
+        config.key_window_ms = self.config.key_window_ms;
+        if config.rate != self.config.rate {
+            self.bucket.retune(now);
+        }
+        if lift_throttles {
+            self.throttled_until = 0;
+            self.ready.lift_throttles();
+        }
+        self.ready.set_cap(config.group_max_in_flight);
+        self.config = config;
+        self.dispatch(now, fx);
+    }
+
+    /// Holds deliveries (the whole queue, or task `id`'s group) until
+    /// `until`, for a nack's throttle. Never shortens a hold.
+    fn throttle(&mut self, id: TaskId, until: Millis, group: bool, fx: &mut Effects) {
+        let earlier = self.next_deadline().is_none_or(|d| until < d);
+        let changed = match group {
+            true => self.ready.throttle(id, until),
+            false if until > self.throttled_until => {
+                self.throttled_until = until;
+                true
+            }
+            false => false,
+        };
+        if changed && earlier {
+            fx.rearm = true;
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct Entry {
 }
 
 /// Serve-first order of an entry under a queue order: smaller first.
-fn key(order: Order, e: &Entry) -> (i64, u64, TaskId) {
+pub fn key(order: Order, e: &Entry) -> (i64, u64, TaskId) {
     match order {
         Order::Fifo => (0, e.seq, e.id),
         Order::Lifo => (0, u64::MAX - e.seq, e.id),
@@ -149,6 +149,27 @@ impl ReadySet {
         }
     }
 
+    /// The next task to serve, left in place.
+    pub fn peek(&self) -> Option<&Entry> {
+        match self {
+            ReadySet::Fifo { fresh, back } => match (fresh.front(), back.peek()) {
+                (Some(f), Some(Reverse(b))) if key(Order::Fifo, &b.0) < key(Order::Fifo, f) => {
+                    Some(&b.0)
+                }
+                (Some(f), _) => Some(f),
+                (None, b) => b.map(|Reverse(b)| &b.0),
+            },
+            ReadySet::Lifo { fresh, back } => match (fresh.last(), back.peek()) {
+                (Some(f), Some(Reverse(b))) if key(Order::Lifo, &b.0) < key(Order::Lifo, f) => {
+                    Some(&b.0)
+                }
+                (Some(f), _) => Some(f),
+                (None, b) => b.map(|Reverse(b)| &b.0),
+            },
+            ReadySet::Priority { heap } => heap.peek().map(|Reverse(p)| &p.0),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             ReadySet::Fifo { fresh, back } => fresh.len() + back.len(),
@@ -172,19 +193,6 @@ impl ReadySet {
             }
             ReadySet::Priority { heap } => Box::new(heap.iter().map(|b| &b.0.0)),
         }
-    }
-
-    /// Every task in the set in the order it would be served: a layout-
-    /// free view, for comparing two sets (`QueueState::digest`).
-    pub fn in_serve_order(&self) -> Vec<&Entry> {
-        let order = match self {
-            ReadySet::Fifo { .. } => Order::Fifo,
-            ReadySet::Lifo { .. } => Order::Lifo,
-            ReadySet::Priority { .. } => Order::Priority,
-        };
-        let mut all: Vec<&Entry> = self.iter().collect();
-        all.sort_by_key(|e| key(order, e));
-        all
     }
 
     /// Keeps only the tasks `keep` says yes to.

@@ -16,6 +16,11 @@ fn cfg(capacity: u64, order: Order) -> QueueConfig {
         max_attempts: 3,
         retry: Backoff::NONE,
         key_window_ms: 1000,
+        dead_letter: None,
+        max_in_flight: 0,
+        rate: None,
+        group_max_in_flight: 0,
+        paused: false,
     }
 }
 
@@ -34,6 +39,7 @@ fn task(id: u64, priority: i32) -> NewTask {
         delay_ms: 0,
         key: None,
         job: id.is_multiple_of(3).then(|| "job".into()),
+        group: None,
     }
 }
 
@@ -224,7 +230,7 @@ fn nack_with_priority_comes_back_ahead() {
         delay_ms: Some(0),
         priority: Some(0),
     };
-    q.nack(0, TaskId(1), 1, Claim::Token, retry, "boom", &mut fx)
+    q.nack(0, TaskId(1), 1, Claim::Token, retry, "boom", None, &mut fx)
         .expect("held");
     assert_eq!(drain_order(&mut q), vec![1, 2]);
 }
@@ -373,6 +379,11 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
         max_attempts: 3,
         retry: Backoff::NONE,
         key_window_ms: 1000,
+        dead_letter: None,
+        max_in_flight: 0,
+        rate: None,
+        group_max_in_flight: 0,
+        paused: false,
     });
     let mut m = Model::default();
     let mut now = 0u64;
@@ -461,7 +472,16 @@ fn run(order: Order, capacity: u64, ops: Vec<Op>) {
                         priority,
                     };
                     assert_eq!(
-                        q.nack(now, TaskId(id), attempt, Claim::Token, action, "e", &mut fx),
+                        q.nack(
+                            now,
+                            TaskId(id),
+                            attempt,
+                            Claim::Token,
+                            action,
+                            "e",
+                            None,
+                            &mut fx
+                        ),
                         Ok(())
                     );
                     m.fail(id, priority);
@@ -657,7 +677,7 @@ fn failures_wait_out_the_backoff_but_a_lost_consumer_does_not() {
         delay_ms: None,
         priority: None,
     };
-    q.nack(0, TaskId(1), 1, Claim::Token, retry, "x", &mut fx)
+    q.nack(0, TaskId(1), 1, Claim::Token, retry, "x", None, &mut fx)
         .expect("held");
     assert_eq!(q.stats().delayed, 1);
     assert_eq!(q.stats().retrying, 1);
@@ -936,4 +956,407 @@ fn retract_frees_room_for_waiting_producers_and_keeps_held_keys() {
     let mut fx = Effects::default();
     let _ = q.enqueue(0, vec![keyed(5, "a")], EnqueueMode::FailFast, &mut fx);
     assert_eq!(fx.duplicates, vec![(TaskId(5), TaskId(1))]);
+}
+
+// ------------------------------------------------------------ flow control
+
+fn grouped(id: u64, group: &str) -> NewTask {
+    let mut t = task(id, 0);
+    t.group = (!group.is_empty()).then(|| group.into());
+    t
+}
+
+/// Runs one command at `now`, returning its effects.
+fn exec(q: &mut QueueState, now: Millis, c: Command) -> Effects {
+    let mut fx = Effects::default();
+    q.execute(now, c, &mut fx);
+    fx
+}
+
+fn reconfigure(q: &mut QueueState, now: Millis, f: impl FnOnce(&mut QueueConfig)) -> Effects {
+    let mut config = q.config().clone();
+    f(&mut config);
+    let lift_throttles = !config.paused && q.config().paused;
+    exec(
+        q,
+        now,
+        Command::Configure {
+            config,
+            lift_throttles,
+        },
+    )
+}
+
+fn store(q: &mut QueueState, now: Millis, tasks: Vec<NewTask>) {
+    exec(q, now, Command::Store { tasks });
+}
+
+fn consumer(q: &mut QueueState, now: Millis, id: u64, credit: u64) -> Effects {
+    exec(
+        q,
+        now,
+        Command::AddConsumer {
+            id: ConsumerId(id),
+            name: format!("c{id}"),
+            peer: String::new(),
+            detached: false,
+        },
+    );
+    exec(
+        q,
+        now,
+        Command::Grant {
+            id: ConsumerId(id),
+            credit,
+        },
+    )
+}
+
+fn settle(id: TaskId, attempt: u32, kind: SettleKind) -> Command {
+    Command::Settle {
+        ops: vec![SettleOp {
+            id,
+            attempt,
+            claim: Claim::Token,
+            kind,
+        }],
+    }
+}
+
+fn ack(id: TaskId, attempt: u32) -> Command {
+    settle(
+        id,
+        attempt,
+        SettleKind::Ack {
+            result: Bytes::new(),
+        },
+    )
+}
+
+fn nack_throttled(id: TaskId, attempt: u32, ms: u64, group: bool) -> Command {
+    settle(
+        id,
+        attempt,
+        SettleKind::Nack {
+            action: NackAction::Retry {
+                delay_ms: Some(0),
+                priority: None,
+            },
+            error: "429".into(),
+            throttle: Some(Throttle { ms, group }),
+        },
+    )
+}
+
+fn ids(fx: &Effects) -> Vec<u64> {
+    fx.deliveries.iter().map(|(_, d)| d.id.0).collect()
+}
+
+#[test]
+fn options_changed_mid_stream_take_effect_at_once() {
+    let mut q = QueueState::new(cfg(100, Order::Fifo));
+    store(&mut q, 0, (1..=20).map(|i| task(i, 0)).collect());
+    reconfigure(&mut q, 0, |c| c.max_in_flight = 2);
+    assert_eq!(ids(&consumer(&mut q, 0, 1, 10)), [1, 2]);
+    assert_eq!(q.holds(0), [Hold::InFlightCap]);
+    // A raised cap delivers at once; a pause stops the next delivery.
+    assert_eq!(
+        ids(&reconfigure(&mut q, 0, |c| c.max_in_flight = 4)),
+        [3, 4]
+    );
+    reconfigure(&mut q, 0, |c| c.paused = true);
+    assert!(ids(&exec(&mut q, 0, ack(TaskId(1), 1))).is_empty());
+    assert_eq!(q.holds(0), [Hold::Paused]);
+    assert_eq!(ids(&reconfigure(&mut q, 0, |c| c.paused = false)), [5]);
+    // A slow rate holds; a fast one lets the next delivery out at once.
+    // (Credit left: 5.) A slow rate lets one out, then holds; a fast one
+    // lets the next out at once.
+    let fx = reconfigure(&mut q, 10, |c| {
+        c.max_in_flight = 0;
+        c.rate = Some(RateLimit {
+            tasks: 1,
+            per_ms: 3_600_000,
+            burst: 1,
+        });
+    });
+    assert_eq!(ids(&fx), [6]);
+    assert!(matches!(
+        q.holds(10)[..],
+        [Hold::RateLimited { until: 3_600_010 }]
+    ));
+    let fx = reconfigure(&mut q, 20, |c| {
+        c.rate = Some(RateLimit {
+            tasks: 1000,
+            per_ms: 1000,
+            burst: 1,
+        });
+    });
+    assert_eq!(ids(&fx), [7]);
+    assert_eq!(q.next_deadline(), Some(21));
+}
+
+#[test]
+fn a_rate_limited_queue_wakes_its_timer_for_the_next_token() {
+    // 10/s, 50 tasks: the broker's timer fires at next_deadline and ticks.
+    let mut c = cfg(100, Order::Fifo);
+    c.ack_deadline_ms = 3_600_000;
+    c.rate = Some(RateLimit {
+        tasks: 10,
+        per_ms: 1000,
+        burst: 1,
+    });
+    let mut q = QueueState::new(c);
+    store(&mut q, 0, (1..=50).map(|i| task(i, 0)).collect());
+    let mut at = vec![0; ids(&consumer(&mut q, 0, 1, 100)).len()];
+    let mut now = 0;
+    while at.len() < 50 {
+        let Some(next) = q.next_deadline() else {
+            panic!("rate limited with nothing to wake the timer at {now}")
+        };
+        assert!(next > now, "the timer would spin at {now}");
+        now = next;
+        at.extend(std::iter::repeat_n(
+            now,
+            exec(&mut q, now, Command::Tick).deliveries.len(),
+        ));
+    }
+    assert_eq!(at[0], 0);
+    assert_eq!(at[49], 4900, "{at:?}");
+}
+
+#[test]
+fn a_throttle_holds_the_queue_or_only_the_group() {
+    let mut c = cfg(100, Order::Fifo);
+    c.ack_deadline_ms = 3_600_000;
+    let mut q = QueueState::new(c);
+    store(
+        &mut q,
+        0,
+        vec![
+            grouped(1, "a"),
+            grouped(2, "a"),
+            grouped(3, "b"),
+            grouped(4, "b"),
+        ],
+    );
+    assert_eq!(ids(&consumer(&mut q, 0, 1, 1)), [1]);
+    // Group throttle: a's task comes back and a waits 500 ms; b goes on.
+    let fx = exec(&mut q, 100, nack_throttled(TaskId(1), 1, 500, true));
+    assert!(fx.rearm);
+    assert_eq!(q.next_deadline(), Some(600));
+    let fx = exec(
+        &mut q,
+        100,
+        Command::Grant {
+            id: ConsumerId(1),
+            credit: 10,
+        },
+    );
+    assert_eq!(ids(&fx), [3, 4]);
+    assert_eq!(q.stats().groups_held, 1);
+    assert_eq!(q.holds(100), [Hold::GroupsHeld]);
+    assert_eq!(ids(&exec(&mut q, 600, Command::Tick)), [1, 2]);
+    // Queue throttle: nothing at all until it ends, then everything.
+    let fx = exec(&mut q, 700, nack_throttled(TaskId(4), 1, 1000, false));
+    assert!(ids(&fx).is_empty());
+    store(&mut q, 700, vec![grouped(5, "c"), grouped(6, "")]);
+    assert_eq!(q.holds(700), [Hold::Throttled { until: 1700 }]);
+    assert_eq!(q.next_deadline(), Some(1700));
+    assert_eq!(ids(&exec(&mut q, 1700, Command::Tick)).len(), 3);
+}
+
+#[test]
+fn a_resume_ends_throttles() {
+    let mut q = QueueState::new(cfg(100, Order::Fifo));
+    store(&mut q, 0, vec![grouped(1, "a"), grouped(2, "b")]);
+    consumer(&mut q, 0, 1, 1);
+    exec(&mut q, 0, nack_throttled(TaskId(1), 1, 60_000, false));
+    let fx = exec(
+        &mut q,
+        0,
+        Command::Grant {
+            id: ConsumerId(1),
+            credit: 1,
+        },
+    );
+    assert!(ids(&fx).is_empty());
+    reconfigure(&mut q, 0, |c| c.paused = true);
+    let fx = reconfigure(&mut q, 0, |c| c.paused = false);
+    assert_eq!(ids(&fx), [2]);
+}
+
+#[derive(Debug, Clone)]
+enum FlowOp {
+    Put {
+        group: u8,
+        n: u64,
+    },
+    Grant {
+        consumer: u64,
+        credit: u64,
+    },
+    Ack(usize),
+    Nack {
+        pick: usize,
+        throttle_ms: u64,
+        group: bool,
+    },
+    Wait(u64),
+    Caps {
+        cap: u64,
+        group_cap: u64,
+    },
+}
+
+fn flow_op() -> impl Strategy<Value = FlowOp> {
+    prop_oneof![
+        3 => (0u8..5, 1u64..6).prop_map(|(group, n)| FlowOp::Put { group, n }),
+        3 => (1u64..4, 1u64..6).prop_map(|(consumer, credit)| FlowOp::Grant { consumer, credit }),
+        4 => (0usize..8).prop_map(FlowOp::Ack),
+        1 => (0usize..8, 0u64..300, any::<bool>())
+            .prop_map(|(pick, throttle_ms, group)| FlowOp::Nack { pick, throttle_ms, group }),
+        2 => (0u64..400).prop_map(FlowOp::Wait),
+        1 => (1u64..5, 0u64..3).prop_map(|(cap, group_cap)| FlowOp::Caps { cap, group_cap }),
+    ]
+}
+
+proptest! {
+    /// Whatever the traffic, a delivery never takes the leased tasks above
+    /// max_in_flight, nor a group's above max_in_flight_per_group (caps
+    /// change on the way; leases already out when one is lowered may stay
+    /// above it, but nothing more is delivered).
+    #[test]
+    fn deliveries_never_pass_the_in_flight_caps(
+        cap in 1u64..5,
+        group_cap in 0u64..3,
+        ops in proptest::collection::vec(flow_op(), 1..150),
+    ) {
+        let mut c = cfg(1000, Order::Fifo);
+        c.ack_deadline_ms = 3_600_000;
+        c.max_attempts = 0;
+        c.max_in_flight = cap;
+        c.group_max_in_flight = group_cap;
+        let mut q = QueueState::new(c);
+        for id in 1..=3 {
+            consumer(&mut q, 0, id, 0);
+        }
+        let mut now = 0;
+        let mut next = 1;
+        // Leases out: (task, attempt, group).
+        let mut held: Vec<(TaskId, u32, Option<Box<str>>)> = Vec::new();
+        for op in ops {
+            let fx = match op {
+                FlowOp::Put { group, n } => {
+                    let tasks = (0..n).map(|i| grouped(next + i, &format!("{}", "abcd".chars().nth(group as usize).map(String::from).unwrap_or_default()))).collect();
+                    next += n;
+                    exec(&mut q, now, Command::Store { tasks })
+                }
+                FlowOp::Grant { consumer, credit } => {
+                    exec(&mut q, now, Command::Grant { id: ConsumerId(consumer), credit })
+                }
+                FlowOp::Ack(pick) if !held.is_empty() => {
+                    let (id, attempt, _) = held.remove(pick % held.len());
+                    exec(&mut q, now, ack(id, attempt))
+                }
+                FlowOp::Nack { pick, throttle_ms, group } if !held.is_empty() => {
+                    let (id, attempt, _) = held.remove(pick % held.len());
+                    exec(&mut q, now, nack_throttled(id, attempt, throttle_ms, group))
+                }
+                FlowOp::Wait(ms) => {
+                    now += ms;
+                    exec(&mut q, now, Command::Tick)
+                }
+                FlowOp::Caps { cap, group_cap } => reconfigure(&mut q, now, |c| {
+                    c.max_in_flight = cap;
+                    c.group_max_in_flight = group_cap;
+                }),
+                _ => Effects::default(),
+            };
+            held.extend(fx.deliveries.iter().map(|(_, d)| (d.id, d.attempt, d.group.clone())));
+            if fx.deliveries.is_empty() {
+                continue;
+            }
+            let config = q.config();
+            prop_assert!(held.len() as u64 <= config.max_in_flight);
+            prop_assert_eq!(q.stats().leased, held.len() as u64);
+            if config.group_max_in_flight > 0 {
+                for (_, d) in &fx.deliveries {
+                    let same = held.iter().filter(|(_, _, g)| *g == d.group).count() as u64;
+                    prop_assert!(same <= config.group_max_in_flight, "group {:?}: {}", d.group, same);
+                }
+            }
+        }
+    }
+
+    /// A greedy consumer behind a rate limit, its tasks acked at once:
+    /// in every window between two deliveries, no more than the rate
+    /// allows over the window plus the burst.
+    #[test]
+    fn deliveries_in_any_window_stay_within_rate_and_burst(
+        tasks in 1u64..20,
+        per_ms in 50u64..2000,
+        burst in 1u64..5,
+        steps in proptest::collection::vec(0u64..300, 1..100),
+    ) {
+        let rate = RateLimit { tasks, per_ms, burst };
+        let mut c = cfg(10_000, Order::Fifo);
+        c.ack_deadline_ms = 3_600_000;
+        c.rate = Some(rate);
+        let mut q = QueueState::new(c);
+        store(&mut q, 0, (1..=2000).map(|i| task(i, 0)).collect());
+        let mut now = 1_000;
+        let mut at: Vec<Millis> = Vec::new();
+        let mut fx = consumer(&mut q, now, 1, 10_000);
+        for step in steps {
+            at.extend(std::iter::repeat_n(now, fx.deliveries.len()));
+            let mut acks = Effects::default();
+            for (_, d) in &fx.deliveries {
+                q.execute(now, ack(d.id, d.attempt), &mut acks);
+            }
+            at.extend(std::iter::repeat_n(now, acks.deliveries.len()));
+            now += step;
+            fx = exec(&mut q, now, Command::Tick);
+        }
+        at.extend(std::iter::repeat_n(now, fx.deliveries.len()));
+        for i in 0..at.len() {
+            for j in i..at.len() {
+                let count = (j - i + 1) as u64;
+                let window = at[j] - at[i];
+                prop_assert!(
+                    count * per_ms <= burst * per_ms + window * tasks,
+                    "{} deliveries in {} ms at {}/{}ms burst {}", count, window, tasks, per_ms, burst
+                );
+            }
+        }
+    }
+
+    /// Groups with ready tasks take turns: after i rounds, every group
+    /// that had at least i tasks got i deliveries, however many tasks the
+    /// others have and in whatever order they arrived.
+    #[test]
+    fn every_group_with_ready_tasks_is_served_within_a_round(
+        arrivals in proptest::collection::vec(0u8..12, 1..300),
+    ) {
+        let mut q = QueueState::new(cfg(10_000, Order::Fifo));
+        let tasks: Vec<NewTask> = arrivals
+            .iter()
+            .enumerate()
+            .map(|(i, g)| grouped(i as u64 + 1, &format!("tenant-{g}")))
+            .collect();
+        let mut count: BTreeMap<Option<Box<str>>, u64> = BTreeMap::new();
+        for t in &tasks {
+            *count.entry(t.group.clone()).or_default() += 1;
+        }
+        store(&mut q, 0, tasks);
+        let fx = consumer(&mut q, 0, 1, 10_000);
+        let order: Vec<Option<Box<str>>> = fx.deliveries.iter().map(|(_, d)| d.group.clone()).collect();
+        prop_assert_eq!(order.len(), arrivals.len());
+        let mut seen: BTreeMap<Option<Box<str>>, u64> = BTreeMap::new();
+        for (pos, g) in order.iter().enumerate() {
+            let round = { let n = seen.entry(g.clone()).or_default(); *n += 1; *n };
+            // Deliveries before the end of round `round`.
+            let within: u64 = count.values().map(|n| (*n).min(round)).sum();
+            prop_assert!((pos as u64) < within, "{:?}'s delivery {} at {}", g, round, pos);
+        }
+    }
 }

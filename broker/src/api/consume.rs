@@ -64,7 +64,7 @@ pub async fn start(
     let subscribed = pb::ConsumeResponse {
         subscribed: Some(pb::Subscribed {
             consumer_id: format!("c{}", cid.0),
-            ack_deadline_ms: q.spec.config.ack_deadline_ms,
+            ack_deadline_ms: q.config().ack_deadline_ms,
         }),
         ..Default::default()
     };
@@ -428,14 +428,20 @@ pub fn settle(
         let r = lease(&n.lease).and_then(|(l, id)| {
             let action = validate::nack_action(n).map_err(invalid)?;
             let error = validate::error_text(&n.error).to_owned();
-            push(&mut ops, l, id, SettleKind::Nack { action, error })
+            let throttle = validate::throttle(n).map_err(invalid)?;
+            let nack = SettleKind::Nack {
+                action,
+                error,
+                throttle,
+            };
+            push(&mut ops, l, id, nack)
         });
         slots.push((&n.lease, r));
     }
     for e in extends {
         let r = lease(&e.lease).and_then(|(l, id)| {
             let ms = match e.extend_ms {
-                0 => q.spec.config.ack_deadline_ms,
+                0 => q.config().ack_deadline_ms,
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
             push(&mut ops, l, id, SettleKind::Extend { ms })
@@ -554,6 +560,7 @@ mod tests {
             priority: 0,
             key: None,
             job: None,
+            group: None,
         }
     }
 
@@ -590,6 +597,7 @@ mod tests {
             priority: 0,
             key: Some("k".repeat(256).into()),
             job: Some("j".repeat(256).into()),
+            group: None,
         };
         let key = LeaseKey::random();
         let mut f = Frames::new(Some(&key));

@@ -120,7 +120,7 @@ impl Session {
         let stop = tokio_util::sync::CancellationToken::new();
         // In memory nothing waits for a log write: confirm inline, without
         // a hop to another task per frame.
-        let durable = self.q.spec.durable;
+        let durable = self.q.durable();
         let confirmer = durable.then(|| {
             tokio::spawn(
                 confirm(
@@ -233,7 +233,7 @@ impl Session {
 
     /// Ends the stream with `status`, after the confirmations before it.
     async fn fail(&self, steps: &mpsc::UnboundedSender<Step>, out: &Out, status: Status) {
-        if self.q.spec.durable {
+        if self.q.durable() {
             let _ = steps.send(Step::Fail(status));
         } else {
             let _ = out.send(Err(status)).await;
@@ -357,7 +357,7 @@ fn confirmation(
         credit,
         confirmed_ids,
         depth: s.depth,
-        capacity: q.spec.config.capacity,
+        capacity: q.config().capacity,
     }
 }
 

@@ -4,7 +4,7 @@
 use sluice_proto::v1 as pb;
 
 use crate::broker::QueueHandle;
-use crate::engine::{ConsumerStats, Delivery, QueueStats, TaskId};
+use crate::engine::{ConsumerStats, Delivery, Hold, QueueStats, TaskId};
 
 /// The ids a producer is answered for `n` tasks given ids from `first` on:
 /// a task whose key was taken answers the holder's id instead (`duplicates`
@@ -35,6 +35,7 @@ pub fn delivery(queue: &str, d: &Delivery, key: Option<&crate::lease::LeaseKey>)
             enqueued_at_unix_ms: d.body.enqueued_at,
             key: d.key.as_deref().unwrap_or_default().to_owned(),
             job_id: d.job.as_deref().unwrap_or_default().to_owned(),
+            group: d.group.as_deref().unwrap_or_default().to_owned(),
         }),
         attempt: d.attempt,
         lease_deadline_unix_ms: d.deadline,
@@ -43,9 +44,15 @@ pub fn delivery(queue: &str, d: &Delivery, key: Option<&crate::lease::LeaseKey>)
     }
 }
 
-pub fn queue_info(q: &QueueHandle) -> pb::QueueInfo {
-    let (stats, consumers) = q.snapshot();
-    let c = &q.spec.config;
+/// Most groups a GetQueue answer lists.
+pub const MAX_GROUPS_SHOWN: usize = 100;
+
+/// A queue as GetQueue, CreateQueue and UpdateQueue answer it (with up to
+/// `groups` of its groups; ListQueues asks for none).
+pub fn queue_info(q: &QueueHandle, groups: usize) -> pb::QueueInfo {
+    let view = q.view(groups);
+    let c = &view.config;
+    let stats = &view.stats;
     pb::QueueInfo {
         name: q.name().to_owned(),
         options: Some(pb::QueueOptions {
@@ -55,18 +62,56 @@ pub fn queue_info(q: &QueueHandle) -> pb::QueueInfo {
                 crate::engine::Order::Lifo => pb::QueueOrder::Lifo,
                 crate::engine::Order::Priority => pb::QueueOrder::Priority,
             } as i32,
-            durable: q.spec.durable,
+            durable: q.durable(),
             ack_deadline_ms: c.ack_deadline_ms,
             max_attempts: Some(c.max_attempts),
-            dead_letter: q.spec.dead_letter.clone().unwrap_or_default(),
+            dead_letter: c.dead_letter.clone().unwrap_or_default(),
             retry_initial_ms: Some(c.retry.initial_ms),
             retry_max_ms: c.retry.max_ms,
             retry_multiplier: f64::from(c.retry.multiplier_milli) / 1000.0,
             idempotency_window_ms: c.key_window_ms,
+            max_in_flight: c.max_in_flight,
+            rate_limit: c.rate.map(|r| pb::RateLimit {
+                tasks: r.tasks,
+                per_ms: r.per_ms,
+                burst: r.burst,
+            }),
+            max_in_flight_per_group: c.group_max_in_flight,
+            paused: c.paused,
         }),
-        stats: Some(queue_stats(&stats, c.capacity)),
-        consumers: consumers.iter().map(consumer_info).collect(),
+        stats: Some(pb::QueueStats {
+            holds: view.holds.iter().map(hold).collect(),
+            ..queue_stats(stats, c.capacity)
+        }),
+        consumers: view.consumers.iter().map(consumer_info).collect(),
         created_at_unix_ms: q.created_at,
+        groups: view
+            .groups
+            .iter()
+            .map(|g| pb::GroupInfo {
+                name: g.name.clone(),
+                ready: g.ready,
+                leased: g.leased,
+                delayed: g.delayed,
+                throttled_until_unix_ms: g.throttled_until,
+                at_cap: g.at_cap,
+            })
+            .collect(),
+    }
+}
+
+fn hold(h: &Hold) -> pb::Hold {
+    let (reason, until) = match *h {
+        Hold::Paused => (pb::HoldReason::Paused, 0),
+        Hold::Throttled { until } => (pb::HoldReason::Throttled, until),
+        Hold::InFlightCap => (pb::HoldReason::InFlightCap, 0),
+        Hold::RateLimited { until } => (pb::HoldReason::RateLimited, until),
+        Hold::GroupsHeld => (pb::HoldReason::GroupsHeld, 0),
+        Hold::NoCredit => (pb::HoldReason::NoCredit, 0),
+    };
+    pb::Hold {
+        reason: reason as i32,
+        until_unix_ms: until,
     }
 }
 
@@ -92,6 +137,10 @@ fn queue_stats(s: &QueueStats, capacity: u64) -> pb::QueueStats {
         retrying: s.retrying,
         publishers: s.publishers,
         reserved: s.reserved,
+        holds: Vec::new(),
+        groups: s.groups,
+        groups_held: s.groups_held,
+        throttled_until_unix_ms: s.throttled_until,
     }
 }
 

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::auth::{self, Role};
 use crate::api::consume;
-use crate::api::reply::{answered_ids, delivery, queue_info};
+use crate::api::reply::{MAX_GROUPS_SHOWN, answered_ids, delivery, queue_info};
 use crate::api::validate;
 use crate::broker::{Broker, QueueHandle};
 use crate::error::Error;
@@ -68,13 +68,38 @@ impl SluiceService for Service {
         let spec = validate::queue_spec(&req.name, req.options.as_ref())?;
         // Dead letters are enqueued into their queue past its capacity:
         // only a token that may produce to it may send them there.
-        if let Some(dlq) = &spec.dead_letter {
+        if let Some(dlq) = &spec.config.dead_letter {
             access.require(Role::Produce, dlq)?;
         }
         let (q, created) = self.broker.create_queue(spec).await?;
         Ok(Response::new(pb::CreateQueueResponse {
-            queue: Some(queue_info(&q)),
+            queue: Some(queue_info(&q, MAX_GROUPS_SHOWN)),
             created,
+        }))
+    }
+
+    async fn update_queue(
+        &self,
+        req: Request<pb::UpdateQueueRequest>,
+    ) -> Result<Response<pb::UpdateQueueResponse>, Status> {
+        let access = auth::access(&req);
+        access.require(Role::Admin, &req.get_ref().name)?;
+        let req = req.into_inner();
+        validate::queue_name(&req.name)?;
+        // As at creation: a new dead letter queue needs the right to
+        // produce to it.
+        if let Some(dlq) = req.dead_letter.as_deref().filter(|d| !d.is_empty()) {
+            access.require(Role::Produce, dlq)?;
+        }
+        let lift_throttles = req.paused == Some(false);
+        let q = self
+            .broker
+            .update_queue(&req.name, lift_throttles, |current| {
+                validate::updated_spec(current, &req)
+            })
+            .await?;
+        Ok(Response::new(pb::UpdateQueueResponse {
+            queue: Some(queue_info(&q, MAX_GROUPS_SHOWN)),
         }))
     }
 
@@ -85,7 +110,7 @@ impl SluiceService for Service {
         auth::access(&req).require(Role::Read, &req.get_ref().name)?;
         let q = self.queue(&req.get_ref().name)?;
         Ok(Response::new(pb::GetQueueResponse {
-            queue: Some(queue_info(&q)),
+            queue: Some(queue_info(&q, MAX_GROUPS_SHOWN)),
         }))
     }
 
@@ -100,7 +125,7 @@ impl SluiceService for Service {
             .queues()
             .iter()
             .filter(|q| access.require(Role::Read, q.name()).is_ok())
-            .map(|q| queue_info(q))
+            .map(|q| queue_info(q, 0))
             .collect();
         Ok(Response::new(pb::ListQueuesResponse { queues }))
     }

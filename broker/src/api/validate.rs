@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use sluice_proto::v1 as pb;
 
-use crate::engine::{Backoff, NackAction, NewTask, Order, QueueConfig, QueueSpec, TaskId};
+use crate::engine::{
+    Backoff, NackAction, NewTask, Order, QueueConfig, QueueSpec, RateLimit, TaskId, Throttle,
+};
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 
@@ -82,19 +84,8 @@ pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec>
         0 => DEFAULT_ACK_DEADLINE_MS,
         d => lease_ms(d, "ack_deadline_ms")?,
     };
-    let retry = backoff(o)?;
-    let dead_letter = match o.dead_letter.as_str() {
-        "" => None,
-        dl => {
-            queue_name(dl)?;
-            if dl == name {
-                return Err(Error::invalid(format!(
-                    "queue {name:?} cannot be its own dead letter queue"
-                )));
-            }
-            Some(dl.to_owned())
-        }
-    };
+    let retry = backoff(o.retry_initial_ms, o.retry_max_ms, o.retry_multiplier)?;
+    let dead_letter = dead_letter(name, &o.dead_letter)?;
     Ok(QueueSpec {
         name: name.to_owned(),
         config: QueueConfig {
@@ -112,10 +103,136 @@ pub fn queue_spec(name: &str, o: Option<&pb::QueueOptions>) -> Result<QueueSpec>
                 }
                 w => w,
             },
+            dead_letter,
+            max_in_flight: in_flight_cap(o.max_in_flight, "max_in_flight")?,
+            rate: match &o.rate_limit {
+                None => None,
+                Some(r) => rate_limit(r)?,
+            },
+            group_max_in_flight: in_flight_cap(
+                o.max_in_flight_per_group,
+                "max_in_flight_per_group",
+            )?,
+            paused: o.paused,
         },
-        dead_letter,
         durable: o.durable,
     })
+}
+
+/// Largest in-flight cap: far above any credit a consumer may hold.
+pub const MAX_IN_FLIGHT: u64 = 10_000_000;
+/// Largest `RateLimit.tasks` and `burst`.
+pub const MAX_RATE_TASKS: u64 = 1_000_000;
+/// Longest `RateLimit.per_ms`: a day.
+pub const MAX_RATE_PERIOD_MS: u64 = 86_400_000;
+/// Longest nack throttle: a day.
+pub const MAX_THROTTLE_MS: u64 = 86_400_000;
+/// Longest group name.
+pub const MAX_GROUP_LEN: usize = 128;
+
+fn in_flight_cap(n: u64, field: &str) -> Result<u64> {
+    if n > MAX_IN_FLIGHT {
+        return Err(Error::invalid(format!(
+            "{field} {n} is over the limit of {MAX_IN_FLIGHT}"
+        )));
+    }
+    Ok(n)
+}
+
+/// A RateLimit with defaults filled in; `tasks` 0 = no limit.
+fn rate_limit(r: &pb::RateLimit) -> Result<Option<RateLimit>> {
+    if r.tasks == 0 {
+        return Ok(None);
+    }
+    let per_ms = if r.per_ms == 0 { 1000 } else { r.per_ms };
+    let burst = r.burst.max(1);
+    if r.tasks > MAX_RATE_TASKS || burst > MAX_RATE_TASKS || per_ms > MAX_RATE_PERIOD_MS {
+        return Err(Error::invalid(format!(
+            "rate_limit {}/{per_ms}ms burst {burst} is out of range (tasks and burst 1 to \
+             {MAX_RATE_TASKS}, per_ms 1 to {MAX_RATE_PERIOD_MS})",
+            r.tasks
+        )));
+    }
+    Ok(Some(RateLimit {
+        tasks: r.tasks,
+        per_ms,
+        burst,
+    }))
+}
+
+/// A dead letter queue name for queue `name`; "" = none.
+fn dead_letter(name: &str, dl: &str) -> Result<Option<String>> {
+    match dl {
+        "" => Ok(None),
+        dl => {
+            queue_name(dl)?;
+            if dl == name {
+                return Err(Error::invalid(format!(
+                    "queue {name:?} cannot be its own dead letter queue"
+                )));
+            }
+            Ok(Some(dl.to_owned()))
+        }
+    }
+}
+
+/// An UpdateQueue request applied to a queue's options: the fields set
+/// change, each checked as at creation.
+pub fn updated_spec(current: &QueueSpec, u: &pb::UpdateQueueRequest) -> Result<QueueSpec> {
+    let mut spec = current.clone();
+    let c = &mut spec.config;
+    if let Some(capacity) = u.capacity {
+        c.capacity = match capacity {
+            0 => DEFAULT_CAPACITY,
+            n if n > MAX_CAPACITY => {
+                return Err(Error::invalid(format!(
+                    "capacity {n} is over the limit of {MAX_CAPACITY}"
+                )));
+            }
+            n => n,
+        };
+    }
+    if let Some(ms) = u.ack_deadline_ms {
+        c.ack_deadline_ms = match ms {
+            0 => DEFAULT_ACK_DEADLINE_MS,
+            ms => lease_ms(ms, "ack_deadline_ms")?,
+        };
+    }
+    if let Some(n) = u.max_attempts {
+        c.max_attempts = n;
+    }
+    if let Some(dl) = &u.dead_letter {
+        c.dead_letter = dead_letter(&current.name, dl)?;
+    }
+    if u.retry_initial_ms.is_some() || u.retry_max_ms.is_some() || u.retry_multiplier.is_some() {
+        // Unset parts keep their value; a retry_max_ms below a new
+        // retry_initial_ms is refused as at creation.
+        let was = c.retry;
+        let initial = u.retry_initial_ms.unwrap_or(was.initial_ms);
+        let max = match (u.retry_max_ms, was == Backoff::NONE) {
+            (Some(m), _) => m,
+            (None, true) => 0,
+            (None, false) => was.max_ms,
+        };
+        let multiplier = u.retry_multiplier.unwrap_or(match was == Backoff::NONE {
+            true => 0.0,
+            false => f64::from(was.multiplier_milli) / 1000.0,
+        });
+        c.retry = backoff(Some(initial), max, multiplier)?;
+    }
+    if let Some(n) = u.max_in_flight {
+        c.max_in_flight = in_flight_cap(n, "max_in_flight")?;
+    }
+    if let Some(r) = &u.rate_limit {
+        c.rate = rate_limit(r)?;
+    }
+    if let Some(n) = u.max_in_flight_per_group {
+        c.group_max_in_flight = in_flight_cap(n, "max_in_flight_per_group")?;
+    }
+    if let Some(p) = u.paused {
+        c.paused = p;
+    }
+    Ok(spec)
 }
 
 pub const DEFAULT_RETRY_INITIAL_MS: u64 = 1000;
@@ -123,15 +240,15 @@ pub const DEFAULT_KEY_WINDOW_MS: u64 = 300_000;
 pub const MAX_KEY_LEN: usize = 256;
 pub const DEFAULT_RETRY_MAX_MS: u64 = 300_000;
 
-/// The retry backoff of a CreateQueue request, defaults filled in.
-fn backoff(o: &pb::QueueOptions) -> Result<Backoff> {
-    let initial_ms = o.retry_initial_ms.unwrap_or(DEFAULT_RETRY_INITIAL_MS);
+/// A retry backoff from its options, defaults filled in.
+fn backoff(initial_ms: Option<u64>, max_ms: u64, multiplier: f64) -> Result<Backoff> {
+    let initial_ms = initial_ms.unwrap_or(DEFAULT_RETRY_INITIAL_MS);
     if initial_ms > MAX_LEASE_MS {
         return Err(Error::invalid(format!(
             "retry_initial_ms {initial_ms} is over the limit of {MAX_LEASE_MS}"
         )));
     }
-    let max_ms = match o.retry_max_ms {
+    let max_ms = match max_ms {
         0 => DEFAULT_RETRY_MAX_MS.max(initial_ms),
         m if m < initial_ms || m > MAX_DELAY_MS => {
             return Err(Error::invalid(format!(
@@ -140,11 +257,7 @@ fn backoff(o: &pb::QueueOptions) -> Result<Backoff> {
         }
         m => m,
     };
-    let multiplier = if o.retry_multiplier == 0.0 {
-        2.0
-    } else {
-        o.retry_multiplier
-    };
+    let multiplier = if multiplier == 0.0 { 2.0 } else { multiplier };
     if !(1.0..=100.0).contains(&multiplier) {
         return Err(Error::invalid(format!(
             "retry_multiplier {multiplier} must be between 1.0 and 100.0"
@@ -201,6 +314,12 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
             t.key.len()
         )));
     }
+    if t.group.len() > MAX_GROUP_LEN {
+        return Err(Error::invalid(format!(
+            "task {i}: group is {} bytes, over the limit of {MAX_GROUP_LEN}",
+            t.group.len()
+        )));
+    }
     if t.job_id.len() > MAX_KEY_LEN {
         return Err(Error::invalid(format!(
             "task {i}: job_id is {} bytes, over the limit of {MAX_KEY_LEN}",
@@ -239,7 +358,30 @@ fn new_task(i: usize, t: pb::NewTask, id: TaskId, limits: &Limits) -> Result<New
         delay_ms: t.delay_ms,
         key: (!t.key.is_empty()).then(|| t.key.into()),
         job: (!t.job_id.is_empty()).then(|| t.job_id.into()),
+        group: (!t.group.is_empty()).then(|| t.group.into()),
     })
+}
+
+/// A NackItem's throttle, if it asks for one.
+pub fn throttle(n: &pb::NackItem) -> std::result::Result<Option<Throttle>, String> {
+    if n.throttle_ms == 0 {
+        return Ok(None);
+    }
+    if n.throttle_ms > MAX_THROTTLE_MS {
+        return Err(format!(
+            "throttle_ms {} is over the limit of {MAX_THROTTLE_MS}",
+            n.throttle_ms
+        ));
+    }
+    let group = match pb::ThrottleScope::try_from(n.throttle_scope) {
+        Ok(pb::ThrottleScope::Unspecified | pb::ThrottleScope::Queue) => false,
+        Ok(pb::ThrottleScope::Group) => true,
+        Err(_) => return Err(format!("unknown throttle scope {}", n.throttle_scope)),
+    };
+    Ok(Some(Throttle {
+        ms: n.throttle_ms,
+        group,
+    }))
 }
 
 /// What a NackItem asks for.

@@ -75,7 +75,7 @@ impl Broker {
         let mut fx = Effects::default();
         let now = now_ms();
         let mut deferred = Deferred::default();
-        let keep_free = if how.grows && q.spec.durable {
+        let keep_free = if how.grows && q.durable() {
             self.keep_free()
         } else {
             0
@@ -90,9 +90,12 @@ impl Broker {
             }
             let r = f(&mut core, now, &mut fx);
             let commands = core.recorded.take().unwrap_or_default();
+            if !fx.dead.is_empty() {
+                deferred.dead_letter = core.state.config().dead_letter.clone();
+            }
             if !core.released {
                 add_diff(&self.inner.held_bytes, held_before, core.state.held_bytes());
-                if q.spec.durable {
+                if q.durable() {
                     let live_after = live_estimate(&core.state);
                     add_diff(&self.inner.durable_live, live_before, live_after);
                 }
@@ -107,7 +110,7 @@ impl Broker {
                     // in the log in the same record that stores it there
                     // (see `forward_dead`): one atomic record, so neither
                     // a crash nor a refused append can lose it between.
-                    if q.spec.dead_letter.is_some() && !fx.dead.is_empty() {
+                    if deferred.dead_letter.is_some() && !fx.dead.is_empty() {
                         let moving: std::collections::HashSet<TaskId> = fx
                             .dead
                             .iter()
@@ -143,7 +146,7 @@ impl Broker {
             route(&mut core, &mut fx, ticket);
             // Job events are logged under this queue's lock, right after
             // the queue's own changes (lock order: queue, then jobs).
-            let durable = q.spec.durable;
+            let durable = q.durable();
             if !fx.job_stored.is_empty() {
                 self.inner
                     .jobs
@@ -214,8 +217,8 @@ impl Broker {
         deferred: &mut Deferred,
         keep_free: u64,
     ) -> Option<(Durability, Option<Ticket>)> {
-        let moving =
-            q.spec.dead_letter.is_some() && fx.dead.iter().any(|d| d.reason != DeadReason::Dropped);
+        let moving = deferred.dead_letter.is_some()
+            && fx.dead.iter().any(|d| d.reason != DeadReason::Dropped);
         if moving {
             deferred.commands = commands;
             return None;
@@ -245,7 +248,7 @@ impl Broker {
                 reason = ?d.reason, error = %d.error, "task dead"
             );
         }
-        let Some(dlq_name) = &from.spec.dead_letter else {
+        let Some(dlq_name) = &removed.dead_letter else {
             return;
         };
         let dead: Vec<DeadTask> = dead
@@ -327,6 +330,8 @@ pub(super) struct Moved {
 pub(super) struct Deferred {
     pub(super) changes: Vec<Change>,
     pub(super) commands: Vec<Command>,
+    /// The queue's dead letter queue when the call ran.
+    pub(super) dead_letter: Option<String>,
 }
 
 /// How [`Broker::apply_with`] logs an engine call.
@@ -439,5 +444,6 @@ fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
         delay_ms: 0,
         key: None,
         job: None,
+        group: None,
     }
 }

@@ -79,7 +79,7 @@ impl Broker {
         let cut = log.roll().await?;
         let mut writers = Vec::new();
         for q in self.queues() {
-            if !q.spec.durable {
+            if !q.durable() {
                 continue;
             }
             let taken = {
@@ -88,10 +88,16 @@ impl Broker {
                     continue;
                 }
                 // Cheap under the lock: payloads are shared, not copied.
-                (core.state.snapshot(), log.reserve()?)
+                // The options with the tasks, as one moment.
+                let spec = QueueSpec {
+                    name: q.name().to_owned(),
+                    config: core.state.config().clone(),
+                    durable: true,
+                };
+                (core.state.snapshot(), log.reserve()?, spec)
             };
-            let (snapshot, slot) = taken;
-            let define = wal::define(&q.spec, q.created_at);
+            let (snapshot, slot, spec) = taken;
+            let define = wal::define(&spec, q.created_at);
             let name = q.name().to_owned();
             writers.push(tokio::task::spawn_blocking(move || {
                 wal::write_snapshot(&slot, define, &name, snapshot).map(|bytes| (slot, bytes))

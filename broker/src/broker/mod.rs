@@ -268,7 +268,7 @@ impl Broker {
     /// cluster): its state, leases included, outlives this member's
     /// leadership.
     pub fn replicates(&self, q: &QueueHandle) -> bool {
-        q.spec.durable && self.inner.journal.is_replicated()
+        q.durable() && self.inner.journal.is_replicated()
     }
 
     /// The key that signs lease tokens.
@@ -343,7 +343,7 @@ pub use crate::engine::QueueSpec;
 pub use crate::storage::Durability;
 use apply::{DEFINE_BYTES, Ticket, live_estimate, wait_ticket};
 pub use budget::MemoryReservation;
-pub use queue::{DeliveryRx, QueueCore, QueueHandle};
+pub use queue::{DeliveryRx, QueueCore, QueueHandle, QueueView};
 pub use replica::Replica;
 pub use timers::now_ms;
 use timers::run_timer;

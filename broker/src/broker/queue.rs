@@ -189,9 +189,21 @@ impl QueueCore {
     }
 }
 
-/// One named queue.
+/// A queue as [`QueueHandle::view`] read it.
+#[derive(Debug, Clone)]
+pub struct QueueView {
+    pub config: crate::engine::QueueConfig,
+    pub stats: QueueStats,
+    pub consumers: Vec<ConsumerStats>,
+    pub holds: Vec<crate::engine::Hold>,
+    pub groups: Vec<crate::engine::GroupStats>,
+}
+
+/// One named queue. Its name and durability are fixed; its options live
+/// in the engine state, behind the lock (UpdateQueue changes them).
 pub struct QueueHandle {
-    pub spec: QueueSpec,
+    pub(super) name: String,
+    pub(super) durable: bool,
     pub created_at: Millis,
     pub(super) core: Mutex<QueueCore>,
     /// Woken whenever the queue has no unfinished task (Join).
@@ -204,15 +216,34 @@ pub struct QueueHandle {
 impl std::fmt::Debug for QueueHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueHandle")
-            .field("name", &self.spec.name)
-            .field("durable", &self.spec.durable)
+            .field("name", &self.name)
+            .field("durable", &self.durable)
             .finish_non_exhaustive()
     }
 }
 
 impl QueueHandle {
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.name
+    }
+
+    /// Kept in the log: survives a restart.
+    pub fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Its definition now, options as they are at this moment.
+    pub fn spec(&self) -> QueueSpec {
+        QueueSpec {
+            name: self.name.clone(),
+            config: self.lock().state.config().clone(),
+            durable: self.durable,
+        }
+    }
+
+    /// Its options now.
+    pub fn config(&self) -> crate::engine::QueueConfig {
+        self.lock().state.config().clone()
     }
 
     /// A poisoned lock means an engine call panicked mid-change; the state
@@ -227,6 +258,25 @@ impl QueueHandle {
         let now = now_ms();
         let core = self.lock();
         (core.state.stats(), core.state.consumer_stats(now))
+    }
+
+    /// Everything a description of the queue shows, read in one critical
+    /// section: options, counters, consumers, why nothing is delivered,
+    /// and up to `groups` of its groups with ready tasks.
+    pub fn view(&self, groups: usize) -> QueueView {
+        let now = now_ms();
+        let core = self.lock();
+        let s = &core.state;
+        QueueView {
+            config: s.config().clone(),
+            stats: s.stats(),
+            consumers: s.consumer_stats(now),
+            holds: s.holds(now),
+            groups: match groups {
+                0 => Vec::new(),
+                n => s.group_stats(n),
+            },
+        }
     }
 
     pub fn deleted(&self) -> &CancellationToken {

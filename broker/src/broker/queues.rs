@@ -19,12 +19,13 @@ impl Broker {
         {
             let queues = self.inner.queues.read().unwrap_or_else(|p| p.into_inner());
             if let Some(existing) = queues.get(&spec.name) {
-                if existing.spec == spec {
+                let current = existing.spec();
+                if current == spec {
                     return Ok((Arc::clone(existing), false));
                 }
                 return Err(Error::QueueExists {
                     name: spec.name.clone(),
-                    diff: describe_diff(&existing.spec, &spec),
+                    diff: describe_diff(&current, &spec),
                 });
             }
             let max = self.limits().max_queues;
@@ -61,7 +62,7 @@ impl Broker {
             stored.await?;
         }
         let handle = self.insert_queue(spec, created_at);
-        tracing::info!(queue = %handle.name(), durable = handle.spec.durable, "queue created");
+        tracing::info!(queue = %handle.name(), durable = handle.durable(), "queue created");
         Ok((handle, true))
     }
 
@@ -110,9 +111,10 @@ impl Broker {
             idle: Notify::new(),
             rearm: Notify::new(),
             deleted: CancellationToken::new(),
-            spec,
+            name: spec.name,
+            durable: spec.durable,
         });
-        queues.insert(handle.spec.name.clone(), Arc::clone(&handle));
+        queues.insert(handle.name().to_owned(), Arc::clone(&handle));
         tokio::spawn(run_timer(self.clone(), Arc::clone(&handle)));
         handle
     }
@@ -136,6 +138,61 @@ impl Broker {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Changes a queue's options to what `change` makes of its current
+    /// definition (name, order and durability stay). In force once
+    /// durable: a lone broker logs the new definition first (a restart
+    /// reads it like a creation's); a cluster replicates the change as a
+    /// command. `lift_throttles`: end every nack throttle (a resume).
+    pub async fn update_queue(
+        &self,
+        name: &str,
+        lift_throttles: bool,
+        change: impl FnOnce(&QueueSpec) -> Result<QueueSpec>,
+    ) -> Result<Arc<QueueHandle>> {
+        self.check_open()?;
+        let _defs = self.inner.defs.lock().await;
+        let handle = self.queue(name)?;
+        let spec = change(&handle.spec())?;
+        {
+            let queues = self.inner.queues.read().unwrap_or_else(|p| p.into_inner());
+            check_dead_letters(&queues, &spec)?;
+        }
+        let config = spec.config.clone();
+        let configure = move |core: &mut QueueCore, now: Millis, fx: &mut Effects| {
+            if core.deleted {
+                return false;
+            }
+            let configure = Command::Configure {
+                config,
+                lift_throttles,
+            };
+            core.run(now, configure, fx);
+            true
+        };
+        let applied = if self.replicates(&handle) {
+            let (applied, durability) = self.apply_logged(&handle, configure);
+            if let Some(d) = durability {
+                d.await?;
+            }
+            applied
+        } else {
+            if handle.durable()
+                && let Some(stored) = self
+                    .inner
+                    .journal
+                    .commit(wal::define(&spec, handle.created_at), 0)
+            {
+                stored.await?;
+            }
+            self.apply(&handle, configure)
+        };
+        if !applied {
+            return Err(Error::QueueNotFound(name.to_owned()));
+        }
+        tracing::info!(queue = %name, options = ?spec.config, "queue options changed");
+        Ok(handle)
     }
 
     /// Deletes a queue; returns how many unfinished tasks went with it.
@@ -175,7 +232,7 @@ impl Broker {
             // From here no call stores into it; its log record follows
             // every change it logged.
             core.deleted = true;
-            let durability = match handle.spec.durable {
+            let durability = match handle.durable() {
                 true => self.inner.journal.commit(wal::delete(name), 0),
                 false => None,
             };
@@ -207,7 +264,7 @@ impl Broker {
                 self.inner
                     .held_bytes
                     .fetch_sub(core.state.held_bytes(), Ordering::SeqCst);
-                if handle.spec.durable {
+                if handle.durable() {
                     self.inner
                         .durable_live
                         .fetch_sub(live_estimate(&core.state) + DEFINE_BYTES, Ordering::Relaxed);
@@ -230,23 +287,26 @@ impl Broker {
 /// take the name a durable queue sends its dead letters to.
 fn check_dead_letters(queues: &BTreeMap<String, Arc<QueueHandle>>, spec: &QueueSpec) -> Result<()> {
     if spec.durable
-        && let Some(dlq) = spec.dead_letter.as_ref().and_then(|d| queues.get(d))
-        && !dlq.spec.durable
+        && let Some(dlq) = spec.config.dead_letter.as_ref().and_then(|d| queues.get(d))
+        && !dlq.durable()
     {
         return Err(Error::invalid(format!(
             "durable queue {:?} cannot send its dead letters to non-durable queue {:?}: \
              they would be lost on restart; make {:?} durable",
-            spec.name, dlq.spec.name, dlq.spec.name
+            spec.name,
+            dlq.name(),
+            dlq.name()
         )));
     }
     if !spec.durable
         && let Some(source) = queues
             .values()
-            .find(|q| q.spec.durable && q.spec.dead_letter.as_deref() == Some(spec.name.as_str()))
+            .find(|q| q.durable() && q.config().dead_letter.as_deref() == Some(spec.name.as_str()))
     {
         return Err(Error::invalid(format!(
             "queue {:?} is the dead letter queue of durable queue {:?}, so it must be durable too",
-            spec.name, source.spec.name
+            spec.name,
+            source.name()
         )));
     }
     Ok(())
@@ -279,12 +339,30 @@ fn describe_diff(a: &QueueSpec, b: &QueueSpec) -> String {
     if a.durable != b.durable {
         diffs.push(format!("durable {} vs {}", a.durable, b.durable));
     }
-    if a.dead_letter != b.dead_letter {
+    if x.dead_letter != y.dead_letter {
         diffs.push(format!(
             "dead_letter {:?} vs {:?}",
-            a.dead_letter.as_deref().unwrap_or(""),
-            b.dead_letter.as_deref().unwrap_or("")
+            x.dead_letter.as_deref().unwrap_or(""),
+            y.dead_letter.as_deref().unwrap_or("")
         ));
+    }
+    if x.max_in_flight != y.max_in_flight {
+        diffs.push(format!(
+            "max_in_flight {} vs {}",
+            x.max_in_flight, y.max_in_flight
+        ));
+    }
+    if x.rate != y.rate {
+        diffs.push(format!("rate_limit {:?} vs {:?}", x.rate, y.rate));
+    }
+    if x.group_max_in_flight != y.group_max_in_flight {
+        diffs.push(format!(
+            "max_in_flight_per_group {} vs {}",
+            x.group_max_in_flight, y.group_max_in_flight
+        ));
+    }
+    if x.paused != y.paused {
+        diffs.push(format!("paused {} vs {}", x.paused, y.paused));
     }
     format!("existing vs requested: {}", diffs.join(", "))
 }

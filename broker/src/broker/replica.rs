@@ -275,10 +275,15 @@ impl Broker {
         let queues = self
             .queues()
             .into_iter()
-            .filter(|q| q.spec.durable)
+            .filter(|q| q.durable())
             .map(|q| {
-                let image = q.lock().state.image();
-                replicated::image_msg(wal::queue_def(&q.spec, q.created_at), &image)
+                let core = q.lock();
+                let spec = QueueSpec {
+                    name: q.name().to_owned(),
+                    config: core.state.config().clone(),
+                    durable: true,
+                };
+                replicated::image_msg(wal::queue_def(&spec, q.created_at), &core.state.image())
             })
             .collect();
         let st = self.replica_state();
@@ -303,7 +308,7 @@ impl Broker {
             let state = QueueState::from_image(spec.config.clone(), replicated::image_of(m));
             rebuilt.push((spec, def.created_at, state));
         }
-        for q in self.queues().into_iter().filter(|q| q.spec.durable) {
+        for q in self.queues().into_iter().filter(|q| q.durable()) {
             self.remove_queue(&q);
         }
         {
@@ -355,7 +360,7 @@ impl Broker {
             }
         };
         for q in self.queues() {
-            if q.spec.durable {
+            if q.durable() {
                 self.apply(&q, |core, now, fx| core.run(now, Command::Takeover, fx));
             }
             // Its timer runs again, on this member's clock.

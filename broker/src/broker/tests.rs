@@ -83,6 +83,7 @@ fn tasks(broker: &Broker, payloads: &[&str]) -> Vec<NewTask> {
             delay_ms: 0,
             key: None,
             job: None,
+            group: None,
         })
         .collect()
 }
@@ -171,6 +172,7 @@ fn dead_letter(broker: &Broker, q: &QueueHandle, d: &Delivery) {
             kind: crate::engine::SettleKind::Nack {
                 action: NackAction::DeadLetter,
                 error: "bad".into(),
+                throttle: None,
             },
         };
         core.settle(now, nack, fx).expect("held")

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::engine::{
-    Backoff, Change, Millis, Order, QueueConfig, QueueSpec, Restored, TaskBody, TaskId,
+    Backoff, Change, Millis, Order, QueueConfig, QueueSpec, RateLimit, Restored, TaskBody, TaskId,
 };
 
 /// One log record.
@@ -127,6 +127,22 @@ pub struct QueueDef {
     pub retry_multiplier_milli: u32,
     #[prost(uint64, tag = "11")]
     pub key_window_ms: u64,
+    /// Flow control (QueueOptions 11 to 14); 0 / false: none. Written
+    /// again, with the other options, when they change (UpdateQueue): the
+    /// last definition of a queue in the log is the one in force.
+    #[prost(uint64, tag = "12")]
+    pub max_in_flight: u64,
+    /// 0: no rate limit.
+    #[prost(uint64, tag = "13")]
+    pub rate_tasks: u64,
+    #[prost(uint64, tag = "14")]
+    pub rate_per_ms: u64,
+    #[prost(uint64, tag = "15")]
+    pub rate_burst: u64,
+    #[prost(uint64, tag = "16")]
+    pub group_max_in_flight: u64,
+    #[prost(bool, tag = "17")]
+    pub paused: bool,
 }
 
 /// Changes to one queue's tasks, in the order they happened.
@@ -183,6 +199,9 @@ pub struct StoredTask {
     /// Job id; empty: none.
     #[prost(string, tag = "9")]
     pub job: String,
+    /// Fairness group; empty: the default group.
+    #[prost(string, tag = "10")]
+    pub group: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -220,12 +239,18 @@ pub fn queue_def(spec: &QueueSpec, created_at: Millis) -> QueueDef {
         order: order_code(c.order),
         ack_deadline_ms: c.ack_deadline_ms,
         max_attempts: c.max_attempts,
-        dead_letter: spec.dead_letter.clone().unwrap_or_default(),
+        dead_letter: c.dead_letter.clone().unwrap_or_default(),
         created_at,
         retry_initial_ms: c.retry.initial_ms,
         retry_max_ms: c.retry.max_ms,
         retry_multiplier_milli: c.retry.multiplier_milli,
         key_window_ms: c.key_window_ms,
+        max_in_flight: c.max_in_flight,
+        rate_tasks: c.rate.map_or(0, |r| r.tasks),
+        rate_per_ms: c.rate.map_or(0, |r| r.per_ms),
+        rate_burst: c.rate.map_or(0, |r| r.burst),
+        group_max_in_flight: c.group_max_in_flight,
+        paused: c.paused,
     }
 }
 
@@ -250,8 +275,16 @@ pub fn queue_spec(d: &QueueDef) -> Result<QueueSpec, String> {
                 multiplier_milli: d.retry_multiplier_milli.max(1000),
             },
             key_window_ms: d.key_window_ms,
+            dead_letter: (!d.dead_letter.is_empty()).then(|| d.dead_letter.clone()),
+            max_in_flight: d.max_in_flight,
+            rate: (d.rate_tasks > 0).then_some(RateLimit {
+                tasks: d.rate_tasks,
+                per_ms: d.rate_per_ms.max(1),
+                burst: d.rate_burst.max(1),
+            }),
+            group_max_in_flight: d.group_max_in_flight,
+            paused: d.paused,
         },
-        dead_letter: (!d.dead_letter.is_empty()).then(|| d.dead_letter.clone()),
         durable: true,
     })
 }
@@ -356,6 +389,7 @@ fn change_msg(c: &Change) -> ChangeMsg {
             attempt,
             key,
             job,
+            group,
         } => Kind::Stored(StoredTask {
             id: id.0,
             payload: body.payload.clone(),
@@ -366,6 +400,7 @@ fn change_msg(c: &Change) -> ChangeMsg {
             attempt: *attempt,
             key: key.as_deref().unwrap_or_default().to_owned(),
             job: job.as_deref().unwrap_or_default().to_owned(),
+            group: group.as_deref().unwrap_or_default().to_owned(),
         }),
         Change::Attempt { id, attempt } => Kind::Attempt(AttemptMsg {
             id: id.0,
@@ -488,6 +523,7 @@ fn apply_change(q: &mut RecoveredQueue, m: ChangeMsg, max_id: &mut u64) {
                     due: t.due,
                     key: (!t.key.is_empty()).then(|| t.key.into()),
                     job: (!t.job.is_empty()).then(|| t.job.into()),
+                    group: (!t.group.is_empty()).then(|| t.group.into()),
                 },
             );
         }
@@ -527,8 +563,16 @@ mod tests {
                     multiplier_milli: 2500,
                 },
                 key_window_ms: 1000,
+                dead_letter: Some("dlq".into()),
+                max_in_flight: 7,
+                rate: Some(crate::engine::RateLimit {
+                    tasks: 20,
+                    per_ms: 1000,
+                    burst: 5,
+                }),
+                group_max_in_flight: 2,
+                paused: true,
             },
-            dead_letter: Some("dlq".into()),
             durable: true,
         }
     }
@@ -553,6 +597,7 @@ mod tests {
             attempt: 0,
             key: None,
             job: None,
+            group: None,
         };
         r.apply(&changes(
             "q",

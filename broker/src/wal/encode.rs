@@ -104,6 +104,7 @@ fn stored_len(c: &Change) -> usize {
             attempt,
             key,
             job,
+            group,
         } => {
             varint_len(1, id.0)
                 + bytes_len(2, &body.payload)
@@ -114,6 +115,7 @@ fn stored_len(c: &Change) -> usize {
                 + varint_len(7, u64::from(*attempt))
                 + bytes_len(8, key.as_deref().unwrap_or_default().as_bytes())
                 + bytes_len(9, job.as_deref().unwrap_or_default().as_bytes())
+                + bytes_len(10, group.as_deref().unwrap_or_default().as_bytes())
         }
         Change::Attempt { id, attempt } => varint_len(1, id.0) + varint_len(2, u64::from(*attempt)),
         Change::Requeued { id, priority, due } => {
@@ -144,6 +146,7 @@ fn put_change(buf: &mut Buf, c: &Change) {
             attempt,
             key,
             job,
+            group,
         } => {
             put_delimited_head(buf, 1, stored_len(c));
             put_varint(buf, 1, id.0);
@@ -161,6 +164,7 @@ fn put_change(buf: &mut Buf, c: &Change) {
             put_varint(buf, 7, u64::from(*attempt));
             put_bytes(buf, 8, key.as_deref().unwrap_or_default().as_bytes());
             put_bytes(buf, 9, job.as_deref().unwrap_or_default().as_bytes());
+            put_bytes(buf, 10, group.as_deref().unwrap_or_default().as_bytes());
         }
         Change::Attempt { id, attempt } => {
             put_delimited_head(buf, 2, stored_len(c));
@@ -261,6 +265,7 @@ mod tests {
                             attempt,
                             key: key.map(Into::into),
                             job: job.map(Into::into),
+                            group: None,
                         }
                     }
                 ),

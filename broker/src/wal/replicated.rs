@@ -17,10 +17,10 @@ use prost::Message;
 
 use super::codec::{JobRecord, QueueDef};
 use crate::engine::{
-    Claim, Command, ConsumerId, EnqueueMode, ImageConsumer, ImageKey, ImageLease, ImageMark,
-    ImagePublisher, ImageTask, ImageWaiting, MarkedBatch, Millis, NackAction, NewTask, Producer,
-    ProducerSeq, PublisherId, QueueImage, QueueStats, SettleKind, SettleOp, TaskBody, TaskId,
-    WaitingId,
+    Claim, Command, ConsumerId, EnqueueMode, ImageConsumer, ImageGroup, ImageKey, ImageLease,
+    ImageMark, ImagePublisher, ImageTask, ImageWaiting, MarkedBatch, Millis, NackAction, NewTask,
+    Producer, ProducerSeq, PublisherId, QueueImage, QueueStats, SettleKind, SettleOp, TaskBody,
+    TaskId, Throttle, WaitingId,
 };
 
 /// One Raft entry's command.
@@ -68,7 +68,7 @@ pub struct SealMsg {
 pub struct CommandMsg {
     #[prost(
         oneof = "command_msg::Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
     )]
     pub kind: Option<command_msg::Kind>,
 }
@@ -114,7 +114,20 @@ pub mod command_msg {
         PublishConfirmed(super::GrantMsg),
         #[prost(bool, tag = "17")]
         Takeover(bool),
+        #[prost(message, tag = "18")]
+        Configure(super::ConfigureMsg),
     }
+}
+
+/// New options for a queue (UpdateQueue).
+#[derive(Clone, PartialEq, Message)]
+pub struct ConfigureMsg {
+    /// The options, as a definition carries them (its name and creation
+    /// time are not used).
+    #[prost(message, optional, tag = "1")]
+    pub def: Option<QueueDef>,
+    #[prost(bool, tag = "2")]
+    pub lift_throttles: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -133,6 +146,8 @@ pub struct NewTaskMsg {
     pub key: Option<String>,
     #[prost(string, optional, tag = "7")]
     pub job: Option<String>,
+    #[prost(string, optional, tag = "8")]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -264,6 +279,12 @@ pub struct NackMsg {
     pub priority: Option<i32>,
     #[prost(string, tag = "4")]
     pub error: String,
+    /// A throttle's length, ms; 0: none.
+    #[prost(uint64, tag = "5")]
+    pub throttle_ms: u64,
+    /// The throttle holds only the task's group.
+    #[prost(bool, tag = "6")]
+    pub throttle_group: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -291,6 +312,7 @@ fn task_msg(t: &NewTask) -> NewTaskMsg {
         delay_ms: t.delay_ms,
         key: t.key.as_deref().map(str::to_owned),
         job: t.job.as_deref().map(str::to_owned),
+        group: t.group.as_deref().map(str::to_owned),
     }
 }
 
@@ -303,6 +325,7 @@ fn task_of(m: NewTaskMsg) -> NewTask {
         delay_ms: m.delay_ms,
         key: m.key.map(Into::into),
         job: m.job.map(Into::into),
+        group: m.group.map(Into::into),
     }
 }
 
@@ -375,6 +398,20 @@ pub fn command_msg(c: &Command) -> CommandMsg {
         }),
         Command::PublishConfirmed { id, n } => K::PublishConfirmed(GrantMsg { id: id.0, n: *n }),
         Command::Takeover => K::Takeover(true),
+        Command::Configure {
+            config,
+            lift_throttles,
+        } => {
+            let spec = crate::engine::QueueSpec {
+                name: String::new(),
+                config: config.clone(),
+                durable: true,
+            };
+            K::Configure(ConfigureMsg {
+                def: Some(super::queue_def(&spec, 0)),
+                lift_throttles: *lift_throttles,
+            })
+        }
     };
     CommandMsg { kind: Some(kind) }
 }
@@ -383,23 +420,32 @@ fn settle_msg(op: &SettleOp) -> SettleOpMsg {
     use settle_op_msg::Kind as K;
     let kind = match &op.kind {
         SettleKind::Ack { result } => K::Ack(result.clone()),
-        SettleKind::Nack { action, error } => K::Nack(match action {
-            NackAction::Retry { delay_ms, priority } => NackMsg {
-                action: 0,
-                delay_ms: *delay_ms,
-                priority: *priority,
-                error: error.clone(),
-            },
-            NackAction::Drop => NackMsg {
-                action: 1,
-                error: error.clone(),
-                ..Default::default()
-            },
-            NackAction::DeadLetter => NackMsg {
-                action: 2,
-                error: error.clone(),
-                ..Default::default()
-            },
+        SettleKind::Nack {
+            action,
+            error,
+            throttle,
+        } => K::Nack(NackMsg {
+            throttle_ms: throttle.map_or(0, |t| t.ms),
+            throttle_group: throttle.is_some_and(|t| t.group),
+            ..match action {
+                NackAction::Retry { delay_ms, priority } => NackMsg {
+                    action: 0,
+                    delay_ms: *delay_ms,
+                    priority: *priority,
+                    error: error.clone(),
+                    ..Default::default()
+                },
+                NackAction::Drop => NackMsg {
+                    action: 1,
+                    error: error.clone(),
+                    ..Default::default()
+                },
+                NackAction::DeadLetter => NackMsg {
+                    action: 2,
+                    error: error.clone(),
+                    ..Default::default()
+                },
+            }
         }),
         SettleKind::Extend { ms } => K::Extend(*ms),
     };
@@ -477,6 +523,10 @@ pub fn command_of(m: CommandMsg) -> Result<Command, String> {
             n: g.n,
         },
         K::Takeover(_) => Command::Takeover,
+        K::Configure(c) => Command::Configure {
+            config: super::queue_spec(&c.def.ok_or("configure without options")?)?.config,
+            lift_throttles: c.lift_throttles,
+        },
     })
 }
 
@@ -495,6 +545,10 @@ fn settle_of(m: SettleOpMsg) -> Result<SettleOp, String> {
                 a => return Err(format!("unknown nack action {a}")),
             },
             error: n.error,
+            throttle: (n.throttle_ms > 0).then_some(Throttle {
+                ms: n.throttle_ms,
+                group: n.throttle_group,
+            }),
         },
         K::Extend(ms) => SettleKind::Extend { ms },
     };
@@ -639,6 +693,33 @@ pub struct QueueImageMsg {
     pub task_jobs: Vec<IdText>,
     #[prost(message, repeated, tag = "20")]
     pub marks: Vec<MarkMsg>,
+    /// Groups: the default one first, then by name.
+    #[prost(message, repeated, tag = "21")]
+    pub groups: Vec<GroupMsg>,
+    /// The group of each task in a named group.
+    #[prost(message, repeated, tag = "22")]
+    pub task_groups: Vec<IdText>,
+    #[prost(uint64, tag = "23")]
+    pub next_turn: u64,
+    /// A throttle on the whole queue; 0: none.
+    #[prost(uint64, tag = "24")]
+    pub throttled_until: u64,
+    /// The rate limit's bucket: its theoretical arrival time, µs.
+    #[prost(uint64, tag = "25")]
+    pub bucket_tat_us: u64,
+    #[prost(uint64, optional, tag = "26")]
+    pub flow_wake: Option<u64>,
+}
+
+/// A fairness group in an image.
+#[derive(Clone, PartialEq, Message)]
+pub struct GroupMsg {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub throttled_until: u64,
+    #[prost(uint64, optional, tag = "3")]
+    pub turn: Option<u64>,
 }
 
 /// A task in an image, with where it is: due time (delayed), lease.
@@ -906,6 +987,27 @@ pub fn image_msg(def: QueueDef, i: &QueueImage) -> QueueImageMsg {
                     .collect(),
             })
             .collect(),
+        groups: i
+            .groups
+            .iter()
+            .map(|g| GroupMsg {
+                name: g.name.to_string(),
+                throttled_until: g.throttled_until,
+                turn: g.turn,
+            })
+            .collect(),
+        task_groups: i
+            .task_groups
+            .iter()
+            .map(|(id, g)| IdText {
+                id: id.0,
+                text: g.to_string(),
+            })
+            .collect(),
+        next_turn: i.next_turn,
+        throttled_until: i.throttled_until,
+        bucket_tat_us: i.bucket_tat_us,
+        flow_wake: i.flow_wake,
     }
 }
 
@@ -1042,6 +1144,24 @@ pub fn image_of(m: &QueueImageMsg) -> QueueImage {
                     .collect(),
             })
             .collect(),
+        groups: m
+            .groups
+            .iter()
+            .map(|g| ImageGroup {
+                name: g.name.as_str().into(),
+                throttled_until: g.throttled_until,
+                turn: g.turn,
+            })
+            .collect(),
+        task_groups: m
+            .task_groups
+            .iter()
+            .map(|e| (TaskId(e.id), e.text.as_str().into()))
+            .collect(),
+        next_turn: m.next_turn,
+        throttled_until: m.throttled_until,
+        bucket_tat_us: m.bucket_tat_us,
+        flow_wake: m.flow_wake,
     }
 }
 
@@ -1059,6 +1179,7 @@ mod tests {
             delay_ms: 40,
             key: Some("k".into()),
             job: Some("j".into()),
+            group: None,
         };
         let all = vec![
             Command::Enqueue {
@@ -1114,6 +1235,7 @@ mod tests {
                                 priority: None,
                             },
                             error: "e".into(),
+                            throttle: None,
                         },
                     },
                     SettleOp {
@@ -1123,6 +1245,7 @@ mod tests {
                         kind: SettleKind::Nack {
                             action: NackAction::DeadLetter,
                             error: String::new(),
+                            throttle: None,
                         },
                     },
                     SettleOp {
@@ -1186,8 +1309,16 @@ mod image_tests {
                     multiplier_milli: 2000,
                 },
                 key_window_ms: 500,
+                dead_letter: None,
+                max_in_flight: 10,
+                rate: Some(crate::engine::RateLimit {
+                    tasks: 100,
+                    per_ms: 100,
+                    burst: 10,
+                }),
+                group_max_in_flight: 2,
+                paused: false,
             },
-            dead_letter: None,
             durable: true,
         }
     }
@@ -1205,6 +1336,7 @@ mod image_tests {
             delay_ms: if id == 4 { 300 } else { 0 },
             key: key.map(Into::into),
             job: id.is_multiple_of(2).then(|| "job".into()),
+            group: (id % 3 == 1).then(|| "tenant".into()),
         }
     }
 
@@ -1253,6 +1385,10 @@ mod image_tests {
                             priority: Some(-1),
                         },
                         error: "boom".into(),
+                        throttle: Some(Throttle {
+                            ms: 5000,
+                            group: true,
+                        }),
                     },
                 }],
             },
@@ -1299,7 +1435,10 @@ mod image_tests {
                 && !image.key_expiry.is_empty()
                 && !image.publishers.is_empty()
                 && !image.errors.is_empty()
-                && !image.drained.is_empty(),
+                && !image.drained.is_empty()
+                && image.groups.iter().any(|g| g.throttled_until > 0)
+                && !image.task_groups.is_empty()
+                && image.bucket_tat_us > 0,
             "the test fills every part: {image:?}"
         );
         let msg = image_msg(super::super::codec::queue_def(&spec, 5), &image);

@@ -134,9 +134,17 @@ impl QueueState {
     }
 
     /// Hands ready tasks to consumers with credit, one at a time in
-    /// round-robin order, until either runs out.
+    /// round-robin order, until either runs out or the queue's flow
+    /// control says stop (see [`QueueState::gate`]).
     pub(super) fn deliver(&mut self, now: Millis, fx: &mut Effects) {
-        while !self.ready.is_empty() {
+        let gated = self.config.paused
+            || self.config.max_in_flight > 0
+            || self.config.rate.is_some()
+            || self.throttled_until > 0;
+        while self.ready.deliverable() {
+            if gated && !self.gate(now, fx) {
+                break;
+            }
             let Some(cid) = self.ring.pop_front() else {
                 break;
             };
@@ -151,6 +159,9 @@ impl QueueState {
                 self.ring.push_front(cid);
                 break;
             };
+            if let Some(r) = &self.config.rate {
+                self.bucket.take(r, now);
+            }
             let deadline = now.saturating_add(self.config.ack_deadline_ms);
             // Saturating: with unlimited attempts a wrap would reissue an
             // old lease token.
@@ -180,6 +191,7 @@ impl QueueState {
                     } else {
                         self.task_jobs.get(&entry.id).cloned()
                     },
+                    group: self.ready.group_of(entry.id).map(Box::from),
                 },
             ));
             self.stats.delivered_total += 1;
@@ -202,6 +214,39 @@ impl QueueState {
             );
             self.schedule_lease(deadline, id, fx);
         }
+    }
+
+    /// Whether the queue's own flow control lets one more delivery out at
+    /// `now`: not paused, not throttled, under `max_in_flight`, a token in
+    /// the bucket. When time will lift the hold (a throttle, the next
+    /// token), the timer is set to wake then — but only while a consumer
+    /// is waiting, so an idle queue is not ticked for nothing.
+    fn gate(&mut self, now: Millis, fx: &mut Effects) -> bool {
+        if self.config.paused || self.at_in_flight_cap() {
+            return false;
+        }
+        let wake = if self.throttled_until > now {
+            Some(self.throttled_until)
+        } else {
+            match &self.config.rate {
+                Some(r) if !self.bucket.conforms(r, now) => Some(self.bucket.next_at(r)),
+                _ => None,
+            }
+        };
+        let Some(wake) = wake else {
+            return true;
+        };
+        let asking = self
+            .ring
+            .iter()
+            .any(|c| self.consumers.get(c).is_some_and(|c| c.credit > 0));
+        if asking && self.flow_wake != Some(wake) {
+            if self.next_deadline().is_none_or(|d| wake < d) {
+                fx.rearm = true;
+            }
+            self.flow_wake = Some(wake);
+        }
+        false
     }
 
     /// Every consumer's numbers, oldest first.

@@ -167,6 +167,8 @@ impl QueueState {
             s.reserved,
             s.payload_bytes,
             s.retrying,
+            s.groups,
+            s.groups_held,
         ] {
             d.u64(v);
         }
@@ -193,6 +195,10 @@ impl QueueState {
         d.u64(self.marks.digest());
         d.u64(self.publishers.digest());
         d.u64(self.drained.digest());
+        d.u64(self.ready.digest());
+        d.u64(self.throttled_until);
+        d.u64(self.bucket.tat_us);
+        d.u64(self.flow_wake.map_or(u64::MAX, |w| w));
         d.0.finish()
     }
 }

@@ -12,6 +12,8 @@ use super::keys::KeyIndex;
 use super::marks::{ImageMark, Marks};
 use super::publishers::Publishers;
 use super::{Consumer, Lease, Producer, QueueState, WaitingBatch, header_bytes};
+use crate::flow::Bucket;
+use crate::groups::{ImageGroup, Ready};
 use crate::ready::Entry;
 use crate::{
     ConsumerId, Millis, NewTask, PublisherId, QueueConfig, QueueStats, TaskBody, TaskId, WaitingId,
@@ -122,6 +124,18 @@ pub struct QueueImage {
     pub task_jobs: Vec<(TaskId, Box<str>)>,
     /// Producers' recent batches, by producer.
     pub marks: Vec<ImageMark>,
+    /// Groups: the default one first, then by name.
+    pub groups: Vec<ImageGroup>,
+    /// The group of each unfinished task in a named group.
+    pub task_groups: Vec<(TaskId, Box<str>)>,
+    /// The turn the next group to get in line gets.
+    pub next_turn: u64,
+    /// A nack's throttle on the whole queue; 0: none.
+    pub throttled_until: Millis,
+    /// The rate limit's bucket (see `flow`).
+    pub bucket_tat_us: u64,
+    /// When the timer wakes for the rate limit or the throttle.
+    pub flow_wake: Option<Millis>,
 }
 
 fn image_task(e: &Entry) -> ImageTask {
@@ -191,7 +205,14 @@ impl QueueState {
         retrying.sort();
         let (keys, task_keys, key_expiry) = self.keys.image();
         let (publishers, publisher_ring) = self.publishers.image();
+        let (groups, task_groups, next_turn) = self.ready.image();
         QueueImage {
+            groups,
+            task_groups,
+            next_turn,
+            throttled_until: self.throttled_until,
+            bucket_tat_us: self.bucket.tat_us,
+            flow_wake: self.flow_wake,
             ready: self
                 .ready
                 .in_serve_order()
@@ -257,6 +278,12 @@ impl QueueState {
             publisher_ring,
             task_jobs,
             marks,
+            groups,
+            task_groups,
+            next_turn,
+            throttled_until,
+            bucket_tat_us,
+            flow_wake,
         } = image;
         // The running counts are recounted from what is held.
         q.stats = QueueStats {
@@ -272,10 +299,24 @@ impl QueueState {
         // whichever way they first arrived.
         let mut ready = ready;
         ready.sort_by_key(|t| t.seq);
-        for t in ready {
+        for t in &ready {
             held(&mut q, &t.body);
-            q.ready.push_new(entry(t));
         }
+        let leased_ids: Vec<TaskId> = leased.iter().map(|l| l.task.id).collect();
+        let delayed_ids: Vec<TaskId> = delayed.iter().map(|(_, t)| t.id).collect();
+        q.ready = Ready::from_image(
+            q.config.order,
+            q.config.group_max_in_flight,
+            (groups, task_groups, next_turn),
+            ready.into_iter().map(entry).collect(),
+            &leased_ids,
+            &delayed_ids,
+        );
+        q.throttled_until = throttled_until;
+        q.bucket = Bucket {
+            tat_us: bucket_tat_us,
+        };
+        q.flow_wake = flow_wake;
         for (due, t) in delayed {
             held(&mut q, &t.body);
             q.delayed.insert((due, t.id), entry(t));

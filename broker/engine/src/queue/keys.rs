@@ -298,6 +298,7 @@ mod tests {
             delay_ms: 0,
             key: Some(key.into()),
             job: None,
+            group: None,
         }
     }
 

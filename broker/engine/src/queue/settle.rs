@@ -16,6 +16,7 @@ impl QueueState {
     pub(super) fn take_lease(&mut self, id: TaskId) -> Option<Lease> {
         let lease = self.leased.remove(&id)?;
         self.deadlines.remove(&(lease.deadline, id));
+        self.ready.lease_ended(id);
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.in_flight.remove(&id);
         }
@@ -27,14 +28,14 @@ impl QueueState {
     /// claimed by a stream that does not hold it — is refused and changes
     /// nothing.
     fn end_lease(&mut self, id: TaskId, attempt: u32, claim: Claim) -> Result<Lease, SettleError> {
-        if !self.holds(id, attempt, claim) {
+        if !self.holds_lease(id, attempt, claim) {
             return Err(SettleError::StaleLease);
         }
         self.take_lease(id).ok_or(SettleError::StaleLease)
     }
 
     /// Whether `claim` may settle the lease `(id, attempt)` now.
-    fn holds(&self, id: TaskId, attempt: u32, claim: Claim) -> bool {
+    fn holds_lease(&self, id: TaskId, attempt: u32, claim: Claim) -> bool {
         match self.leased.get(&id) {
             Some(l) if l.entry.attempt == attempt => match claim {
                 Claim::Token => true,
@@ -80,6 +81,7 @@ impl QueueState {
         }
         self.record(fx, || Change::Removed { id });
         self.key_done(now, id, fx);
+        self.ready.forget(id);
         if !self.errors.is_empty() {
             self.errors.remove(&id);
         }
@@ -102,9 +104,16 @@ impl QueueState {
         claim: Claim,
         action: NackAction,
         error: &str,
+        throttle: Option<crate::Throttle>,
         fx: &mut Effects,
     ) -> Result<(), SettleError> {
         let lease = self.end_lease(id, attempt, claim)?;
+        if let Some(t) = throttle
+            && t.ms > 0
+        {
+            // Before the task may leave: a group throttle needs its group.
+            self.throttle(id, now.saturating_add(t.ms), t.group, fx);
+        }
         self.stats.nacked_total += 1;
         if let Some(c) = owner_of(lease.owner).and_then(|o| self.consumers.get_mut(&o)) {
             c.nacked += 1;
@@ -166,7 +175,7 @@ impl QueueState {
         extend_ms: u64,
         fx: &mut Effects,
     ) -> Result<Millis, SettleError> {
-        if !self.holds(id, attempt, claim) {
+        if !self.holds_lease(id, attempt, claim) {
             return Err(SettleError::StaleLease);
         }
         let Some(lease) = self.leased.get_mut(&id) else {
@@ -229,6 +238,7 @@ impl QueueState {
     /// Removes a (no longer leased) task as a failure.
     fn kill(&mut self, now: Millis, entry: Entry, reason: DeadReason, fx: &mut Effects) {
         self.key_done(now, entry.id, fx);
+        self.ready.forget(entry.id);
         if let Some(job) = self.job_unlink(entry.id) {
             fx.completed.push(Completion {
                 job,
