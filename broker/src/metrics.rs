@@ -191,6 +191,19 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A hold's reason as metrics label it.
+fn hold_name(h: &crate::engine::Hold) -> &'static str {
+    use crate::engine::Hold;
+    match h {
+        Hold::Paused => "paused",
+        Hold::Throttled { .. } => "throttled",
+        Hold::InFlightCap => "in_flight_cap",
+        Hold::RateLimited { .. } => "rate_limited",
+        Hold::GroupsHeld => "groups_held",
+        Hold::NoCredit => "no_credit",
+    }
+}
+
 /// The text exposition of the broker now.
 pub fn render(broker: &Broker, cluster: Option<&Current>) -> String {
     let queues = broker.queues();
@@ -309,6 +322,46 @@ pub fn render(broker: &Broker, cluster: Option<&Current>) -> String {
         "counter",
         &|s| s.purged_total,
     );
+    per_queue(
+        "sluice_queue_groups",
+        "Fairness groups with unfinished tasks (tasks without a group count as one).",
+        "gauge",
+        &|s| s.groups,
+    );
+    per_queue(
+        "sluice_queue_groups_held",
+        "Groups with ready tasks held at their in-flight cap or by a throttle. Groups \
+         themselves are not labels: their names come from clients and are unbounded.",
+        "gauge",
+        &|s| s.groups_held,
+    );
+    // Why each queue holds its ready tasks back now: one sample per queue
+    // and reason, 1 while it applies.
+    let reasons = [
+        "paused",
+        "throttled",
+        "in_flight_cap",
+        "rate_limited",
+        "groups_held",
+        "no_credit",
+    ];
+    let mut held = Vec::new();
+    for q in &queues {
+        let holds = q.view(0).holds;
+        for reason in reasons {
+            let on = holds.iter().any(|h| hold_name(h) == reason);
+            held.push((
+                format!("{{queue=\"{}\",reason=\"{reason}\"}}", escape(q.name())),
+                if on { 1.0 } else { 0.0 },
+            ));
+        }
+    }
+    fams.push(Family {
+        name: "sluice_queue_held",
+        help: "1 while this reason holds the queue's ready tasks back (sluice stats says the same).",
+        kind: "gauge",
+        samples: held,
+    });
 
     fams.push(single(
         "sluice_queues",

@@ -14,6 +14,8 @@ fn metrics_show_depths_and_counters_per_queue() {
     b.ok(&["queue", "create", "q", "--durable"]);
     b.ok(&["enqueue", "q", "a", "b"]);
     b.ok(&["get", "q"]);
+    b.ok(&["queue", "create", "p", "--paused"]);
+    b.ok(&["enqueue", "p", "--group", "tenant-1", "x"]);
     let text = scrape(&addr);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for line in [
@@ -23,7 +25,10 @@ fn metrics_show_depths_and_counters_per_queue() {
         "sluice_queue_acked_tasks_total{queue=\"q\"} 1",
         "# TYPE sluice_log_fsyncs_total counter",
         "# TYPE sluice_log_fsync_seconds histogram",
-        "sluice_enqueue_wait_seconds_count 1",
+        "sluice_enqueue_wait_seconds_count 2",
+        "sluice_queue_held{queue=\"p\",reason=\"paused\"} 1",
+        "sluice_queue_held{queue=\"q\",reason=\"paused\"} 0",
+        "sluice_queue_groups{queue=\"p\"} 1",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
