@@ -56,6 +56,16 @@ fn confirmed_tasks_survive_the_leader_and_it_comes_back_a_follower() {
         .chain(sent.iter().map(String::as_str))
         .collect();
     l.ok(&args);
+    // Options changed on the leader are replicated with the tasks.
+    l.ok(&[
+        "queue",
+        "update",
+        "jobs",
+        "--max-in-flight",
+        "7",
+        "--rate",
+        "500/s",
+    ]);
 
     // kill -9: nothing it confirmed may be lost.
     c.kill(leader);
@@ -63,6 +73,8 @@ fn confirmed_tasks_survive_the_leader_and_it_comes_back_a_follower() {
     assert_ne!(second, leader);
     let s = c.up(second).stats("jobs");
     assert_eq!(num(&s, &["stats", "ready"]), 50, "{s}");
+    assert_eq!(num(&s, &["options", "max_in_flight"]), 7, "{s}");
+    assert_eq!(num(&s, &["options", "rate_limit", "tasks"]), 500, "{s}");
     // Taken from the new leader: every task, once.
     let got: BTreeSet<String> = (0..50)
         .map(|_| {

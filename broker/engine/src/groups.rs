@@ -85,6 +85,10 @@ pub struct ImageGroup {
     pub turn: Option<u64>,
 }
 
+/// The groups as an image holds them: each group (the default first, then
+/// by name), each grouped task's group, and the next turn.
+pub type GroupsImage = (Vec<ImageGroup>, Vec<(TaskId, Box<str>)>, u64);
+
 /// The ready tasks of one queue; see the module docs.
 #[derive(Debug)]
 pub struct Ready {
@@ -490,7 +494,7 @@ impl Ready {
 
     /// The groups as an image keeps them (the default group first, then
     /// by name), with each grouped task's group, and the next turn.
-    pub fn image(&self) -> (Vec<ImageGroup>, Vec<(TaskId, Box<str>)>, u64) {
+    pub fn image(&self) -> GroupsImage {
         let mut groups: Vec<ImageGroup> = self
             .live()
             .map(|(_, g)| ImageGroup {
@@ -515,7 +519,7 @@ impl Ready {
     pub fn from_image(
         order: Order,
         cap: u64,
-        image: (Vec<ImageGroup>, Vec<(TaskId, Box<str>)>, u64),
+        image: GroupsImage,
         ready: Vec<Entry>,
         leased: &[TaskId],
         delayed: &[TaskId],

@@ -1247,7 +1247,7 @@ proptest! {
         for op in ops {
             let fx = match op {
                 FlowOp::Put { group, n } => {
-                    let tasks = (0..n).map(|i| grouped(next + i, &format!("{}", "abcd".chars().nth(group as usize).map(String::from).unwrap_or_default()))).collect();
+                    let tasks = (0..n).map(|i| grouped(next + i, ["", "a", "b", "c", "d"][group as usize])).collect();
                     next += n;
                     exec(&mut q, now, Command::Store { tasks })
                 }
