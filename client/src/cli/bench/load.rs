@@ -189,6 +189,8 @@ pub async fn run(
                         * u64::from(args.batch * args.pipeline).max(u64::from(args.window)),
             ),
             durable: args.durable,
+            max_in_flight: args.max_in_flight,
+            max_in_flight_per_group: args.max_in_flight_per_group,
             ..Default::default()
         };
         client.create_queue(q, options).await?;

@@ -79,6 +79,16 @@ pub struct BenchArgs {
     /// Capacity of each bench queue.
     #[arg(long, default_value_t = 100_000)]
     pub capacity: u64,
+    /// Spread the tasks over this many fairness groups (task n of a
+    /// producer goes to group n mod N); 0 = none (the default group).
+    #[arg(long, default_value_t = 0)]
+    pub groups: u64,
+    /// The bench queues' --max-in-flight (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_in_flight: u64,
+    /// The bench queues' --max-in-flight-per-group (0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_in_flight_per_group: u64,
     /// Producer tasks.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,

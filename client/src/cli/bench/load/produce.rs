@@ -44,6 +44,7 @@ pub(super) async fn fill(
         let tasks = (seq..seq + n)
             .map(|i| NewTask {
                 payload: payload(args.payload, 0, producer, i),
+                group: group(args, i),
                 ..Default::default()
             })
             .collect();
@@ -145,6 +146,7 @@ pub(super) async fn produce(
         for i in 0..n {
             tasks.push(NewTask {
                 payload: payload(args.payload, now, producer, seq + i),
+                group: group(&args, seq + i),
                 ..Default::default()
             });
         }
@@ -220,6 +222,7 @@ pub(super) async fn publish(
                 let tasks = (0..n)
                     .map(|i| NewTask {
                         payload: payload(args.payload, now, producer, seq + i),
+                        group: group(&args, seq + i),
                         ..Default::default()
                     })
                     .collect();
@@ -289,4 +292,12 @@ pub(super) fn payload(size: usize, now_us: u64, producer: u32, seq: u64) -> Byte
     b.put_u64_le(seq);
     b.resize(size.max(HEADER), 0);
     b.freeze()
+}
+
+/// The group of a producer's task `n` with --groups (none without).
+fn group(args: &BenchArgs, n: u64) -> String {
+    match args.groups {
+        0 => String::new(),
+        g => format!("g{}", n % g),
+    }
 }
