@@ -56,6 +56,8 @@ fn tokens_and_roles_decide_who_may_do_what() {
         vec!["enqueue", "billing", "x"],
         vec!["enqueue", "secret-that-does-not-exist", "x"],
         vec!["queue", "create", "orders.new"],
+        vec!["queue", "update", "orders.eu", "--max-in-flight", "1"],
+        vec!["queue", "pause", "orders.eu"],
         vec!["get", "orders.eu"],
     ] {
         let out = as_token(&b, ingest, &args);
@@ -73,6 +75,12 @@ fn tokens_and_roles_decide_who_may_do_what() {
     );
     let got = as_token(&b, reader, &["get", "orders.eu"]);
     assert_eq!((got.code, got.stdout.as_str()), (0, "x\n"), "{got:?}");
+    // Changing a queue's options is administering it: not a consumer's
+    // right, an admin's.
+    let out = as_token(&b, reader, &["queue", "resume", "orders.eu"]);
+    assert!(out.stderr.contains("PERMISSION_DENIED"), "{out:?}");
+    let out = as_token(&b, ops, &["queue", "update", "orders.eu", "--rate", "100/s"]);
+    assert_eq!(out.code, 0, "{out:?}");
 
     // From a file, as scripts should.
     let token_file = dir.path().join("token");
