@@ -354,6 +354,32 @@ impl Ready {
         }
     }
 
+    /// Holds group `name` ("" the default group) until `until`, as a
+    /// recovered throttle: the group exists for it even with no task yet.
+    pub fn throttle_named(&mut self, name: &str, until: Millis) {
+        let s = match name {
+            "" => DEFAULT,
+            name => self.slot_named(name),
+        };
+        let g = &mut self.groups[s as usize];
+        if until > g.throttled_until {
+            g.throttled_until = until;
+            self.throttles.insert((until, s));
+            self.schedule(s);
+        }
+    }
+
+    /// The groups held by a throttle now: (name, until), by name.
+    pub fn throttled(&self) -> Vec<(Box<str>, Millis)> {
+        let mut out: Vec<(Box<str>, Millis)> = self
+            .live()
+            .filter(|(_, g)| g.throttled_until > 0)
+            .map(|(_, g)| (g.name.clone(), g.throttled_until))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// When the next group throttle ends.
     pub fn next_release(&self) -> Option<Millis> {
         self.throttles.first().map(|(t, _)| *t)

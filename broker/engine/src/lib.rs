@@ -315,6 +315,13 @@ pub enum Change {
     },
     /// The task left the queue: acked, dead, dropped or purged.
     Removed { id: TaskId },
+    /// A nack's throttle holds deliveries until `until`: the whole
+    /// queue's (`group` None) or one group's (`Some("")`: the default
+    /// group's).
+    Throttled {
+        group: Option<Box<str>>,
+        until: Millis,
+    },
 }
 
 /// A task as recovered from the log, to put back into a queue.

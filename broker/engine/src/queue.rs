@@ -559,6 +559,22 @@ impl QueueState {
         out.extend(self.ready.iter().map(|e| stored(e, 0)));
         out.extend(self.delayed.iter().map(|((due, _), e)| stored(e, *due)));
         out.extend(self.leased.values().map(|l| stored(&l.entry, 0)));
+        // Throttles after the tasks: a group's throttle finds its group.
+        if self.throttled_until > 0 {
+            out.push(Change::Throttled {
+                group: None,
+                until: self.throttled_until,
+            });
+        }
+        out.extend(
+            self.ready
+                .throttled()
+                .into_iter()
+                .map(|(name, until)| Change::Throttled {
+                    group: Some(name),
+                    until,
+                }),
+        );
         out
     }
 
@@ -940,8 +956,26 @@ impl QueueState {
             }
             false => false,
         };
+        if changed {
+            let group = group.then(|| Box::from(self.ready.group_of(id).unwrap_or("")));
+            self.record(fx, || Change::Throttled { group, until });
+        }
         if changed && earlier {
             fx.rearm = true;
+        }
+    }
+
+    /// Puts back throttles recovered from the log (see
+    /// [`Change::Throttled`]); those over by `now` are dropped.
+    pub fn restore_throttles(&mut self, now: Millis, throttles: Vec<(Option<Box<str>>, Millis)>) {
+        for (group, until) in throttles {
+            if until <= now {
+                continue;
+            }
+            match group {
+                None => self.throttled_until = self.throttled_until.max(until),
+                Some(name) => self.ready.throttle_named(&name, until),
+            }
         }
     }
 }

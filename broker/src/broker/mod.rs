@@ -173,6 +173,7 @@ impl Broker {
             broker.apply(&handle, |core, now, fx| {
                 core.state
                     .restore(now, rq.tasks.into_values().collect(), fx);
+                core.state.restore_throttles(now, rq.throttles);
             });
             tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }

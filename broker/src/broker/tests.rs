@@ -223,6 +223,76 @@ async fn a_queue_whose_definition_the_log_refused_does_not_exist() {
 }
 
 #[tokio::test]
+async fn an_update_the_log_refused_changes_nothing_and_one_it_took_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let q = queue(&broker, "q", durable(10)).await;
+    let update = |paused: bool| pb::UpdateQueueRequest {
+        name: "q".into(),
+        max_in_flight: Some(3),
+        paused: Some(paused),
+        ..Default::default()
+    };
+    let log = broker.log().cloned().expect("log");
+    log.faults().fail_writes.store(1, Relaxed);
+    let err = broker
+        .update_queue("q", false, |s| {
+            crate::api::validate::updated_spec(s, &update(true))
+        })
+        .await
+        .expect_err("the disk is full");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    assert_eq!(q.config(), spec("q", durable(10)).config, "nothing changed");
+    broker
+        .update_queue("q", false, |s| {
+            crate::api::validate::updated_spec(s, &update(true))
+        })
+        .await
+        .expect("updated");
+    assert!(q.config().paused);
+    let r = restart_view(broker, dir.path()).await;
+    let c = &r.queues["q"].spec.config;
+    assert_eq!((c.max_in_flight, c.paused), (3, true));
+}
+
+#[tokio::test]
+async fn a_nack_throttle_outlives_a_restart_and_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let q = queue(&broker, "q", durable(10)).await;
+    put(&broker, &q, &["a"]).await;
+    let got = take(&broker, &q, 1).await;
+    let until = broker.apply(&q, |core, now, fx| {
+        let op = crate::engine::SettleOp {
+            kind: crate::engine::SettleKind::Nack {
+                action: NackAction::Retry {
+                    delay_ms: Some(0),
+                    priority: None,
+                },
+                error: "429".into(),
+                throttle: Some(crate::engine::Throttle {
+                    ms: 3_600_000,
+                    group: false,
+                }),
+            },
+            ..ack(&got[0])
+        };
+        core.settle(now, op, fx).expect("nacked");
+        now + 3_600_000
+    });
+    let r = restart_view(broker, dir.path()).await;
+    assert_eq!(r.queues["q"].throttles, [(None, until)]);
+    // Compaction writes it again with the live tasks.
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let q = broker.queue("q").expect("recovered");
+    assert_eq!(q.lock().state.stats().throttled_until, until);
+    broker.compact().await.expect("compacted");
+    let r = restart_view(broker, dir.path()).await;
+    assert_eq!(r.queues["q"].throttles, [(None, until)]);
+    assert_eq!(payloads(&r, "q"), ["a"]);
+}
+
+#[tokio::test]
 async fn a_failed_fsync_fails_the_enqueue_and_stops_every_later_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = durable_broker(dir.path(), LogOptions::default());

@@ -156,7 +156,7 @@ pub struct QueueChanges {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ChangeMsg {
-    #[prost(oneof = "change_msg::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "change_msg::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<change_msg::Kind>,
 }
 
@@ -172,7 +172,19 @@ pub mod change_msg {
         /// Task id.
         #[prost(uint64, tag = "4")]
         Removed(u64),
+        #[prost(message, tag = "5")]
+        Throttled(super::ThrottleMsg),
     }
+}
+
+/// A nack's throttle on a queue (no group) or on one of its groups ("":
+/// the default group), until `until` (ms since the epoch).
+#[derive(Clone, PartialEq, Message)]
+pub struct ThrottleMsg {
+    #[prost(string, optional, tag = "1")]
+    pub group: Option<String>,
+    #[prost(uint64, tag = "2")]
+    pub until: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -412,6 +424,10 @@ fn change_msg(c: &Change) -> ChangeMsg {
             due: *due,
         }),
         Change::Removed { id } => Kind::Removed(id.0),
+        Change::Throttled { group, until } => Kind::Throttled(ThrottleMsg {
+            group: group.as_deref().map(str::to_owned),
+            until: *until,
+        }),
     };
     ChangeMsg { kind: Some(kind) }
 }
@@ -434,6 +450,8 @@ pub struct RecoveredQueue {
     pub spec: QueueSpec,
     pub created_at: Millis,
     pub tasks: BTreeMap<TaskId, Restored>,
+    /// Nack throttles: (group, until), the queue's when the group is None.
+    pub throttles: Vec<(Option<Box<str>>, Millis)>,
 }
 
 /// The state the log describes, built record by record.
@@ -461,6 +479,7 @@ impl Recovery {
                     spec: spec.clone(),
                     created_at: d.created_at,
                     tasks: BTreeMap::new(),
+                    throttles: Vec::new(),
                 });
                 q.spec = spec;
             }
@@ -540,6 +559,12 @@ fn apply_change(q: &mut RecoveredQueue, m: ChangeMsg, max_id: &mut u64) {
         }
         Some(Kind::Removed(id)) => {
             q.tasks.remove(&TaskId(id));
+        }
+        Some(Kind::Throttled(t)) => {
+            // Only the latest per queue or group matters: they only grow.
+            let group = t.group.map(Box::from);
+            q.throttles.retain(|(g, _)| *g != group);
+            q.throttles.push((group, t.until));
         }
         None => {}
     }

@@ -122,6 +122,9 @@ fn stored_len(c: &Change) -> usize {
             varint_len(1, id.0) + varint_len(2, int32(*priority)) + varint_len(3, *due)
         }
         Change::Removed { .. } => 0,
+        Change::Throttled { group, until } => {
+            group.as_deref().map_or(0, |g| delimited_len(1, g.len())) + varint_len(2, *until)
+        }
     }
 }
 
@@ -133,6 +136,7 @@ fn change_len(c: &Change) -> usize {
         Change::Requeued { .. } => delimited_len(3, stored_len(c)),
         // A oneof scalar is written even when 0.
         Change::Removed { id } => encoded_len_varint(key(4, 0)) + encoded_len_varint(id.0),
+        Change::Throttled { .. } => delimited_len(5, stored_len(c)),
     }
 }
 
@@ -180,6 +184,15 @@ fn put_change(buf: &mut Buf, c: &Change) {
         Change::Removed { id } => {
             encode_varint(key(4, 0), buf);
             encode_varint(id.0, buf);
+        }
+        Change::Throttled { group, until } => {
+            put_delimited_head(buf, 5, stored_len(c));
+            // An optional string is written when set, even empty.
+            if let Some(g) = group {
+                put_delimited_head(buf, 1, g.len());
+                buf.extend_from_slice(g.as_bytes());
+            }
+            put_varint(buf, 2, *until);
         }
     }
 }
@@ -246,11 +259,10 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
                 any::<u32>(),
-                text(),
-                text(),
+                (text(), text(), text()),
             )
                 .prop_map(
-                    |(id, payload, headers, priority, due, at, attempt, key, job)| {
+                    |(id, payload, headers, priority, due, at, attempt, (key, job, group))| {
                         Change::Stored {
                             id: TaskId(id),
                             body: TaskBody {
@@ -265,7 +277,7 @@ mod tests {
                             attempt,
                             key: key.map(Into::into),
                             job: job.map(Into::into),
-                            group: None,
+                            group: group.map(Into::into),
                         }
                     }
                 ),
@@ -281,6 +293,10 @@ mod tests {
                 }
             }),
             any::<u64>().prop_map(|id| Change::Removed { id: TaskId(id) }),
+            (text(), any::<u64>()).prop_map(|(group, until)| Change::Throttled {
+                group: group.map(Into::into),
+                until,
+            }),
         ]
     }
 
