@@ -40,6 +40,17 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The numbers in a file, one per line (e.g. `date +%s%N` stamps a
+/// command appended); lines that are not numbers are skipped, a missing
+/// file is empty.
+pub fn numbers_in(path: &Path) -> Vec<u128> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// Polls `cond` until it holds or `within` passes; panics with `what`.
 pub fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + within;

@@ -79,7 +79,11 @@ fn tokens_and_roles_decide_who_may_do_what() {
     // right, an admin's.
     let out = as_token(&b, reader, &["queue", "resume", "orders.eu"]);
     assert!(out.stderr.contains("PERMISSION_DENIED"), "{out:?}");
-    let out = as_token(&b, ops, &["queue", "update", "orders.eu", "--rate", "100/s"]);
+    let out = as_token(
+        &b,
+        ops,
+        &["queue", "update", "orders.eu", "--rate", "100/s"],
+    );
     assert_eq!(out.code, 0, "{out:?}");
 
     // From a file, as scripts should.

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_tests::{Broker, DEADLINE, RawConsumer, eventually, num};
+use sluice_tests::{Broker, DEADLINE, RawConsumer, eventually, num, numbers_in};
 
 /// A command for `sluice-worker` that notes how many commands run at
 /// once in `dir` when it starts (one file per running task), and when it
@@ -17,14 +17,6 @@ fn counting_script(dir: &Path, secs: &str) -> String {
         "touch {d}/run.$SLUICE_TASK_ID; ls {d} | grep -c '^run\\.' >> {d}/../counts; \
          date +%s%N >> {d}/../starts; sleep {secs}; rm {d}/run.$SLUICE_TASK_ID"
     )
-}
-
-fn lines_of(path: &Path) -> Vec<u128> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 #[test]
@@ -54,7 +46,7 @@ fn three_workers_with_room_for_24_run_no_more_than_max_in_flight() {
         num(&s, &["stats", "leased"]) == 2 && s.to_string().contains("\"in_flight_cap\"")
     });
     b.wait_stat("api", "acked_total", 12);
-    let counts = lines_of(&tmp.path().join("counts"));
+    let counts = numbers_in(&tmp.path().join("counts"));
     assert_eq!(counts.len(), 12, "every task ran once");
     let most = counts.iter().max().copied().unwrap_or(0);
     assert!(
@@ -78,7 +70,7 @@ fn a_queue_limited_to_10_a_second_delivers_50_tasks_in_about_5_seconds() {
         &["sh", "-c", &counting_script(&running, "0")],
     );
     b.wait_stat("provider", "acked_total", 50);
-    let starts = lines_of(&tmp.path().join("starts"));
+    let starts = numbers_in(&tmp.path().join("starts"));
     assert_eq!(starts.len(), 50);
     let first = starts.iter().min().copied().unwrap_or(0);
     let last = starts.iter().max().copied().unwrap_or(0);

@@ -9,11 +9,7 @@ use sluice_tests::{Broker, DEADLINE, RawConsumer, lease_of, num};
 
 /// Reads `path` as one number per line (nanoseconds from `date +%s%N`).
 fn times(path: &std::path::Path) -> Vec<u128> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    sluice_tests::numbers_in(path)
 }
 
 #[test]

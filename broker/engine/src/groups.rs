@@ -639,23 +639,10 @@ impl Ready {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-    use crate::TaskBody;
 
     fn e(id: u64, priority: i32) -> Entry {
-        Entry {
-            id: TaskId(id),
-            body: TaskBody {
-                payload: Bytes::new(),
-                headers: None,
-                enqueued_at: 0,
-            },
-            seq: id,
-            priority,
-            attempt: 0,
-        }
+        crate::ready::test_entry(id, id, priority)
     }
 
     fn add(r: &mut Ready, id: u64, group: &str, priority: i32) {

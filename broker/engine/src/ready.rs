@@ -228,24 +228,28 @@ impl ReadySet {
     }
 }
 
+/// An empty task with this id, arrival and priority, for tests.
+#[cfg(test)]
+pub fn test_entry(id: u64, seq: u64, priority: i32) -> Entry {
+    Entry {
+        id: TaskId(id),
+        body: TaskBody {
+            payload: bytes::Bytes::new(),
+            headers: None,
+            enqueued_at: 0,
+        },
+        seq,
+        priority,
+        attempt: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     fn e(id: u64, seq: u64, priority: i32) -> Entry {
-        Entry {
-            id: TaskId(id),
-            body: TaskBody {
-                payload: Bytes::new(),
-                headers: None,
-                enqueued_at: 0,
-            },
-            seq,
-            priority,
-            attempt: 0,
-        }
+        test_entry(id, seq, priority)
     }
 
     fn drain(r: &mut ReadySet) -> Vec<u64> {
