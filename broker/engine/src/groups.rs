@@ -179,7 +179,9 @@ impl Ready {
         };
         let g = &mut self.groups[s as usize];
         g.tasks = g.tasks.saturating_sub(1);
-        self.free_if_idle(s);
+        if s != DEFAULT {
+            self.free_if_idle(s);
+        }
     }
 
     fn free_if_idle(&mut self, s: Slot) {
@@ -211,12 +213,11 @@ impl Ready {
     fn schedule(&mut self, s: Slot) {
         let g = &mut self.groups[s as usize];
         let may = g.throttled_until == 0 && (self.cap == 0 || g.in_flight < self.cap);
-        let head = match may {
-            false => None,
-            true => g.set.peek().map(|e| match self.order {
-                Order::Priority => i64::from(e.priority),
-                Order::Fifo | Order::Lifo => 0,
-            }),
+        let head = match (may, self.order) {
+            (false, _) => None,
+            (true, Order::Priority) => g.set.peek().map(|e| i64::from(e.priority)),
+            // Every head has the same rank: only whether there is one.
+            (true, Order::Fifo | Order::Lifo) => (!g.set.is_empty()).then_some(0),
         };
         match (head, g.turn) {
             (Some(p), Some((was, _))) if p == was => {}
@@ -268,22 +269,41 @@ impl Ready {
     pub fn push_new(&mut self, e: Entry) {
         let s = self.slot_of(e.id);
         self.groups[s as usize].set.push_new(e);
-        self.len += 1;
-        self.schedule(s);
+        self.pushed(s);
     }
 
     /// A task coming back (retry, lost lease, delay over), to its place.
     pub fn push_returned(&mut self, e: Entry) {
         let s = self.slot_of(e.id);
         self.groups[s as usize].set.push_returned(e);
+        self.pushed(s);
+    }
+
+    fn pushed(&mut self, s: Slot) {
         self.len += 1;
-        self.schedule(s);
+        // In FIFO and LIFO order a task joining a group in line changes
+        // nothing about its place (the hot path: one push, no lookup).
+        if self.order == Order::Priority || self.groups[s as usize].turn.is_none() {
+            self.schedule(s);
+        }
     }
 
     /// The next task to lease: the head of the group whose turn it is,
     /// which then goes to the back of the line. None when no group may be
     /// served now.
     pub fn pop(&mut self) -> Option<Entry> {
+        if self.names.is_empty() {
+            // Only the default group: no line to consult.
+            let g = &mut self.groups[DEFAULT as usize];
+            g.turn?;
+            let e = g.set.pop()?;
+            g.in_flight += 1;
+            self.len -= 1;
+            if self.order == Order::Priority || self.cap > 0 || g.set.is_empty() {
+                self.schedule(DEFAULT);
+            }
+            return Some(e);
+        }
         let &(p, t, s) = self.turns.first()?;
         let Some(e) = self.groups[s as usize].set.pop() else {
             // Not reached: a group in line has ready tasks.
@@ -292,10 +312,14 @@ impl Ready {
             return None;
         };
         self.len -= 1;
-        self.groups[s as usize].in_flight += 1;
+        let g = &mut self.groups[s as usize];
+        g.in_flight += 1;
         if self.turns.len() > 1 {
             self.turns.remove(&(p, t, s));
-            self.groups[s as usize].turn = None;
+            g.turn = None;
+        } else if self.order != Order::Priority && self.cap == 0 && !g.set.is_empty() {
+            // Alone in line, and still in line: its turn stays.
+            return Some(e);
         }
         self.schedule(s);
         Some(e)

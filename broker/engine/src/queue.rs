@@ -155,6 +155,15 @@ pub struct QueueState {
     flow_wake: Option<Millis>,
 }
 
+/// The earlier of two optional times.
+fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
 /// Header names and values of a task: bytes a client made the broker keep.
 fn header_bytes(h: &super::Headers) -> u64 {
     h.as_ref().map_or(0, |m| {
@@ -415,7 +424,9 @@ impl QueueState {
         let l = self.deadlines.first().map(|(t, _)| *t);
         let k = self.keys.next_expiry();
         let g = self.ready.next_release();
-        [d, l, k, g, self.flow_wake].into_iter().flatten().min()
+        // By hand, not an iterator over the five: this runs on every
+        // delivery (a lease's deadline may be the earliest).
+        earliest(earliest(earliest(d, l), earliest(k, g)), self.flow_wake)
     }
 
     // ------------------------------------------------------------ producing

@@ -64,7 +64,7 @@ pub async fn start(
     let subscribed = pb::ConsumeResponse {
         subscribed: Some(pb::Subscribed {
             consumer_id: format!("c{}", cid.0),
-            ack_deadline_ms: q.config().ack_deadline_ms,
+            ack_deadline_ms: q.ack_deadline_ms(),
         }),
         ..Default::default()
     };
@@ -441,7 +441,7 @@ pub fn settle(
     for e in extends {
         let r = lease(&e.lease).and_then(|(l, id)| {
             let ms = match e.extend_ms {
-                0 => q.config().ack_deadline_ms,
+                0 => q.ack_deadline_ms(),
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
             push(&mut ops, l, id, SettleKind::Extend { ms })

@@ -98,6 +98,8 @@ struct Staged {
     n: u64,
     duplicates: Vec<(TaskId, TaskId)>,
     depth: u64,
+    /// The queue's capacity then (UpdateQueue may change it).
+    capacity: u64,
     durability: Option<crate::broker::Durability>,
 }
 
@@ -250,16 +252,17 @@ impl Session {
             .broker
             .reserve_memory(tasks.iter().map(NewTask::held_bytes).sum())?;
         let id = self.id;
-        let ((stored, duplicates, depth), durability) =
+        let ((stored, duplicates, (depth, capacity)), durability) =
             self.broker.apply_growing(&self.q, |core, now, fx| {
                 // A frame read just before the queue was deleted must not
                 // land in it (nor in the log after its Delete).
                 if core.is_deleted() {
-                    return (Err(PublishError::Unknown), Vec::new(), 0);
+                    return (Err(PublishError::Unknown), Vec::new(), (0, 0));
                 }
                 let r = core.publish(now, id, tasks, fx);
                 let dups = std::mem::take(&mut fx.duplicates);
-                (r, dups, core.state().depth())
+                let s = core.state();
+                (r, dups, (s.depth(), s.config().capacity))
             });
         drop(reservation);
         match stored {
@@ -268,6 +271,7 @@ impl Session {
                 n,
                 duplicates,
                 depth,
+                capacity,
                 durability,
             }),
             Err(PublishError::OverCredit { sent, credit }) => Err(Error::invalid(format!(
@@ -357,7 +361,7 @@ fn confirmation(
         credit,
         confirmed_ids,
         depth: s.depth,
-        capacity: q.config().capacity,
+        capacity: s.capacity,
     }
 }
 

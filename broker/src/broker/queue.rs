@@ -246,6 +246,17 @@ impl QueueHandle {
         self.lock().state.config().clone()
     }
 
+    /// Its capacity now (read on every Publish confirmation: no copy of
+    /// the options).
+    pub fn capacity(&self) -> u64 {
+        self.lock().state.config().capacity
+    }
+
+    /// Its lease length now.
+    pub fn ack_deadline_ms(&self) -> u64 {
+        self.lock().state.config().ack_deadline_ms
+    }
+
     /// A poisoned lock means an engine call panicked mid-change; the state
     /// may be inconsistent, but refusing every later call would lose every
     /// task in the queue, so keep serving.

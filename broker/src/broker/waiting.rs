@@ -46,7 +46,7 @@ impl Broker {
                     retry,
                 )
             });
-        let capacity = q.config().capacity;
+        let capacity = q.capacity();
         let stored = |depth, duplicates| {
             self.inner.enqueue_wait.observe(started.elapsed());
             EnqueueReceipt {
