@@ -163,3 +163,27 @@ async fn a_group_cap_and_groups_survive_a_restart_of_a_durable_queue() {
         num(&s, &["stats", "leased"]) == 2 && num(&s, &["stats", "groups_held"]) == 2
     });
 }
+
+#[test]
+fn a_dead_letter_stays_in_its_group() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "dlq"]);
+    b.ok(&[
+        "queue",
+        "create",
+        "calls",
+        "--dead-letter",
+        "dlq",
+        "--max-attempts",
+        "1",
+        "--ack-deadline",
+        "100ms",
+    ]);
+    b.ok(&["enqueue", "calls", "--group", "acme", "x"]);
+    // Taken and never acked: its one attempt runs out and it dies.
+    b.ok(&["get", "calls", "--no-ack"]);
+    b.wait_stat("dlq", "ready", 1);
+    let got: serde_json::Value =
+        serde_json::from_str(&b.ok(&["--json", "get", "dlq"])).expect("json");
+    assert_eq!(got["group"], "acme", "{got}");
+}

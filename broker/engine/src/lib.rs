@@ -282,6 +282,8 @@ pub struct DeadTask {
     pub attempts: u32,
     pub reason: DeadReason,
     pub error: String,
+    /// Its group: a dead letter stays in its tenant's group.
+    pub group: Option<Box<str>>,
 }
 
 /// A change to what a durable queue must remember across a restart,

@@ -444,6 +444,6 @@ fn dead_letter_task(from: &str, id: TaskId, d: DeadTask) -> NewTask {
         delay_ms: 0,
         key: None,
         job: None,
-        group: None,
+        group: d.group,
     }
 }

@@ -238,6 +238,7 @@ impl QueueState {
     /// Removes a (no longer leased) task as a failure.
     fn kill(&mut self, now: Millis, entry: Entry, reason: DeadReason, fx: &mut Effects) {
         self.key_done(now, entry.id, fx);
+        let group = self.ready.group_of(entry.id).map(Box::from);
         self.ready.forget(entry.id);
         if let Some(job) = self.job_unlink(entry.id) {
             fx.completed.push(Completion {
@@ -268,6 +269,7 @@ impl QueueState {
                 .remove(&entry.id)
                 .map(String::from)
                 .unwrap_or_default(),
+            group,
         });
     }
 }
