@@ -403,6 +403,9 @@ pub fn settle(
     // reaches the engine, and the errors keep the items' order.
     let mut ops = Vec::new();
     let mut slots: Vec<(&Option<pb::LeaseRef>, Result<usize, Refusal>)> = Vec::new();
+    // Read here, under the lock the caller holds (the handle would take
+    // it again).
+    let ack_deadline_ms = core.state().config().ack_deadline_ms;
     let push = |ops: &mut Vec<SettleOp>, l: &pb::LeaseRef, id, kind| {
         let claim = by.claim(id, l)?;
         ops.push(op(id, l.attempt, claim, kind));
@@ -441,7 +444,7 @@ pub fn settle(
     for e in extends {
         let r = lease(&e.lease).and_then(|(l, id)| {
             let ms = match e.extend_ms {
-                0 => q.ack_deadline_ms(),
+                0 => ack_deadline_ms,
                 ms => validate::lease_ms(ms, "extend_ms").map_err(|e| invalid(e.to_string()))?,
             };
             push(&mut ops, l, id, SettleKind::Extend { ms })
