@@ -259,7 +259,7 @@ impl Session {
             max_result: limits.max_payload_bytes,
         };
         self.broker.apply(q, |core, now, fx| {
-            let errors = settle(core, now, fx, q, &by, &f.acks, &f.nacks, &f.extends);
+            let errors = settle(core, now, fx, &by, &f.acks, &f.nacks, &f.extends);
             if f.credit > 0 {
                 let unspent = core.state().credit(cid).unwrap_or(0);
                 let total = unspent + u64::from(f.credit);
@@ -393,7 +393,6 @@ pub fn settle(
     core: &mut QueueCore,
     now: Millis,
     fx: &mut Effects,
-    q: &QueueHandle,
     by: &Settler,
     acks: &[pb::AckItem],
     nacks: &[pb::NackItem],

@@ -257,7 +257,7 @@ impl SluiceService for Service {
         validate::batch_len(req.acks.len(), &self.limits)?;
         let by = consume::Settler::unary(&self.broker, &self.limits);
         let errors = self.broker.apply(&q, |core, now, fx| {
-            consume::settle(core, now, fx, &q, &by, &req.acks, &[], &[])
+            consume::settle(core, now, fx, &by, &req.acks, &[], &[])
         });
         Ok(Response::new(pb::AckResponse { errors }))
     }
@@ -272,7 +272,7 @@ impl SluiceService for Service {
         validate::batch_len(req.nacks.len(), &self.limits)?;
         let by = consume::Settler::unary(&self.broker, &self.limits);
         let errors = self.broker.apply(&q, |core, now, fx| {
-            consume::settle(core, now, fx, &q, &by, &[], &req.nacks, &[])
+            consume::settle(core, now, fx, &by, &[], &req.nacks, &[])
         });
         Ok(Response::new(pb::NackResponse { errors }))
     }
@@ -287,7 +287,7 @@ impl SluiceService for Service {
         validate::batch_len(req.extends.len(), &self.limits)?;
         let by = consume::Settler::unary(&self.broker, &self.limits);
         let errors = self.broker.apply(&q, |core, now, fx| {
-            consume::settle(core, now, fx, &q, &by, &[], &[], &req.extends)
+            consume::settle(core, now, fx, &by, &[], &[], &req.extends)
         });
         Ok(Response::new(pb::ExtendLeaseResponse { errors }))
     }
