@@ -287,6 +287,14 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
                 "key-window",
                 q.key_window.as_ref().map(|v| format!("{v:?}")),
             ),
+            ("max-in-flight", q.max_in_flight.map(|v| v.to_string())),
+            ("rate", q.rate.as_ref().map(|v| format!("{v:?}"))),
+            ("burst", q.burst.map(|v| v.to_string())),
+            (
+                "max-in-flight-per-group",
+                q.max_in_flight_per_group.map(|v| v.to_string()),
+            ),
+            ("paused", q.paused.then(|| "true".to_owned())),
         ];
         for (k, v) in fields {
             if let Some(v) = v {

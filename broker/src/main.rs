@@ -159,7 +159,7 @@ async fn main() -> ExitCode {
         };
         let created = match created {
             Ok(spec) => broker
-                .create_queue(spec)
+                .declare_queue(spec)
                 .await
                 .map_err(|e| format!("queues.{}: {e}", q.name)),
             Err(e) => Err(e),

@@ -1,7 +1,7 @@
 //! `--config`: flags as keys, queues created at start, precedence, and
 //! errors that name the key.
 
-use sluice_tests::{Broker, bin, num};
+use sluice_tests::{Broker, bin, broker_refuses, num};
 
 #[test]
 fn a_config_file_sets_flags_and_creates_queues() {
@@ -21,6 +21,9 @@ durable = true
 capacity = 7
 order = "priority"
 ack-deadline = "1m"
+max-in-flight = 3
+rate = "20/s"
+burst = 2
 "#,
             dir.path().join("data").display()
         ),
@@ -33,6 +36,9 @@ ack-deadline = "1m"
     assert_eq!(num(&s, &["options", "capacity"]), 7);
     assert_eq!(s["options"]["order"], "priority");
     assert_eq!(num(&s, &["options", "ack_deadline_ms"]), 60_000);
+    assert_eq!(num(&s, &["options", "max_in_flight"]), 3);
+    assert_eq!(num(&s, &["options", "rate_limit", "tasks"]), 20);
+    assert_eq!(num(&s, &["options", "rate_limit", "burst"]), 2);
     // max_payload_bytes from the file applies.
     let out = b.cli(&["enqueue", "orders", &"x".repeat(101)]);
     assert_eq!(out.code, 1, "{out:?}");
@@ -53,6 +59,42 @@ ack-deadline = "1m"
     assert!(text.contains("max-payload-bytes = 5000"), "{text}");
     assert!(text.contains("job-ttl = \"10m\""), "{text}");
     assert!(text.contains("name = \"orders\""), "{text}");
+
+    // Changed while it runs; the next start brings it back to the file's
+    // options, its tasks kept.
+    b.ok(&[
+        "queue",
+        "update",
+        "orders",
+        "--capacity",
+        "9",
+        "--max-in-flight",
+        "5",
+    ]);
+    b.ok(&["queue", "pause", "orders"]);
+    b.ok(&["enqueue", "orders", "kept"]);
+    drop(b);
+    let b = Broker::start_on("127.0.0.1:0", &["--config", &cfg]);
+    let s = b.stats("orders");
+    assert_eq!(num(&s, &["options", "capacity"]), 7, "{s}");
+    assert_eq!(num(&s, &["options", "max_in_flight"]), 3, "{s}");
+    assert_eq!(s["options"]["paused"], false, "{s}");
+    assert_eq!(num(&s, &["stats", "ready"]), 1, "{s}");
+
+    // Its order cannot change: a file that says otherwise stops the start.
+    drop(b);
+    let text = std::fs::read_to_string(&cfg).expect("read");
+    std::fs::write(
+        &cfg,
+        text.replace("order = \"priority\"", "order = \"lifo\""),
+    )
+    .expect("write");
+    let refused = broker_refuses(&["--config", &cfg]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("queues.orders") && refused.stderr.contains("order"),
+        "{refused:?}"
+    );
 }
 
 #[test]

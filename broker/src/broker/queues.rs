@@ -140,6 +140,30 @@ impl Broker {
             .collect()
     }
 
+    /// A queue the configuration file declares: created when missing; when
+    /// it exists, the options a running queue may change (capacity,
+    /// lease, retries, dead letter, flow control, pause) are set to the
+    /// file's — the file says what the queue is, over changes made while
+    /// it ran. Its order, durability and key window must be the file's
+    /// (ALREADY_EXISTS otherwise).
+    pub async fn declare_queue(&self, spec: QueueSpec) -> Result<()> {
+        let current = match self.create_queue(spec.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(Error::QueueExists { .. }) => self.queue(&spec.name)?.spec(),
+            Err(e) => return Err(e),
+        };
+        let fixed = |s: &QueueSpec| (s.durable, s.config.order, s.config.key_window_ms);
+        if fixed(&current) != fixed(&spec) {
+            return Err(Error::QueueExists {
+                name: spec.name.clone(),
+                diff: describe_diff(&current, &spec),
+            });
+        }
+        let name = spec.name.clone();
+        self.update_queue(&name, false, |_| Ok(spec)).await?;
+        Ok(())
+    }
+
     /// Changes a queue's options to what `change` makes of its current
     /// definition (name, order and durability stay). In force once
     /// durable: a lone broker logs the new definition first (a restart
