@@ -372,6 +372,9 @@ async fn a_dead_letter_move_the_log_refuses_keeps_the_task_in_its_queue() {
     let broker = durable_broker(dir.path(), LogOptions::default());
     let (dlq, q, got) = doomed(&broker).await;
     let log = broker.log().cloned().expect("log");
+    // What came before (the delivery's attempt, noted without a wait) is
+    // written first, so that the fault hits the move and nothing else.
+    log.flush().await.expect("flushed");
     // The move is one record: refusing it refuses both halves.
     log.faults().fail_writes.store(1, Relaxed);
     dead_letter(&broker, &q, &got);
