@@ -106,6 +106,13 @@ pub struct Args {
     #[arg(long, env = "SLUICE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve the web dashboard (and its JSON API, and /metrics) on this
+    /// address; port 0 picks a free port, printed as `dashboard on
+    /// <addr>` on stderr. Plain HTTP: keep it on loopback or behind a TLS
+    /// proxy. With --auth-file, visitors sign in with a token.
+    #[arg(long, env = "SLUICE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Tokens and what they may do (TOML; see the README). Without it the
     /// broker is open to anyone who can reach it, and says so.
     #[arg(long, env = "SLUICE_AUTH_FILE")]

@@ -222,6 +222,7 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
             "metrics-listen",
             opt(args.metrics_listen.map(|a| a.to_string())),
         ),
+        ("http-listen", opt(args.http_listen.map(|a| a.to_string()))),
         ("auth-file", opt(path(&args.auth_file))),
         (
             "allow-unauthenticated",

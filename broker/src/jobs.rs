@@ -118,6 +118,34 @@ fn outcome_bytes(o: &pb::TaskOutcome) -> u64 {
     (o.payload.len() + o.result.len() + o.error.len() + o.task_id.len()) as u64 + OUTCOME_OVERHEAD
 }
 
+/// A job at a glance (the dashboard's view of it).
+#[derive(Debug, Clone)]
+pub struct JobBrief {
+    pub id: String,
+    pub stored: u64,
+    pub total: Option<u64>,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub done: bool,
+    pub started: Millis,
+    pub last: Millis,
+    pub queues: Vec<String>,
+}
+
+fn brief(id: &str, j: &Job) -> JobBrief {
+    JobBrief {
+        id: id.to_owned(),
+        stored: j.enqueued,
+        total: j.total,
+        succeeded: j.succeeded,
+        failed: j.failed,
+        done: j.summary.is_some(),
+        started: j.started,
+        last: j.last,
+        queues: j.queues.clone(),
+    }
+}
+
 /// What a new watcher starts from.
 pub struct Watch {
     /// The kept outcomes, oldest first.
@@ -177,6 +205,24 @@ impl Jobs {
     /// Most bytes of outcomes kept for late watchers, all jobs together.
     pub fn set_max_kept(&self, bytes: u64) {
         self.max_kept.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Every job, most recently active first, at most `limit`.
+    pub fn list(&self, limit: usize) -> Vec<JobBrief> {
+        let st = self.lock();
+        let mut out: Vec<JobBrief> = st.jobs.iter().map(|(id, j)| brief(id, j)).collect();
+        out.sort_by(|a, b| b.last.cmp(&a.last).then_with(|| a.id.cmp(&b.id)));
+        out.truncate(limit);
+        out
+    }
+
+    /// A job and its last `limit` kept outcomes, newest first, with how
+    /// many outcomes were not kept.
+    pub fn detail(&self, id: &str, limit: usize) -> Option<(JobBrief, Vec<pb::TaskOutcome>, u64)> {
+        let st = self.lock();
+        let j = st.jobs.get(id)?;
+        let outcomes = j.outcomes.iter().rev().take(limit).cloned().collect();
+        Some((brief(id, j), outcomes, j.unkept))
     }
 
     /// What every job together holds, for the memory budget.

@@ -39,6 +39,7 @@ pub mod signal;
 pub mod storage;
 pub mod tls;
 pub mod wal;
+pub mod web;
 
 /// The layering, checked: every top-level module may use only modules of
 /// a lower layer (`crate::x` paths, tests excepted), so there are no import
@@ -69,6 +70,7 @@ mod layers {
         ("metrics", 7),
         ("member", 7),
         ("server", 8),
+        ("web", 8),
         ("args", 8),
         ("config", 9),
     ];

@@ -49,11 +49,16 @@ async fn main() -> ExitCode {
             }
         },
         None => {
-            if !args.listen.ip().is_loopback() && !args.allow_unauthenticated {
+            let open = [Some(args.listen), args.http_listen]
+                .into_iter()
+                .flatten()
+                .find(|a| !a.ip().is_loopback());
+            if let Some(addr) = open
+                && !args.allow_unauthenticated
+            {
                 eprintln!(
-                    "sluice-broker: refusing to serve {} without --auth-file; \
-                     add --allow-unauthenticated to serve it open",
-                    args.listen
+                    "sluice-broker: refusing to serve {addr} without --auth-file; \
+                     add --allow-unauthenticated to serve it open"
                 );
                 return ExitCode::from(2);
             }
@@ -204,6 +209,26 @@ async fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("sluice-broker: cannot listen for metrics on {maddr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if let Some(haddr) = args.http_listen {
+        match TcpListener::bind(haddr).await {
+            Ok(l) => {
+                let bound = l.local_addr().map_or(haddr, |a| a);
+                eprintln!("dashboard on {bound}");
+                tracing::info!(addr = %bound, "serving the dashboard");
+                tokio::spawn(sluice_broker::web::serve(
+                    l,
+                    broker.clone(),
+                    tokens.clone().map(std::sync::Arc::new),
+                    cluster.as_ref().map(|c| c.current.clone()),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                eprintln!("sluice-broker: cannot listen for the dashboard on {haddr}: {e}");
                 return ExitCode::from(1);
             }
         }

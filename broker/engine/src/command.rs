@@ -63,6 +63,9 @@ pub enum Command {
     },
     /// `n` of a publisher's tasks are confirmed to it.
     PublishConfirmed { id: PublisherId, n: u64 },
+    /// These waiting (ready or delayed) tasks removed, as a purge removes
+    /// them (a redrive moved them elsewhere); leased ones stay.
+    Remove { ids: Vec<TaskId> },
     /// New options for the queue (see [`QueueState::configure`]);
     /// `lift_throttles` ends every nack throttle (a resume).
     Configure {
@@ -207,6 +210,7 @@ impl QueueState {
                 self.takeover(now, fx);
                 Outcome::Done
             }
+            Command::Remove { ids } => Outcome::Removed(self.remove(now, &ids, fx)),
             Command::Configure {
                 config,
                 lift_throttles,
@@ -381,6 +385,8 @@ mod tests {
                 n,
             }),
             1 => Just(Command::Takeover),
+            1 => proptest::collection::vec(0u64..40, 1..3)
+                .prop_map(|ids| Command::Remove { ids: ids.into_iter().map(TaskId).collect() }),
             1 => (
                 (1u64..6, 0u64..3, 0u64..3, 0u8..8),
                 proptest::option::of((1u64..5, 100u64..1000, 1u64..3)),

@@ -339,6 +339,24 @@ pub struct Restored {
     pub group: Option<Box<str>>,
 }
 
+/// A waiting task as a browser of the queue sees it (see
+/// [`QueueState::browse`]).
+#[derive(Debug, Clone)]
+pub struct Browsed {
+    pub id: TaskId,
+    pub body: TaskBody,
+    pub priority: i32,
+    /// Deliveries so far.
+    pub attempt: u32,
+    /// Delayed until then; None when ready.
+    pub due: Option<Millis>,
+    pub key: Option<Box<str>>,
+    pub job: Option<Box<str>>,
+    pub group: Option<Box<str>>,
+    /// The last nack's error text, if it had one.
+    pub error: Option<Box<str>>,
+}
+
 /// A waiting producer whose batch is now stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {

@@ -760,6 +760,98 @@ impl QueueState {
         admitted_any
     }
 
+    /// Up to `limit` waiting tasks (ready or delayed) with ids above
+    /// `after`, by id: a page of the queue for people to look at. Changes
+    /// nothing; scans the queue (a deep queue pays for it).
+    pub fn browse(&self, after: Option<TaskId>, limit: usize) -> Vec<crate::Browsed> {
+        let mut page: std::collections::BinaryHeap<(TaskId, Option<Millis>)> =
+            std::collections::BinaryHeap::new();
+        let waiting = self
+            .ready
+            .iter()
+            .map(|e| (e.id, None))
+            .chain(self.delayed.keys().map(|(due, id)| (*id, Some(*due))));
+        for (id, due) in waiting {
+            if after.is_some_and(|a| id <= a) {
+                continue;
+            }
+            page.push((id, due));
+            if page.len() > limit {
+                page.pop();
+            }
+        }
+        let mut page = page.into_sorted_vec();
+        page.truncate(limit);
+        let ready: HashMap<TaskId, &Entry> = match page.iter().any(|(_, d)| d.is_none()) {
+            true => self.ready.iter().map(|e| (e.id, e)).collect(),
+            false => HashMap::default(),
+        };
+        page.into_iter()
+            .filter_map(|(id, due)| {
+                let e = match due {
+                    None => *ready.get(&id)?,
+                    Some(d) => self.delayed.get(&(d, id))?,
+                };
+                Some(crate::Browsed {
+                    id,
+                    body: e.body.clone(),
+                    priority: e.priority,
+                    attempt: e.attempt,
+                    due,
+                    key: self.keys.of(id).map(Box::from),
+                    job: self.task_jobs.get(&id).cloned(),
+                    group: self.ready.group_of(id).map(Box::from),
+                    error: self.errors.get(&id).cloned(),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the waiting tasks among `ids` as [`QueueState::purge`]
+    /// removes all of them; returns how many went.
+    pub(crate) fn remove(&mut self, now: Millis, ids: &[TaskId], fx: &mut Effects) -> u64 {
+        let wanted: rustc_hash::FxHashSet<TaskId> = ids.iter().copied().collect();
+        let mut gone: Vec<(TaskId, TaskBody, u32)> = Vec::new();
+        self.ready.retain(|e| {
+            let keep = !wanted.contains(&e.id);
+            if !keep {
+                gone.push((e.id, e.body.clone(), e.attempt));
+            }
+            keep
+        });
+        self.delayed.retain(|(_, id), e| {
+            let keep = !wanted.contains(id);
+            if !keep {
+                gone.push((*id, e.body.clone(), e.attempt));
+            }
+            keep
+        });
+        gone.sort_unstable_by_key(|(id, _, _)| *id);
+        for (id, body, attempts) in &gone {
+            self.record(fx, || Change::Removed { id: *id });
+            self.sub_bytes(body);
+            self.errors.remove(id);
+            self.retrying.remove(id);
+            if let Some(job) = self.job_unlink(*id) {
+                fx.completed.push(Completion {
+                    job,
+                    id: *id,
+                    payload: body.payload.clone(),
+                    succeeded: false,
+                    result: bytes::Bytes::new(),
+                    error: "removed".into(),
+                    attempts: *attempts,
+                });
+            }
+            self.key_done(now, *id, fx);
+            self.ready.forget(*id);
+        }
+        let n = gone.len() as u64;
+        self.stats.purged_total += n;
+        self.dispatch(now, fx);
+        n
+    }
+
     /// Removes every ready and delayed task. Leased tasks stay with their
     /// consumers.
     pub(crate) fn purge(&mut self, now: Millis, fx: &mut Effects) -> u64 {

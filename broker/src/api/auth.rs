@@ -121,7 +121,7 @@ impl Grant {
 }
 
 /// The tokens of an auth file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tokens {
     grants: Vec<Arc<Grant>>,
 }
@@ -196,6 +196,11 @@ impl Tokens {
             })
             .collect();
         Ok(Tokens { grants })
+    }
+
+    /// What `token` may do; None for a token the file does not name.
+    pub fn check(&self, token: &str) -> Option<Access> {
+        self.find(token.as_bytes()).map(Access::Granted)
     }
 
     /// The grant of a token, comparing every known token in constant time.

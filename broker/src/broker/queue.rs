@@ -290,6 +290,17 @@ impl QueueHandle {
         }
     }
 
+    /// Up to `limit` of its waiting tasks with ids above `after`, by id,
+    /// and how many wait in all (see `QueueState::browse`).
+    pub fn browse(
+        &self,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> (Vec<crate::engine::Browsed>, u64) {
+        let core = self.lock();
+        (core.state.browse(after, limit), core.state.depth())
+    }
+
     pub fn deleted(&self) -> &CancellationToken {
         &self.deleted
     }

@@ -68,7 +68,7 @@ pub struct SealMsg {
 pub struct CommandMsg {
     #[prost(
         oneof = "command_msg::Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
     )]
     pub kind: Option<command_msg::Kind>,
 }
@@ -116,6 +116,9 @@ pub mod command_msg {
         Takeover(bool),
         #[prost(message, tag = "18")]
         Configure(super::ConfigureMsg),
+        /// Waiting tasks removed (a redrive moved them).
+        #[prost(message, tag = "19")]
+        Remove(super::IdList),
     }
 }
 
@@ -398,6 +401,9 @@ pub fn command_msg(c: &Command) -> CommandMsg {
         }),
         Command::PublishConfirmed { id, n } => K::PublishConfirmed(GrantMsg { id: id.0, n: *n }),
         Command::Takeover => K::Takeover(true),
+        Command::Remove { ids } => K::Remove(IdList {
+            ids: ids.iter().map(|i| i.0).collect(),
+        }),
         Command::Configure {
             config,
             lift_throttles,
@@ -523,6 +529,9 @@ pub fn command_of(m: CommandMsg) -> Result<Command, String> {
             n: g.n,
         },
         K::Takeover(_) => Command::Takeover,
+        K::Remove(l) => Command::Remove {
+            ids: l.ids.into_iter().map(TaskId).collect(),
+        },
         K::Configure(c) => Command::Configure {
             config: super::queue_spec(&c.def.ok_or("configure without options")?)?.config,
             lift_throttles: c.lift_throttles,
@@ -1274,6 +1283,24 @@ mod tests {
                 n: 2,
             },
             Command::Takeover,
+            Command::Remove {
+                ids: vec![TaskId(3), TaskId(9)],
+            },
+            Command::Configure {
+                config: crate::engine::QueueConfig {
+                    dead_letter: Some("dlq".into()),
+                    max_in_flight: 4,
+                    rate: Some(crate::engine::RateLimit {
+                        tasks: 5,
+                        per_ms: 1000,
+                        burst: 2,
+                    }),
+                    group_max_in_flight: 1,
+                    paused: true,
+                    ..crate::engine::QueueConfig::basic(10, crate::engine::Order::Lifo, 1000)
+                },
+                lift_throttles: true,
+            },
         ];
         let bytes = commands(42, &[("q", &all[..])]);
         let back = proposal(&bytes).expect("decodes");
