@@ -274,6 +274,22 @@ impl Broker {
         addr
     }
 
+    /// The dashboard's address (`--http-listen`), from its stderr line.
+    pub fn dashboard_addr(&self) -> String {
+        let mut addr = String::new();
+        eventually(DEADLINE, "dashboard address logged", || {
+            let log = self.proc.stderr_log();
+            match log.lines().find_map(|l| l.strip_prefix("dashboard on ")) {
+                Some(a) => {
+                    addr = a.trim().to_owned();
+                    true
+                }
+                None => false,
+            }
+        });
+        addr
+    }
+
     /// `sluice stats QUEUE --json`.
     pub fn stats(&self, queue: &str) -> Value {
         let out = self.ok(&["--json", "stats", queue]);
@@ -629,4 +645,87 @@ pub fn scrape(addr: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("response");
     out
+}
+
+/// An HTTP answer, as [`http_call`] read it.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The body as JSON (Null when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request to `addr` (`Connection: close`), with extra
+/// header lines and a body; the answer with its chunked body decoded.
+pub fn http_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut rest: &[u8] = raw.get(split + 4..).unwrap_or_default();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        let mut out = Vec::new();
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = String::from_utf8_lossy(&rest[..eol]).into_owned();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let data = &rest[eol + 2..];
+            if n == 0 || data.len() < n {
+                break;
+            }
+            out.extend_from_slice(&data[..n]);
+            rest = data.get(n + 2..).unwrap_or_default();
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    } else {
+        String::from_utf8_lossy(rest).into_owned()
+    };
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
 }
