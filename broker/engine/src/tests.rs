@@ -1360,3 +1360,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn browsing_pages_by_id_changes_nothing_and_remove_takes_only_waiting_tasks() {
+    let mut q = QueueState::new(cfg(100, Order::Priority));
+    let mut delayed = task(3, 0);
+    delayed.delay_ms = 1000;
+    let mut keyed = task(5, 0);
+    keyed.key = Some("k".into());
+    store(
+        &mut q,
+        0,
+        vec![task(4, 9), keyed, delayed, task(1, 0), task(2, 5)],
+    );
+    let digest = q.digest();
+    let ids = |b: &[Browsed]| b.iter().map(|t| t.id.0).collect::<Vec<_>>();
+    let first = q.browse(None, 2);
+    assert_eq!(ids(&first), [1, 2]);
+    let next = q.browse(Some(TaskId(2)), 10);
+    assert_eq!(ids(&next), [3, 4, 5]);
+    assert_eq!(next[0].due, Some(1000), "the delayed one says when");
+    assert_eq!(q.digest(), digest, "browsing changes nothing");
+    // One leased (5: priority 0, first to arrive): remove takes the
+    // waiting ones named, not it.
+    let fx = consumer(&mut q, 0, 1, 1);
+    assert_eq!(ids_of(&fx), [5]);
+    let fx = exec(
+        &mut q,
+        0,
+        Command::Remove {
+            ids: vec![TaskId(1), TaskId(3), TaskId(5)],
+        },
+    );
+    assert!(fx.deliveries.is_empty());
+    let left: Vec<u64> = ids(&q.browse(None, 10));
+    assert_eq!(left, [2, 4]);
+    let s = q.stats();
+    assert_eq!((s.leased, s.purged_total), (1, 2));
+    assert_eq!(q.held_bytes(), q.recount_held());
+}
+
+fn ids_of(fx: &Effects) -> Vec<u64> {
+    fx.deliveries.iter().map(|(_, d)| d.id.0).collect()
+}
