@@ -85,6 +85,23 @@ fn queue(
     Ok(q)
 }
 
+/// Changes are made on the member that leads (or a lone broker): a
+/// follower's state only follows the leader's log.
+fn leading(web: &Web) -> Result<(), ApiError> {
+    if web.cluster.is_none() || web.broker.serving() {
+        return Ok(());
+    }
+    let hint = web
+        .broker
+        .leader_hint()
+        .map(|l| format!(": the leader is at {l}"))
+        .unwrap_or_default();
+    Err(ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("this cluster member does not lead; act on the leader's dashboard{hint}"),
+    ))
+}
+
 /// A change's body must be JSON (see the module docs).
 fn json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     let ok = headers
@@ -180,6 +197,7 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Json<Done>, ApiError> {
     json_body(&headers)?;
+    leading(&web)?;
     let access = visitor(&web, &headers)?;
     queue(&web, &access, &name, Role::Admin)?;
     web.broker
@@ -202,6 +220,7 @@ pub async fn purge(
     Path(name): Path<String>,
 ) -> Result<Json<Done>, ApiError> {
     json_body(&headers)?;
+    leading(&web)?;
     let access = visitor(&web, &headers)?;
     let q = queue(&web, &access, &name, Role::Admin)?;
     let n = web
@@ -220,6 +239,7 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<Json<Done>, ApiError> {
     json_body(&headers)?;
+    leading(&web)?;
     let access = visitor(&web, &headers)?;
     queue(&web, &access, &name, Role::Admin)?;
     let n = web.broker.delete_queue(&name, false).await?;
@@ -250,6 +270,7 @@ pub async fn redrive(
     Json(req): Json<Redrive>,
 ) -> Result<Json<Done>, ApiError> {
     json_body(&headers)?;
+    leading(&web)?;
     let access = visitor(&web, &headers)?;
     let q = queue(&web, &access, &name, Role::Admin)?;
     let wanted = match &req.ids {
