@@ -829,27 +829,43 @@ impl QueueState {
         gone.sort_unstable_by_key(|(id, _, _)| *id);
         for (id, body, attempts) in &gone {
             self.record(fx, || Change::Removed { id: *id });
-            self.sub_bytes(body);
             self.errors.remove(id);
             self.retrying.remove(id);
-            if let Some(job) = self.job_unlink(*id) {
-                fx.completed.push(Completion {
-                    job,
-                    id: *id,
-                    payload: body.payload.clone(),
-                    succeeded: false,
-                    result: bytes::Bytes::new(),
-                    error: "removed".into(),
-                    attempts: *attempts,
-                });
-            }
-            self.key_done(now, *id, fx);
-            self.ready.forget(*id);
+            self.let_go(now, *id, body, *attempts, "removed", fx);
         }
         let n = gone.len() as u64;
         self.stats.purged_total += n;
         self.dispatch(now, fx);
         n
+    }
+
+    /// A waiting task taken out of the queue (purged, removed): its bytes,
+    /// its job's outcome (a failure, `why`), its key and its group let go.
+    fn let_go(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        body: &TaskBody,
+        attempts: u32,
+        why: &str,
+        fx: &mut Effects,
+    ) {
+        self.sub_bytes(body);
+        if !self.task_jobs.is_empty()
+            && let Some(job) = self.job_unlink(id)
+        {
+            fx.completed.push(Completion {
+                job,
+                id,
+                payload: body.payload.clone(),
+                succeeded: false,
+                result: bytes::Bytes::new(),
+                error: why.into(),
+                attempts,
+            });
+        }
+        self.key_done(now, id, fx);
+        self.ready.forget(id);
     }
 
     /// Removes every ready and delayed task. Leased tasks stay with their
@@ -871,22 +887,7 @@ impl QueueState {
                 .extend(purged.iter().map(|(id, _, _)| Change::Removed { id: *id }));
         }
         for (id, body, attempts) in &purged {
-            self.sub_bytes(body);
-            if !self.task_jobs.is_empty()
-                && let Some(job) = self.job_unlink(*id)
-            {
-                fx.completed.push(Completion {
-                    job,
-                    id: *id,
-                    payload: body.payload.clone(),
-                    succeeded: false,
-                    result: bytes::Bytes::new(),
-                    error: "purged".into(),
-                    attempts: *attempts,
-                });
-            }
-            self.key_done(now, *id, fx);
-            self.ready.forget(*id);
+            self.let_go(now, *id, body, *attempts, "purged", fx);
         }
         let n = self.ready.clear() + self.delayed.len() as u64;
         self.delayed.clear();
