@@ -16,16 +16,30 @@ pub const INTERVAL_S: u64 = 5;
 /// Samples kept: an hour.
 pub const SAMPLES: usize = 720;
 
-/// One sample of one queue.
+/// One sample of one queue: depths (a capacity fits in 32 bits) and what
+/// happened since the sample before, kept small (32 bytes): every queue
+/// has an hour of them.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: u64,
-    ready: u64,
-    delayed: u64,
-    leased: u64,
+    ready: u32,
+    delayed: u32,
+    leased: u32,
+    enqueued: u32,
+    delivered: u32,
+    acked: u32,
+}
+
+/// A queue's totals at the last sample, to count the next one's deltas.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
     enqueued: u64,
     delivered: u64,
     acked: u64,
+}
+
+fn small(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 /// What a ring costs, for the memory budget.
@@ -33,6 +47,7 @@ const RING_BYTES: u64 = (SAMPLES * std::mem::size_of::<Sample>()) as u64 + 256;
 
 struct Ring {
     samples: VecDeque<Sample>,
+    last: Option<Totals>,
     _held: MemoryReservation,
 }
 
@@ -46,17 +61,16 @@ impl Histories {
     /// Samples every queue now: a ring for each new queue (if the budget
     /// allows), none kept for queues that are gone.
     pub fn sample(&self, broker: &Broker) {
-        let at = now_ms();
+        self.sample_at(broker, now_ms());
+    }
+
+    fn sample_at(&self, broker: &Broker, at: u64) {
         let queues = broker.queues();
         let mut rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
         rings.retain(|name, _| queues.iter().any(|q| q.name() == name));
         for q in &queues {
             let (s, _) = q.snapshot();
-            let sample = Sample {
-                at,
-                ready: s.ready,
-                delayed: s.delayed,
-                leased: s.leased,
+            let totals = Totals {
                 enqueued: s.enqueued_total,
                 delivered: s.delivered_total,
                 acked: s.acked_total,
@@ -69,15 +83,27 @@ impl Histories {
                     q.name().to_owned(),
                     Ring {
                         samples: VecDeque::with_capacity(SAMPLES),
+                        last: None,
                         _held: held,
                     },
                 );
             }
             if let Some(r) = rings.get_mut(q.name()) {
+                // The first sample has nothing before it: no rate yet.
+                let was = r.last.unwrap_or(totals);
+                r.last = Some(totals);
                 if r.samples.len() == SAMPLES {
                     r.samples.pop_front();
                 }
-                r.samples.push_back(sample);
+                r.samples.push_back(Sample {
+                    at,
+                    ready: small(s.ready),
+                    delayed: small(s.delayed),
+                    leased: small(s.leased),
+                    enqueued: small(totals.enqueued.saturating_sub(was.enqueued)),
+                    delivered: small(totals.delivered.saturating_sub(was.delivered)),
+                    acked: small(totals.acked.saturating_sub(was.acked)),
+                });
             }
         }
     }
@@ -104,24 +130,20 @@ impl Histories {
         let Some(r) = rings.get(queue) else {
             return h;
         };
-        let mut prev: Option<&Sample> = None;
+        let mut prev: Option<u64> = None;
         for s in &r.samples {
-            let rate = |now: u64, then: Option<u64>| match (prev, then) {
-                (Some(p), Some(then)) if s.at > p.at => {
-                    now.saturating_sub(then) as f64 * 1000.0 / (s.at - p.at) as f64
-                }
+            let per_s = |n: u32| match prev {
+                Some(p) if s.at > p => f64::from(n) * 1000.0 / (s.at - p) as f64,
                 _ => 0.0,
             };
             h.t_unix_ms.push(s.at);
-            h.ready.push(s.ready);
-            h.delayed.push(s.delayed);
-            h.leased.push(s.leased);
-            h.enqueue_rate
-                .push(rate(s.enqueued, prev.map(|p| p.enqueued)));
-            h.deliver_rate
-                .push(rate(s.delivered, prev.map(|p| p.delivered)));
-            h.ack_rate.push(rate(s.acked, prev.map(|p| p.acked)));
-            prev = Some(s);
+            h.ready.push(u64::from(s.ready));
+            h.delayed.push(u64::from(s.delayed));
+            h.leased.push(u64::from(s.leased));
+            h.enqueue_rate.push(per_s(s.enqueued));
+            h.deliver_rate.push(per_s(s.delivered));
+            h.ack_rate.push(per_s(s.acked));
+            prev = Some(s.at);
         }
         h
     }
@@ -141,5 +163,46 @@ impl Histories {
             h.enqueue_rate.last().copied().unwrap_or(0.0),
             h.ack_rate.last().copied().unwrap_or(0.0),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Command, NewTask, TaskId};
+
+    #[tokio::test]
+    async fn samples_keep_depths_and_rates_and_forget_deleted_queues() {
+        let broker = Broker::new(CancellationToken::new());
+        let spec = crate::api::validate::queue_spec("q", None).expect("spec");
+        let (q, _) = broker.create_queue(spec).await.expect("created");
+        let h = Histories::default();
+        h.sample_at(&broker, 1_000_000);
+        let tasks = (0..10)
+            .map(|i| NewTask {
+                id: TaskId(100 + i),
+                payload: bytes::Bytes::from_static(b"x"),
+                headers: Default::default(),
+                priority: 0,
+                delay_ms: 0,
+                key: None,
+                job: None,
+                group: None,
+            })
+            .collect();
+        broker.apply(&q, |core, now, fx| {
+            core.run(now, Command::Store { tasks }, fx)
+        });
+        h.sample_at(&broker, 1_005_000);
+        let hist = h.of("q");
+        assert_eq!(hist.ready, [0, 10]);
+        assert_eq!(hist.enqueue_rate[0], 0.0, "no rate before two samples");
+        assert_eq!(hist.enqueue_rate[1], 2.0, "10 tasks in 5 s");
+        assert_eq!(h.recent("q", 1).0, [10]);
+        let held = broker.held_bytes();
+        broker.delete_queue("q", false).await.expect("deleted");
+        h.sample_at(&broker, 1_010_000);
+        assert!(h.of("q").t_unix_ms.is_empty());
+        assert!(broker.held_bytes() < held, "the ring's bytes went back");
     }
 }
