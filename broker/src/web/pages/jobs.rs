@@ -96,11 +96,11 @@ pub(super) fn job_body(p: &JobPage, now: u64) -> Markup {
         section .cards {
             (card("State", html! { span data-f="job" data-fmt="jobstate" { (fmt::job_state(j)) } }))
             (card("Progress", html! {
+                span .small data-f="job" data-fmt="jobdone" { (fmt::job_done(j)) }
                 span .bar .split {
                     (bar("job.succeeded/job.total|job.stored", j.succeeded, j.total.unwrap_or(j.stored), "ok"))
                     (bar("job.failed/job.total|job.stored", j.failed, j.total.unwrap_or(j.stored), "bad"))
                 }
-                span data-f="job" data-fmt="jobdone" { (fmt::job_done(j)) }
             }))
             (card("Succeeded", field("job.succeeded", "int", fmt::int(j.succeeded))))
             (card("Failed", field("job.failed", "int", fmt::int(j.failed))))
