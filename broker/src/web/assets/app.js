@@ -287,6 +287,7 @@
   function ask(text, ok) {
     var d = document.getElementById("confirm");
     if (!d || typeof d.showModal !== "function") return Promise.resolve(window.confirm(text));
+    if (d.open) return Promise.resolve(false); // already asking
     document.getElementById("confirm-text").textContent = text;
     document.getElementById("confirm-ok").textContent = ok || "OK";
     d.returnValue = "";
@@ -297,7 +298,9 @@
   }
 
   // ---- polling ---------------------------------------------------------------------
-  var timer = null, busy = false, stopped = false, hooks = [];
+  // `again`: a poll was asked for (after an action) while one was under
+  // way; it runs as soon as that one ends, not a period later.
+  var timer = null, busy = false, again = false, stopped = false, hooks = [];
 
   function live(ok, why) {
     var l = document.getElementById("live");
@@ -310,7 +313,11 @@
   function poll() {
     clearTimeout(timer);
     var path = document.body.dataset.api;
-    if (!path || busy || stopped) return;
+    if (!path || stopped) return;
+    if (busy) {
+      again = true;
+      return;
+    }
     busy = true;
     api("GET", path).then(function (data) {
       fill(document.querySelector("main"), data);
@@ -324,7 +331,12 @@
       live(false, e.message);
     }).then(function () {
       busy = false;
-      if (!stopped && !document.hidden) timer = setTimeout(poll, POLL_MS);
+      if (again) {
+        again = false;
+        poll();
+      } else if (!stopped && !document.hidden) {
+        timer = setTimeout(poll, POLL_MS);
+      }
     });
   }
 
