@@ -39,7 +39,7 @@
     if (n < 3600000) return Math.floor(n / 60000) + " min";
     return Math.floor(n / 3600000) + " h " + Math.floor((n % 3600000) / 60000) + " min";
   }
-  var REASONS = { "max-attempts": "out of attempts", rejected: "rejected by its worker", dropped: "dropped" };
+  var REASONS = { "max-attempts": "gave up", rejected: "rejected by its worker", dropped: "dropped" };
   var FORMATS = {
     text: function (v) { return String(v); },
     int: int,
@@ -385,7 +385,8 @@
       height: 200,
       series: [{}].concat(CHARTS[kind].map(function (s) {
         var c = cssVar(s[2]);
-        return { label: s[0], stroke: c, width: 2, fill: c + "1f" };
+        // Depths are amounts: filled; rates cross each other: lines.
+        return { label: s[0], stroke: c, width: 2, fill: kind === "depth" ? c + "1f" : undefined };
       })),
       axes: [axis, Object.assign({ size: 56 }, axis)],
       scales: {

@@ -123,7 +123,7 @@ pub fn attempts(n: &str) -> String {
 /// Why a task died (its x-sluice-dead-reason), in words.
 pub fn reason(r: &str) -> String {
     match r {
-        "max-attempts" => "out of attempts".into(),
+        "max-attempts" => "gave up".into(),
         "rejected" => "rejected by its worker".into(),
         "dropped" => "dropped".into(),
         other => other.into(),
