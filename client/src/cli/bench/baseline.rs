@@ -325,4 +325,41 @@ impl SluiceService for Baseline {
     ) -> Result<Response<sluice_client::proto::RemoveClusterMemberResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+
+    // Schedules are the broker's own producer: nothing for a load test of
+    // gRPC to measure.
+    async fn create_schedule(
+        &self,
+        _: Request<CreateScheduleRequest>,
+    ) -> Result<Response<CreateScheduleResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn list_schedules(
+        &self,
+        _: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn delete_schedule(
+        &self,
+        _: Request<DeleteScheduleRequest>,
+    ) -> Result<Response<DeleteScheduleResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn pause_schedule(
+        &self,
+        _: Request<PauseScheduleRequest>,
+    ) -> Result<Response<PauseScheduleResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn resume_schedule(
+        &self,
+        _: Request<ResumeScheduleRequest>,
+    ) -> Result<Response<ResumeScheduleResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }
