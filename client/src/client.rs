@@ -272,7 +272,7 @@ impl Client {
     /// Runs one unary call. One answered "not the leader" (so run
     /// nowhere) is made again on the leader named, or, while none is,
     /// after a pause, for up to [`ELECTION_WAIT`].
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: Fn(Raw) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -284,7 +284,7 @@ impl Client {
     /// with its producer sequence, a read): one whose member was lost
     /// mid-call (it may or may not have run there) is made again on the
     /// next member, which names the leader, for up to [`FAILOVER_WAIT`].
-    async fn call_again<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    pub(crate) async fn call_again<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
         F: Fn(Raw) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -788,7 +788,7 @@ fn with_scheme(url: &str) -> String {
     }
 }
 
-fn required<T>(field: Option<T>, name: &str) -> Result<T, Error> {
+pub(crate) fn required<T>(field: Option<T>, name: &str) -> Result<T, Error> {
     field.ok_or_else(|| Error::Protocol(format!("{name} is missing")))
 }
 

@@ -13,6 +13,8 @@
 //! - `pacer.rs`    — [`Pacer`]: slowing a producer before the queue fills;
 //! - `publisher.rs` — [`Publisher`]: the credit-based Publish stream;
 //! - `job.rs`      — [`JobWatch`]: sealing and watching jobs;
+//! - `schedule.rs` — schedules: tasks the broker enqueues on every tick of
+//!   a cron expression or an interval ([`Client::create_schedule`]);
 //! - `coalesce.rs` — [`Coalescing`]: frames queued while the connection is
 //!   busy go out as one (the Publisher's, and the worker runtime's).
 //!
@@ -29,6 +31,7 @@ mod error;
 mod job;
 mod pacer;
 mod publisher;
+mod schedule;
 
 pub use client::{
     Client, DEFAULT_CONNECT_TIMEOUT, LEADER_METADATA, QueueCreated, Raw, TlsOptions, duration_ms,
