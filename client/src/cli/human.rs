@@ -178,6 +178,7 @@ pub fn broker_info(i: &GetBrokerInfoResponse) -> String {
             l.max_streams_per_connection.to_string(),
         ),
         ("--max-disk-bytes", none_if_0(l.max_disk_bytes)),
+        ("--max-schedules", l.max_schedules.to_string()),
         ("request bytes", l.max_request_bytes.to_string()),
         ("response bytes", l.max_response_bytes.to_string()),
         (

@@ -78,6 +78,7 @@ fn limits(l: &BrokerLimits) -> Value {
         "consume_frame_payload_bytes": l.consume_frame_payload_bytes,
         "max_streams_per_connection": l.max_streams_per_connection,
         "max_disk_bytes": l.max_disk_bytes,
+        "max_schedules": l.max_schedules,
     })
 }
 
