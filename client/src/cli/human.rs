@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_client::proto::{
     ConsumerInfo, GetBrokerInfoResponse, GroupInfo, Hold, HoldReason, QueueInfo, QueueOptions,
-    QueueStats, RateLimit,
+    QueueStats, RateLimit, ScheduleInfo, ScheduleSpec,
 };
 
 use super::json::{fsync_name, order_name};
@@ -93,6 +93,36 @@ pub fn timestamp(unix_ms: u64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// How far `unix_ms` is from `now`, to the second and in its two largest
+/// units: "in 4h 2m", "in 12s", "3s ago", "now".
+pub fn relative(unix_ms: u64, now: u64) -> String {
+    let (ahead, gap) = if unix_ms >= now {
+        (true, unix_ms - now)
+    } else {
+        (false, now - unix_ms)
+    };
+    let secs = gap.saturating_add(500) / 1000;
+    if secs == 0 {
+        return "now".to_owned();
+    }
+    let full = humantime::format_duration(Duration::from_secs(secs)).to_string();
+    let short = full.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    if ahead {
+        format!("in {short}")
+    } else {
+        format!("{short} ago")
+    }
+}
+
+/// A moment as RFC 3339 (UTC, seconds) and how far off it is:
+/// "2026-12-01T03:00:00Z (in 4h 2m)"; "-" for 0 (the proto's "none").
+pub fn moment(unix_ms: u64, now: u64) -> String {
+    if unix_ms == 0 {
+        return "-".to_owned();
+    }
+    format!("{} ({})", timestamp(unix_ms), relative(unix_ms, now))
+}
+
 /// `queue list`: one line per queue.
 pub fn queue_list(queues: &[QueueInfo]) -> String {
     if queues.is_empty() {
@@ -123,6 +153,78 @@ pub fn queue_list(queues: &[QueueInfo]) -> String {
         ]);
     }
     table.render("")
+}
+
+/// `schedule list`: one line per schedule.
+pub fn schedule_list(schedules: &[ScheduleInfo]) -> String {
+    schedule_list_at(schedules, now_ms())
+}
+
+fn schedule_list_at(schedules: &[ScheduleInfo], now: u64) -> String {
+    if schedules.is_empty() {
+        return "no schedules\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        "NAME", "QUEUE", "WHEN", "NEXT", "LAST", "RESULT", "STATE", "FIRED", "MISSED", "FAILED",
+    ]);
+    for s in schedules {
+        let spec = s.spec.clone().unwrap_or_default();
+        let result = match (s.last_error.as_str(), s.last_task_id.as_str()) {
+            ("", "") => "-".to_owned(),
+            ("", id) => id.to_owned(),
+            (error, _) => format!("failed: {error}"),
+        };
+        table.row(vec![
+            spec.name.clone(),
+            spec.queue.clone(),
+            schedule_when(&spec),
+            moment(s.next_tick_unix_ms, now),
+            moment(s.last_tick_unix_ms, now),
+            result.replace(['\n', '\r'], " "),
+            schedule_state(s).to_owned(),
+            s.fired.to_string(),
+            s.missed.to_string(),
+            s.failed.to_string(),
+        ]);
+    }
+    table.render("")
+}
+
+/// When a schedule ticks: "0 3 * * * (Europe/Paris)", "@hourly (UTC)",
+/// "every 30s".
+pub fn schedule_when(spec: &ScheduleSpec) -> String {
+    if spec.cron.is_empty() {
+        return format!("every {}", ms(spec.every_ms));
+    }
+    let zone = if spec.time_zone.is_empty() {
+        "UTC"
+    } else {
+        &spec.time_zone
+    };
+    format!("{} ({zone})", spec.cron)
+}
+
+/// "running" or "paused".
+pub fn schedule_state(s: &ScheduleInfo) -> &'static str {
+    if s.paused { "paused" } else { "running" }
+}
+
+/// What comes next for a schedule, after `created schedule NAME: ` and the
+/// like: "next tick 2026-12-01T03:00:00Z (in 4h 2m)", or why there is none.
+pub fn schedule_next(s: &ScheduleInfo) -> String {
+    schedule_next_at(s, now_ms())
+}
+
+fn schedule_next_at(s: &ScheduleInfo, now: u64) -> String {
+    let name = s.spec.as_ref().map_or("", |spec| spec.name.as_str());
+    if s.paused {
+        return format!("paused, no tick fires until `sluice schedule resume {name}`");
+    }
+    if s.next_tick_unix_ms == 0 {
+        // A cron expression with no date to come (30 February).
+        return "running, but its expression matches no time to come".to_owned();
+    }
+    format!("next tick {}", moment(s.next_tick_unix_ms, now))
 }
 
 /// `sluice info`: version and set-up, then the limits by the flag that
@@ -495,7 +597,7 @@ fn groups(list: &[GroupInfo], now: u64) -> Table {
 }
 
 /// Milliseconds since the Unix epoch on this machine's clock.
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -625,6 +727,174 @@ mod tests {
     }
 
     const NOW: u64 = 1_700_000_000_000; // 22:13:20.000 UTC
+
+    #[test]
+    fn relative_times_to_the_second() {
+        const AT: u64 = 1_700_000_000_000;
+        assert_eq!(relative(AT + 12_000, AT), "in 12s");
+        assert_eq!(relative(AT + 12_400, AT), "in 12s");
+        assert_eq!(relative(AT - 3_000, AT), "3s ago");
+        assert_eq!(relative(AT + 300, AT), "now");
+        assert_eq!(relative(AT, AT), "now");
+        // Two units at most: the largest say enough.
+        assert_eq!(
+            relative(AT + (4 * 3600 + 2 * 60 + 13) * 1000, AT),
+            "in 4h 2m"
+        );
+        assert_eq!(relative(AT + 3_600_000, AT), "in 1h");
+        assert_eq!(relative(AT - 90_061_000, AT), "1day 1h ago");
+        assert_eq!(moment(0, AT), "-");
+        assert_eq!(
+            moment(AT + 14_520_000, AT),
+            "2023-11-15T02:15:20Z (in 4h 2m)"
+        );
+    }
+
+    fn schedule(name: &str, spec: ScheduleSpec, info: ScheduleInfo) -> ScheduleInfo {
+        ScheduleInfo {
+            spec: Some(ScheduleSpec {
+                name: name.into(),
+                queue: "q".into(),
+                ..spec
+            }),
+            ..info
+        }
+    }
+
+    #[test]
+    fn schedule_list_reads_as_a_table() {
+        assert_eq!(schedule_list_at(&[], NOW), "no schedules\n");
+        let list = [
+            schedule(
+                "nightly",
+                ScheduleSpec {
+                    cron: "0 3 * * *".into(),
+                    time_zone: "Europe/Paris".into(),
+                    ..ScheduleSpec::default()
+                },
+                ScheduleInfo {
+                    next_tick_unix_ms: NOW + 12_000,
+                    last_tick_unix_ms: NOW - 3_000,
+                    last_task_id: "t42".into(),
+                    fired: 7,
+                    missed: 2,
+                    ..ScheduleInfo::default()
+                },
+            ),
+            schedule(
+                "poll",
+                ScheduleSpec {
+                    every_ms: 30_000,
+                    ..ScheduleSpec::default()
+                },
+                ScheduleInfo {
+                    paused: true,
+                    last_tick_unix_ms: NOW - 60_000,
+                    last_error: "queue full".into(),
+                    failed: 1,
+                    ..ScheduleInfo::default()
+                },
+            ),
+            schedule(
+                "fresh",
+                ScheduleSpec {
+                    cron: "@hourly".into(),
+                    ..ScheduleSpec::default()
+                },
+                ScheduleInfo::default(),
+            ),
+        ];
+        let text = schedule_list_at(&list, NOW);
+        let lines: Vec<&str> = text.lines().collect();
+        fn cells(line: &str) -> Vec<&str> {
+            line.split("  ")
+                .filter(|c| !c.is_empty())
+                .map(str::trim)
+                .collect()
+        }
+        assert_eq!(
+            cells(lines[0]),
+            [
+                "NAME", "QUEUE", "WHEN", "NEXT", "LAST", "RESULT", "STATE", "FIRED", "MISSED",
+                "FAILED"
+            ]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "nightly",
+                "q",
+                "0 3 * * * (Europe/Paris)",
+                "2023-11-14T22:13:32Z (in 12s)",
+                "2023-11-14T22:13:17Z (3s ago)",
+                "t42",
+                "running",
+                "7",
+                "2",
+                "0"
+            ]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "poll",
+                "q",
+                "every 30s",
+                "-",
+                "2023-11-14T22:12:20Z (1m ago)",
+                "failed: queue full",
+                "paused",
+                "0",
+                "0",
+                "1"
+            ]
+        );
+        assert_eq!(
+            cells(lines[3]),
+            [
+                "fresh",
+                "q",
+                "@hourly (UTC)",
+                "-",
+                "-",
+                "-",
+                "running",
+                "0",
+                "0",
+                "0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_schedule_says_what_comes_next() {
+        let running = schedule(
+            "s",
+            ScheduleSpec::default(),
+            ScheduleInfo {
+                next_tick_unix_ms: NOW + 14_520_000,
+                ..ScheduleInfo::default()
+            },
+        );
+        assert_eq!(
+            schedule_next_at(&running, NOW),
+            "next tick 2023-11-15T02:15:20Z (in 4h 2m)"
+        );
+        let paused = ScheduleInfo {
+            paused: true,
+            next_tick_unix_ms: 0,
+            ..running.clone()
+        };
+        assert_eq!(
+            schedule_next_at(&paused, NOW),
+            "paused, no tick fires until `sluice schedule resume s`"
+        );
+        let never = ScheduleInfo {
+            next_tick_unix_ms: 0,
+            ..running
+        };
+        assert!(schedule_next_at(&never, NOW).contains("no time to come"));
+    }
 
     fn held(options: QueueOptions, stats: QueueStats) -> QueueInfo {
         QueueInfo {

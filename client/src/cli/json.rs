@@ -5,7 +5,8 @@
 use serde_json::{Map, Value, json};
 use sluice_client::proto::{
     BrokerLimits, ConsumerInfo, Delivery, FsyncPolicy, GetBrokerInfoResponse, GroupInfo, Hold,
-    HoldReason, QueueInfo, QueueOptions, QueueOrder, QueueStats, RateLimit,
+    HoldReason, QueueInfo, QueueOptions, QueueOrder, QueueStats, RateLimit, ScheduleInfo,
+    ScheduleSpec,
 };
 
 /// A queue's short order name: "fifo", "lifo" or "priority".
@@ -186,6 +187,48 @@ pub fn consumer(c: &ConsumerInfo) -> Value {
     })
 }
 
+/// A schedule and how its ticks went (ScheduleInfo). The task's payload
+/// is shown as UTF-8, as a delivery's is.
+pub fn schedule(s: &ScheduleInfo) -> Value {
+    json!({
+        "spec": s.spec.as_ref().map_or(Value::Null, schedule_spec),
+        "paused": s.paused,
+        "created_at_unix_ms": s.created_at_unix_ms,
+        "next_tick_unix_ms": s.next_tick_unix_ms,
+        "last_tick_unix_ms": s.last_tick_unix_ms,
+        "last_run_unix_ms": s.last_run_unix_ms,
+        "last_task_id": s.last_task_id,
+        "last_error": s.last_error,
+        "fired": s.fired,
+        "missed": s.missed,
+        "failed": s.failed,
+    })
+}
+
+fn schedule_spec(s: &ScheduleSpec) -> Value {
+    let task = s.task.clone().unwrap_or_default();
+    let headers: Map<String, Value> = task
+        .headers
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    json!({
+        "name": s.name,
+        "queue": s.queue,
+        "cron": s.cron,
+        "every_ms": s.every_ms,
+        "time_zone": s.time_zone,
+        "catch_up": s.catch_up,
+        "task": {
+            "payload": String::from_utf8_lossy(&task.payload),
+            "headers": headers,
+            "priority": task.priority,
+            "group": task.group,
+            "job_id": task.job_id,
+        },
+    })
+}
+
 /// A delivered task. The payload is shown as UTF-8 (invalid bytes become
 /// U+FFFD): JSON has no bytes type, and `get` without `--json` gives the
 /// exact bytes.
@@ -327,6 +370,57 @@ mod tests {
         assert_eq!(q["groups"][0]["ready"], 3);
         assert_eq!(q["groups"][0]["at_cap"], true);
         assert_eq!(q["groups"][0]["throttled_until_unix_ms"], 0);
+    }
+
+    #[test]
+    fn schedule_shape() {
+        use sluice_client::proto::ScheduledTask;
+        let v = schedule(&ScheduleInfo {
+            spec: Some(ScheduleSpec {
+                name: "nightly".into(),
+                queue: "reports".into(),
+                cron: "0 3 * * *".into(),
+                time_zone: "Europe/Paris".into(),
+                catch_up: 3,
+                task: Some(ScheduledTask {
+                    payload: bytes::Bytes::from_static(b"go"),
+                    headers: [("k".to_owned(), "v".to_owned())].into(),
+                    priority: -1,
+                    group: "acme".into(),
+                    job_id: "report-{tick}".into(),
+                }),
+                ..ScheduleSpec::default()
+            }),
+            paused: true,
+            next_tick_unix_ms: 5,
+            last_task_id: "t1".into(),
+            fired: 2,
+            ..ScheduleInfo::default()
+        });
+        assert_eq!(
+            v["spec"],
+            json!({
+                "name": "nightly",
+                "queue": "reports",
+                "cron": "0 3 * * *",
+                "every_ms": 0,
+                "time_zone": "Europe/Paris",
+                "catch_up": 3,
+                "task": {
+                    "payload": "go",
+                    "headers": {"k": "v"},
+                    "priority": -1,
+                    "group": "acme",
+                    "job_id": "report-{tick}",
+                },
+            })
+        );
+        assert_eq!(v["paused"], true);
+        assert_eq!(v["next_tick_unix_ms"], 5);
+        assert_eq!(v["last_task_id"], "t1");
+        assert_eq!(v["last_error"], "");
+        assert_eq!(v["fired"], 2);
+        assert_eq!(v["missed"], 0);
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! - `batch.rs`    — cutting payloads into Enqueue batches;
 //! - `progress.rs` — the enqueue progress bar;
 //! - `json.rs`, `human.rs` — the two output formats;
-//! - `queue.rs`, `enqueue.rs`, `get.rs`, `join.rs`, `stats.rs`, `info.rs`
-//!   — commands.
+//! - `queue.rs`, `schedule.rs`, `enqueue.rs`, `get.rs`, `join.rs`,
+//!   `stats.rs`, `info.rs` — commands.
 
 mod batch;
 mod bench;
@@ -23,6 +23,7 @@ mod json;
 mod parse;
 mod progress;
 mod queue;
+mod schedule;
 mod stats;
 mod watch;
 
@@ -98,6 +99,10 @@ enum Command {
     /// Create, list, show, update, pause, resume, delete and purge queues.
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// Create, list, pause, resume and delete schedules: a task the broker
+    /// enqueues on every tick of a cron expression or an interval.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
     /// Add tasks to a queue and print their ids.
     ///
     /// One task per PAYLOAD argument or, with none, per line of stdin, sent
@@ -187,6 +192,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Command::Queue(cmd) => {
             cmd.check()?;
             queue::run(&connect(&broker, &tls).await?, cmd, json).await
+        }
+        Command::Schedule(cmd) => {
+            cmd.check()?;
+            schedule::run(&connect(&broker, &tls).await?, cmd, json).await
         }
         Command::Enqueue(cmd) => {
             // Argument errors first: they must not depend on the broker.
