@@ -248,8 +248,7 @@ pub async fn run(client: &Client, command: ScheduleCommand, as_json: bool) -> Re
         ScheduleCommand::Pause { name } => {
             let schedule = client.pause_schedule(&name).await?;
             let text = format!(
-                "paused schedule {name}: {}\n",
-                human::schedule_next(&schedule)
+                "paused schedule {name}: no tick fires until `sluice schedule resume {name}`\n"
             );
             print_schedule(&schedule, text, as_json)
         }
