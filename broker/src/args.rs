@@ -138,6 +138,10 @@ pub struct Args {
     #[arg(long, env = "SLUICE_MAX_QUEUES", default_value_t = 100_000)]
     pub max_queues: usize,
 
+    /// Schedules the broker holds at most.
+    #[arg(long, env = "SLUICE_MAX_SCHEDULES", default_value_t = 1_000)]
+    pub max_schedules: usize,
+
     /// Consume streams per queue at most.
     #[arg(long, env = "SLUICE_MAX_CONSUMERS_PER_QUEUE", default_value_t = 10_000)]
     pub max_consumers_per_queue: u64,

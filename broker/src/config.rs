@@ -16,7 +16,21 @@
 //! ack-deadline = "1m"
 //! max-attempts = 8
 //! dead-letter = "orders.dead"
+//!
+//! [[schedules]]
+//! name = "nightly-report"
+//! queue = "orders"
+//! cron = "0 3 * * *"         # or every = "30s"
+//! tz = "Europe/Paris"
+//! missed = "catch-up:3"      # or "skip" (the default)
+//! payload = "report"
+//! headers = { kind = "daily" }
+//! job = "report-{tick}"
 //! ```
+//!
+//! Declared queues and schedules are brought to the file's definition at
+//! every start: one changed at runtime (`sluice queue update`, `sluice
+//! schedule pause`) is set back, one defined differently is replaced.
 //!
 //! Precedence: a flag on the command line, then its `SLUICE_*` environment
 //! variable, then the file, then the default. Keys may be written with `-`
@@ -63,6 +77,86 @@ pub struct QueueDecl {
     pub paused: bool,
 }
 
+/// A schedule declared in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ScheduleDecl {
+    pub name: String,
+    pub queue: String,
+    pub cron: Option<String>,
+    /// A duration, e.g. "30s".
+    pub every: Option<String>,
+    pub tz: Option<String>,
+    /// "skip" or "catch-up:N".
+    pub missed: Option<String>,
+    #[serde(default)]
+    pub payload: String,
+    #[serde(default)]
+    pub headers: std::collections::HashMap<String, String>,
+    #[serde(default)]
+    pub priority: i32,
+    pub group: Option<String>,
+    pub job: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// What the file declares besides flags.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    pub queues: Vec<QueueDecl>,
+    pub schedules: Vec<ScheduleDecl>,
+}
+
+impl Declared {
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty() && self.schedules.is_empty()
+    }
+}
+
+/// A schedule's missed-tick policy as people write it: `skip` or
+/// `catch-up:N` (N from 1 to 100); the number of ticks to catch up.
+pub fn parse_missed(s: &str) -> Result<u32, String> {
+    if s == "skip" {
+        return Ok(0);
+    }
+    let n = s
+        .strip_prefix("catch-up:")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| (1..=100).contains(n));
+    n.ok_or_else(|| format!("{s:?} is not skip or catch-up:N with N from 1 to 100"))
+}
+
+/// The proto definition of a declared schedule; errors name the schedule
+/// and key.
+pub fn schedule_spec(s: &ScheduleDecl) -> Result<sluice_proto::v1::ScheduleSpec, String> {
+    let every_ms = match &s.every {
+        None => 0,
+        Some(d) => humantime::parse_duration(d)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| format!("schedules.{}.every: {e}", s.name))?,
+    };
+    let catch_up = match &s.missed {
+        None => 0,
+        Some(m) => parse_missed(m).map_err(|e| format!("schedules.{}.missed: {e}", s.name))?,
+    };
+    Ok(sluice_proto::v1::ScheduleSpec {
+        name: s.name.clone(),
+        queue: s.queue.clone(),
+        cron: s.cron.clone().unwrap_or_default(),
+        every_ms,
+        time_zone: s.tz.clone().unwrap_or_default(),
+        catch_up,
+        task: Some(sluice_proto::v1::ScheduledTask {
+            payload: s.payload.clone().into(),
+            headers: s.headers.clone(),
+            priority: s.priority,
+            group: s.group.clone().unwrap_or_default(),
+            job_id: s.job.clone().unwrap_or_default(),
+        }),
+    })
+}
+
 /// A rate as people write it: `N/s`, `N/m`, `N/h` or `N/<duration>`
 /// (`5/500ms`); a bare `N` is per second. Returns (tasks, per_ms).
 pub fn parse_rate(s: &str) -> Result<(u64, u64), String> {
@@ -98,12 +192,12 @@ pub enum ConfigError {
 
 /// Parses the command line, folding in `--config` when given. Returns the
 /// arguments and the queues the file declares.
-pub fn parse() -> Result<(Args, Vec<QueueDecl>), ConfigError> {
+pub fn parse() -> Result<(Args, Declared), ConfigError> {
     parse_from(std::env::args_os().collect())
 }
 
 /// [`parse`] on explicit arguments (for tests).
-pub fn parse_from(argv: Vec<OsString>) -> Result<(Args, Vec<QueueDecl>), ConfigError> {
+pub fn parse_from(argv: Vec<OsString>) -> Result<(Args, Declared), ConfigError> {
     let cmd = Args::command();
     let matches = cmd
         .clone()
@@ -111,9 +205,9 @@ pub fn parse_from(argv: Vec<OsString>) -> Result<(Args, Vec<QueueDecl>), ConfigE
         .map_err(ConfigError::Clap)?;
     let first = Args::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
     let Some(path) = first.config.clone() else {
-        return Ok((first, Vec::new()));
+        return Ok((first, Declared::default()));
     };
-    let (table, queues) = read(&path).map_err(ConfigError::File)?;
+    let (table, declared) = read(&path).map_err(ConfigError::File)?;
     // Flags the user did not set (neither on the command line nor in the
     // environment) take the file's value.
     let mut extra: Vec<OsString> = Vec::new();
@@ -172,10 +266,10 @@ pub fn parse_from(argv: Vec<OsString>) -> Result<(Args, Vec<QueueDecl>), ConfigE
         ))
     })?;
     let args = Args::from_arg_matches(&matches).map_err(ConfigError::Clap)?;
-    Ok((args, queues))
+    Ok((args, declared))
 }
 
-fn read(path: &Path) -> Result<(toml::Table, Vec<QueueDecl>), String> {
+fn read(path: &Path) -> Result<(toml::Table, Declared), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
     let mut table: toml::Table =
@@ -186,11 +280,18 @@ fn read(path: &Path) -> Result<(toml::Table, Vec<QueueDecl>), String> {
             .try_into()
             .map_err(|e| format!("config {}: queues: {e}", path.display()))?,
     };
-    Ok((table, queues))
+    let schedules = match table.remove("schedules") {
+        None => Vec::new(),
+        Some(v) => v
+            .try_into()
+            .map_err(|e| format!("config {}: schedules: {e}", path.display()))?,
+    };
+    Ok((table, Declared { queues, schedules }))
 }
 
 /// The effective configuration as TOML (for `--print-config`).
-pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
+pub fn print(args: &Args, declared: &Declared) -> String {
+    let queues = &declared.queues;
     let mut out = String::from("# effective configuration (flags > SLUICE_* > file > defaults)\n");
     let d = |d: &std::time::Duration| humantime::format_duration(*d).to_string();
     let opt = |v: Option<String>| v.map_or("# (not set)".to_owned(), |v| format!("{v:?}"));
@@ -231,6 +332,7 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
         ("max-payload-bytes", args.max_payload_bytes.to_string()),
         ("max-memory-bytes", args.max_memory_bytes.to_string()),
         ("max-queues", args.max_queues.to_string()),
+        ("max-schedules", args.max_schedules.to_string()),
         (
             "max-consumers-per-queue",
             args.max_consumers_per_queue.to_string(),
@@ -301,6 +403,41 @@ pub fn print(args: &Args, queues: &[QueueDecl]) -> String {
             if let Some(v) = v {
                 out.push_str(&format!("{k} = {v}\n"));
             }
+        }
+    }
+    for s in &declared.schedules {
+        out.push_str(&format!(
+            "\n[[schedules]]\nname = {:?}\nqueue = {:?}\n",
+            s.name, s.queue
+        ));
+        let quoted = |v: &Option<String>| v.as_ref().map(|v| format!("{v:?}"));
+        let fields = [
+            ("cron", quoted(&s.cron)),
+            ("every", quoted(&s.every)),
+            ("tz", quoted(&s.tz)),
+            ("missed", quoted(&s.missed)),
+            ("payload", Some(format!("{:?}", s.payload))),
+            (
+                "priority",
+                (s.priority != 0).then(|| s.priority.to_string()),
+            ),
+            ("group", quoted(&s.group)),
+            ("job", quoted(&s.job)),
+            ("paused", s.paused.then(|| "true".to_owned())),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        if !s.headers.is_empty() {
+            let mut headers: Vec<_> = s.headers.iter().collect();
+            headers.sort();
+            let inline: Vec<String> = headers
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}"))
+                .collect();
+            out.push_str(&format!("headers = {{ {} }}\n", inline.join(", ")));
         }
     }
     out

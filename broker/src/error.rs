@@ -15,6 +15,10 @@ pub enum Error {
     InvalidArgument(String),
     #[error("queue {name:?} already exists with other options ({diff})")]
     QueueExists { name: String, diff: String },
+    #[error("schedule {0:?} not found")]
+    ScheduleNotFound(String),
+    #[error("schedule {0:?} already exists with another definition (delete it first)")]
+    ScheduleExists(String),
     #[error("queue {queue:?} full ({depth} of {capacity} tasks); retry in ~{}", humantime::format_duration(std::time::Duration::from_millis(*retry_after_ms)))]
     QueueFull {
         queue: String,
@@ -72,7 +76,10 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::QueueNotFound(_) | Error::JobNotFound(_) => Code::NotFound,
+            Error::QueueNotFound(_) | Error::JobNotFound(_) | Error::ScheduleNotFound(_) => {
+                Code::NotFound
+            }
+            Error::ScheduleExists(_) => Code::AlreadyExists,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::QueueExists { .. } => Code::AlreadyExists,
             Error::QueueFull { .. } => Code::ResourceExhausted,

@@ -7,7 +7,8 @@
 //! - [`broker`]: the async runtime around the engine — the queues, the
 //!   effect executor (where an engine call's changes become log records and
 //!   then effects), the waiting operations, the memory budget, compaction,
-//!   timers; and [`jobs`], the job registry;
+//!   timers; and [`jobs`], the job registry, and [`schedules`], the
+//!   schedule registry;
 //! - [`engine`]: the sans-I/O state machine of one queue (its own crate);
 //! - [`wal`]: what durable queues log and how a restart replays it, on
 //!   [`storage`], the segmented log.
@@ -34,6 +35,7 @@ pub mod lease;
 pub mod limits;
 pub mod member;
 pub mod metrics;
+pub mod schedules;
 pub mod server;
 pub mod signal;
 pub mod storage;
@@ -65,6 +67,7 @@ mod layers {
         ("cluster", 3),
         ("journal", 4),
         ("jobs", 5),
+        ("schedules", 5),
         ("broker", 6),
         ("api", 7),
         ("metrics", 7),

@@ -17,6 +17,8 @@ pub struct Limits {
     pub max_memory_bytes: u64,
     /// Queues in the broker.
     pub max_queues: usize,
+    /// Schedules in the broker.
+    pub max_schedules: usize,
     /// Consume streams per queue.
     pub max_consumers_per_queue: u64,
     /// Consume streams in the broker.
@@ -35,6 +37,7 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             max_memory_bytes: 2 << 30,
             max_queues: 100_000,
+            max_schedules: 1_000,
             max_consumers_per_queue: 10_000,
             max_consumers: 100_000,
             max_credit: MAX_UNSPENT_CREDIT,

@@ -149,14 +149,15 @@ async fn main() -> ExitCode {
 
     if cluster.is_some() && !declared.is_empty() {
         eprintln!(
-            "sluice-broker: config: [[queues]] are not created by cluster members yet; \
-             create them with `sluice queue create` against the cluster"
+            "sluice-broker: config: [[queues]] and [[schedules]] are not created by cluster \
+             members yet; create them with `sluice queue create` and `sluice schedule \
+             create` against the cluster"
         );
         return ExitCode::from(2);
     }
     broker.set_shutdown_grace(args.shutdown_grace);
     broker.jobs().set_ttl(args.job_ttl);
-    for q in &declared {
+    for q in &declared.queues {
         let created = match sluice_broker::config::queue_options(q) {
             Ok(options) => sluice_broker::api::validate::queue_spec(&q.name, Some(&options))
                 .map_err(|e| format!("queues.{}: {e}", q.name)),
@@ -170,6 +171,23 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         };
         if let Err(e) = created {
+            eprintln!("sluice-broker: config: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    for s in &declared.schedules {
+        let spec = sluice_broker::config::schedule_spec(s).and_then(|spec| {
+            sluice_broker::api::validate::schedule_spec(Some(spec), &broker.limits())
+                .map_err(|e| format!("schedules.{}: {e}", s.name))
+        });
+        let declared = match spec {
+            Ok(spec) => broker
+                .declare_schedule(spec, s.paused)
+                .await
+                .map_err(|e| format!("schedules.{}: {e}", s.name)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = declared {
             eprintln!("sluice-broker: config: {e}");
             return ExitCode::from(2);
         }
@@ -238,6 +256,7 @@ async fn main() -> ExitCode {
         max_payload_bytes: args.max_payload_bytes,
         max_memory_bytes: args.max_memory_bytes,
         max_queues: args.max_queues,
+        max_schedules: args.max_schedules,
         max_consumers_per_queue: args.max_consumers_per_queue,
         max_consumers: args.max_consumers,
         max_credit: args.max_credit,

@@ -39,6 +39,7 @@ const FEATURES: &[&str] = &[
     "dead-letter",
     "health",
     "reflection",
+    "schedules",
 ];
 
 /// The answer to `GetBrokerInfo`.
@@ -76,6 +77,7 @@ pub fn response(setup: &Setup, limits: &Limits) -> pb::GetBrokerInfoResponse {
             max_payload_bytes: limits.max_payload_bytes as u64,
             max_memory_bytes: limits.max_memory_bytes,
             max_queues: limits.max_queues as u64,
+            max_schedules: limits.max_schedules as u64,
             max_consumers_per_queue: limits.max_consumers_per_queue,
             max_consumers: limits.max_consumers,
             max_credit: limits.max_credit,

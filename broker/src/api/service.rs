@@ -48,11 +48,34 @@ impl Service {
         }
     }
 
+    /// The queue of an existing schedule the caller may administer. A
+    /// schedule of a queue the token may not read answers as an unknown
+    /// one: names are not leaked.
+    fn schedule_queue<T>(&self, req: &Request<T>, name: &str) -> Result<String, Status> {
+        validate::schedule_name(name)?;
+        let access = auth::access(req);
+        let queue = self
+            .broker
+            .schedule(name)?
+            .spec
+            .map(|s| s.queue)
+            .unwrap_or_default();
+        if access.require(Role::Read, &queue).is_err() {
+            return Err(Error::ScheduleNotFound(name.to_owned()).into());
+        }
+        access.require(Role::Admin, &queue)?;
+        Ok(queue)
+    }
+
     fn queue(&self, name: &str) -> Result<std::sync::Arc<QueueHandle>, Error> {
         validate::queue_name(name)?;
         self.broker.queue(name)
     }
 }
+
+/// Encoded bytes of schedules ListSchedules answers with at most: well
+/// within a default client's 4 MiB.
+const LIST_BYTES: usize = 1 << 20;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -100,6 +123,101 @@ impl SluiceService for Service {
             .await?;
         Ok(Response::new(pb::UpdateQueueResponse {
             queue: Some(queue_info(&q, MAX_GROUPS_SHOWN)),
+        }))
+    }
+
+    async fn create_schedule(
+        &self,
+        req: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
+        let access = auth::access(&req);
+        let req = req.into_inner();
+        // A schedule is a standing producer the broker runs for its
+        // creator: it takes the queue's admin right, as its options do.
+        let queue = req
+            .schedule
+            .as_ref()
+            .map(|s| s.queue.as_str())
+            .unwrap_or("");
+        access.require(Role::Admin, queue)?;
+        let spec = validate::schedule_spec(req.schedule, &self.limits)?;
+        let (schedule, created) = self.broker.create_schedule(spec, req.paused).await?;
+        Ok(Response::new(pb::CreateScheduleResponse {
+            schedule: Some(schedule),
+            created,
+        }))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let access = auth::access(&req);
+        let req = req.into_inner();
+        if !req.queue.is_empty() {
+            access.require(Role::Read, &req.queue)?;
+        }
+        let mut out = pb::ListSchedulesResponse::default();
+        let mut size = 0;
+        for s in self.broker.schedules().list() {
+            let Some(spec) = &s.spec else { continue };
+            if spec.name.as_str() <= req.after.as_str() && !req.after.is_empty()
+                || (!req.queue.is_empty() && spec.queue != req.queue)
+                || access.require(Role::Read, &spec.queue).is_err()
+            {
+                continue;
+            }
+            let len = prost::Message::encoded_len(&s) + 8;
+            if !out.schedules.is_empty() && size + len > LIST_BYTES {
+                out.next_after = out
+                    .schedules
+                    .last()
+                    .and_then(|l| l.spec.as_ref())
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            size += len;
+            out.schedules.push(s);
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let queue = self.schedule_queue(&req, &req.get_ref().name)?;
+        self.broker.delete_schedule(&req.get_ref().name).await?;
+        tracing::debug!(queue, "schedule deleted");
+        Ok(Response::new(pb::DeleteScheduleResponse {}))
+    }
+
+    async fn pause_schedule(
+        &self,
+        req: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
+        self.schedule_queue(&req, &req.get_ref().name)?;
+        let schedule = self
+            .broker
+            .pause_schedule(&req.get_ref().name, true)
+            .await?;
+        Ok(Response::new(pb::PauseScheduleResponse {
+            schedule: Some(schedule),
+        }))
+    }
+
+    async fn resume_schedule(
+        &self,
+        req: Request<pb::ResumeScheduleRequest>,
+    ) -> Result<Response<pb::ResumeScheduleResponse>, Status> {
+        self.schedule_queue(&req, &req.get_ref().name)?;
+        let schedule = self
+            .broker
+            .pause_schedule(&req.get_ref().name, false)
+            .await?;
+        Ok(Response::new(pb::ResumeScheduleResponse {
+            schedule: Some(schedule),
         }))
     }
 

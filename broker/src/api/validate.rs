@@ -42,6 +42,69 @@ pub fn queue_name(name: &str) -> Result<()> {
     }
 }
 
+/// Schedule names: as queue names.
+pub fn schedule_name(name: &str) -> Result<()> {
+    if is_queue_name(name) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid schedule name {name:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// A schedule's definition: its name, queue and timing, and its task as
+/// an enqueue of it would be checked — with the key and headers each tick
+/// adds, and the job id at its longest once a tick fills it.
+pub fn schedule_spec(s: Option<pb::ScheduleSpec>, limits: &Limits) -> Result<pb::ScheduleSpec> {
+    let mut s = s.ok_or_else(|| Error::invalid("a schedule is required"))?;
+    // Written one way, so that creating it again as it was written another
+    // (spacing, "UTC" for none) is the same definition.
+    s.cron = s.cron.split_whitespace().collect::<Vec<_>>().join(" ");
+    if matches!(s.time_zone.as_str(), "UTC" | "Etc/UTC") {
+        s.time_zone.clear();
+    }
+    schedule_name(&s.name)?;
+    queue_name(&s.queue)?;
+    crate::schedules::when_of(&s)
+        .map_err(|e| Error::invalid(format!("schedule {:?}: {e}", s.name)))?;
+    if s.catch_up > crate::schedules::MAX_CATCH_UP {
+        return Err(Error::invalid(format!(
+            "schedule {:?}: catch_up {} is over the limit of {}",
+            s.name,
+            s.catch_up,
+            crate::schedules::MAX_CATCH_UP
+        )));
+    }
+    let task = s.task.clone().unwrap_or_default();
+    // The longest tick text: 2026-12-01T03:00:00.500Z.
+    let tick = "0000-00-00T00:00:00.000Z";
+    let mut headers = task.headers.clone();
+    headers.insert("x-sluice-schedule".into(), s.name.clone());
+    headers.insert("x-sluice-tick".into(), tick.into());
+    let sample = pb::NewTask {
+        payload: task.payload.clone(),
+        headers,
+        priority: task.priority,
+        delay_ms: 0,
+        key: format!("{}@{tick}", s.name),
+        job_id: task
+            .job_id
+            .replace("{tick}", tick)
+            .replace("{schedule}", &s.name),
+        group: task.group.clone(),
+    };
+    new_task(0, sample, TaskId(0), limits).map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::invalid(format!(
+            "schedule {:?}: its {}",
+            s.name,
+            m.trim_start_matches("task 0: ")
+        )),
+        e => e,
+    })?;
+    Ok(s)
+}
+
 /// EnqueueRequest.producer_id and sequence: a producer that names itself
 /// (at most [`MAX_NAME_LEN`] bytes) has its batches told apart by their
 /// sequence numbers; none, no deduplication.

@@ -22,12 +22,13 @@ impl Broker {
             .held_bytes
             .load(Ordering::SeqCst)
             .saturating_add(inner.jobs.bytes())
+            .saturating_add(inner.schedules.bytes())
             .saturating_add(others);
         let max = self.limits().max_memory_bytes;
         if used.saturating_add(bytes) > max {
             return Err(Error::LimitReached(format!(
                 "the broker's memory budget is used up ({used} of {max} bytes held for \
-                 queued and waiting tasks, keys and jobs; --max-memory-bytes); \
+                 queued and waiting tasks, keys, jobs and schedules; --max-memory-bytes); \
                  retry when workers have drained some"
             )));
         }
@@ -35,9 +36,12 @@ impl Broker {
     }
 
     /// Bytes counted against the memory budget: what the queues hold
-    /// (payloads, headers, keys, job ids) and the jobs' outcomes.
+    /// (payloads, headers, keys, job ids), the jobs' outcomes and the
+    /// schedules.
     pub fn held_bytes(&self) -> u64 {
-        self.inner.held_bytes.load(Ordering::Relaxed) + self.inner.jobs.bytes()
+        self.inner.held_bytes.load(Ordering::Relaxed)
+            + self.inner.jobs.bytes()
+            + self.inner.schedules.bytes()
     }
 }
 

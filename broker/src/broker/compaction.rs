@@ -47,7 +47,9 @@ impl Broker {
     /// What a compacted log would hold, estimated from what is live:
     /// durable queues' tasks and definitions, and jobs.
     pub fn live_bytes(&self) -> u64 {
-        self.inner.durable_live.load(Ordering::Relaxed) + self.inner.jobs.bytes()
+        self.inner.durable_live.load(Ordering::Relaxed)
+            + self.inner.jobs.bytes()
+            + self.inner.schedules.bytes()
     }
 
     /// Free space an append that grows the log must leave behind: room
@@ -110,6 +112,13 @@ impl Broker {
                 wal::write_jobs(&slot, jobs).map(|bytes| (slot, bytes))
             }));
         }
+        // Schedules under their registry's lock with their place, as jobs:
+        // a run journaled meanwhile lands after it.
+        let (schedules, slot) = self.inner.schedules.states(|| log.reserve());
+        let slot = slot?;
+        writers.push(tokio::task::spawn_blocking(move || {
+            wal::write_schedules(&slot, schedules).map(|bytes| (slot, bytes))
+        }));
         let mut bytes = 0;
         let mut first_error = None;
         for w in writers {

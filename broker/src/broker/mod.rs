@@ -8,7 +8,8 @@
 //! - `waiting`: enqueue, get, join and subscribe, which wait;
 //! - `budget`: the memory budget;
 //! - `compaction`: rewriting the log to what is live;
-//! - `timers`: the clock and the per-queue timers.
+//! - `timers`: the clock and the per-queue timers;
+//! - `schedule`: schedules — defined like queues, fired by a runner.
 //!
 //! Locking: each queue's state sits behind a std `Mutex` held only for one
 //! engine call plus routing its effects (channel sends and one-shot
@@ -78,6 +79,7 @@ struct Inner {
     next_producer: AtomicU64,
     shutdown: CancellationToken,
     jobs: crate::jobs::Jobs,
+    schedules: crate::schedules::Schedules,
     limits: RwLock<crate::limits::Limits>,
     /// Bytes clients made the queues keep (payloads, headers, keys, job
     /// ids; see `QueueState::held_bytes`): the memory budget's measure,
@@ -143,6 +145,7 @@ impl Broker {
         let broker = Broker {
             inner: Arc::new(Inner {
                 jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), journal.clone()),
+                schedules: Default::default(),
                 limits: RwLock::new(crate::limits::Limits::default()),
                 defs: tokio::sync::Mutex::new(()),
                 lease_key: RwLock::new(LeaseKey::random()),
@@ -178,10 +181,18 @@ impl Broker {
             tracing::info!(queue = %handle.name(), tasks = n, "queue recovered");
         }
         broker.inner.jobs.restore(recovered_jobs);
+        broker
+            .inner
+            .schedules
+            .replace_with(recovered.schedules.into_values());
+        for (name, (queue, tick)) in recovered.schedule_ticks {
+            broker.inner.schedules.stored_tick(&name, &queue, tick);
+        }
         if broker.inner.journal.log().is_some() {
             tokio::spawn(broker.clone().compact_when_due());
         }
         tokio::spawn(broker.clone().sweep_jobs());
+        tokio::spawn(broker.clone().run_schedules());
         broker
     }
 
@@ -289,6 +300,8 @@ impl Broker {
     /// In a cluster: starts or stops serving queue calls.
     pub fn set_serving(&self, serving: bool) {
         self.inner.serving.store(serving, Ordering::Release);
+        // Only who serves fires schedules.
+        self.inner.schedules.changed.notify_one();
     }
 
     /// In a cluster: the leader's address, for the clients told to go
@@ -335,6 +348,7 @@ mod compaction;
 mod queue;
 mod queues;
 mod replica;
+mod schedule;
 #[cfg(test)]
 mod tests;
 mod timers;

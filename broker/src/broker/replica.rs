@@ -193,6 +193,9 @@ impl Broker {
         if let Some(s) = p.seal {
             self.inner.jobs.apply_seal(&s.job, s.total, now);
         }
+        if let Some(r) = p.schedule {
+            self.inner.schedules.apply(r, |_| {});
+        }
         if let Ok(key) = <[u8; 16]>::try_from(p.lease_key.as_ref()) {
             self.set_lease_key(key);
         }
@@ -290,6 +293,7 @@ impl Broker {
         MachineImage {
             queues,
             jobs: self.inner.jobs.records(),
+            schedules: self.inner.schedules.states(|| ()).0,
             max_task_id: st.max_task_id,
             max_other_id: st.max_other_id,
             lease_key: st
@@ -318,6 +322,7 @@ impl Broker {
             }
         }
         self.inner.jobs.replace_with(image.jobs);
+        self.inner.schedules.replace_with(image.schedules);
         {
             let mut st = self.replica_state();
             st.max_task_id = image.max_task_id;

@@ -719,3 +719,113 @@ async fn compaction_while_the_queue_serves_keeps_exactly_what_is_live() {
     live.sort();
     assert_eq!(found, live);
 }
+
+fn every(name: &str, queue: &str, ms: u64) -> pb::ScheduleSpec {
+    pb::ScheduleSpec {
+        name: name.into(),
+        queue: queue.into(),
+        every_ms: ms,
+        task: Some(pb::ScheduledTask {
+            payload: Bytes::from_static(b"tick"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_the_log_refused_does_not_exist_and_one_it_took_survives_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    queue(&broker, "q", durable(10)).await;
+    let hourly = every("hourly", "q", 3_600_000);
+    let log = broker.log().cloned().expect("log");
+    log.faults().fail_writes.store(1, Relaxed);
+    let err = broker
+        .create_schedule(hourly.clone(), false)
+        .await
+        .expect_err("the disk is full");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    assert!(broker.schedules().is_empty(), "no orphan schedule");
+    assert_eq!(broker.schedules().bytes(), 0);
+    let (info, created) = broker
+        .create_schedule(hourly.clone(), false)
+        .await
+        .expect("created");
+    assert!(created);
+    assert!(info.next_tick_unix_ms > 0);
+    // The same definition again: nothing new; another: refused.
+    let (_, again) = broker
+        .create_schedule(hourly.clone(), false)
+        .await
+        .expect("same");
+    assert!(!again);
+    let err = broker
+        .create_schedule(every("hourly", "q", 60_000), false)
+        .await
+        .expect_err("other definition");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    // A pause the log refused changes nothing either.
+    log.faults().fail_writes.store(1, Relaxed);
+    broker
+        .pause_schedule("hourly", true)
+        .await
+        .expect_err("the disk is full");
+    assert!(!broker.schedule("hourly").expect("there").paused);
+    broker.pause_schedule("hourly", true).await.expect("paused");
+    broker.compact().await.expect("compacted");
+    let r = restart_view(broker, dir.path()).await;
+    let st = &r.schedules["hourly"];
+    let info = st.info.as_ref().expect("info");
+    assert_eq!(info.spec.as_ref(), Some(&hourly));
+    assert!(info.paused);
+}
+
+#[tokio::test]
+async fn a_deleted_schedule_stays_deleted_and_a_refused_delete_keeps_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    queue(&broker, "q", durable(10)).await;
+    broker
+        .create_schedule(every("s", "q", 3_600_000), false)
+        .await
+        .expect("created");
+    let log = broker.log().cloned().expect("log");
+    log.faults().fail_writes.store(1, Relaxed);
+    broker.delete_schedule("s").await.expect_err("disk full");
+    assert!(broker.schedule("s").is_ok(), "still there");
+    broker.delete_schedule("s").await.expect("deleted");
+    let err = broker.delete_schedule("s").await.expect_err("gone");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let r = restart_view(broker, dir.path()).await;
+    assert!(r.schedules.is_empty());
+}
+
+#[tokio::test]
+async fn a_tick_whose_run_record_was_lost_is_known_by_its_stored_task() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let q = queue(&broker, "q", durable(10)).await;
+    broker
+        .create_schedule(every("s", "q", 3_600_000), false)
+        .await
+        .expect("created");
+    // What a tick stores, without its run's record (a crash in between).
+    let tick = (now_ms() / 3_600_000 + 1) * 3_600_000;
+    let mut task = tasks(&broker, &["tick"]).remove(0);
+    task.headers.insert("x-sluice-schedule".into(), "s".into());
+    task.headers
+        .insert("x-sluice-tick".into(), crate::schedules::tick_text(tick));
+    broker
+        .enqueue(&q, vec![task], false, None, None)
+        .await
+        .expect("stored");
+    let got = take(&broker, &q, 1).await;
+    ack_all(&broker, &q, &got);
+    let r = restart_view(broker, dir.path()).await;
+    assert_eq!(r.schedule_ticks["s"], ("q".to_owned(), tick));
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let info = broker.schedule("s").expect("recovered");
+    assert_eq!(info.last_tick_unix_ms, tick, "the tick is not due again");
+    assert!(info.next_tick_unix_ms > tick);
+}

@@ -11,7 +11,9 @@
 //! - `Batch`: changes to several queues that must be replayed together or
 //!   not at all (a dead-lettered task leaving its queue and arriving in
 //!   the dead letter queue);
-//! - `Job`: what happened to a job.
+//! - `Job`: what happened to a job;
+//! - `Schedule`: a schedule defined, deleted, paused or resumed, or a tick
+//!   of it handled.
 //!
 //! Replaying them in log order rebuilds every durable queue: its options
 //! and its unfinished tasks with their attempt counts, priorities and
@@ -33,7 +35,7 @@ use crate::engine::{
 /// One log record.
 #[derive(Clone, PartialEq, Message)]
 pub struct Record {
-    #[prost(oneof = "record::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "record::Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<record::Kind>,
 }
 
@@ -51,7 +53,141 @@ pub mod record {
         Job(super::JobRecord),
         #[prost(message, tag = "5")]
         Batch(super::Batch),
+        #[prost(message, boxed, tag = "6")]
+        Schedule(Box<super::ScheduleRecord>),
     }
+}
+
+/// What happened to a schedule. The same message is a cluster's proposal
+/// of it (`replicated::ProposalMsg::schedule`).
+#[derive(Clone, PartialEq, Message)]
+pub struct ScheduleRecord {
+    #[prost(oneof = "schedule_record::Kind", tags = "1, 2, 3, 4")]
+    pub kind: Option<schedule_record::Kind>,
+}
+
+pub mod schedule_record {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Created, or (compaction, a snapshot) its whole state.
+        #[prost(message, boxed, tag = "1")]
+        Define(Box<super::ScheduleState>),
+        /// Deleted (its name).
+        #[prost(string, tag = "2")]
+        Delete(String),
+        #[prost(message, tag = "3")]
+        Paused(super::SchedulePaused),
+        #[prost(message, tag = "4")]
+        Tick(super::ScheduleTick),
+    }
+}
+
+/// A schedule's whole state: the API's view of it (its definition, paused,
+/// last tick, counts) and where its ticks start.
+#[derive(Clone, PartialEq, Message)]
+pub struct ScheduleState {
+    #[prost(message, optional, tag = "1")]
+    pub info: Option<sluice_proto::v1::ScheduleInfo>,
+    /// Ticks at or before this are not its business: its creation, or its
+    /// last resume (ticks while paused are neither fired nor missed).
+    #[prost(uint64, tag = "2")]
+    pub since: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct SchedulePaused {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(bool, tag = "2")]
+    pub paused: bool,
+    /// When (the leader's clock): a resume starts its ticks after it.
+    #[prost(uint64, tag = "3")]
+    pub at: u64,
+}
+
+/// One run of a schedule: the ticks up to `tick` handled — fired, failed
+/// or missed — with the counts to add.
+#[derive(Clone, PartialEq, Message)]
+pub struct ScheduleTick {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The schedule's creation time: a run of a schedule deleted and made
+    /// again under its name meanwhile is not the new one's.
+    #[prost(uint64, tag = "2")]
+    pub created_at: u64,
+    /// The latest tick handled.
+    #[prost(uint64, tag = "3")]
+    pub tick: u64,
+    #[prost(uint64, tag = "4")]
+    pub run_at: u64,
+    /// The task id of the last tick fired; empty: none fired.
+    #[prost(string, tag = "5")]
+    pub task_id: String,
+    /// Why the last tick failed; empty: it did not.
+    #[prost(string, tag = "6")]
+    pub error: String,
+    #[prost(uint64, tag = "7")]
+    pub fired: u64,
+    #[prost(uint64, tag = "8")]
+    pub missed: u64,
+    #[prost(uint64, tag = "9")]
+    pub failed: u64,
+}
+
+/// A schedule record.
+pub fn schedule(r: ScheduleRecord) -> Bytes {
+    encode(record::Kind::Schedule(Box::new(r)))
+}
+
+/// Applies a schedule record to schedules' states by name: what a restart
+/// replays, and what the registry itself runs.
+pub fn apply_schedule(
+    states: &mut BTreeMap<String, ScheduleState>,
+    r: ScheduleRecord,
+) -> Result<(), String> {
+    use schedule_record::Kind;
+    match r.kind {
+        Some(Kind::Define(st)) => {
+            let name = st
+                .info
+                .as_ref()
+                .and_then(|i| i.spec.as_ref())
+                .map(|s| s.name.clone());
+            let name = name.ok_or("schedule definition without a name")?;
+            states.insert(name, *st);
+        }
+        Some(Kind::Delete(name)) => {
+            states.remove(&name);
+        }
+        Some(Kind::Paused(p)) => {
+            if let Some(st) = states.get_mut(&p.name)
+                && let Some(info) = &mut st.info
+            {
+                if info.paused && !p.paused {
+                    st.since = st.since.max(p.at);
+                }
+                info.paused = p.paused;
+            }
+        }
+        Some(Kind::Tick(t)) => {
+            if let Some(st) = states.get_mut(&t.name)
+                && let Some(info) = &mut st.info
+                && info.created_at_unix_ms == t.created_at
+            {
+                info.last_tick_unix_ms = info.last_tick_unix_ms.max(t.tick);
+                info.last_run_unix_ms = t.run_at;
+                if !t.task_id.is_empty() {
+                    info.last_task_id = t.task_id;
+                }
+                info.last_error = t.error;
+                info.fired += t.fired;
+                info.missed += t.missed;
+                info.failed += t.failed;
+            }
+        }
+        None => return Err("empty schedule record".into()),
+    }
+    Ok(())
 }
 
 /// Changes to several queues, in order, in one record (so in one frame:
@@ -374,6 +510,23 @@ pub fn write_snapshot(
     Ok(bytes)
 }
 
+/// Writes every schedule's whole state into a reserved place in the log, a
+/// record per schedule. Returns the bytes written.
+pub fn write_schedules(
+    slot: &crate::storage::Slot,
+    schedules: Vec<ScheduleState>,
+) -> Result<u64, crate::storage::StorageError> {
+    let mut bytes = 0;
+    for st in schedules {
+        let record = schedule(ScheduleRecord {
+            kind: Some(schedule_record::Kind::Define(Box::new(st))),
+        });
+        bytes += record.len() as u64;
+        slot.send(vec![record])?;
+    }
+    Ok(bytes)
+}
+
 /// Writes every job's whole state into a reserved place in the log, a
 /// record per job. Returns the bytes written.
 pub fn write_jobs(
@@ -463,6 +616,21 @@ pub struct Recovery {
     /// The highest task id seen: new ids start above it.
     pub max_task_id: u64,
     pub records: u64,
+    /// Every schedule, by name.
+    pub schedules: BTreeMap<String, ScheduleState>,
+    /// The latest tick each schedule stored a task for, by the task's
+    /// `x-sluice-schedule` and `x-sluice-tick` headers: (queue, tick). A
+    /// run's own record may be missing (a crash right after the task was
+    /// stored); the task says the tick fired all the same.
+    pub schedule_ticks: BTreeMap<String, (String, Millis)>,
+}
+
+/// The tick a task stored by a schedule names in its headers: (schedule,
+/// tick).
+pub fn scheduled_tick(headers: &HashMap<String, String>) -> Option<(&str, Millis)> {
+    let name = headers.get("x-sluice-schedule")?;
+    let tick = chrono::DateTime::parse_from_rfc3339(headers.get("x-sluice-tick")?).ok()?;
+    Some((name, u64::try_from(tick.timestamp_millis()).ok()?))
 }
 
 impl Recovery {
@@ -497,6 +665,7 @@ impl Recovery {
                     history.events.push(r);
                 }
             }
+            Some(record::Kind::Schedule(r)) => apply_schedule(&mut self.schedules, *r)?,
             Some(record::Kind::Changes(c)) => self.apply_changes(c),
             Some(record::Kind::Batch(b)) => {
                 for c in b.queues {
@@ -518,6 +687,17 @@ impl Recovery {
             return;
         };
         for m in c.changes {
+            if let Some(change_msg::Kind::Stored(t)) = &m.kind
+                && let Some((name, tick)) = scheduled_tick(&t.headers)
+            {
+                let seen = self
+                    .schedule_ticks
+                    .entry(name.to_owned())
+                    .or_insert_with(|| (c.queue.clone(), tick));
+                if tick >= seen.1 {
+                    *seen = (c.queue.clone(), tick);
+                }
+            }
             apply_change(q, m, &mut self.max_task_id);
         }
     }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use prost::Message;
 
-use super::codec::{JobRecord, QueueDef};
+use super::codec::{JobRecord, QueueDef, ScheduleRecord, ScheduleState};
 use crate::engine::{
     Claim, Command, ConsumerId, EnqueueMode, ImageConsumer, ImageGroup, ImageKey, ImageLease,
     ImageMark, ImagePublisher, ImageTask, ImageWaiting, MarkedBatch, Millis, NackAction, NewTask,
@@ -45,6 +45,10 @@ pub struct ProposalMsg {
     /// first leader: every member then verifies the same tokens.
     #[prost(bytes = "bytes", tag = "7")]
     pub lease_key: Bytes,
+    /// A schedule defined, deleted, paused or resumed, or its ticks
+    /// handled (the leader fires; members only follow).
+    #[prost(message, optional, tag = "8")]
+    pub schedule: Option<ScheduleRecord>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -617,6 +621,15 @@ pub fn seal(job: &str, total: u64, now: Millis) -> Bytes {
     })
 }
 
+/// The proposal of a schedule's change.
+pub fn schedule(r: ScheduleRecord, now: Millis) -> Bytes {
+    encode(ProposalMsg {
+        now,
+        schedule: Some(r),
+        ..Default::default()
+    })
+}
+
 /// The proposal of the cluster's lease-token key.
 pub fn lease_key(key: [u8; 16], now: Millis) -> Bytes {
     encode(ProposalMsg {
@@ -655,6 +668,9 @@ pub struct MachineImage {
     /// The cluster's lease-token key; empty until its first leader set it.
     #[prost(bytes = "bytes", tag = "5")]
     pub lease_key: Bytes,
+    /// Every schedule's whole state.
+    #[prost(message, repeated, tag = "6")]
+    pub schedules: Vec<ScheduleState>,
 }
 
 #[derive(Clone, PartialEq, Message)]
