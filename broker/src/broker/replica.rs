@@ -388,5 +388,7 @@ impl Broker {
         for q in self.queues() {
             self.remove_queue(&q);
         }
+        // Made again from the snapshot and the log, as the queues are.
+        self.inner.schedules.replace_with([]);
     }
 }
