@@ -33,24 +33,23 @@ pub fn is_queue_name(name: &str) -> bool {
 
 /// Queue names: `[A-Za-z0-9._-]{1,128}`.
 pub fn queue_name(name: &str) -> Result<()> {
+    named("queue", name)
+}
+
+/// A name of `what` (a queue, a schedule): `[A-Za-z0-9._-]{1,128}`.
+fn named(what: &str, name: &str) -> Result<()> {
     if is_queue_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid queue name {name:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -"
+            "invalid {what} name {name:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -"
         )))
     }
 }
 
 /// Schedule names: as queue names.
 pub fn schedule_name(name: &str) -> Result<()> {
-    if is_queue_name(name) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid schedule name {name:?}: use 1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ -"
-        )))
-    }
+    named("schedule", name)
 }
 
 /// A schedule's definition: its name, queue and timing, and its task as
