@@ -385,6 +385,38 @@ pub fn render(broker: &Broker, cluster: Option<&Current>) -> String {
         "gauge",
         broker.held_bytes() as f64,
     ));
+    let schedules = broker.schedules();
+    let (running, paused) = schedules.by_state();
+    fams.push(Family {
+        name: "sluice_schedules",
+        help: "Schedules, by state.",
+        kind: "gauge",
+        samples: vec![
+            ("{state=\"running\"}".into(), running as f64),
+            ("{state=\"paused\"}".into(), paused as f64),
+        ],
+    });
+    let ran = &schedules.ran;
+    fams.push(Family {
+        name: "sluice_schedule_ticks_total",
+        help: "Schedule ticks this broker handled since it started, by result: fired (task \
+               stored), failed (queue full until the next tick, deleted, budget), missed \
+               (found later than their grace and not caught up).",
+        kind: "counter",
+        samples: [
+            ("fired", &ran.fired),
+            ("failed", &ran.failed),
+            ("missed", &ran.missed),
+        ]
+        .into_iter()
+        .map(|(r, n)| {
+            (
+                format!("{{result=\"{r}\"}}"),
+                n.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            )
+        })
+        .collect(),
+    });
     if let Some(log) = broker.log() {
         let s = log.stats();
         fams.push(single(

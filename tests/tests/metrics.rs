@@ -1,6 +1,6 @@
 //! Prometheus metrics: the broker's counters as a scrape sees them.
 
-use sluice_tests::{Broker, scrape};
+use sluice_tests::{Broker, DEADLINE, eventually, num, scrape};
 
 #[test]
 fn metrics_show_depths_and_counters_per_queue() {
@@ -36,4 +36,36 @@ fn metrics_show_depths_and_counters_per_queue() {
         text.contains("sluice_process_resident_memory_bytes "),
         "{text}"
     );
+}
+
+#[test]
+fn metrics_count_schedules_and_their_ticks() {
+    let b = Broker::start_on("127.0.0.1:0", &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = b.metrics_addr();
+    b.ok(&["queue", "create", "q"]);
+    b.ok(&[
+        "schedule", "create", "beat", "--queue", "q", "--every", "1s",
+    ]);
+    b.ok(&[
+        "schedule", "create", "held", "--queue", "q", "--every", "1h", "--paused",
+    ]);
+    // Two ticks stored: the counter says at least that many fired.
+    eventually(DEADLINE, "two ticks stored", || {
+        num(&b.stats("q"), &["stats", "ready"]) >= 2
+    });
+    let text = scrape(&addr);
+    for line in [
+        "sluice_schedules{state=\"running\"} 1",
+        "sluice_schedules{state=\"paused\"} 1",
+        "# TYPE sluice_schedule_ticks_total counter",
+        "sluice_schedule_ticks_total{result=\"failed\"} 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    let fired = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_schedule_ticks_total{result=\"fired\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(fired >= 2, "fired {fired}:\n{text}");
 }

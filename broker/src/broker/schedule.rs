@@ -235,6 +235,11 @@ impl Broker {
                 self.inner.schedules.finished(&run.name);
                 return;
             }
+            let ran = &self.inner.schedules.ran;
+            match t.fired {
+                1 => ran.fired.fetch_add(1, Ordering::Relaxed),
+                _ => ran.failed.fetch_add(1, Ordering::Relaxed),
+            };
             t.run_at = now_ms();
             self.record_run(t);
             recorded = tick;
@@ -242,6 +247,8 @@ impl Broker {
         if run.missed > 0 || recorded < run.last {
             if run.missed > 0 {
                 tracing::info!(schedule = %run.name, missed = run.missed, "ticks missed");
+                let ran = &self.inner.schedules.ran;
+                ran.missed.fetch_add(run.missed, Ordering::Relaxed);
             }
             let mut t = record(run.last);
             t.missed = run.missed;

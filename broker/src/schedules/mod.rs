@@ -132,6 +132,16 @@ pub struct Schedules {
     bytes: AtomicU64,
     /// Wakes the broker's runner: a schedule changed, or a run ended.
     pub changed: Notify,
+    /// Ticks this broker's runner handled since it started, for metrics.
+    pub ran: TickCounts,
+}
+
+/// Ticks handled, by outcome.
+#[derive(Default)]
+pub struct TickCounts {
+    pub fired: AtomicU64,
+    pub failed: AtomicU64,
+    pub missed: AtomicU64,
 }
 
 impl Schedules {
@@ -315,6 +325,13 @@ impl Schedules {
             e.firing = false;
         }
         self.changed.notify_one();
+    }
+
+    /// How many schedules are (running, paused).
+    pub fn by_state(&self) -> (u64, u64) {
+        let entries = self.lock();
+        let paused = entries.values().filter(|e| e.info().paused).count() as u64;
+        (entries.len() as u64 - paused, paused)
     }
 
     /// How many schedules each queue has (the dashboard, stats).
