@@ -1,7 +1,7 @@
 //! When a recurring schedule fires.
 //!
-//! A *tick* is one instant a schedule fires at, in Unix milliseconds (UTC),
-//! always a whole second. A schedule is either a cron expression read in a
+//! A *tick* is one instant a schedule fires at, in Unix milliseconds (UTC):
+//! a whole second for cron, a multiple of the interval for an interval. A schedule is either a cron expression read in a
 //! time zone or a fixed interval. Everything here is pure: no clock, no
 //! I/O; the caller says what "now" is.
 //!
