@@ -343,3 +343,28 @@ fn bad_schedules_are_refused_with_the_reason() {
     });
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
+
+#[test]
+fn a_tick_that_finds_its_queue_full_fails_when_the_next_is_due_and_says_why() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "tiny", "--capacity", "1"]);
+    create(&b.url(), every_second("full", "tiny", 0), false);
+    let mut info = schedule(&b.url(), "full");
+    eventually(DEADLINE, "a tick failed on the full queue", || {
+        info = schedule(&b.url(), "full");
+        info.failed >= 1
+    });
+    assert!(
+        info.last_error.contains("queue \"tiny\" full"),
+        "{:?}",
+        info.last_error
+    );
+    assert_eq!(info.fired, 1, "only the first tick found room");
+    assert_eq!(num(&b.stats("tiny"), &["stats", "ready"]), 1);
+    // Room again: the next tick fires, and the error is gone.
+    take_all(&b.url(), "tiny");
+    eventually(DEADLINE, "a tick fired after the queue drained", || {
+        info = schedule(&b.url(), "full");
+        info.fired >= 2 && info.last_error.is_empty()
+    });
+}

@@ -290,12 +290,11 @@ impl Broker {
             .enqueue(&q, vec![task], true, deadline, None)
             .await
             .map_err(|e| match e {
-                Error::DeadlineExceeded { .. } => Error::QueueFull {
-                    queue: run.queue.clone(),
-                    depth: q.capacity(),
-                    capacity: q.capacity(),
-                    retry_after_ms: 0,
-                },
+                Error::DeadlineExceeded { .. } => Error::LimitReached(format!(
+                    "queue {:?} full ({} tasks) until the next tick was due",
+                    run.queue,
+                    q.capacity()
+                )),
                 e => e,
             })?;
         let stored = receipt
