@@ -274,19 +274,44 @@ fn read(path: &Path) -> Result<(toml::Table, Declared), String> {
         .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
-    let queues = match table.remove("queues") {
-        None => Vec::new(),
-        Some(v) => v
-            .try_into()
-            .map_err(|e| format!("config {}: queues: {e}", path.display()))?,
-    };
-    let schedules = match table.remove("schedules") {
-        None => Vec::new(),
-        Some(v) => v
-            .try_into()
-            .map_err(|e| format!("config {}: schedules: {e}", path.display()))?,
-    };
+    let queues = entries(table.remove("queues"), "queues")
+        .map_err(|e| format!("config {}: {e}", path.display()))?;
+    let schedules = entries(table.remove("schedules"), "schedules")
+        .map_err(|e| format!("config {}: {e}", path.display()))?;
     Ok((table, Declared { queues, schedules }))
+}
+
+/// The entries of a `[[queues]]` or `[[schedules]]` array, each read on
+/// its own so that an error names the one at fault (`schedules.nightly:
+/// unknown field ...`), as the checks after reading do; an entry without
+/// a name is named by its place (`schedules #2`).
+fn entries<T: serde::de::DeserializeOwned>(
+    value: Option<toml::Value>,
+    key: &str,
+) -> Result<Vec<T>, String> {
+    let items = match value {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(items)) => items,
+        Some(other) => {
+            return Err(format!(
+                "{key}: expected an array of tables ([[{key}]]), found {}",
+                other.type_str()
+            ));
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let name = match item.get("name").and_then(toml::Value::as_str) {
+                Some(name) => format!("{key}.{name}"),
+                None => format!("{key} #{}", i + 1),
+            };
+            // The message alone: the error's Display ends in a newline.
+            item.try_into()
+                .map_err(|e: toml::de::Error| format!("{name}: {}", e.message().trim_end()))
+        })
+        .collect()
 }
 
 /// The effective configuration as TOML (for `--print-config`).

@@ -1,8 +1,9 @@
 //! The dashboard's JSON API, under `/api`: what the pages show, and the
 //! actions an admin token may take. Every call checks the visitor's
 //! rights as the gRPC API does (reading needs the right to read the
-//! queue; pause, resume, purge, redrive and delete need its admin). A
-//! change must come as a POST (DELETE for a queue) with a JSON body:
+//! queue; pause, resume, purge, redrive and delete need its admin; a
+//! schedule is its queue's, to read and to administer). A change must
+//! come as a POST (DELETE for a queue or a schedule) with a JSON body:
 //! a cross-site form can send neither, so a signed-in browser cannot be
 //! made to act by another page.
 
@@ -83,6 +84,30 @@ fn queue(
         ));
     }
     Ok(q)
+}
+
+/// The queue of schedule `name`, if the visitor may act on it as `role`.
+/// A schedule of a queue the visitor may not read answers as an unknown
+/// one (404), as the gRPC API's does.
+fn schedule(web: &Web, access: &Access, name: &str, role: Role) -> Result<String, ApiError> {
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no schedule {name:?}"));
+    let queue = web
+        .broker
+        .schedules()
+        .get(name)
+        .and_then(|s| s.spec)
+        .map(|s| s.queue)
+        .ok_or_else(not_found)?;
+    if !may(access, Role::Read, &queue) {
+        return Err(not_found());
+    }
+    if !may(access, role, &queue) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("this token may not administer queue {queue:?}, whose schedule {name:?} is"),
+        ));
+    }
+    Ok(queue)
 }
 
 /// Changes are made on the member that leads (or a lone broker): a
@@ -247,6 +272,63 @@ pub async fn delete(
     Ok(Json(Done {
         count: n,
         message: format!("deleted {name} and {n} unfinished tasks"),
+    }))
+}
+
+pub async fn schedules(State(web): State<Web>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let access = visitor(&web, &headers)?;
+    Ok(Json(view::schedules(&web, &access)).into_response())
+}
+
+pub async fn pause_schedule(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    set_schedule_paused(web, headers, name, true).await
+}
+
+pub async fn resume_schedule(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    set_schedule_paused(web, headers, name, false).await
+}
+
+async fn set_schedule_paused(
+    web: Web,
+    headers: HeaderMap,
+    name: String,
+    paused: bool,
+) -> Result<Json<Done>, ApiError> {
+    json_body(&headers)?;
+    leading(&web)?;
+    let access = visitor(&web, &headers)?;
+    let queue = schedule(&web, &access, &name, Role::Admin)?;
+    web.broker.pause_schedule(&name, paused).await?;
+    tracing::info!(schedule = %name, queue = %queue, paused, by = ?access.name(), "schedule paused or resumed from the dashboard");
+    let message = match paused {
+        true => format!("paused schedule {name}: no tick fires until it is resumed"),
+        false => format!("resumed schedule {name}"),
+    };
+    Ok(Json(Done { count: 0, message }))
+}
+
+pub async fn delete_schedule(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    json_body(&headers)?;
+    leading(&web)?;
+    let access = visitor(&web, &headers)?;
+    let queue = schedule(&web, &access, &name, Role::Admin)?;
+    web.broker.delete_schedule(&name).await?;
+    tracing::info!(schedule = %name, queue = %queue, by = ?access.name(), "schedule deleted from the dashboard");
+    Ok(Json(Done {
+        count: 0,
+        message: format!("deleted schedule {name}"),
     }))
 }
 

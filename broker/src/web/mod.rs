@@ -1,6 +1,7 @@
 //! The web dashboard on `--http-listen`: pages people look at when a
 //! queue misbehaves (queues, a queue's charts and consumers, dead
-//! letters, jobs), the JSON API they are drawn from, and `/metrics`.
+//! letters, schedules, jobs), the JSON API they are drawn from, and
+//! `/metrics`.
 //!
 //! One binary: pages are rendered by maud at compile time's templates,
 //! the stylesheet, script and chart library (uPlot, vendored) are
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +65,10 @@ pub fn router(web: Web) -> Router {
         .route("/api/queues/{name}/resume", post(api::resume))
         .route("/api/queues/{name}/purge", post(api::purge))
         .route("/api/queues/{name}/redrive", post(api::redrive))
+        .route("/api/schedules", get(api::schedules))
+        .route("/api/schedules/{name}", delete(api::delete_schedule))
+        .route("/api/schedules/{name}/pause", post(api::pause_schedule))
+        .route("/api/schedules/{name}/resume", post(api::resume_schedule))
         .route("/api/jobs", get(api::jobs))
         .route("/api/jobs/{id}", get(api::job))
         .route("/api/session", post(api::sign_in).delete(api::sign_out))

@@ -100,6 +100,8 @@ pub struct QueuePage {
     pub waiting_producers: u64,
     pub history: History,
     pub totals: Totals,
+    /// The schedules that enqueue into it, by name.
+    pub schedules: Vec<ScheduleRow>,
 }
 
 /// A queue's options, with defaults filled in.
@@ -255,6 +257,49 @@ pub struct OutcomeView {
     pub attempts: u32,
     pub result_preview: String,
     pub error: String,
+}
+
+/// The schedules page: every schedule of a queue the viewer may read.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleRow>,
+}
+
+/// One schedule and how its ticks went.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub queue: String,
+    /// When it ticks: "0 3 * * * (Europe/Paris)", "every 30s", "every
+    /// 1h30m".
+    pub when: String,
+    /// Its definition's parts: a cron expression and its zone ("UTC" when
+    /// none was given), or an interval.
+    pub cron: Option<String>,
+    pub time_zone: Option<String>,
+    pub every_ms: Option<u64>,
+    /// Missed ticks it fires late (0: it skips them).
+    pub catch_up: u32,
+    /// None while paused (or when its cron expression has no date to come).
+    pub next_tick_unix_ms: Option<u64>,
+    /// The last tick handled (fired, failed or missed), and when it was;
+    /// None before the first.
+    pub last_tick_unix_ms: Option<u64>,
+    pub last_run_unix_ms: Option<u64>,
+    /// The task the last fired tick enqueued (or found by its key).
+    pub last_task_id: Option<String>,
+    /// Why the last tick failed; None when it fired.
+    pub last_error: Option<String>,
+    /// "running" or "paused".
+    pub state: &'static str,
+    pub paused: bool,
+    /// Ticks fired, missed (and skipped) and failed, ever.
+    pub fired: u64,
+    pub missed: u64,
+    pub failed: u64,
+    /// Whether the viewer may pause, resume and delete it (the admin right
+    /// on its queue).
+    pub can_admin: bool,
 }
 
 /// How many bytes of a payload or result a preview shows.

@@ -168,6 +168,14 @@ pub fn queue_page(web: &Web, access: &Access, q: &QueueHandle) -> QueuePage {
             dead: s.dead_total,
             purged: s.purged_total,
         },
+        schedules: web
+            .broker
+            .schedules()
+            .list()
+            .into_iter()
+            .filter(|s| s.spec.as_ref().is_some_and(|spec| spec.queue == q.name()))
+            .map(|s| schedule_row(access, s))
+            .collect(),
     }
 }
 
@@ -269,6 +277,64 @@ pub fn job_page(web: &Web, access: &Access, id: &str) -> Option<JobPage> {
             .collect(),
         unkept,
     })
+}
+
+/// Every schedule of a queue `access` may read, by name.
+pub fn schedules(web: &Web, access: &Access) -> ScheduleList {
+    ScheduleList {
+        schedules: web
+            .broker
+            .schedules()
+            .list()
+            .into_iter()
+            .filter(|s| {
+                s.spec
+                    .as_ref()
+                    .is_some_and(|spec| may(access, Role::Read, &spec.queue))
+            })
+            .map(|s| schedule_row(access, s))
+            .collect(),
+    }
+}
+
+pub fn schedule_row(access: &Access, s: sluice_proto::v1::ScheduleInfo) -> ScheduleRow {
+    let spec = s.spec.unwrap_or_default();
+    let cron = (!spec.cron.is_empty()).then(|| spec.cron.trim().to_owned());
+    let time_zone = cron.as_ref().map(|_| match spec.time_zone.as_str() {
+        "" => "UTC".to_owned(),
+        tz => tz.to_owned(),
+    });
+    let when = match (&cron, &time_zone) {
+        (Some(c), Some(tz)) => format!("{c} ({tz})"),
+        // An interval in `When::describe`'s words ("every 1h30m"). A cron
+        // expression is shown as given rather than parsed again for them:
+        // parsing one checks decades of dates, too much on every poll.
+        _ => crate::schedules::When::every(spec.every_ms)
+            .map(|w| w.describe())
+            .unwrap_or_else(|_| format!("every {} ms", spec.every_ms)),
+    };
+    let set = |ms: u64| (ms > 0).then_some(ms);
+    let text = |t: String| (!t.is_empty()).then_some(t);
+    ScheduleRow {
+        can_admin: may(access, Role::Admin, &spec.queue),
+        every_ms: cron.is_none().then_some(spec.every_ms),
+        name: spec.name,
+        queue: spec.queue,
+        when,
+        cron,
+        time_zone,
+        catch_up: spec.catch_up,
+        next_tick_unix_ms: set(s.next_tick_unix_ms),
+        last_tick_unix_ms: set(s.last_tick_unix_ms),
+        last_run_unix_ms: set(s.last_run_unix_ms),
+        last_task_id: text(s.last_task_id),
+        last_error: text(s.last_error),
+        state: if s.paused { "paused" } else { "running" },
+        paused: s.paused,
+        fired: s.fired,
+        missed: s.missed,
+        failed: s.failed,
+    }
 }
 
 /// Ids as the API takes them.
