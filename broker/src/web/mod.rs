@@ -50,6 +50,7 @@ pub fn router(web: Web) -> Router {
         .route("/", get(pages::overview))
         .route("/queues/{name}", get(pages::queue))
         .route("/queues/{name}/tasks", get(pages::tasks))
+        .route("/schedules", get(pages::schedules))
         .route("/jobs", get(pages::jobs))
         .route("/jobs/{id}", get(pages::job))
         .route("/login", get(pages::login))

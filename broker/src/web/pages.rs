@@ -17,12 +17,15 @@
 //! - `data-list="queues"` + `data-template`: one `data-item` row per
 //!   element, kept by its `data-key`; new rows are cloned from the
 //!   template, which is the row function rendered with a blank item, so a
-//!   row's markup is written once.
+//!   row's markup is written once;
+//! - `data-url-tpl` / `data-confirm-tpl`: a row's action button's
+//!   `data-url` and `data-confirm` (see [`action`]), built from the item's
+//!   fields as `data-href` is (see [`row_action`]).
 //!
 //! Here: the handlers, the frame around every page, the assets and the
 //! pieces pages share; the pages' bodies are in `queues` (the overview and
-//! a queue), `tasks` (a queue's waiting tasks), `jobs`, and the formats in
-//! `fmt`.
+//! a queue), `tasks` (a queue's waiting tasks), `schedules`, `jobs`, and
+//! the formats in `fmt`.
 //!
 //! Pages are sent with a content security policy that allows scripts from
 //! this server only (nothing inline), and may not be framed: an admin's
@@ -31,6 +34,7 @@
 mod fmt;
 mod jobs;
 mod queues;
+mod schedules;
 mod tasks;
 
 use std::sync::LazyLock;
@@ -162,6 +166,22 @@ pub async fn tasks(
         targets: &targets,
     };
     frame.render(tasks::tasks_body(&ctx, list, now_ms()))
+}
+
+pub async fn schedules(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some(access) = signed_in(&web, &headers) else {
+        return to_login();
+    };
+    let l = view::schedules(&web, &access);
+    let frame = Frame {
+        title: "Schedules",
+        page: "schedules",
+        api: Some("/api/schedules".into()),
+        nav: Nav::Schedules,
+        who: who(&web, &access),
+        charts: false,
+    };
+    frame.render(schedules::schedules_body(&l, now_ms()))
 }
 
 pub async fn jobs(State(web): State<Web>, headers: HeaderMap) -> Response {
@@ -342,6 +362,7 @@ fn asset_url(name: &str) -> String {
 #[derive(PartialEq)]
 enum Nav {
     Queues,
+    Schedules,
     Jobs,
     None,
 }
@@ -422,6 +443,7 @@ impl Frame<'_> {
                         @if self.nav != Nav::None {
                             nav {
                                 a href="/" aria-current=[current(Nav::Queues)] { "Queues" }
+                                a href="/schedules" aria-current=[current(Nav::Schedules)] { "Schedules" }
                                 a href="/jobs" aria-current=[current(Nav::Jobs)] { "Jobs" }
                             }
                         }
@@ -538,6 +560,26 @@ fn action(label: &str, class: &str, method: &str, url: &str, confirm: &str, then
     html! {
         button type="button" class=(class) data-action=(method) data-url=(url)
             data-confirm=(confirm) data-ok=(label) data-then=(then) { (label) }
+    }
+}
+
+/// An action button in a list's row: as [`action`], its `url` and
+/// `confirm` templates with `{name}` filled with the row's `name` now, and
+/// kept in `data-url-tpl` / `data-confirm-tpl` so that app.js fills them
+/// for rows it makes from the template. Once done, the page polls.
+fn row_action(
+    name: &str,
+    label: &str,
+    class: &str,
+    method: &str,
+    url: &str,
+    confirm: &str,
+) -> Markup {
+    html! {
+        button type="button" class=(class) data-action=(method)
+            data-url=(url.replace("{name}", &pct(name))) data-url-tpl=(url)
+            data-confirm=(confirm.replace("{name}", name)) data-confirm-tpl=(confirm)
+            data-ok=(label) data-then="refresh" { (label) }
     }
 }
 

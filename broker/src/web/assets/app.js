@@ -39,6 +39,12 @@
     if (n < 3600000) return Math.floor(n / 60000) + " min";
     return Math.floor(n / 3600000) + " h " + Math.floor((n % 3600000) / 60000) + " min";
   }
+  function secs(s) {
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min";
+    if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+    return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
+  }
   var REASONS = { "max-attempts": "gave up", rejected: "rejected by its worker", dropped: "dropped" };
   var FORMATS = {
     text: function (v) { return String(v); },
@@ -60,12 +66,7 @@
     ms: ms,
     msoff: function (n) { return n === 0 ? "—" : ms(n); },
     msf: function (x) { return x < 10 ? x.toFixed(2) + " ms" : int(x) + " ms"; },
-    secs: function (s) {
-      if (s < 60) return s + " s";
-      if (s < 3600) return Math.floor(s / 60) + " min";
-      if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
-      return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
-    },
+    secs: secs,
     ago: function (t) {
       if (!t) return "—";
       var d = Math.floor(Math.max(0, Date.now() - t) / 1000);
@@ -78,6 +79,10 @@
     due: function (t) {
       var now = Date.now();
       return t <= now ? "now" : "in " + ms(t - now);
+    },
+    until: function (t) {
+      var now = Date.now();
+      return t <= now ? "now" : "in " + secs(Math.ceil((t - now) / 1000));
     },
     group: function (n) { return n === "" ? "(no group)" : n; },
     attempts: function (n) { return n === "1" ? "1 attempt" : n + " attempts"; },
@@ -150,6 +155,18 @@
     return den === 0 ? 0 : Math.min(100, (num * 100) / den);
   }
 
+  // `tpl` with each {field} replaced by the item's, through `encode`; null
+  // when a field is missing.
+  function fillIn(tpl, obj, encode) {
+    var missing = false;
+    var out = tpl.replace(/\{([\w.-]+)\}/g, function (_, p) {
+      var v = get(obj, p);
+      if (v === null || v === undefined) missing = true;
+      return encode(String(v));
+    });
+    return missing ? null : out;
+  }
+
   function fill(scope, obj) {
     owned(scope, "[data-f]").forEach(function (el) {
       var v = get(obj, el.dataset.f);
@@ -161,14 +178,17 @@
       setText(el, f(v));
     });
     owned(scope, "[data-href]").forEach(function (el) {
-      var missing = false;
-      var href = el.dataset.href.replace(/\{([\w.-]+)\}/g, function (_, p) {
-        var v = get(obj, p);
-        if (v === null || v === undefined) missing = true;
-        return encodeURIComponent(String(v));
-      });
-      if (missing) el.removeAttribute("href");
+      var href = fillIn(el.dataset.href, obj, encodeURIComponent);
+      if (href === null) el.removeAttribute("href");
       else if (el.getAttribute("href") !== href) el.setAttribute("href", href);
+    });
+    owned(scope, "[data-url-tpl]").forEach(function (el) {
+      var url = fillIn(el.dataset.urlTpl, obj, encodeURIComponent);
+      if (url !== null && el.dataset.url !== url) el.dataset.url = url;
+    });
+    owned(scope, "[data-confirm-tpl]").forEach(function (el) {
+      var text = fillIn(el.dataset.confirmTpl, obj, String);
+      if (text !== null && el.dataset.confirm !== text) el.dataset.confirm = text;
     });
     owned(scope, "[data-show]").forEach(function (el) { setHidden(el, !isSet(get(obj, el.dataset.show))); });
     owned(scope, "[data-hide]").forEach(function (el) { setHidden(el, isSet(get(obj, el.dataset.hide))); });
@@ -570,7 +590,8 @@
       });
     }
 
-    // Buttons that act on a queue (pause, resume, purge, delete).
+    // Buttons that act on a queue (pause, resume, purge, delete) or on a
+    // schedule's row (pause, resume, delete).
     document.addEventListener("click", function (ev) {
       var b = ev.target.closest && ev.target.closest("button[data-action]");
       if (!b) return;

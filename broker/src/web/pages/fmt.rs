@@ -102,6 +102,16 @@ pub fn due(t: u64, now: u64) -> String {
     }
 }
 
+/// When `t` comes, to the second: "in 12 s", "in 4 min", "in 2 h 5 min";
+/// "now" once it is due (a tick the broker is firing).
+pub fn until(t: u64, now: u64) -> String {
+    if t <= now {
+        "now".into()
+    } else {
+        format!("in {}", secs((t - now).div_ceil(1000)))
+    }
+}
+
 /// A group's name; the unnamed one is every task enqueued without.
 pub fn group(name: &str) -> String {
     if name.is_empty() {
@@ -219,6 +229,10 @@ mod tests {
         assert_eq!(secs(15_000), "4 h 10 min");
         assert_eq!(ago(1_000, 13_500), "12 s ago");
         assert_eq!(due(5_000, 1_800), "in 3.2 s");
+        assert_eq!(until(13_000, 1_000), "in 12 s");
+        assert_eq!(until(13_000, 1_001), "in 12 s");
+        assert_eq!(until(1_000 + 7_500_000, 1_000), "in 2 h 5 min");
+        assert_eq!(until(1_000, 1_000), "now");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use maud::{Markup, html};
 
-use super::{action, bar, card, field, fmt, holds, spark};
+use super::{action, bar, card, field, fmt, holds, schedules, spark};
 use crate::web::model::*;
 
 // ---- overview -----------------------------------------------------------------
@@ -248,6 +248,7 @@ pub(super) fn queue_body(p: &QueuePage, dlq_exists: bool, now: u64) -> Markup {
             }
             template #tpl-consumer { (consumer_row(&blank_consumer(), now)) }
         }
+        (schedules::queue_section(&p.schedules, now))
         // A queue without named groups has one, unnamed: nothing to show.
         section #groups hidden[!p.groups.iter().any(|g| !g.name.is_empty())] {
             h2 { "Groups" }
