@@ -1,8 +1,9 @@
 //! Tokens: no or unknown token is UNAUTHENTICATED, a known one without the
-//! right is PERMISSION_DENIED, neither tells whether a queue exists, the
-//! CLI and worker send tokens from a file or the environment, any gRPC
-//! client may spell the scheme `bearer`, and an auth file that would not
-//! mean what it says stops the start.
+//! right is PERMISSION_DENIED, neither tells whether a queue exists, a
+//! schedule takes its queue's admin right and is unknown to a token that
+//! may not read that queue, the CLI and worker send tokens from a file or
+//! the environment, any gRPC client may spell the scheme `bearer`, and an
+//! auth file that would not mean what it says stops the start.
 
 use sluice_tests::{Broker, DEADLINE, bin, broker_refuses, cli, eventually};
 
@@ -516,4 +517,218 @@ async fn the_bearer_scheme_may_be_spelled_in_any_case() {
         call("Basic ops-0123456789abcdef".into()).await,
         Err(tonic::Code::Unauthenticated)
     );
+}
+
+const SCHEDULING: &str = r#"
+[tokens.ops]
+token = "ops-0123456789abcdef"
+admin = ["*"]
+
+[tokens.reports-admin]
+token = "reports-admin-0123456789abcdef"
+admin = ["reports.*"]
+
+[tokens.ingest]
+token = "ingest-0123456789abcdef"
+produce = ["reports.*"]
+
+[tokens.billing-reader]
+token = "billing-reader-0123456789abcdef"
+consume = ["billing"]
+"#;
+
+/// Names of the schedules ListSchedules shows `raw` (with `queue`, if
+/// given), or its refusal.
+async fn schedule_names(
+    raw: &sluice_client::Raw,
+    queue: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let answer = raw
+        .clone()
+        .list_schedules(sluice_client::proto::ListSchedulesRequest {
+            queue: queue.into(),
+            after: String::new(),
+        })
+        .await?;
+    Ok(answer
+        .into_inner()
+        .schedules
+        .into_iter()
+        .filter_map(|s| s.spec.map(|s| s.name))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_take_the_admin_right_of_their_queue_and_hide_the_others() {
+    use sluice_client::proto::{
+        CreateScheduleRequest, DeleteScheduleRequest, PauseScheduleRequest, QueueOptions,
+        ResumeScheduleRequest, ScheduleSpec, ScheduledTask,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, SCHEDULING).expect("write");
+    let b = Broker::start_on("127.0.0.1:0", &["--auth-file", &auth.display().to_string()]);
+    let ops = as_client(&b, "ops-0123456789abcdef").await;
+    for q in ["reports.daily", "billing"] {
+        ops.create_queue(q, QueueOptions::default())
+            .await
+            .expect("create");
+    }
+    let spec = |name: &str, queue: &str| ScheduleSpec {
+        name: name.into(),
+        queue: queue.into(),
+        every_ms: 3_600_000,
+        task: Some(ScheduledTask {
+            payload: "run".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let create = |name: &str, queue: &str| CreateScheduleRequest {
+        schedule: Some(spec(name, queue)),
+        paused: false,
+    };
+    let reports_admin = as_client(&b, "reports-admin-0123456789abcdef").await.raw();
+    let ingest = as_client(&b, "ingest-0123456789abcdef").await.raw();
+    let billing_reader = as_client(&b, "billing-reader-0123456789abcdef").await.raw();
+    let mut ops_raw = ops.raw();
+
+    // Creating takes the admin right on the queue: a token that may only
+    // produce to it is refused, as it is for a queue it may not touch
+    // at all or one that does not exist (which is not told).
+    for queue in ["reports.daily", "billing", "reports.nowhere"] {
+        assert_eq!(
+            code(ingest.clone().create_schedule(create("mine", queue)).await),
+            tonic::Code::PermissionDenied,
+            "{queue}"
+        );
+    }
+    assert_eq!(
+        code(
+            reports_admin
+                .clone()
+                .create_schedule(create("mine", "billing"))
+                .await
+        ),
+        tonic::Code::PermissionDenied
+    );
+    reports_admin
+        .clone()
+        .create_schedule(create("daily", "reports.daily"))
+        .await
+        .expect("the queue's admin creates it");
+    ops_raw
+        .create_schedule(create("invoices", "billing"))
+        .await
+        .expect("created");
+
+    // Delete, pause, resume: PERMISSION_DENIED to a token that may see
+    // the schedule's queue but not administer it; NOT_FOUND, as for a
+    // schedule that does not exist, to one that may not read it at all.
+    let delete = |n: &str| DeleteScheduleRequest { name: n.into() };
+    let pause = |n: &str| PauseScheduleRequest { name: n.into() };
+    let resume = |n: &str| ResumeScheduleRequest { name: n.into() };
+    let refusals = async |raw: &sluice_client::Raw, name: &str| {
+        let mut raw = raw.clone();
+        [
+            raw.delete_schedule(delete(name)).await.map(|_| ()),
+            raw.pause_schedule(pause(name)).await.map(|_| ()),
+            raw.resume_schedule(resume(name)).await.map(|_| ()),
+        ]
+        .map(|r| r.expect_err("refused"))
+    };
+    for refused in refusals(&ingest, "daily").await {
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    let unknown = refusals(&ingest, "ghost").await;
+    for raw in [&ingest, &reports_admin] {
+        let hidden = refusals(raw, "invoices").await;
+        for (hidden, unknown) in hidden.iter().zip(&unknown) {
+            assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden:?}");
+            assert_eq!(
+                hidden.message().replace("invoices", "NAME"),
+                unknown.message().replace("ghost", "NAME"),
+                "told apart from an unknown schedule"
+            );
+            assert!(!hidden.message().contains("billing"), "{hidden:?}");
+        }
+    }
+    // The CLI says so in one line.
+    let out = as_token(
+        &b,
+        "ingest-0123456789abcdef",
+        &["schedule", "pause", "invoices"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("NOT_FOUND"), "{out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
+
+    // Nothing refused changed anything.
+    let all = schedule_names(&ops_raw, "").await.expect("listed");
+    assert_eq!(all, ["daily", "invoices"]);
+    let listed = ops_raw
+        .list_schedules(sluice_client::proto::ListSchedulesRequest::default())
+        .await
+        .expect("listed")
+        .into_inner();
+    assert!(listed.schedules.iter().all(|s| !s.paused), "{listed:?}");
+
+    // Listing shows the schedules of the queues a token may read; asked
+    // for a queue it may not, PERMISSION_DENIED.
+    assert_eq!(
+        schedule_names(&ingest, "").await.expect("listed"),
+        ["daily"]
+    );
+    assert_eq!(
+        schedule_names(&ingest, "reports.daily")
+            .await
+            .expect("listed"),
+        ["daily"]
+    );
+    assert_eq!(
+        schedule_names(&billing_reader, "").await.expect("listed"),
+        ["invoices"]
+    );
+    assert_eq!(
+        code(schedule_names(&ingest, "billing").await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(schedule_names(&billing_reader, "reports.daily").await),
+        tonic::Code::PermissionDenied
+    );
+
+    // The queue's admin runs its own schedule.
+    let mut admin = reports_admin.clone();
+    let paused = admin.pause_schedule(pause("daily")).await.expect("paused");
+    assert!(paused.into_inner().schedule.is_some_and(|s| s.paused));
+    let resumed = admin
+        .resume_schedule(resume("daily"))
+        .await
+        .expect("resumed");
+    assert!(resumed.into_inner().schedule.is_some_and(|s| !s.paused));
+    admin
+        .delete_schedule(delete("daily"))
+        .await
+        .expect("deleted");
+    assert_eq!(
+        schedule_names(&ops_raw, "").await.expect("listed"),
+        ["invoices"]
+    );
+
+    // Without a token, none of the five is answered.
+    let anon = sluice_client::Client::connect(&b.url())
+        .await
+        .expect("connect")
+        .raw();
+    let mut a = anon.clone();
+    for status in [
+        a.create_schedule(create("x", "billing")).await.map(|_| ()),
+        schedule_names(&anon, "").await.map(|_| ()),
+        a.delete_schedule(delete("invoices")).await.map(|_| ()),
+        a.pause_schedule(pause("invoices")).await.map(|_| ()),
+        a.resume_schedule(resume("invoices")).await.map(|_| ()),
+    ] {
+        assert_eq!(code(status), tonic::Code::Unauthenticated);
+    }
 }
