@@ -6,8 +6,8 @@
 //   SLUICE_DASHBOARD  http://HOST:PORT of the dashboard
 //   CHROMIUM          the browser to drive (Debian's /usr/bin/chromium)
 //   SCREENSHOTS       directory for the screenshots (created)
-//   QUEUE             a queue with tasks
-//   MODE              "walkthrough" (no auth file) or "sign-in"
+//   QUEUE             a queue with tasks (schedules: the schedule's queue)
+//   MODE              "walkthrough" (no auth file), "sign-in" or "schedules"
 // walkthrough:
 //   DLQ               QUEUE's dead letter queue, holding one dead task
 //   READY             how many tasks QUEUE holds ready before the redrive
@@ -15,6 +15,9 @@
 //   ADMIN_TOKEN       a token that administers every queue
 //   READER_TOKEN      a token that may only consume from QUEUE
 //   HIDDEN            a queue READER_TOKEN may not see
+//   SCHEDULE          a schedule of QUEUE; HIDDEN_SCHEDULE: one of HIDDEN
+// schedules (no auth file):
+//   SCHEDULE          a running schedule of QUEUE that ticks every second
 //
 // Prints one line per step; exits 1 with the reason on the first failure.
 
@@ -159,10 +162,85 @@ async function walkthrough(browser, problems) {
 
 }
 
+// The number in the first element matching `selector`.
+async function numberIn(page, selector) {
+  const t = await page.locator(selector).first().textContent();
+  return Number(t.replace(/,/g, ""));
+}
+
+async function schedules(browser, problems) {
+  const name = env("SCHEDULE");
+  const page = await newPage(browser, problems, { viewport: { width: 1280, height: 860 }, colorScheme: "light" });
+  const row = `tbody[data-list="schedules"] tr[data-key="${name}"]`;
+
+  step("the nav leads to the schedules page, which lists the schedule");
+  await page.goto(base + "/");
+  await page.getByRole("link", { name: "Schedules" }).click();
+  await page.waitForURL("**/schedules");
+  await page.locator(row).waitFor();
+  await textIs(page, `${row} [data-f="when"]`, "every 1s", "when it ticks");
+  await textIs(page, `${row} [data-f="queue"]`, queue, "its queue");
+  if ((await page.locator(`${row} a[data-f="queue"]`).getAttribute("href")) !== `/queues/${queue}`) {
+    throw new Error("the queue is not linked");
+  }
+
+  // Waits until the row's FIRED count is above what it reads now: the
+  // schedule ticked and the page polled since.
+  const firedGrows = async (what) => {
+    const sel = `${row} [data-f="fired"]`;
+    const n = await numberIn(page, sel);
+    try {
+      await page.waitForFunction(([s, m]) => Number(document.querySelector(s)?.textContent.replace(/,/g, "")) > m, [sel, n], {
+        timeout: TIMEOUT,
+      });
+    } catch (e) {
+      throw new Error(`${what}: FIRED stayed at ${n}`);
+    }
+  };
+
+  step("it fires: FIRED grows as the page polls, the last task is shown, the next tick is seconds away");
+  await firedGrows("the schedule firing");
+  await page.waitForFunction((sel) => /^[0-9a-f]{16}$/.test(document.querySelector(sel)?.textContent.trim()), `${row} [data-f="last_task_id"]`, {
+    timeout: TIMEOUT,
+  });
+  const next = (await page.locator(`${row} [data-f="next_tick_unix_ms"]`).textContent()).trim();
+  if (!/^(in [12] s|now)$/.test(next)) throw new Error(`the next tick reads ${JSON.stringify(next)}`);
+  await page.locator(`${row} .badge[data-hide="paused"]`).waitFor({ state: "visible" });
+  await page.locator('#live[data-state="ok"]').waitFor();
+  await page.screenshot({ path: join(shots, "schedules.png"), fullPage: true });
+
+  step("delete asks first; cancelled, the schedule stays");
+  await page.locator(row).getByRole("button", { name: "Delete" }).click();
+  await page.locator("dialog#confirm[open]").waitFor();
+  await page.getByRole("button", { name: "Cancel" }).click();
+  await page.locator("dialog#confirm[open]").waitFor({ state: "detached" });
+  await firedGrows("after the cancelled delete");
+  await page.locator(row).waitFor();
+
+  step("pause asks first, then shows the schedule paused, with no next tick");
+  await page.locator(row).getByRole("button", { name: "Pause" }).click();
+  await page.locator("dialog#confirm[open]").waitFor();
+  const asked = await page.locator("#confirm-text").textContent();
+  if (!asked.includes(name)) throw new Error(`the confirmation does not name the schedule: ${asked}`);
+  await page.locator("#confirm-ok").click();
+  await page.locator(`${row} .badge[data-show="paused"]`).waitFor({ state: "visible" });
+  await page.locator(`${row} .badge[data-hide="paused"]`).waitFor({ state: "hidden" });
+  await textIs(page, `${row} [data-f="next_tick_unix_ms"]`, "—", "the next tick while paused");
+  await page.locator(row).getByRole("button", { name: "Resume" }).waitFor();
+  await page.screenshot({ path: join(shots, "schedules-paused.png"), fullPage: true });
+
+  step("the queue's page lists its schedule, paused");
+  await page.goto(base + `/queues/${queue}`);
+  await page.locator("section#schedules").waitFor({ state: "visible" });
+  await page.locator(`section#schedules ${row} .badge[data-show="paused"]`).waitFor({ state: "visible" });
+}
+
 async function signIn(browser, problems) {
   const admin = env("ADMIN_TOKEN");
   const reader = env("READER_TOKEN");
   const hidden = env("HIDDEN");
+  const schedule = env("SCHEDULE");
+  const hiddenSchedule = env("HIDDEN_SCHEDULE");
   const page = await newPage(browser, problems, { viewport: { width: 1280, height: 860 } });
 
   step("nothing shows without a token: the overview sends to the sign-in page");
@@ -193,6 +271,10 @@ async function signIn(browser, problems) {
   if ((await page.locator("#task-actions").count()) !== 0) throw new Error("the reader may redrive");
   const gone = await page.goto(base + `/queues/${hidden}`);
   if (gone.status() !== 404) throw new Error(`${hidden}'s page answers the reader ${gone.status()}`);
+  await page.goto(base + "/schedules");
+  await page.locator(`tr[data-key="${schedule}"]`).waitFor();
+  if ((await page.locator(`tr[data-key="${hiddenSchedule}"]`).count()) !== 0) throw new Error(`the reader sees ${hiddenSchedule}`);
+  if ((await page.locator("button[data-action]:visible").count()) !== 0) throw new Error("the reader has schedule buttons");
 
   step("sign out, then the admin signs in and has the buttons");
   await page.goto(base + "/");
@@ -205,6 +287,10 @@ async function signIn(browser, problems) {
   await page.waitForURL(base + "/");
   await page.goto(base + `/queues/${queue}`);
   for (const name of ["Pause", "Purge", "Delete"]) await page.getByRole("button", { name }).waitFor();
+  await page.goto(base + "/schedules");
+  for (const s of [schedule, hiddenSchedule]) {
+    for (const name of ["Pause", "Delete"]) await page.locator(`tr[data-key="${s}"]`).getByRole("button", { name }).waitFor();
+  }
 }
 
 const browser = await chromium.launch({
@@ -218,6 +304,7 @@ const problems = [];
 try {
   if (mode === "walkthrough") await walkthrough(browser, problems);
   else if (mode === "sign-in") await signIn(browser, problems);
+  else if (mode === "schedules") await schedules(browser, problems);
   else throw new Error(`unknown MODE ${mode}`);
   if (problems.length) throw new Error(problems.join("\n"));
   console.log("ok");

@@ -4,9 +4,11 @@
 //! row with its depth, a chart drawn on the queue page, pause asking
 //! first, a dead letter with its origin, "redrive all" moving it back —
 //! and leaves screenshots in `target/dashboard-screenshots/` for a
-//! reviewer. The CLI then confirms the move. With `--auth-file`, the
+//! reviewer. The CLI then confirms the move. A schedule made with the CLI:
+//! its row, its FIRED count growing, pause by its button (asked first),
+//! which `sluice schedule list` then agrees with. With `--auth-file`, the
 //! sign-in: nothing shows without a token, a reader sees its queues and
-//! no buttons, an admin has them.
+//! their schedules and no buttons, an admin has them.
 //!
 //! `./scripts/test.sh` installs what it needs: Chromium (Debian's
 //! `chromium` package) and playwright-core (`npm ci` in tests/browser).
@@ -187,6 +189,12 @@ consume = ["calls"]
     b.ok(&[&ops[..], &["queue", "create", "calls"]].concat());
     b.ok(&[&ops[..], &["queue", "create", "payroll"]].concat());
     b.ok(&[&ops[..], &["enqueue", "calls", "hello"]].concat());
+    for (name, queue) in [("calls-hourly", "calls"), ("payroll-hourly", "payroll")] {
+        let create = [
+            "schedule", "create", name, "--queue", queue, "--every", "1h",
+        ];
+        b.ok(&[&ops[..], &create].concat());
+    }
 
     run_script(
         &b,
@@ -194,8 +202,44 @@ consume = ["calls"]
         &[
             ("QUEUE", "calls"),
             ("HIDDEN", "payroll"),
+            ("SCHEDULE", "calls-hourly"),
+            ("HIDDEN_SCHEDULE", "payroll-hourly"),
             ("ADMIN_TOKEN", "ops-0123456789abcdef"),
             ("READER_TOKEN", "reader-0123456789abcdef"),
         ],
     );
+}
+
+/// A schedule made with the CLI, seen firing on the schedules page and
+/// paused by its button; the CLI agrees.
+#[test]
+fn a_person_watches_a_schedule_fire_and_pauses_it() {
+    browser_dir();
+    let b = Broker::start_on("127.0.0.1:0", &["--http-listen", "127.0.0.1:0"]);
+    b.ok(&["queue", "create", "api"]);
+    b.ok(&[
+        "schedule", "create", "poll", "--queue", "api", "--every", "1s",
+    ]);
+
+    let shots = run_script(&b, "schedules", &[("QUEUE", "api"), ("SCHEDULE", "poll")]);
+
+    // What the page showed is what the broker holds.
+    let row = b
+        .ok(&["schedule", "list"])
+        .lines()
+        .find(|l| l.starts_with("poll "))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(row.iter().any(|c| c == "paused"), "schedule list: {row:?}");
+    let list: serde_json::Value =
+        serde_json::from_str(&b.ok(&["--json", "schedule", "list"])).unwrap_or_default();
+    assert_eq!(list[0]["paused"], true, "{list}");
+    assert!(num(&list[0], &["fired"]) >= 2, "{list}");
+    for shot in ["schedules.png", "schedules-paused.png"] {
+        assert!(
+            shots.join(shot).exists(),
+            "no {shot} in {}",
+            shots.display()
+        );
+    }
 }
