@@ -400,6 +400,9 @@ pub struct Effects {
     pub completed: Vec<Completion>,
     /// The job of each task of a job stored by this call.
     pub job_stored: Vec<Box<str>>,
+    /// The idempotency key of each keyed task stored by this call (a
+    /// cluster member learns from them which schedule ticks fired).
+    pub keys_stored: Vec<Box<str>>,
 }
 
 /// How a nack wants the task handled.

@@ -683,6 +683,9 @@ impl QueueState {
                 group: t.group.clone(),
             });
             self.ready.assign(entry.id, t.group.as_deref());
+            if let Some(key) = &t.key {
+                fx.keys_stored.push(key.clone());
+            }
             if let Some(job) = t.job {
                 fx.job_stored.push(job.clone());
                 self.job_link(entry.id, job);

@@ -250,6 +250,13 @@ impl Broker {
         if !fx.job_stored.is_empty() {
             self.inner.jobs.stored(q.name(), &fx.job_stored, now, true);
         }
+        // A tick's task stored: the tick fired, whether or not the
+        // leader's record of it follows (it may have failed over between).
+        for key in &fx.keys_stored {
+            if let Some((name, tick)) = wal::scheduled_tick(key) {
+                self.inner.schedules.stored_tick(name, q.name(), tick);
+            }
+        }
         if !fx.completed.is_empty() {
             self.inner
                 .jobs

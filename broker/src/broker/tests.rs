@@ -813,9 +813,7 @@ async fn a_tick_whose_run_record_was_lost_is_known_by_its_stored_task() {
     // What a tick stores, without its run's record (a crash in between).
     let tick = (now_ms() / 3_600_000 + 1) * 3_600_000;
     let mut task = tasks(&broker, &["tick"]).remove(0);
-    task.headers.insert("x-sluice-schedule".into(), "s".into());
-    task.headers
-        .insert("x-sluice-tick".into(), crate::schedules::tick_text(tick));
+    task.key = Some(crate::schedules::tick_key("s", tick).into());
     broker
         .enqueue(&q, vec![task], false, None, None)
         .await
@@ -828,4 +826,5 @@ async fn a_tick_whose_run_record_was_lost_is_known_by_its_stored_task() {
     let info = broker.schedule("s").expect("recovered");
     assert_eq!(info.last_tick_unix_ms, tick, "the tick is not due again");
     assert!(info.next_tick_unix_ms > tick);
+    assert_eq!(info.fired, 1);
 }

@@ -541,6 +541,27 @@ mod tests {
     }
 
     #[test]
+    fn a_tick_learnt_from_its_task_then_recorded_counts_once() {
+        // A cluster member applies the tick's enqueue, then the leader's
+        // record of it; or the record never comes (a failover between).
+        let s = Schedules::default();
+        s.apply(define("a", SEC, 0, T0 - 1), |_| {});
+        let runs = s.due(T0 + 100);
+        s.stored_tick("a", "q", T0);
+        // Another queue's task with the key is not this schedule's.
+        s.stored_tick("a", "elsewhere", T0 + SEC);
+        let info = s.get("a").expect("there");
+        assert_eq!((info.last_tick_unix_ms, info.fired), (T0, 1));
+        ran(&s, &runs[0], 1, T0 + 200);
+        let info = s.get("a").expect("there");
+        assert_eq!((info.last_tick_unix_ms, info.fired), (T0, 1));
+        assert_eq!(info.last_task_id, "t");
+        // A member that leads next does not find the tick due again.
+        s.finished("a");
+        assert!(s.due(T0 + 500).is_empty());
+    }
+
+    #[test]
     fn states_survive_a_snapshot() {
         let s = Schedules::default();
         s.apply(define("a", SEC, 0, T0 - 1), |_| {});

@@ -174,13 +174,18 @@ pub fn apply_schedule(
                 && let Some(info) = &mut st.info
                 && info.created_at_unix_ms == t.created_at
             {
+                // A fired tick not after the last one known was learnt
+                // from its stored task (`Schedules::stored_tick`), and
+                // counted then.
+                if t.tick > info.last_tick_unix_ms {
+                    info.fired += t.fired;
+                }
                 info.last_tick_unix_ms = info.last_tick_unix_ms.max(t.tick);
                 info.last_run_unix_ms = t.run_at;
                 if !t.task_id.is_empty() {
                     info.last_task_id = t.task_id;
                 }
                 info.last_error = t.error;
-                info.fired += t.fired;
                 info.missed += t.missed;
                 info.failed += t.failed;
             }
@@ -618,18 +623,19 @@ pub struct Recovery {
     pub records: u64,
     /// Every schedule, by name.
     pub schedules: BTreeMap<String, ScheduleState>,
-    /// The latest tick each schedule stored a task for, by the task's
-    /// `x-sluice-schedule` and `x-sluice-tick` headers: (queue, tick). A
-    /// run's own record may be missing (a crash right after the task was
-    /// stored); the task says the tick fired all the same.
+    /// The latest tick each schedule stored a task for, by the task's key
+    /// `NAME@TICK`: (queue, tick). A run's own record may be missing (a
+    /// crash right after the task was stored); the task says the tick
+    /// fired all the same.
     pub schedule_ticks: BTreeMap<String, (String, Millis)>,
 }
 
-/// The tick a task stored by a schedule names in its headers: (schedule,
-/// tick).
-pub fn scheduled_tick(headers: &HashMap<String, String>) -> Option<(&str, Millis)> {
-    let name = headers.get("x-sluice-schedule")?;
-    let tick = chrono::DateTime::parse_from_rfc3339(headers.get("x-sluice-tick")?).ok()?;
+/// The schedule and tick a key `NAME@TICK` names (a schedule's tick's
+/// task; a task stored with that key by anyone else would have taken the
+/// tick's place all the same).
+pub fn scheduled_tick(key: &str) -> Option<(&str, Millis)> {
+    let (name, tick) = key.rsplit_once('@')?;
+    let tick = chrono::DateTime::parse_from_rfc3339(tick).ok()?;
     Some((name, u64::try_from(tick.timestamp_millis()).ok()?))
 }
 
@@ -688,7 +694,7 @@ impl Recovery {
         };
         for m in c.changes {
             if let Some(change_msg::Kind::Stored(t)) = &m.kind
-                && let Some((name, tick)) = scheduled_tick(&t.headers)
+                && let Some((name, tick)) = scheduled_tick(&t.key)
             {
                 let seen = self
                     .schedule_ticks
