@@ -177,8 +177,17 @@ async fn main() -> ExitCode {
     }
     for s in &declared.schedules {
         let spec = sluice_broker::config::schedule_spec(s).and_then(|spec| {
-            sluice_broker::api::validate::schedule_spec(Some(spec), &broker.limits())
-                .map_err(|e| format!("schedules.{}: {e}", s.name))
+            sluice_broker::api::validate::schedule_spec(Some(spec), &broker.limits()).map_err(|e| {
+                // The API's message names the schedule; the file's names it
+                // as its entry.
+                let e = e.to_string();
+                let own = format!("schedule {:?}: ", s.name);
+                format!(
+                    "schedules.{}: {}",
+                    s.name,
+                    e.strip_prefix(&own).unwrap_or(&e)
+                )
+            })
         });
         let declared = match spec {
             Ok(spec) => broker

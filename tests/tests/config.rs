@@ -299,6 +299,10 @@ fn a_declared_schedule_that_cannot_be_made_stops_the_start() {
                 && said[0].contains(says),
             "{text}\nsaid: {said:?}"
         );
+        assert!(
+            !said[0].contains("schedule \"tick-tock\""),
+            "the entry is named once: {said:?}"
+        );
     }
 }
 
