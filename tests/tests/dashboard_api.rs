@@ -239,6 +239,10 @@ fn bad_input_is_a_status_and_a_message() {
     ] {
         let r = d.call(method, path, body);
         assert_eq!(r.status, want, "{method} {path} {body:?}: {r:?}");
+        assert!(
+            r.json()["error"].is_string(),
+            "{method} {path} {body:?}: an error in the API's shape: {r:?}"
+        );
     }
     // A change without a JSON body (what a cross-site form would send).
     let r = http_call(

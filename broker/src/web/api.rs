@@ -50,6 +50,12 @@ impl From<Error> for ApiError {
     }
 }
 
+/// A JSON body axum could not read, answered in the API's own shape
+/// (`{"error": ...}`) with axum's status (400 malformed, 422 wrong fields).
+fn unreadable(r: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError(r.status(), r.body_text())
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
@@ -349,9 +355,10 @@ pub async fn redrive(
     State(web): State<Web>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(req): Json<Redrive>,
+    req: Result<Json<Redrive>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Done>, ApiError> {
     json_body(&headers)?;
+    let Json(req) = req.map_err(unreadable)?;
     leading(&web)?;
     let access = visitor(&web, &headers)?;
     let q = queue(&web, &access, &name, Role::Admin)?;
@@ -446,7 +453,14 @@ pub struct SignIn {
 }
 
 /// Signs in: a valid token is kept in the session cookie.
-pub async fn sign_in(State(web): State<Web>, Json(req): Json<SignIn>) -> Response {
+pub async fn sign_in(
+    State(web): State<Web>,
+    req: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let req = match req {
+        Ok(Json(req)) => req,
+        Err(r) => return unreadable(r).into_response(),
+    };
     let valid = match &web.tokens {
         None => true,
         Some(t) => t.check(&req.token).is_some(),
