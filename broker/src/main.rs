@@ -155,6 +155,18 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let limits = Limits {
+        max_payload_bytes: args.max_payload_bytes,
+        max_memory_bytes: args.max_memory_bytes,
+        max_queues: args.max_queues,
+        max_schedules: args.max_schedules,
+        max_consumers_per_queue: args.max_consumers_per_queue,
+        max_consumers: args.max_consumers,
+        max_credit: args.max_credit,
+        max_batch: args.max_batch,
+        publish_idle: args.publish_idle_timeout,
+    };
+    broker.set_limits(limits.clone());
     broker.set_shutdown_grace(args.shutdown_grace);
     broker.jobs().set_ttl(args.job_ttl);
     for q in &declared.queues {
@@ -201,6 +213,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    broker.start_schedules();
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -261,18 +274,6 @@ async fn main() -> ExitCode {
         }
     }
     tokio::spawn(signal::on_signal(shutdown.clone()));
-    let limits = Limits {
-        max_payload_bytes: args.max_payload_bytes,
-        max_memory_bytes: args.max_memory_bytes,
-        max_queues: args.max_queues,
-        max_schedules: args.max_schedules,
-        max_consumers_per_queue: args.max_consumers_per_queue,
-        max_consumers: args.max_consumers,
-        max_credit: args.max_credit,
-        max_batch: args.max_batch,
-        publish_idle: args.publish_idle_timeout,
-    };
-    broker.set_limits(limits.clone());
     let served = server::run(
         listener,
         limits,

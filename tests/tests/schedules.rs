@@ -368,3 +368,44 @@ fn a_tick_that_finds_its_queue_full_fails_when_the_next_is_due_and_says_why() {
         info.fired >= 2 && info.last_error.is_empty()
     });
 }
+
+#[test]
+fn pausing_withdraws_a_tick_waiting_for_space_and_it_never_fires() {
+    let b = Broker::start();
+    b.ok(&["queue", "create", "tiny", "--capacity", "1"]);
+    b.ok(&["queue", "create", "clock"]);
+    b.ok(&["enqueue", "tiny", "filler"]);
+    // A daily schedule whose one tick is due now would need a clock; an
+    // every-10 s one waits for space for up to 10 s, long enough to pause.
+    create(
+        &b.url(),
+        pb::ScheduleSpec {
+            every_ms: 10_000,
+            ..every_second("held", "tiny", 0)
+        },
+        false,
+    );
+    eventually(DEADLINE, "the tick waiting for space", || {
+        num(&b.stats("tiny"), &["stats", "waiting_producers"]) == 1
+    });
+    rpc(&b.url(), async |c| {
+        c.pause_schedule(pb::PauseScheduleRequest {
+            name: "held".into(),
+        })
+        .await
+        .expect("paused")
+    });
+    // The waiting tick leaves the line at once...
+    eventually(DEADLINE, "the waiting tick withdrawn", || {
+        num(&b.stats("tiny"), &["stats", "waiting_producers"]) == 0
+    });
+    // ...and room made afterwards stores nothing of it.
+    assert_eq!(b.ok(&["get", "tiny"]).trim(), "filler");
+    create(&b.url(), every_second("clock", "clock", 0), false);
+    eventually(DEADLINE, "two clock ticks", || {
+        num(&b.stats("clock"), &["stats", "ready"]) >= 2
+    });
+    assert_eq!(num(&b.stats("tiny"), &["stats", "ready"]), 0);
+    let info = schedule(&b.url(), "held");
+    assert_eq!((info.fired, info.paused), (0, true), "{info:?}");
+}

@@ -80,6 +80,8 @@ struct Inner {
     shutdown: CancellationToken,
     jobs: crate::jobs::Jobs,
     schedules: crate::schedules::Schedules,
+    /// Whether the schedules' runner was started (`start_schedules`).
+    schedules_started: std::sync::atomic::AtomicBool,
     limits: RwLock<crate::limits::Limits>,
     /// Bytes clients made the queues keep (payloads, headers, keys, job
     /// ids; see `QueueState::held_bytes`): the memory budget's measure,
@@ -146,6 +148,7 @@ impl Broker {
             inner: Arc::new(Inner {
                 jobs: crate::jobs::Jobs::new(Duration::from_secs(3600), journal.clone()),
                 schedules: Default::default(),
+                schedules_started: Default::default(),
                 limits: RwLock::new(crate::limits::Limits::default()),
                 defs: tokio::sync::Mutex::new(()),
                 lease_key: RwLock::new(LeaseKey::random()),
@@ -185,14 +188,14 @@ impl Broker {
             .inner
             .schedules
             .replace_with(recovered.schedules.into_values());
-        for (name, (queue, tick)) in recovered.schedule_ticks {
-            broker.inner.schedules.stored_tick(&name, &queue, tick);
+        for ((name, queue), tick) in recovered.schedule_ticks {
+            let key = wal::tick_key(&name, tick);
+            broker.inner.schedules.stored_tick(&key, &queue, wall_ms());
         }
         if broker.inner.journal.log().is_some() {
             tokio::spawn(broker.clone().compact_when_due());
         }
         tokio::spawn(broker.clone().sweep_jobs());
-        tokio::spawn(broker.clone().run_schedules());
         broker
     }
 
@@ -360,7 +363,7 @@ use apply::{DEFINE_BYTES, Ticket, live_estimate, wait_ticket};
 pub use budget::MemoryReservation;
 pub use queue::{DeliveryRx, QueueCore, QueueHandle, QueueView};
 pub use replica::Replica;
-pub use timers::now_ms;
 use timers::run_timer;
+pub use timers::{now_ms, wall_ms};
 use waiting::Admission;
 pub use waiting::{EnqueueReceipt, FRAME_BYTES};

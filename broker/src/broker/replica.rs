@@ -253,9 +253,7 @@ impl Broker {
         // A tick's task stored: the tick fired, whether or not the
         // leader's record of it follows (it may have failed over between).
         for key in &fx.keys_stored {
-            if let Some((name, tick)) = wal::scheduled_tick(key) {
-                self.inner.schedules.stored_tick(name, q.name(), tick);
-            }
+            self.inner.schedules.stored_tick(key, q.name(), now);
         }
         if !fx.completed.is_empty() {
             self.inner

@@ -52,7 +52,7 @@ impl Broker {
                 "the broker holds its limit of {max} schedules (--max-schedules)"
             )));
         }
-        let now = now_ms();
+        let now = wall_ms();
         let state = ScheduleState {
             info: Some(pb::ScheduleInfo {
                 spec: Some(spec),
@@ -68,6 +68,7 @@ impl Broker {
                 kind: Some(Kind::Define(Box::new(state))),
             },
             now,
+            true,
         )
         .await?;
         drop(reservation);
@@ -110,7 +111,7 @@ impl Broker {
         let record = ScheduleRecord {
             kind: Some(Kind::Delete(name.to_owned())),
         };
-        self.record_schedule(record, now_ms()).await?;
+        self.record_schedule(record, wall_ms(), false).await?;
         tracing::info!(schedule = %name, "schedule deleted");
         Ok(())
     }
@@ -126,10 +127,10 @@ impl Broker {
                 kind: Some(Kind::Paused(wal::SchedulePaused {
                     name: name.to_owned(),
                     paused,
-                    at: now_ms(),
+                    at: wall_ms(),
                 })),
             };
-            self.record_schedule(record, now_ms()).await?;
+            self.record_schedule(record, wall_ms(), false).await?;
             tracing::info!(schedule = %name, paused, "schedule paused or resumed");
         }
         self.schedule(name)
@@ -140,7 +141,10 @@ impl Broker {
     /// starts afresh. In a cluster the leader runs every change before it
     /// proposes it, in the proposals' order (as `create_queue` does).
     /// Callers hold `defs`, as compaction does: none crosses a snapshot.
-    async fn record_schedule(&self, r: ScheduleRecord, now: Millis) -> Result<()> {
+    /// Only what `grows` what the log keeps (a definition) must leave the
+    /// log room to compact: a pause or a delete is always taken, so that
+    /// a schedule can be stopped on a full disk.
+    async fn record_schedule(&self, r: ScheduleRecord, now: Millis, grows: bool) -> Result<()> {
         let journal = &self.inner.journal;
         if journal.is_replicated() {
             let committed = {
@@ -154,23 +158,37 @@ impl Broker {
             }
             return Ok(());
         }
-        if let Some(stored) = journal.commit(wal::schedule(r.clone()), self.keep_free()) {
+        let keep_free = if grows { self.keep_free() } else { 0 };
+        if let Some(stored) = journal.commit(wal::schedule(r.clone()), keep_free) {
             stored.await?;
         }
         self.inner.schedules.apply(r, |_| {});
         Ok(())
     }
 
-    /// Journals a run (not waited for, as an ack is not: a run lost with
-    /// a crash fires its ticks again, and their keys find their tasks).
+    /// Journals a run's tick (not waited for, as an ack is not: a tick
+    /// whose record a crash loses is known from its stored task's key).
+    /// A failure like the last one is only counted here, not journaled: a
+    /// schedule failing every second on a full queue must not fill the
+    /// log (after a restart its ticks since the last record are missed).
     fn record_run(&self, t: wal::ScheduleTick) {
+        let repeated = t.failed > 0
+            && self
+                .inner
+                .schedules
+                .get(&t.name)
+                .is_some_and(|i| i.last_error == t.error);
         let r = ScheduleRecord {
             kind: Some(Kind::Tick(t)),
         };
+        if repeated {
+            self.inner.schedules.apply(r, |_| {});
+            return;
+        }
         let journal = &self.inner.journal;
         if journal.is_replicated() {
             let _one = self.one_at_a_time();
-            let proposal = wal::replicated::schedule(r.clone(), now_ms());
+            let proposal = wal::replicated::schedule(r.clone(), wall_ms());
             self.inner.schedules.apply(r, |_| journal.note(proposal));
             return;
         }
@@ -179,8 +197,17 @@ impl Broker {
         });
     }
 
+    /// Starts firing schedules (once): after the config file's schedules
+    /// are declared and the limits set, so that none fires by an old
+    /// definition or under default limits.
+    pub fn start_schedules(&self) {
+        if !self.inner.schedules_started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().run_schedules());
+        }
+    }
+
     /// Fires due ticks until shutdown.
-    pub(super) async fn run_schedules(self) {
+    async fn run_schedules(self) {
         let schedules = &self.inner.schedules;
         loop {
             // Registered before looking, so a change made meanwhile wakes.
@@ -189,12 +216,12 @@ impl Broker {
             changed.as_mut().enable();
             let mut nap = MAX_NAP;
             if self.serving() {
-                let now = now_ms();
+                let now = wall_ms();
                 for run in schedules.due(now) {
                     tokio::spawn(self.clone().fire(run));
                 }
                 if let Some(next) = schedules.next_due() {
-                    nap = nap.min(Duration::from_millis(next.saturating_sub(now_ms())));
+                    nap = nap.min(Duration::from_millis(next.saturating_sub(wall_ms())));
                 }
             }
             tokio::select! {
@@ -230,9 +257,11 @@ impl Broker {
                 }
             }
             // A broker that stopped serving meanwhile leaves the rest to
-            // the next leader.
-            if !self.serving() || self.inner.shutdown.is_cancelled() {
-                self.inner.schedules.finished(&run.name);
+            // the next leader; a schedule paused or deleted meanwhile
+            // fires no more (the tick under way, if stored, is known by
+            // its key).
+            if !self.serving() || self.inner.shutdown.is_cancelled() || run.cancel.is_cancelled() {
+                self.inner.schedules.finished(&run.name, run.created_at);
                 return;
             }
             let ran = &self.inner.schedules.ran;
@@ -240,7 +269,7 @@ impl Broker {
                 1 => ran.fired.fetch_add(1, Ordering::Relaxed),
                 _ => ran.failed.fetch_add(1, Ordering::Relaxed),
             };
-            t.run_at = now_ms();
+            t.run_at = wall_ms();
             self.record_run(t);
             recorded = tick;
         }
@@ -252,16 +281,16 @@ impl Broker {
             }
             let mut t = record(run.last);
             t.missed = run.missed;
-            t.run_at = now_ms();
+            t.run_at = wall_ms();
             // Missed alone: the last result stands.
             if let Some(info) = self.inner.schedules.get(&run.name) {
                 t.error = info.last_error;
             }
-            if self.serving() && !self.inner.shutdown.is_cancelled() {
+            if self.serving() && !self.inner.shutdown.is_cancelled() && !run.cancel.is_cancelled() {
                 self.record_run(t);
             }
         }
-        self.inner.schedules.finished(&run.name);
+        self.inner.schedules.finished(&run.name, run.created_at);
     }
 
     /// Enqueues one tick's task; answers its id (or the id its key found).
@@ -285,18 +314,27 @@ impl Broker {
         };
         let deadline = run
             .next
-            .map(|n| Instant::now() + Duration::from_millis(n.saturating_sub(now_ms())));
-        let receipt = self
-            .enqueue(&q, vec![task], true, deadline, None)
-            .await
-            .map_err(|e| match e {
-                Error::DeadlineExceeded { .. } => Error::LimitReached(format!(
-                    "queue {:?} full ({} tasks) until the next tick was due",
-                    run.queue,
-                    q.capacity()
-                )),
-                e => e,
-            })?;
+            .map(|n| Instant::now() + Duration::from_millis(n.saturating_sub(wall_ms())));
+        let enqueue = self.enqueue(&q, vec![task], true, deadline, None);
+        // Paused or deleted while waiting for space: the batch leaves the
+        // line (the enqueue's guard takes it out when dropped).
+        let stored = tokio::select! {
+            biased;
+            _ = run.cancel.cancelled() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "schedule {:?} was paused or deleted", run.name
+                )));
+            }
+            r = enqueue => r,
+        };
+        let receipt = stored.map_err(|e| match e {
+            Error::DeadlineExceeded { .. } => Error::LimitReached(format!(
+                "queue {:?} full ({} tasks) until the next tick was due",
+                run.queue,
+                q.capacity()
+            )),
+            e => e,
+        })?;
         let stored = receipt
             .duplicates
             .iter()

@@ -806,25 +806,81 @@ async fn a_tick_whose_run_record_was_lost_is_known_by_its_stored_task() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = durable_broker(dir.path(), LogOptions::default());
     let q = queue(&broker, "q", durable(10)).await;
+    let (info, _) = broker
+        .create_schedule(every("s", "q", 1000), false)
+        .await
+        .expect("created");
+    // What a tick stores, without its run's record (a crash in between);
+    // and keys that are not a tick that fired: far ahead (a producer
+    // silencing the schedule), written another way, off the grid.
+    let tick = info.next_tick_unix_ms;
+    let keyed = |key: String| {
+        let mut task = tasks(&broker, &["tick"]).remove(0);
+        task.key = Some(key.into());
+        task
+    };
+    let batch = vec![
+        keyed(crate::schedules::tick_key("s", tick + 3_600_000)),
+        keyed(format!(
+            "s@{}",
+            crate::schedules::tick_text(tick).replace('Z', "+00:00")
+        )),
+        keyed(crate::schedules::tick_key("s", tick - 500)),
+        keyed(crate::schedules::tick_key("s", tick)),
+    ];
+    broker
+        .enqueue(&q, batch, false, None, None)
+        .await
+        .expect("stored");
+    let got = take(&broker, &q, 4).await;
+    ack_all(&broker, &q, &got);
+    // Known at once, as it will be after a restart.
+    let live = broker.schedule("s").expect("there");
+    assert_eq!((live.last_tick_unix_ms, live.fired), (tick, 1));
+    let r = restart_view(broker, dir.path()).await;
+    // The key far ahead does not hide the tick that fired.
+    assert_eq!(r.schedule_ticks[&("s".to_owned(), "q".to_owned())], tick);
+    let broker = durable_broker(dir.path(), LogOptions::default());
+    let info = broker.schedule("s").expect("recovered");
+    assert_eq!(info.last_tick_unix_ms, tick, "the tick is not due again");
+    assert_eq!(
+        info.next_tick_unix_ms,
+        tick + 1000,
+        "nor is the schedule silenced"
+    );
+    assert_eq!(info.fired, 1);
+}
+
+#[tokio::test]
+async fn a_schedule_can_be_paused_and_deleted_on_a_log_too_full_to_define_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        max_bytes: Some(256 << 10),
+        ..LogOptions::default()
+    };
+    let broker = durable_broker(dir.path(), options);
+    let q = queue(&broker, "q", durable(10_000)).await;
     broker
         .create_schedule(every("s", "q", 3_600_000), false)
         .await
         .expect("created");
-    // What a tick stores, without its run's record (a crash in between).
-    let tick = (now_ms() / 3_600_000 + 1) * 3_600_000;
-    let mut task = tasks(&broker, &["tick"]).remove(0);
-    task.key = Some(crate::schedules::tick_key("s", tick).into());
-    broker
-        .enqueue(&q, vec![task], false, None, None)
+    // Fill the log until an append that grows it is refused: what is left
+    // is the room kept for compaction.
+    let big = "x".repeat(8 << 10);
+    loop {
+        let task = tasks(&broker, &[big.as_str()]);
+        if broker.enqueue(&q, task, false, None, None).await.is_err() {
+            break;
+        }
+    }
+    let err = broker
+        .create_schedule(every("t", "q", 3_600_000), false)
         .await
-        .expect("stored");
-    let got = take(&broker, &q, 1).await;
-    ack_all(&broker, &q, &got);
+        .expect_err("no room for a definition");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    // Stopping one is always possible.
+    broker.pause_schedule("s", true).await.expect("paused");
+    broker.delete_schedule("s").await.expect("deleted");
     let r = restart_view(broker, dir.path()).await;
-    assert_eq!(r.schedule_ticks["s"], ("q".to_owned(), tick));
-    let broker = durable_broker(dir.path(), LogOptions::default());
-    let info = broker.schedule("s").expect("recovered");
-    assert_eq!(info.last_tick_unix_ms, tick, "the tick is not due again");
-    assert!(info.next_tick_unix_ms > tick);
-    assert_eq!(info.fired, 1);
+    assert!(r.schedules.is_empty());
 }

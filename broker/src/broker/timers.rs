@@ -31,6 +31,16 @@ pub fn now_ms() -> Millis {
     wall + at.elapsed().as_millis() as Millis
 }
 
+/// Milliseconds since the Unix epoch by the wall clock, read each time:
+/// schedules tick at wall-clock times, so they follow a clock that was
+/// stepped (NTP after boot) or stood still (a suspended host), which the
+/// engine's [`now_ms`] deliberately does not.
+pub fn wall_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
 /// Wakes the engine when its earliest deadline (lease expiry, delayed task)
 /// comes, for as long as the queue exists.
 pub(super) async fn run_timer(broker: Broker, q: Arc<QueueHandle>) {

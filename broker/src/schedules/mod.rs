@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prost::Message;
 use sluice_proto::v1 as pb;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::Millis;
 use crate::wal::{self, ScheduleRecord, ScheduleState, schedule_record::Kind};
@@ -35,6 +36,12 @@ pub const MAX_CATCH_UP: u32 = 100;
 /// Missed ticks counted at most in one run (a month of every-second ticks
 /// is not walked one by one).
 const COUNT_CAP: u64 = 1_000_000;
+/// How far a tick's key may be ahead of the clock that stored its task
+/// and still count as fired: the members' clocks and the broker's two
+/// (the engine's, the schedules' wall clock) differ a little; a key far
+/// in the future is not a tick that fired, and must not silence the
+/// schedule until then.
+const CLOCK_SLACK_MS: u64 = 60_000;
 /// What a schedule costs in the memory budget beyond its encoded state.
 const SCHEDULE_OVERHEAD: u64 = 512;
 
@@ -49,18 +56,7 @@ pub fn when_of(spec: &pb::ScheduleSpec) -> Result<When, String> {
     }
 }
 
-/// A tick's time as its task's key and headers say it: RFC 3339 in UTC,
-/// with the milliseconds only when there are some.
-pub fn tick_text(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| ms.to_string())
-}
-
-/// A tick's task's idempotency key.
-pub fn tick_key(name: &str, tick: Millis) -> String {
-    format!("{name}@{}", tick_text(tick))
-}
+pub use crate::wal::{tick_key, tick_text};
 
 /// A job id template with its placeholders filled.
 pub fn job_id(template: &str, name: &str, tick: Millis) -> String {
@@ -85,13 +81,16 @@ pub struct Run {
     pub last: Millis,
     /// The tick after it: each enqueue waits for space until then at most.
     pub next: Option<Millis>,
+    /// Cancelled when the schedule is paused or deleted: the run stops,
+    /// and a tick waiting for space withdraws.
+    pub cancel: CancellationToken,
 }
 
 struct Entry {
     state: ScheduleState,
     when: When,
-    /// A run is under way: no other starts until it is recorded.
-    firing: bool,
+    /// The run under way, if any: no other starts until it ends.
+    run: Option<CancellationToken>,
     bytes: u64,
 }
 
@@ -197,12 +196,15 @@ impl Schedules {
                             Entry {
                                 state,
                                 when,
-                                firing: false,
+                                run: None,
                                 bytes,
                             },
                         );
                         if let Some(old) = old {
                             self.bytes.fetch_sub(old.bytes, Ordering::Relaxed);
+                            if let Some(run) = old.run {
+                                run.cancel();
+                            }
                         }
                     }
                     Err(e) => {
@@ -213,6 +215,9 @@ impl Schedules {
             Some(Kind::Delete(name)) => {
                 if let Some(old) = entries.remove(&name) {
                     self.bytes.fetch_sub(old.bytes, Ordering::Relaxed);
+                    if let Some(run) = old.run {
+                        run.cancel();
+                    }
                 }
             }
             kind => {
@@ -222,6 +227,12 @@ impl Schedules {
                     _ => return,
                 };
                 if let Some(e) = entries.get_mut(&name) {
+                    if let Some(Kind::Paused(p)) = &kind
+                        && p.paused
+                        && let Some(run) = &e.run
+                    {
+                        run.cancel();
+                    }
                     let mut one = BTreeMap::new();
                     one.insert(name.clone(), std::mem::take(&mut e.state));
                     if let Err(err) = wal::apply_schedule(&mut one, ScheduleRecord { kind }) {
@@ -277,7 +288,7 @@ impl Schedules {
     pub fn next_due(&self) -> Option<Millis> {
         self.lock()
             .values()
-            .filter(|e| !e.firing)
+            .filter(|e| e.run.is_none())
             .filter_map(Entry::next_tick)
             .min()
     }
@@ -288,27 +299,34 @@ impl Schedules {
         let mut entries = self.lock();
         let mut runs = Vec::new();
         for (name, e) in entries.iter_mut() {
-            if e.firing || e.info().paused {
+            if e.run.is_some() || e.info().paused {
                 continue;
             }
             if let Some(run) = plan(name, e, now) {
-                e.firing = true;
+                e.run = Some(run.cancel.clone());
                 runs.push(run);
             }
         }
         runs
     }
 
-    /// A task of `queue` was stored for tick `tick` of schedule `name` (by
-    /// its headers): the tick fired, whether or not its run's record made
-    /// it to the log. Derived again wherever the task's store is replayed
-    /// (a restart, a cluster member applying the enqueue), never journaled.
-    pub fn stored_tick(&self, name: &str, queue: &str, tick: Millis) {
+    /// A task with the key `key` was stored in `queue` at `now`: when the
+    /// key is a tick of this queue's schedule (`NAME@TICK`, exactly as the
+    /// broker writes it, a tick of its expression, after the schedule's
+    /// start and not in the future), the tick fired, whether or not its
+    /// run's record made it to the log. Derived wherever the task's store
+    /// runs or is replayed (the broker storing it, a cluster member
+    /// applying the enqueue, a restart reading the log), never journaled.
+    pub fn stored_tick(&self, key: &str, queue: &str, now: Millis) {
+        let Some((name, tick)) = wal::scheduled_tick(key) else {
+            return;
+        };
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(name) else {
             return;
         };
-        if e.from() >= tick {
+        let on_grid = e.when.next_after(tick.saturating_sub(1)) == Some(tick);
+        if e.from() >= tick || tick > now.saturating_add(CLOCK_SLACK_MS) || !on_grid {
             return;
         }
         if let Some(info) = &mut e.state.info
@@ -319,10 +337,13 @@ impl Schedules {
         }
     }
 
-    /// A run ended (recorded or not): the schedule may run again.
-    pub fn finished(&self, name: &str) {
-        if let Some(e) = self.lock().get_mut(name) {
-            e.firing = false;
+    /// A run ended (recorded or not): the schedule, if it is still the one
+    /// the run was for, may run again.
+    pub fn finished(&self, name: &str, created_at: Millis) {
+        if let Some(e) = self.lock().get_mut(name)
+            && e.info().created_at_unix_ms == created_at
+        {
+            e.run = None;
         }
         self.changed.notify_one();
     }
@@ -386,6 +407,7 @@ fn plan(name: &str, e: &Entry, now: Millis) -> Option<Run> {
         missed,
         last: latest,
         next: e.when.next_after(latest.max(now)),
+        cancel: CancellationToken::new(),
     })
 }
 
@@ -436,7 +458,7 @@ mod tests {
             },
             |_| {},
         );
-        s.finished(&run.name);
+        s.finished(&run.name, run.created_at);
     }
 
     #[test]
@@ -547,9 +569,9 @@ mod tests {
         let s = Schedules::default();
         s.apply(define("a", SEC, 0, T0 - 1), |_| {});
         let runs = s.due(T0 + 100);
-        s.stored_tick("a", "q", T0);
+        s.stored_tick(&tick_key("a", T0), "q", T0 + 100);
         // Another queue's task with the key is not this schedule's.
-        s.stored_tick("a", "elsewhere", T0 + SEC);
+        s.stored_tick(&tick_key("a", T0 + SEC), "elsewhere", T0 + 1100);
         let info = s.get("a").expect("there");
         assert_eq!((info.last_tick_unix_ms, info.fired), (T0, 1));
         ran(&s, &runs[0], 1, T0 + 200);
@@ -557,7 +579,7 @@ mod tests {
         assert_eq!((info.last_tick_unix_ms, info.fired), (T0, 1));
         assert_eq!(info.last_task_id, "t");
         // A member that leads next does not find the tick due again.
-        s.finished("a");
+        s.finished("a", T0 - 1);
         assert!(s.due(T0 + 500).is_empty());
     }
 

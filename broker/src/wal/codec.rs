@@ -623,20 +623,43 @@ pub struct Recovery {
     pub records: u64,
     /// Every schedule, by name.
     pub schedules: BTreeMap<String, ScheduleState>,
-    /// The latest tick each schedule stored a task for, by the task's key
-    /// `NAME@TICK`: (queue, tick). A run's own record may be missing (a
-    /// crash right after the task was stored); the task says the tick
-    /// fired all the same.
-    pub schedule_ticks: BTreeMap<String, (String, Millis)>,
+    /// The latest tick a task was stored for, by the task's key
+    /// `NAME@TICK`, per (schedule, queue). A run's own record may be
+    /// missing (a crash right after the task was stored); the task says
+    /// the tick fired all the same (`Schedules::stored_tick` decides
+    /// whether it is the schedule's).
+    pub schedule_ticks: BTreeMap<(String, String), Millis>,
 }
 
-/// The schedule and tick a key `NAME@TICK` names (a schedule's tick's
-/// task; a task stored with that key by anyone else would have taken the
-/// tick's place all the same).
+/// The wall clock, ms since the Unix epoch, for replay's one judgement of
+/// time (keys of ticks in the future).
+fn replay_clock_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// A tick's time as its task's key and headers say it: RFC 3339 in UTC,
+/// with the milliseconds only when there are some.
+pub fn tick_text(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// A tick's task's idempotency key.
+pub fn tick_key(name: &str, tick: Millis) -> String {
+    format!("{name}@{}", tick_text(tick))
+}
+
+/// The schedule and tick a key names, if it is exactly a tick's key
+/// `NAME@TICK` as the broker writes it (a task stored with that key by
+/// anyone would have taken the tick's place all the same).
 pub fn scheduled_tick(key: &str) -> Option<(&str, Millis)> {
-    let (name, tick) = key.rsplit_once('@')?;
-    let tick = chrono::DateTime::parse_from_rfc3339(tick).ok()?;
-    Some((name, u64::try_from(tick.timestamp_millis()).ok()?))
+    let (name, text) = key.rsplit_once('@')?;
+    let tick = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    let tick = u64::try_from(tick.timestamp_millis()).ok()?;
+    (tick_text(tick) == text).then_some((name, tick))
 }
 
 impl Recovery {
@@ -693,16 +716,17 @@ impl Recovery {
             return;
         };
         for m in c.changes {
+            // A key ahead of the clock is no tick that fired (see
+            // `Schedules::stored_tick`), and must not hide one that did.
             if let Some(change_msg::Kind::Stored(t)) = &m.kind
                 && let Some((name, tick)) = scheduled_tick(&t.key)
+                && tick <= replay_clock_ms().saturating_add(60_000)
             {
                 let seen = self
                     .schedule_ticks
-                    .entry(name.to_owned())
-                    .or_insert_with(|| (c.queue.clone(), tick));
-                if tick >= seen.1 {
-                    *seen = (c.queue.clone(), tick);
-                }
+                    .entry((name.to_owned(), c.queue.clone()))
+                    .or_insert(tick);
+                *seen = (*seen).max(tick);
             }
             apply_change(q, m, &mut self.max_task_id);
         }
