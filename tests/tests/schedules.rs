@@ -323,6 +323,7 @@ fn bad_schedules_are_refused_with_the_reason() {
             "not both",
         ),
         (every_second("bad name", "q", 0), "schedule name"),
+        (cron(&"* ".repeat(200), ""), "at most 256 bytes"),
     ] {
         let e = refuse(spec);
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");

@@ -65,6 +65,13 @@ pub fn schedule_spec(s: Option<pb::ScheduleSpec>, limits: &Limits) -> Result<pb:
     }
     schedule_name(&s.name)?;
     queue_name(&s.queue)?;
+    if s.cron.len() > MAX_NAME_LEN * 2 || s.time_zone.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(format!(
+            "schedule {:?}: a cron expression is at most {} bytes, a time zone {MAX_NAME_LEN}",
+            s.name,
+            MAX_NAME_LEN * 2
+        )));
+    }
     crate::schedules::when_of(&s)
         .map_err(|e| Error::invalid(format!("schedule {:?}: {e}", s.name)))?;
     if s.catch_up > crate::schedules::MAX_CATCH_UP {
