@@ -290,6 +290,31 @@ impl Broker {
         addr
     }
 
+    /// `sluice --json ARGS...`, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let argv: Vec<&str> = std::iter::once("--json")
+            .chain(args.iter().copied())
+            .collect();
+        let out = self.ok(&argv);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("sluice {args:?}: {e}: {out}"))
+    }
+
+    /// Schedule `name` as `sluice BEFORE... --json schedule list` shows it
+    /// (BEFORE: e.g. `--token T`); Null when it is not listed.
+    pub fn listed_schedule(&self, before: &[&str], name: &str) -> Value {
+        let mut args = before.to_vec();
+        args.extend(["--json", "schedule", "list"]);
+        let out = self.ok(&args);
+        let list: Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("schedule list: {e}: {out}"));
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["spec"]["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// `sluice stats QUEUE --json`.
     pub fn stats(&self, queue: &str) -> Value {
         let out = self.ok(&["--json", "stats", queue]);

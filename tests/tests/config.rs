@@ -160,24 +160,6 @@ fn scheduled_config(dir: &Path, every: &str) -> String {
     cfg.display().to_string()
 }
 
-/// `sluice --json ARGS...` against `b`, parsed.
-fn json(b: &Broker, args: &[&str]) -> Value {
-    let argv: Vec<&str> = std::iter::once("--json")
-        .chain(args.iter().copied())
-        .collect();
-    let out = b.ok(&argv);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("sluice {args:?}: {e}: {out}"))
-}
-
-/// Schedule `name` as `sluice schedule list --json` shows it.
-fn schedule(b: &Broker, name: &str) -> Value {
-    let list = json(b, &["schedule", "list"]);
-    list.as_array()
-        .and_then(|l| l.iter().find(|s| s["spec"]["name"] == name))
-        .cloned()
-        .unwrap_or_else(|| panic!("no schedule {name} in {list}"))
-}
-
 /// The next task of `queue` whose tick is after `after` (ms since the
 /// epoch); earlier ones are taken and dropped.
 fn task_ticked_after(b: &Broker, queue: &str, after: u64) -> Value {
@@ -232,7 +214,7 @@ fn a_declared_schedule_fires_and_print_config_gives_it_back() {
     assert_eq!(task["headers"]["x-sluice-schedule"], "beat", "{task}");
     assert_eq!(task["job_id"], format!("r-{tick}"), "{task}");
     assert_eq!(task["key"], format!("beat@{tick}"), "{task}");
-    let before = schedule(&b, "beat");
+    let before = b.listed_schedule(&[], "beat");
     assert_eq!(before["spec"]["every_ms"], 1000, "{before}");
 
     // --print-config shows the schedule as the file declares it...
@@ -268,7 +250,7 @@ fn a_declared_schedule_fires_and_print_config_gives_it_back() {
     let again = dir.path().join("printed.toml");
     std::fs::write(&again, &printed).expect("write");
     let b = Broker::start_on("127.0.0.1:0", &["--config", &again.display().to_string()]);
-    let after = schedule(&b, "beat");
+    let after = b.listed_schedule(&[], "beat");
     assert_eq!(after["spec"], before["spec"], "{after}");
     assert_eq!(
         after["created_at_unix_ms"], before["created_at_unix_ms"],
@@ -316,14 +298,14 @@ fn a_declared_schedule_is_brought_back_to_the_file_at_each_start() {
     // Paused at runtime; the file says nothing of pausing, so the next
     // start runs it again, from the tick after it.
     b.ok(&["schedule", "pause", "beat"]);
-    assert_eq!(schedule(&b, "beat")["paused"], true);
+    assert_eq!(b.listed_schedule(&[], "beat")["paused"], true);
     drop(b);
     let restarted = unix_ms(SystemTime::now());
     let b = Broker::start_on("127.0.0.1:0", &["--config", &cfg]);
-    let s = schedule(&b, "beat");
+    let s = b.listed_schedule(&[], "beat");
     assert_eq!(s["paused"], false, "{s}");
     task_ticked_after(&b, "reports", restarted);
-    let s = schedule(&b, "beat");
+    let s = b.listed_schedule(&[], "beat");
     assert_eq!(s["missed"], 0, "ticks while paused are not missed: {s}");
 
     // Defined otherwise in the file: the next start replaces it.
@@ -332,7 +314,7 @@ fn a_declared_schedule_is_brought_back_to_the_file_at_each_start() {
     scheduled_config(dir.path(), "2s");
     let restarted = unix_ms(SystemTime::now());
     let b = Broker::start_on("127.0.0.1:0", &["--config", &cfg]);
-    let s = schedule(&b, "beat");
+    let s = b.listed_schedule(&[], "beat");
     assert_eq!(s["spec"]["every_ms"], 2000, "{s}");
     assert_eq!(s["paused"], false, "{s}");
     assert!(num(&s, &["created_at_unix_ms"]) > created, "made anew: {s}");

@@ -29,21 +29,6 @@ fn stats_as(b: &Broker, queue: &str, token_file: &str) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_default()
 }
 
-/// Schedule `name` as `sluice schedule list --json` reports it (Null
-/// when it has none by that name).
-fn cli_schedule(b: &Broker, auth: &[&str], name: &str) -> Value {
-    let mut args = auth.to_vec();
-    args.extend(["--json", "schedule", "list"]);
-    let out = b.ok(&args);
-    let list: Value = serde_json::from_str(&out).unwrap_or_default();
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["spec"]["name"] == name)
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Schedule `name` in an answer of `GET /api/schedules` (Null when it is
 /// not listed).
 fn listed(list: &Value, name: &str) -> Value {
@@ -278,7 +263,7 @@ fn bad_input_is_a_status_and_a_message() {
         assert_eq!(r.status, 415, "{method} {path} without a body: {r:?}");
     }
     assert_eq!(
-        cli_schedule(&b, &[], "tick")["paused"],
+        b.listed_schedule(&[], "tick")["paused"],
         true,
         "the schedule is still there, still paused"
     );
@@ -443,7 +428,7 @@ fn schedules_are_listed_and_paused_resumed_and_deleted() {
     // The next tick is what the CLI says it is.
     assert_eq!(
         nightly["next_tick_unix_ms"],
-        cli_schedule(&b, &[], "nightly")["next_tick_unix_ms"],
+        b.listed_schedule(&[], "nightly")["next_tick_unix_ms"],
         "{nightly}"
     );
 
@@ -501,7 +486,7 @@ fn schedules_are_listed_and_paused_resumed_and_deleted() {
         (Some("paused"), Some(true))
     );
     assert!(poll["next_tick_unix_ms"].is_null(), "{poll}");
-    assert_eq!(cli_schedule(&b, &[], "poll")["paused"], true);
+    assert_eq!(b.listed_schedule(&[], "poll")["paused"], true);
     // Pausing again changes nothing, and says so with a 200.
     assert_eq!(d.post("/api/schedules/poll/pause", "{}").status, 200);
 
@@ -511,7 +496,7 @@ fn schedules_are_listed_and_paused_resumed_and_deleted() {
         listed(&d.get("/api/schedules").json(), "poll")["state"],
         "running"
     );
-    assert_eq!(cli_schedule(&b, &[], "poll")["paused"], false);
+    assert_eq!(b.listed_schedule(&[], "poll")["paused"], false);
 
     // Delete: gone from the list, the queue's page and the CLI; then 404.
     let r = d.delete("/api/schedules/poll");
@@ -524,7 +509,7 @@ fn schedules_are_listed_and_paused_resumed_and_deleted() {
         d.get("/api/queues/api").json()["schedules"],
         Value::Array(vec![])
     );
-    assert!(cli_schedule(&b, &[], "poll").is_null());
+    assert!(b.listed_schedule(&[], "poll").is_null());
     assert_eq!(d.delete("/api/schedules/poll").status, 404);
     assert_eq!(d.post("/api/schedules/poll/resume", "{}").status, 404);
 
@@ -615,7 +600,7 @@ fn with_an_auth_file_a_schedule_is_seen_and_changed_as_its_queue() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("calls-hourly") && !page.body.contains("secret-hourly"));
     for name in ["calls-hourly", "secret-hourly"] {
-        let s = cli_schedule(&b, &ops_cli, name);
+        let s = b.listed_schedule(&ops_cli, name);
         assert_eq!(s["paused"], false, "{name} untouched: {s}");
     }
 
@@ -631,14 +616,17 @@ fn with_an_auth_file_a_schedule_is_seen_and_changed_as_its_queue() {
         ops.post("/api/schedules/secret-hourly/pause", "{}").status,
         200
     );
-    assert_eq!(cli_schedule(&b, &ops_cli, "secret-hourly")["paused"], true);
+    assert_eq!(b.listed_schedule(&ops_cli, "secret-hourly")["paused"], true);
     assert_eq!(
         ops.post("/api/schedules/secret-hourly/resume", "{}").status,
         200
     );
-    assert_eq!(cli_schedule(&b, &ops_cli, "secret-hourly")["paused"], false);
+    assert_eq!(
+        b.listed_schedule(&ops_cli, "secret-hourly")["paused"],
+        false
+    );
     assert_eq!(ops.delete("/api/schedules/secret-hourly").status, 200);
-    assert!(cli_schedule(&b, &ops_cli, "secret-hourly").is_null());
+    assert!(b.listed_schedule(&ops_cli, "secret-hourly").is_null());
 }
 
 /// In a cluster every member's dashboard lists the schedules, and only the

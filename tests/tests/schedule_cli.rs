@@ -7,26 +7,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_tests::{Broker, DEADLINE, Value, cli, eventually, num};
 
-/// `sluice --json ARGS...`, parsed.
-fn json(b: &Broker, args: &[&str]) -> Value {
-    let argv: Vec<&str> = std::iter::once("--json")
-        .chain(args.iter().copied())
-        .collect();
-    let out = b.ok(&argv);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("sluice {args:?}: {e}: {out}"))
-}
-
-/// Schedule `name` as `schedule list --json` reports it.
-fn schedule(b: &Broker, name: &str) -> Value {
-    let list = json(b, &["schedule", "list"]);
-    list.as_array()
-        .unwrap_or_else(|| panic!("schedule list --json is not an array: {list}"))
-        .iter()
-        .find(|s| s["spec"]["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no schedule {name} in {list}"))
-}
-
 /// Waits until schedule `name` has fired at least `n` ticks; returns it.
 fn fired_at_least(b: &Broker, name: &str, n: u64) -> Value {
     let mut seen = Value::Null;
@@ -34,7 +14,7 @@ fn fired_at_least(b: &Broker, name: &str, n: u64) -> Value {
         DEADLINE,
         &format!("schedule {name} fired {n} ticks"),
         || {
-            seen = schedule(b, name);
+            seen = b.listed_schedule(&[], name);
             num(&seen, &["fired"]) >= n
         },
     );
@@ -150,7 +130,7 @@ fn every_tick_enqueues_a_task_keyed_by_its_tick_and_list_shows_how_it_went() {
 
     // The tick's task: the payload and options given, the schedule's
     // headers, and the key NAME@TICK.
-    let task = json(&b, &["get", "polls", "--wait", "10s"]);
+    let task = b.json(&["get", "polls", "--wait", "10s"]);
     assert_eq!(task["payload"], "hello", "{task}");
     assert_eq!(task["headers"]["kind"], "poll", "{task}");
     assert_eq!(task["headers"]["x-sluice-schedule"], "poll", "{task}");
@@ -205,25 +185,22 @@ fn every_tick_enqueues_a_task_keyed_by_its_tick_and_list_shows_how_it_went() {
         "hello",
     ]);
     assert_eq!(again, "schedule poll exists with the same definition\n");
-    let answer = json(
-        &b,
-        &[
-            "schedule",
-            "create",
-            "poll",
-            "--queue",
-            "polls",
-            "--every",
-            "1s",
-            "--header",
-            "kind=poll",
-            "--priority",
-            "3",
-            "--group",
-            "acme",
-            "hello",
-        ],
-    );
+    let answer = b.json(&[
+        "schedule",
+        "create",
+        "poll",
+        "--queue",
+        "polls",
+        "--every",
+        "1s",
+        "--header",
+        "kind=poll",
+        "--priority",
+        "3",
+        "--group",
+        "acme",
+        "hello",
+    ]);
     assert_eq!(answer["created"], false, "{answer}");
     assert_eq!(answer["schedule"]["spec"]["name"], "poll", "{answer}");
     refused(
@@ -261,7 +238,7 @@ fn cron_in_a_time_zone_ticks_at_local_times_and_list_filters_by_queue() {
         .unwrap_or_else(|| panic!("{out:?}"));
     assert_moment(next.trim_end(), Off::Ahead);
 
-    let s = schedule(&b, "nightly");
+    let s = b.listed_schedule(&[], "nightly");
     assert_eq!(s["spec"]["cron"], "0 3 * * *", "{s}");
     assert_eq!(s["spec"]["time_zone"], "Europe/Paris", "{s}");
     assert_eq!(s["spec"]["every_ms"], 0, "{s}");
@@ -297,12 +274,12 @@ fn cron_in_a_time_zone_ticks_at_local_times_and_list_filters_by_queue() {
             .collect()
     };
     assert_eq!(
-        names(json(&b, &["schedule", "list"])),
+        names(b.json(&["schedule", "list"])),
         ["hourly", "nightly"],
         "by name"
     );
     assert_eq!(
-        names(json(&b, &["schedule", "list", "--queue", "other"])),
+        names(b.json(&["schedule", "list", "--queue", "other"])),
         ["hourly"]
     );
     let text = b.ok(&["schedule", "list", "--queue", "reports"]);
@@ -328,7 +305,7 @@ fn pause_stops_the_ticks_resume_starts_them_and_delete_ends_the_schedule() {
         out,
         "paused schedule s: no tick fires until `sluice schedule resume s`\n"
     );
-    let paused = schedule(&b, "s");
+    let paused = b.listed_schedule(&[], "s");
     assert_eq!(paused["paused"], true, "{paused}");
     assert_eq!(paused["next_tick_unix_ms"], 0, "{paused}");
     let r = row(&b, "s");
@@ -340,9 +317,9 @@ fn pause_stops_the_ticks_resume_starts_them_and_delete_ends_the_schedule() {
     // Two more ticks of the clock, none of the paused schedule.
     let fired = num(&paused, &["fired"]);
     let enqueued = num(&b.stats("q"), &["stats", "enqueued_total"]);
-    let clock = num(&schedule(&b, "clock"), &["fired"]);
+    let clock = num(&b.listed_schedule(&[], "clock"), &["fired"]);
     fired_at_least(&b, "clock", clock + 2);
-    assert_eq!(num(&schedule(&b, "s"), &["fired"]), fired);
+    assert_eq!(num(&b.listed_schedule(&[], "s"), &["fired"]), fired);
     assert_eq!(num(&b.stats("q"), &["stats", "enqueued_total"]), enqueued);
 
     let out = b.ok(&["schedule", "resume", "s"]);
@@ -350,7 +327,7 @@ fn pause_stops_the_ticks_resume_starts_them_and_delete_ends_the_schedule() {
         .strip_prefix("resumed schedule s: next tick ")
         .unwrap_or_else(|| panic!("{out:?}"));
     assert_moment(next.trim_end(), Off::Either);
-    let answer = json(&b, &["schedule", "resume", "s"]);
+    let answer = b.json(&["schedule", "resume", "s"]);
     assert_eq!(answer["schedule"]["paused"], false, "{answer}");
     fired_at_least(&b, "s", fired + 1);
     assert_eq!(row(&b, "s")[6], "running");
@@ -375,13 +352,13 @@ fn pause_stops_the_ticks_resume_starts_them_and_delete_ends_the_schedule() {
         out,
         "created schedule later: paused, no tick fires until `sluice schedule resume later`\n"
     );
-    let later = schedule(&b, "later");
+    let later = b.listed_schedule(&[], "later");
     assert_eq!(later["paused"], true, "{later}");
     assert_eq!(later["fired"], 0, "{later}");
     b.ok(&["schedule", "delete", "clock"]);
     b.ok(&["schedule", "delete", "later"]);
     assert_eq!(b.ok(&["schedule", "list"]), "no schedules\n");
-    assert_eq!(json(&b, &["schedule", "list"]), serde_json::json!([]));
+    assert_eq!(b.json(&["schedule", "list"]), serde_json::json!([]));
 }
 
 #[test]
