@@ -160,13 +160,6 @@ impl Broker {
                     durable,
                 );
             }
-            // A schedule's tick stored (by its runner or, with its key, by
-            // anyone): the tick fired; a crash or failover before the
-            // run's record cannot make it fire again. Under this queue's
-            // lock, so a compaction's snapshot sees both or neither.
-            for key in &fx.keys_stored {
-                self.inner.schedules.stored_tick(key, q.name(), now);
-            }
             if fx.rearm {
                 q.rearm.notify_one();
             }

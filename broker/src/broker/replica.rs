@@ -252,8 +252,14 @@ impl Broker {
         }
         // A tick's task stored: the tick fired, whether or not the
         // leader's record of it follows (it may have failed over between).
-        for key in &fx.keys_stored {
-            self.inner.schedules.stored_tick(key, q.name(), now);
+        // Only here, from committed entries, and in a restart's replay:
+        // where a call runs ahead of its log write (this broker alone, or
+        // leading), the store may yet be refused and taken back, and the
+        // runner records the tick once it is not.
+        if self.inner.schedules.any() {
+            for key in &fx.keys_stored {
+                self.inner.schedules.stored_tick(key, q.name(), now);
+            }
         }
         if !fx.completed.is_empty() {
             self.inner

@@ -156,6 +156,12 @@ impl Schedules {
         self.len() == 0
     }
 
+    /// Whether any schedule exists, without the lock (every schedule costs
+    /// bytes): the enqueue path skips reading keys as ticks without one.
+    pub fn any(&self) -> bool {
+        self.bytes() > 0
+    }
+
     /// What every schedule together holds, for the memory budget.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
