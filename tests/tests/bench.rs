@@ -90,3 +90,18 @@ fn durable_bench_smoke_run_survives_its_own_crash() {
     assert_eq!(num(r, &["duplicates"]), 0, "{r}");
     assert!(r["recovery_s"].as_f64().is_some(), "{r}");
 }
+
+#[test]
+fn schedules_mode_receives_ticks_and_duplicates_none() {
+    let report = bench(&["--schedules", "5", "--duration", "3s"]);
+    let r = &report["sluice"];
+    let t = &r["schedules"];
+    assert!(num(t, &["tasks_received"]) > 0, "{r}");
+    assert_eq!(num(t, &["duplicates"]), 0, "{r}");
+    assert_eq!(num(r, &["duplicates"]), 0, "{r}");
+    assert_eq!(num(r, &["lost"]), 0, "{r}");
+    // Every tick the broker fired arrived, each under one task.
+    assert_eq!(num(t, &["distinct_ticks"]), num(t, &["fired"]), "{r}");
+    assert!(t["tick_to_enqueue"]["max_us"].as_u64().is_some(), "{r}");
+    assert!(r["broker_peak_rss_bytes"].as_u64().is_some(), "{r}");
+}

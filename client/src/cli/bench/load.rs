@@ -22,9 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 mod consume;
 mod produce;
+mod schedules;
 
 use consume::{consume, opened, serves, subscribe};
 use produce::{fill, produce, publish};
+
+pub use schedules::{Ticks, run as run_schedules};
 
 use super::BenchArgs;
 use super::spawn::Usage;
@@ -59,6 +62,8 @@ pub struct Outcome {
     pub idle_cpu: Option<f64>,
     /// Time from SIGKILL to serving again on the same data.
     pub recovery: Option<Duration>,
+    /// Schedules mode: the ticks.
+    pub schedules: Option<Ticks>,
 }
 
 impl Outcome {
@@ -129,6 +134,18 @@ struct Record {
     ack: Histogram<u64>,
     seen: Seen,
     redeliveries: u64,
+    /// Deliveries of scheduled tasks (`x-sluice-schedule` set).
+    ticks: Vec<TickDelivery>,
+}
+
+/// One delivery of a schedule's task, as the consumer saw it.
+#[derive(Debug, Clone)]
+pub(super) struct TickDelivery {
+    pub schedule: String,
+    /// `x-sluice-tick`, RFC 3339 in UTC.
+    pub tick: String,
+    pub task_id: String,
+    pub enqueued_at_unix_ms: u64,
 }
 
 impl Record {
@@ -138,6 +155,7 @@ impl Record {
             ack: histogram(),
             seen: Seen::default(),
             redeliveries: 0,
+            ticks: Vec::new(),
         }
     }
 }
@@ -211,26 +229,8 @@ pub async fn run(
         None
     };
 
-    // Consumers first, so the first task finds them subscribed; many at a
-    // time (10,000 queues means 10,000 streams).
-    let mut streams = Vec::new();
-    let mut opening = JoinSet::new();
-    for c in 0..args.consumers {
-        for (q, name) in queues.iter().enumerate() {
-            if serves(c, q as u32, args) {
-                while opening.len() >= 64 {
-                    if let Some(r) = opening.join_next().await {
-                        streams.push(opened(r)?);
-                    }
-                }
-                let (client, name, credit) = (client.clone(), name.clone(), args.credit);
-                opening.spawn(async move { subscribe(&client, &name, c, credit).await });
-            }
-        }
-    }
-    while let Some(r) = opening.join_next().await {
-        streams.push(opened(r)?);
-    }
+    // Consumers first, so the first task finds them subscribed.
+    let streams = open_streams(&client, &queues, args).await?;
 
     let idle_cpu = match args.idle {
         Some(d) => {
@@ -337,7 +337,36 @@ pub async fn run(
         backlog_rss,
         idle_cpu,
         recovery,
+        schedules: None,
     })
+}
+
+/// Opens every consumer's stream on the queues it serves, many at a time
+/// (10,000 queues means 10,000 streams).
+async fn open_streams(
+    client: &Client,
+    queues: &[String],
+    args: &BenchArgs,
+) -> Result<Vec<consume::Stream>, Failure> {
+    let mut streams = Vec::new();
+    let mut opening = JoinSet::new();
+    for c in 0..args.consumers {
+        for (q, name) in queues.iter().enumerate() {
+            if serves(c, q as u32, args) {
+                while opening.len() >= 64 {
+                    if let Some(r) = opening.join_next().await {
+                        streams.push(opened(r)?);
+                    }
+                }
+                let (client, name, credit) = (client.clone(), name.clone(), args.credit);
+                opening.spawn(async move { subscribe(&client, &name, c, credit).await });
+            }
+        }
+    }
+    while let Some(r) = opening.join_next().await {
+        streams.push(opened(r)?);
+    }
+    Ok(streams)
 }
 
 fn flatten(r: Result<Result<(), Failure>, tokio::task::JoinError>) -> Result<(), Failure> {

@@ -3,6 +3,8 @@
 //! (redeliveries, duplicates, lost tasks).
 //!
 //! - `load.rs`     — producers and consumers, and what they record;
+//!   `load/schedules.rs` is schedules mode (`--schedules`), the same
+//!   consumers taking what N schedules fire;
 //! - `spawn.rs`    — starting a broker (or the baseline) and reading its
 //!   CPU time and peak memory from /proc;
 //! - `baseline.rs` — the gRPC ceiling: the same frames through a server
@@ -133,6 +135,21 @@ pub struct BenchArgs {
     /// this long, and report the broker's CPU use meanwhile (e.g. 10s).
     #[arg(long, value_parser = parse::duration)]
     pub idle: Option<Duration>,
+    /// Schedules mode: instead of producers, create this many schedules
+    /// firing every --every on one queue, consume their tasks for
+    /// --duration, and report ticks expected, received, duplicated, missed
+    /// and failed, and each tick's lateness (its task's enqueue time minus
+    /// the tick).
+    #[arg(
+        long,
+        requires = "duration",
+        conflicts_with_all = ["baseline", "backlog", "measure_recovery", "idle", "rate", "queues"]
+    )]
+    pub schedules: Option<u32>,
+    /// With --schedules: each schedule's interval (at least 1s, whole
+    /// milliseconds).
+    #[arg(long, value_parser = parse::duration, default_value = "1s", requires = "schedules")]
+    pub every: Duration,
     /// Threads of the bench's own runtime.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -144,7 +161,11 @@ pub async fn run(broker: &str, args: BenchArgs, json: bool) -> Result<(), Failur
     let real = {
         let mut target = spawn::Target::open(broker, &args).await?;
         let url = target.url.clone();
-        let r = load::run(&url, &args, "sluice", &mut target).await;
+        let r = if args.schedules.is_some() {
+            load::run_schedules(&url, &args, "sluice").await
+        } else {
+            load::run(&url, &args, "sluice", &mut target).await
+        };
         let usage = target.usage();
         target.stop().await;
         r?.with_usage(usage)
@@ -188,5 +209,68 @@ fn check(args: &BenchArgs) -> Result<(), Failure> {
     if args.rate == Some(0) {
         return usage("--rate must be at least 1 task/s");
     }
+    if args.schedules == Some(0) {
+        return usage("--schedules must be at least 1");
+    }
+    if args.every < Duration::from_secs(1) || !args.every.subsec_nanos().is_multiple_of(1_000_000) {
+        return usage("--every must be at least 1s, in whole milliseconds");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parsed(argv: &[&str]) -> Result<BenchArgs, String> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        check(&cli.bench).map_err(|e| format!("{e:?}"))?;
+        Ok(cli.bench)
+    }
+
+    #[test]
+    fn schedules_mode_options_are_checked() {
+        let ok = parsed(&["--schedules", "5", "--duration", "3s"]).expect("valid");
+        assert_eq!(ok.schedules, Some(5));
+        assert_eq!(ok.every, Duration::from_secs(1));
+        let ok = parsed(&[
+            "--schedules",
+            "5",
+            "--duration",
+            "3s",
+            "--every",
+            "2s",
+            "--durable",
+        ])
+        .expect("valid");
+        assert_eq!(ok.every, Duration::from_secs(2));
+        // Without --schedules, --every's default does not count as given.
+        assert!(parsed(&["--tasks", "10"]).is_ok());
+        // It runs for a duration, not a number of tasks.
+        assert!(parsed(&["--schedules", "5"]).is_err());
+        assert!(parsed(&["--every", "2s", "--duration", "3s"]).is_err());
+        assert!(parsed(&["--schedules", "0", "--duration", "3s"]).is_err());
+        assert!(parsed(&["--schedules", "5", "--duration", "3s", "--every", "500ms"]).is_err());
+        assert!(parsed(&["--schedules", "5", "--duration", "3s", "--every", "1500us"]).is_err());
+        for other in [
+            &["--baseline"][..],
+            &["--backlog", "10"],
+            &["--rate", "100"],
+            &["--queues", "2"],
+            &["--idle", "1s"],
+        ] {
+            let mut argv = vec!["--schedules", "5", "--duration", "3s"];
+            argv.extend_from_slice(other);
+            assert!(parsed(&argv).is_err(), "{argv:?}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::BenchArgs;
-use super::load::Outcome;
+use super::load::{Outcome, Ticks};
 use crate::cli::exit::Failure;
 
 pub fn print(
@@ -50,6 +50,16 @@ pub fn print(
 }
 
 fn describe(a: &BenchArgs) -> String {
+    if let Some(n) = a.schedules {
+        return format!(
+            "schedules mode: {n} schedule(s) every {} on one {} queue, for {}, {} consumer(s) with credit {}",
+            humantime::format_duration(a.every),
+            if a.durable { "durable" } else { "in-memory" },
+            humantime::format_duration(a.duration.unwrap_or_default()),
+            a.consumers,
+            a.credit
+        );
+    }
     let amount = match a.duration {
         Some(d) => format!("for {}", humantime::format_duration(d)),
         None => format!("{} tasks", a.tasks),
@@ -92,6 +102,8 @@ fn config(a: &BenchArgs) -> Value {
         "spawn": a.spawn,
         "durable": a.durable,
         "fsync": a.durable.then(|| a.fsync.clone()),
+        "schedules": a.schedules,
+        "every_s": a.schedules.map(|_| a.every.as_secs_f64()),
     })
 }
 
@@ -106,7 +118,7 @@ fn percentiles(h: &Histogram<u64>) -> Value {
 }
 
 fn outcome(o: &Outcome) -> Value {
-    json!({
+    let mut v = json!({
         "sent": o.sent,
         "acked": o.acked,
         "elapsed_s": o.elapsed.as_secs_f64(),
@@ -124,6 +136,26 @@ fn outcome(o: &Outcome) -> Value {
         "broker_rss_after_backlog_bytes": o.backlog_rss,
         "broker_idle_cpu_share": o.idle_cpu,
         "recovery_s": o.recovery.map(|d| d.as_secs_f64()),
+    });
+    if let Some(t) = &o.schedules {
+        v["schedules"] = ticks(t);
+    }
+    v
+}
+
+fn ticks(t: &Ticks) -> Value {
+    json!({
+        "schedules": t.schedules,
+        "every_s": t.every.as_secs_f64(),
+        "ticks_expected": t.expected,
+        "ticks_received_of_expected": t.received_to_end,
+        "fired": t.fired,
+        "missed": t.missed,
+        "failed": t.failed,
+        "tasks_received": t.received,
+        "distinct_ticks": t.distinct,
+        "duplicates": t.duplicates,
+        "tick_to_enqueue": percentiles(&t.lateness),
     })
 }
 
@@ -154,6 +186,9 @@ fn table(o: &Outcome) -> String {
         ),
         None => "n/a (not local: use --spawn or --broker-pid)".into(),
     };
+    if let Some(t) = &o.schedules {
+        return ticks_table(o, t, &usage);
+    }
     let mut s = format!(
         "{}: {} acked of {} sent in {:.2} s = {:.0} tasks/s, {:.1} MB/s\n",
         o.label,
@@ -199,4 +234,46 @@ fn table(o: &Outcome) -> String {
         ));
     }
     s
+}
+
+/// Lateness comes from `enqueued_at_unix_ms`, in whole milliseconds: shown
+/// as such, not as the histogram's bucket edge (6 ms, not 6.003).
+fn whole_ms(us: u64) -> u64 {
+    us / 1000
+}
+
+fn ticks_table(o: &Outcome, t: &Ticks, usage: &str) -> String {
+    let h = &t.lateness;
+    format!(
+        "{}: {} ticks expected, {} of them received; {} fired in all (pausing takes a while), {} missed, {} failed; {} tasks received, {} distinct ticks, {} acked in {:.2} s\n\
+         \x20 {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}\n\
+         \x20 {:<26} {:>9} {:>9} {:>9} {:>9} {:>9}\n\
+         \x20 broker: {usage}\n\
+         \x20 redeliveries {}, duplicates {}, lost {}\n",
+        o.label,
+        t.expected,
+        t.received_to_end,
+        t.fired,
+        t.missed,
+        t.failed,
+        t.received,
+        t.distinct,
+        o.acked,
+        o.elapsed.as_secs_f64(),
+        "lateness (ms)",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "tick -> enqueued",
+        whole_ms(h.value_at_quantile(0.5)),
+        whole_ms(h.value_at_quantile(0.9)),
+        whole_ms(h.value_at_quantile(0.99)),
+        whole_ms(h.value_at_quantile(0.999)),
+        whole_ms(h.max()),
+        o.redeliveries,
+        o.duplicates,
+        o.lost,
+    )
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchArgs, Record, Shared};
+use super::{BenchArgs, Record, Shared, TickDelivery};
 use crate::cli::exit::Failure;
 
 /// Which queues consumer `c` serves: its share when there are more queues
@@ -110,6 +110,17 @@ pub(super) async fn consume(
                     let _ = rec.delivery.record(now.saturating_sub(t).max(1));
                 }
                 rec.seen.insert(producer, seq);
+            }
+            if let (Some(schedule), Some(tick)) = (
+                task.headers.get("x-sluice-schedule"),
+                task.headers.get("x-sluice-tick"),
+            ) {
+                rec.ticks.push(TickDelivery {
+                    schedule: schedule.clone(),
+                    tick: tick.clone(),
+                    task_id: task.id.clone(),
+                    enqueued_at_unix_ms: task.enqueued_at_unix_ms,
+                });
             }
             if d.attempt > 1 {
                 rec.redeliveries += 1;
